@@ -1,0 +1,5 @@
+//! `sqlrsync`: see `sqlrsync --help`.
+
+fn main() -> std::process::ExitCode {
+    sqlrsync::cli::main()
+}

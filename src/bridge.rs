@@ -1,0 +1,1 @@
+//! Carrying the helper's stdin/stdout over a websocket (client and server).

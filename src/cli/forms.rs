@@ -1,0 +1,140 @@
+//! Telling the argument forms apart (shared/PROTOCOL.md section 7).
+//!
+//! - SSH: `[USER@]HOST:PATH`, exactly as sqlite3_rsync's `hostSeparator()`
+//!   decides: a `:` with no `/` or `\` before it.
+//! - LOCAL: starts with `/`, `./`, `../` or `~/`, or contains no `/`.
+//! - REMOTE: anything else, `namespace/…/name.db` with an optional `@VERSION`.
+
+use std::path::PathBuf;
+
+use crate::protocol::VersionRef;
+
+/// One positional argument, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// A database on this machine (with `~/` expanded).
+    Local(PathBuf),
+    /// A replica on an SQLRsync server.
+    Remote(RemoteRef),
+    /// `[USER@]HOST:PATH`, handled by sqlite3_rsync over ssh.
+    Ssh(String),
+}
+
+/// `namespace/…/name.db[@VERSION]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// The remote path without the version suffix.
+    pub path: String,
+    /// The version asked for; None when no `@` was given.
+    pub version: Option<VersionRef>,
+}
+
+impl RemoteRef {
+    /// Last path component: the default local file name of a pull.
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// True when sqlite3_rsync would treat `arg` as `[USER@]HOST:PATH`.
+pub fn is_ssh_form(arg: &str) -> bool {
+    match arg.find(':') {
+        Some(colon) => !arg[..colon].contains(['/', '\\']),
+        None => false,
+    }
+}
+
+/// True for the LOCAL form.
+pub fn is_local_form(arg: &str) -> bool {
+    arg.starts_with('/')
+        || arg.starts_with("./")
+        || arg.starts_with("../")
+        || arg.starts_with("~/")
+        || !arg.contains('/')
+}
+
+/// Classifies one positional argument; a bad `@VERSION` or remote path is an
+/// error here, before any connection is made.
+pub fn classify(arg: &str) -> Result<Place, String> {
+    if arg.is_empty() {
+        return Err("an empty argument is neither a local file nor a remote replica".into());
+    }
+    if is_ssh_form(arg) {
+        return Ok(Place::Ssh(arg.to_string()));
+    }
+    if is_local_form(arg) {
+        return Ok(Place::Local(expand_home(arg)));
+    }
+    let (path, version) = match arg.rsplit_once('@') {
+        Some((p, v)) => (p, Some(VersionRef::parse_user(v)?)),
+        None => (arg, None),
+    };
+    validate_remote_path(path)?;
+    Ok(Place::Remote(RemoteRef { path: path.to_string(), version }))
+}
+
+/// A remote path must be `namespace/…/name`, each part non-empty, none `.`
+/// or `..`, none starting with `.`, no control characters, bounded length.
+pub fn validate_remote_path(path: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("invalid remote path {path:?}: {why}"));
+    if path.len() > 1024 {
+        return bad("longer than 1024 bytes");
+    }
+    if path.starts_with('/') {
+        return bad("it must not start with /");
+    }
+    if path.contains("//") {
+        return bad("it has an empty part (//)");
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return bad("it has control characters or backslashes");
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+        return bad("expected namespace/name");
+    }
+    for p in &parts {
+        if p.starts_with('.') {
+            return bad("no part may start with '.'");
+        }
+        if p.len() > 255 {
+            return bad("a part is longer than 255 bytes");
+        }
+    }
+    Ok(())
+}
+
+/// Expands a leading `~/` to the home directory (shells do this for unquoted
+/// arguments; quoted ones and config values reach us as typed).
+pub fn expand_home(arg: &str) -> PathBuf {
+    if let Some(rest) = arg.strip_prefix("~/")
+        && let Some(home) = dirs::home_dir()
+    {
+        return home.join(rest);
+    }
+    PathBuf::from(arg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        assert!(matches!(classify("data.db"), Ok(Place::Local(_))));
+        assert!(matches!(classify("./x/data.db"), Ok(Place::Local(_))));
+        assert!(matches!(classify("/tmp/data.db"), Ok(Place::Local(_))));
+        assert!(matches!(classify("user@host:/x/data.db"), Ok(Place::Ssh(_))));
+        assert!(matches!(classify("host:data.db"), Ok(Place::Ssh(_))));
+        assert!(matches!(classify("./a:b"), Ok(Place::Local(_))));
+        let Ok(Place::Remote(r)) = classify("ns/sub/data.db@latest-2") else { panic!() };
+        assert_eq!(r.path, "ns/sub/data.db");
+        assert_eq!(r.version, Some(VersionRef::BeforeLatest(2)));
+        assert_eq!(r.file_name(), "data.db");
+        for bad in ["ns/data.db@latest+1", "ns/data.db@0", "ns/data.db@-1", "ns/data.db@x"] {
+            assert!(classify(bad).is_err(), "{bad}");
+        }
+        assert!(classify("ns/../x.db").is_err());
+        assert!(classify("ns//x.db").is_err());
+    }
+}

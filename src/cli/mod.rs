@@ -1,0 +1,262 @@
+//! The `sqlrsync` command line: argument forms, flags and dispatch.
+//!
+//! Three ways in, decided before clap sees anything:
+//! 1. invoked through a link named `sqlite3_rsync`: be sqlite3_rsync;
+//! 2. given sqlite3_rsync's own forms (`USER@HOST:PATH`, `--origin`,
+//!    `--replica`): hand the arguments to the helper unchanged, which is what
+//!    lets `--exe sqlrsync` run our binary on the far side of ssh;
+//! 3. otherwise our own forms: LOCAL sync, PUSH, PULL, SUBSCRIBE.
+
+pub mod forms;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser};
+
+use crate::helper;
+use forms::{Place, RemoteRef};
+
+const AFTER_HELP: &str = "\
+Forms:
+  sqlrsync ORIGIN REPLICA          LOCAL: both are files on this machine; REPLICA
+                                   becomes a consistent snapshot of ORIGIN (both
+                                   may be in use). No network.
+  sqlrsync DB [NS/NAME.db]         PUSH DB as a new version of a replica on the
+                                   server (the first push needs an Account Admin
+                                   key; later pushes find their key by themselves)
+  sqlrsync NS/NAME.db[@V] [DB]     PULL a version into DB (default ./NAME.db);
+                                   V is latest, latest-N, N or vN
+  sqlrsync NS/NAME.db DB --subscribe
+                                   PULL, then follow every new version
+  sqlrsync DB USER@HOST:PATH       sqlite3_rsync over ssh (also HOST:PATH DB)
+
+A LOCAL argument starts with /, ./, ../ or ~/, or has no '/' at all; anything
+else names a replica on the server.
+
+Keys (first match wins): SQLRSYNC_AUTH_TOKEN, --pullKey/--pushKey,
+~/.config/sqlrsync/local-secrets.toml (push), the DB-sqlrsync file next to the
+database (pull), --adminKey or SQLRSYNC_ADMIN_KEY, then a prompt on a terminal.
+Account Admin keys are never written to disk.
+
+Examples:
+  sqlrsync app.db backup/app.db          # local snapshot, no network
+  sqlrsync app.db myteam/app.db -m 'nightly' --server ws://127.0.0.1:8462
+  sqlrsync myteam/app.db@latest-1 old.db
+  sqlrsync app.db --dry                  # say what would happen, touch nothing";
+
+/// Command-line flags. Field docs are the `--help` text.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "sqlrsync",
+    about = "Replicate live SQLite databases, sending only the pages that changed",
+    after_help = AFTER_HELP,
+    disable_version_flag = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The database to copy from: a local file, a remote replica
+    /// (namespace/name.db[@VERSION]) or USER@HOST:PATH
+    #[arg(value_name = "ORIGIN")]
+    pub origin: Option<String>,
+
+    /// The database to copy to (omit to push to the server, or to pull into
+    /// ./NAME.db)
+    #[arg(value_name = "REPLICA")]
+    pub replica: Option<String>,
+
+    /// Server URL for PUSH and PULL [default: from ~/.config/sqlrsync/defaults.toml, else wss://sqlrsync.com]
+    #[arg(long, value_name = "URL", help_heading = "Remote")]
+    pub server: Option<String>,
+
+    /// Say what would happen (mode, paths, keys masked) and touch nothing
+    #[arg(long, help_heading = "Common")]
+    pub dry: bool,
+
+    /// On the first push, make the replica public (listed, anyone may pull)
+    #[arg(long, conflicts_with = "unlisted", help_heading = "Remote")]
+    pub public: bool,
+
+    /// On the first push, make the replica unlisted (anyone with the path may pull)
+    #[arg(long, help_heading = "Remote")]
+    pub unlisted: bool,
+
+    /// Commit message for this push (at most 4096 bytes)
+    #[arg(short = 'm', long = "message", value_name = "TEXT", help_heading = "Remote")]
+    pub message: Option<String>,
+
+    /// After pulling, wait for new versions and pull each one, until Ctrl-C
+    #[arg(long, help_heading = "Remote")]
+    pub subscribe: bool,
+
+    /// Print one JSON object with the result on stdout (for scripts)
+    #[arg(long, help_heading = "Common")]
+    pub json: bool,
+
+    /// No progress bar and no summary line
+    #[arg(short = 'q', long, help_heading = "Common")]
+    pub quiet: bool,
+
+    /// More output; repeat for more (-vv, -vvv)
+    #[arg(short = 'v', action = ArgAction::Count, help_heading = "Common")]
+    pub verbose: u8,
+
+    /// sqlite3_rsync protocol version [default: 1 for LOCAL (fastest), 2 for
+    /// remote modes (fewest bytes)]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2), help_heading = "Common")]
+    pub protocol: Option<u8>,
+
+    /// Do not sync unless both databases are in WAL mode
+    #[arg(long = "wal-only", help_heading = "Common")]
+    pub wal_only: bool,
+
+    /// Replica Pull key (or an Account Pull key) for this pull
+    #[arg(long = "pullKey", value_name = "KEY", help_heading = "Keys")]
+    pub pull_key: Option<String>,
+
+    /// Replica Push key for this push
+    #[arg(long = "pushKey", value_name = "KEY", help_heading = "Keys")]
+    pub push_key: Option<String>,
+
+    /// Replica id that goes with --pullKey/--pushKey
+    #[arg(long = "replicaID", value_name = "ID", help_heading = "Keys")]
+    pub replica_id: Option<String>,
+
+    /// Account Admin key (never stored; prefer SQLRSYNC_ADMIN_KEY or the prompt)
+    #[arg(long = "adminKey", value_name = "KEY", help_heading = "Keys")]
+    pub admin_key: Option<String>,
+
+    /// Name of the sqlite3_rsync program on the far side of ssh
+    #[arg(long, value_name = "PATH", help_heading = "ssh (sqlite3_rsync forms)")]
+    pub exe: Option<String>,
+
+    /// Name of the ssh program
+    #[arg(long, value_name = "PATH", help_heading = "ssh (sqlite3_rsync forms)")]
+    pub ssh: Option<String>,
+
+    /// ssh TCP port
+    #[arg(short = 'p', long, value_name = "PORT", help_heading = "ssh (sqlite3_rsync forms)")]
+    pub port: Option<u16>,
+
+    /// Print version information
+    #[arg(short = 'V', long = "version", help_heading = "Common")]
+    pub version: bool,
+}
+
+/// What the positional arguments ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Both local: sync with no network.
+    Local { origin: PathBuf, replica: PathBuf },
+    /// Local database to the server; `remote` None lets secrets or the server
+    /// name the replica.
+    Push { local: PathBuf, remote: Option<RemoteRef> },
+    /// Server replica into a local database.
+    Pull { remote: RemoteRef, local: PathBuf },
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Local { .. } => "LOCAL",
+            Mode::Push { .. } => "PUSH",
+            Mode::Pull { .. } => "PULL",
+        }
+    }
+}
+
+/// Decides the mode from the positional arguments (SSH forms never get here).
+pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, String> {
+    let Some(origin) = origin else {
+        return Err("no database given; try 'sqlrsync --help'".into());
+    };
+    let o = forms::classify(origin)?;
+    let r = replica.map(forms::classify).transpose()?;
+    Ok(match (o, r) {
+        (Place::Local(origin), Some(Place::Local(replica))) => Mode::Local { origin, replica },
+        (Place::Local(local), None) => Mode::Push { local, remote: None },
+        (Place::Local(local), Some(Place::Remote(remote))) => {
+            if remote.version.is_some() {
+                return Err(format!(
+                    "{}: a push always creates a new version; drop the @VERSION",
+                    remote.path
+                ));
+            }
+            Mode::Push { local, remote: Some(remote) }
+        }
+        (Place::Remote(remote), None) => {
+            let local = PathBuf::from(remote.file_name());
+            Mode::Pull { remote, local }
+        }
+        (Place::Remote(remote), Some(Place::Local(local))) => Mode::Pull { remote, local },
+        (Place::Remote(_), Some(Place::Remote(_))) => {
+            return Err("both arguments name remote replicas; one side must be a local database".into());
+        }
+        (Place::Ssh(_), _) | (_, Some(Place::Ssh(_))) => {
+            return Err("USER@HOST:PATH forms are handled by sqlite3_rsync".into());
+        }
+    })
+}
+
+/// Entry point of the `sqlrsync` binary.
+pub fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if crate::dropin::invoked_as_sqlite3_rsync(args.first()) || crate::dropin::is_sqlite3_rsync_form(&args[1..]) {
+        return crate::dropin::exec_helper(&args[1..]);
+    }
+    let cli = Cli::parse_from(&args);
+    if cli.version {
+        println!("sqlrsync {} ({})", env!("CARGO_PKG_VERSION"), helper::version_line());
+        return ExitCode::SUCCESS;
+    }
+    init_tracing(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sqlrsync: error: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mode = mode_of(cli.origin.as_deref(), cli.replica.as_deref()).map_err(anyhow::Error::msg)?;
+    match mode {
+        Mode::Local { origin, replica } => crate::local::run(&cli, &origin, &replica),
+        Mode::Push { .. } | Mode::Pull { .. } => crate::client::run(&cli, mode),
+    }
+}
+
+/// Errors are one line: newlines from nested causes become "; ".
+pub fn one_line(s: &str) -> String {
+    s.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 | 1 => "warn",
+        2 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SQLRSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert!(matches!(mode_of(Some("a.db"), Some("b.db")), Ok(Mode::Local { .. })));
+        assert!(matches!(mode_of(Some("a.db"), None), Ok(Mode::Push { remote: None, .. })));
+        assert!(matches!(mode_of(Some("./a.db"), Some("ns/a.db")), Ok(Mode::Push { remote: Some(_), .. })));
+        let Ok(Mode::Pull { local, .. }) = mode_of(Some("ns/x/a.db@3"), None) else { panic!() };
+        assert_eq!(local, PathBuf::from("a.db"));
+        assert!(mode_of(Some("ns/a.db"), Some("ns/b.db")).is_err());
+        assert!(mode_of(Some("a.db"), Some("ns/b.db@2")).is_err());
+        assert!(mode_of(None, None).is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! The client's files: defaults.toml, local-secrets.toml and `<db>-sqlrsync`.

@@ -1,0 +1,171 @@
+//! Looking at a database file before anything touches it.
+//!
+//! sqlite3_rsync reports bad input late and sometimes after creating files
+//! (an empty ORIGIN turns into an empty REPLICA, a REPLICA in a missing
+//! directory is an "unable to open" deep in its output). These checks read
+//! the 100-byte header and ask SQLite itself, read-only, so that bad input is
+//! one clear line before any database is opened for writing.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+/// The 16-byte magic at the start of every SQLite database.
+pub const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// What is at a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileState {
+    /// Nothing there.
+    Missing,
+    /// A regular file of 0 bytes (SQLite treats it as a new database).
+    Empty,
+    /// A regular file that starts with a valid SQLite header.
+    Database(Header),
+}
+
+/// The parts of the database header sqlrsync cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub page_size: u32,
+    /// In-header page count, when the header says it is valid.
+    pub page_count: Option<u32>,
+    /// Read/write versions 2: WAL mode.
+    pub wal: bool,
+    /// File length in bytes.
+    pub len: u64,
+}
+
+/// Why a file is not usable as a database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbFileError {
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Unreadable { path: PathBuf, source: io::Error },
+    #[error("{0} is not an SQLite database")]
+    NotADatabase(PathBuf),
+    #[error("{path} is corrupt: {why}")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+/// Reads the header of `path` without opening it as a database.
+pub fn inspect(path: &Path) -> Result<FileState, DbFileError> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileState::Missing),
+        Err(source) => return Err(DbFileError::Unreadable { path: path.into(), source }),
+    };
+    if !meta.is_file() {
+        return Err(DbFileError::NotAFile(path.into()));
+    }
+    if meta.len() == 0 {
+        return Ok(FileState::Empty);
+    }
+    let mut head = [0u8; 100];
+    let mut file = File::open(path).map_err(|source| DbFileError::Unreadable { path: path.into(), source })?;
+    let n = read_up_to(&mut file, &mut head).map_err(|source| DbFileError::Unreadable { path: path.into(), source })?;
+    if n < MAGIC.len() || &head[..16] != MAGIC {
+        return Err(DbFileError::NotADatabase(path.into()));
+    }
+    let corrupt = |why: String| DbFileError::Corrupt { path: path.into(), why };
+    if n < 100 {
+        return Err(corrupt(format!("only {n} bytes, shorter than a database header")));
+    }
+    let raw = u16::from_be_bytes([head[16], head[17]]) as u32;
+    let page_size = if raw == 1 { 65536 } else { raw };
+    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        return Err(corrupt(format!("invalid page size {raw} in the header")));
+    }
+    let be = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let change_counter = be(24);
+    let count = be(28);
+    let valid_for = be(92);
+    let page_count = (count > 0 && change_counter == valid_for).then_some(count);
+    let wal = head[18] == 2 && head[19] == 2;
+    if let Some(pages) = page_count
+        && !wal
+        && meta.len() < pages as u64 * page_size as u64
+    {
+        return Err(corrupt(format!(
+            "the header says {pages} pages of {page_size} bytes but the file has only {} bytes (truncated?)",
+            meta.len()
+        )));
+    }
+    Ok(FileState::Database(Header { page_size, page_count, wal, len: meta.len() }))
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Facts SQLite itself reports about a database, read-only.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub page_size: u32,
+    pub page_count: u32,
+    pub journal_mode: String,
+}
+
+/// Opens `path` read-only and asks SQLite for its page size, page count and
+/// journal mode, reading the schema so that a damaged file fails here.
+/// Returns Ok(None) when SQLite cannot look right now (locked, no -shm
+/// access): not proof of damage, so the sync itself decides.
+pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let result = Connection::open_with_flags(path, flags).and_then(|c| {
+        c.busy_timeout(std::time::Duration::from_millis(2000))?;
+        c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+        Ok(Facts {
+            page_size: c.query_row("PRAGMA page_size", [], |r| r.get(0))?,
+            page_count: c.query_row("PRAGMA page_count", [], |r| r.get(0))?,
+            journal_mode: c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+        })
+    });
+    match result {
+        Ok(f) => Ok(Some(f)),
+        Err(rusqlite::Error::SqliteFailure(e, msg)) => match e.code {
+            rusqlite::ErrorCode::NotADatabase => Err(DbFileError::NotADatabase(path.into())),
+            rusqlite::ErrorCode::DatabaseCorrupt => Err(DbFileError::Corrupt {
+                path: path.into(),
+                why: msg.unwrap_or_else(|| "database disk image is malformed".into()),
+            }),
+            _ => Ok(None),
+        },
+        Err(_) => Ok(None),
+    }
+}
+
+/// True when this process may write to `path` (permissions and read-only
+/// mounts alike; access(2) reports EROFS even to root).
+pub fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The directory a file lives in ("." for a bare name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// True when two existing paths are the same file (links included).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}

@@ -1,0 +1,50 @@
+//! The embedded sqlite3_rsync helper: its bytes, their extraction to a cache
+//! file, and the commands that run it.
+//!
+//! build.rs compiles tool/sqlite3_rsync.c with the SQLite amalgamation into a
+//! static executable and this module embeds it. At run time [`path`] writes it
+//! once to `<cache dir>/sqlrsync/sqlite3_rsync-<hash>` (content-addressed, so
+//! versions never collide) through a temp file and an atomic rename, and
+//! reuses it while its bytes still equal the embedded ones. Nothing on PATH is
+//! needed.
+
+mod extract;
+
+pub use extract::{ExtractedHelper, path};
+
+/// Build-time facts about the helper: hash and SQLite versions.
+pub mod info {
+    include!(concat!(env!("OUT_DIR"), "/helper_info.rs"));
+}
+
+/// The helper executable, as compiled by build.rs.
+pub static HELPER_BYTES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sqlite3_rsync"));
+
+/// Which side of the sqlite3_rsync protocol the helper plays when it talks
+/// over stdin/stdout (the `--origin` / `--replica` forms that ssh runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Reads the database and sends pages (`--origin`).
+    Origin,
+    /// Receives pages and writes the database (`--replica`).
+    Replica,
+}
+
+impl Side {
+    /// The helper's command-line flag for this side.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Side::Origin => "--origin",
+            Side::Replica => "--replica",
+        }
+    }
+}
+
+/// A one-line description of the embedded helper, for `--version`.
+pub fn version_line() -> String {
+    format!(
+        "SQLite {} (sqlite3_rsync from SQLite {})",
+        info::SQLITE_VERSION,
+        info::TOOL_VERSION
+    )
+}

@@ -1,0 +1,19 @@
+//! sqlrsync: replicate live SQLite databases, sending only changed pages.
+//!
+//! The work is done by SQLite's own sqlite3_rsync, compiled by build.rs and
+//! embedded ([`helper`]). Around it: the command line ([`cli`]), LOCAL sync
+//! ([`local`]), the sqlite3_rsync drop-in ([`dropin`]), the wire format
+//! shared by client and server ([`protocol`]), the websocket client
+//! ([`client`]) and the server ([`server`]).
+
+pub mod bridge;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dbfile;
+pub mod dropin;
+pub mod helper;
+pub mod local;
+pub mod printer;
+pub mod protocol;
+pub mod server;

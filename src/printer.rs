@@ -1,0 +1,60 @@
+//! What goes to the terminal: summaries, progress bars and byte counts.
+//!
+//! One place decides whether a progress bar is drawn (only on a terminal,
+//! never with `--quiet` or `--json`), so the modes do not each guess.
+
+use std::io::IsTerminal;
+
+/// Output policy of one command.
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    /// No progress and no summary.
+    pub quiet: bool,
+    /// Results go to stdout as one JSON object; humans' lines go nowhere.
+    pub json: bool,
+    /// `-v` count.
+    pub verbose: u8,
+}
+
+impl Printer {
+    /// True when a progress bar may be drawn on stderr.
+    pub fn progress(&self) -> bool {
+        !self.quiet && !self.json && std::io::stderr().is_terminal()
+    }
+
+    /// Prints a human line on stderr unless quiet or JSON.
+    pub fn note(&self, line: &str) {
+        if !self.quiet && !self.json {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Prints a line only with `-v`.
+    pub fn verbose(&self, line: &str) {
+        if self.verbose > 0 && !self.json {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bytes() {
+        assert_eq!(super::human_bytes(10), "10 B");
+        assert_eq!(super::human_bytes(1536), "1.5 KiB");
+        assert_eq!(super::human_bytes(100 * 1024 * 1024), "100.0 MiB");
+    }
+}

@@ -1,0 +1,1 @@
+//! sqlrsync-server: versioned replica storage behind the websocket API.
