@@ -33,7 +33,8 @@ fn main() {
     println!("cargo:rerun-if-changed=vendor/SOURCE");
 
     let tool = vendor.join("sqlite3_rsync.c");
-    if !tool.exists() || env::var_os("SQLRSYNC_SQLITE_SRC").is_some_and(|_| !vendored_from_env(&vendor))
+    if !tool.exists()
+        || env::var_os("SQLRSYNC_SQLITE_SRC").is_some_and(|_| !vendored_from_env(&vendor))
     {
         run_vendor_script(&manifest);
     }
@@ -46,7 +47,9 @@ fn main() {
     } else {
         match env::var_os("DEP_SQLITE3_INCLUDE") {
             Some(dir) => PathBuf::from(dir),
-            None => fail("no SQLite amalgamation: libsqlite3-sys (bundled) did not report DEP_SQLITE3_INCLUDE"),
+            None => fail(
+                "no SQLite amalgamation: libsqlite3-sys (bundled) did not report DEP_SQLITE3_INCLUDE",
+            ),
         }
     };
     let sqlite3_c = amalgamation_dir.join("sqlite3.c");
@@ -150,7 +153,10 @@ fn compile_helper(tool: &Path, amalgamation_dir: &Path, output: &Path) {
             Ok(o) if o.status.success() => return,
             Ok(o) => println!(
                 "cargo:warning=static link of the sqlite3_rsync helper failed, linking dynamically: {}",
-                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
             ),
             Err(e) => fail(&format!("cannot run the C compiler: {e}")),
         }
@@ -174,7 +180,9 @@ fn header_define(header: &Path, name: &str) -> String {
         .filter(|rest| rest.starts_with([' ', '\t']))
         .find_map(|rest| {
             let rest = rest.trim();
-            rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')).map(str::to_string)
+            rest.strip_prefix('"')
+                .and_then(|r| r.strip_suffix('"'))
+                .map(str::to_string)
         })
         .unwrap_or_else(|| "unknown".to_string())
 }

@@ -56,7 +56,12 @@ pub fn inspect(path: &Path) -> Result<FileState, DbFileError> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileState::Missing),
-        Err(source) => return Err(DbFileError::Unreadable { path: path.into(), source }),
+        Err(source) => {
+            return Err(DbFileError::Unreadable {
+                path: path.into(),
+                source,
+            });
+        }
     };
     if !meta.is_file() {
         return Err(DbFileError::NotAFile(path.into()));
@@ -65,14 +70,25 @@ pub fn inspect(path: &Path) -> Result<FileState, DbFileError> {
         return Ok(FileState::Empty);
     }
     let mut head = [0u8; 100];
-    let mut file = File::open(path).map_err(|source| DbFileError::Unreadable { path: path.into(), source })?;
-    let n = read_up_to(&mut file, &mut head).map_err(|source| DbFileError::Unreadable { path: path.into(), source })?;
+    let mut file = File::open(path).map_err(|source| DbFileError::Unreadable {
+        path: path.into(),
+        source,
+    })?;
+    let n = read_up_to(&mut file, &mut head).map_err(|source| DbFileError::Unreadable {
+        path: path.into(),
+        source,
+    })?;
     if n < MAGIC.len() || &head[..16] != MAGIC {
         return Err(DbFileError::NotADatabase(path.into()));
     }
-    let corrupt = |why: String| DbFileError::Corrupt { path: path.into(), why };
+    let corrupt = |why: String| DbFileError::Corrupt {
+        path: path.into(),
+        why,
+    };
     if n < 100 {
-        return Err(corrupt(format!("only {n} bytes, shorter than a database header")));
+        return Err(corrupt(format!(
+            "only {n} bytes, shorter than a database header"
+        )));
     }
     let raw = u16::from_be_bytes([head[16], head[17]]) as u32;
     let page_size = if raw == 1 { 65536 } else { raw };
@@ -94,7 +110,12 @@ pub fn inspect(path: &Path) -> Result<FileState, DbFileError> {
             meta.len()
         )));
     }
-    Ok(FileState::Database(Header { page_size, page_count, wal, len: meta.len() }))
+    Ok(FileState::Database(Header {
+        page_size,
+        page_count,
+        wal,
+        len: meta.len(),
+    }))
 }
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
@@ -149,7 +170,9 @@ pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
 /// mounts alike; access(2) reports EROFS even to root).
 pub fn writable(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
@@ -167,5 +190,62 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     match (fs::metadata(a), fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
+    }
+}
+
+/// The `versionHash` of the database at `path` as SQLite reads it (WAL
+/// content included), see [`crate::protocol::VersionHasher`].
+pub fn version_hash(path: &Path) -> anyhow::Result<String> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    // One read transaction, so the pages are one consistent snapshot.
+    c.execute_batch("BEGIN")?;
+    let mut hasher = crate::protocol::VersionHasher::new();
+    {
+        let mut st = c.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let pgno: u32 = r.get(0)?;
+            let data = r.get_ref(1)?.as_blob()?;
+            hasher.page(pgno, data);
+        }
+    }
+    c.execute_batch("COMMIT")?;
+    Ok(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_hash_ignores_journal_mode_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.db");
+        let c = Connection::open(&a).unwrap();
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(c);
+        let h1 = version_hash(&a).unwrap();
+        let b = dir.path().join("b.db");
+        std::fs::copy(&a, &b).unwrap();
+        let c = Connection::open(&b).unwrap();
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        drop(c);
+        assert_eq!(version_hash(&b).unwrap(), h1);
+        let c = Connection::open(&b).unwrap();
+        c.execute_batch("INSERT INTO t VALUES (2);").unwrap();
+        assert_ne!(version_hash(&b).unwrap(), h1);
+        assert!(matches!(
+            inspect(&a).unwrap(),
+            FileState::Database(Header {
+                page_size: 4096,
+                ..
+            })
+        ));
     }
 }

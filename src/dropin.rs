@@ -14,20 +14,43 @@ use crate::helper;
 
 /// True when argv[0] names `sqlite3_rsync` (a link or copy of our binary).
 pub fn invoked_as_sqlite3_rsync(arg0: Option<&OsString>) -> bool {
-    arg0.and_then(|a| Path::new(a).file_name()).is_some_and(|n| n == OsStr::new("sqlite3_rsync"))
+    arg0.and_then(|a| Path::new(a).file_name())
+        .is_some_and(|n| n == OsStr::new("sqlite3_rsync"))
 }
 
 /// Options that take a value, ours and sqlite3_rsync's, in either dash form;
 /// needed to tell a positional argument from an option's value.
 const VALUE_OPTIONS: &[&str] = &[
-    "server", "m", "message", "protocol", "pullKey", "pushKey", "replicaID", "adminKey", "exe", "ssh",
-    "p", "port", "logfile", "errorfile", "remote-errorfile", "debugfile", "remote-debugfile",
+    "server",
+    "m",
+    "message",
+    "protocol",
+    "pullKey",
+    "pushKey",
+    "replicaID",
+    "adminKey",
+    "exe",
+    "ssh",
+    "p",
+    "port",
+    "logfile",
+    "errorfile",
+    "remote-errorfile",
+    "debugfile",
+    "remote-debugfile",
 ];
 
 /// Options only sqlite3_rsync has: their presence means its form.
 const HELPER_ONLY_OPTIONS: &[&str] = &[
-    "origin", "replica", "commcheck", "arg-escape-check", "logfile", "errorfile", "remote-errorfile",
-    "debugfile", "remote-debugfile",
+    "origin",
+    "replica",
+    "commcheck",
+    "arg-escape-check",
+    "logfile",
+    "errorfile",
+    "remote-errorfile",
+    "debugfile",
+    "remote-debugfile",
 ];
 
 /// True when the arguments are sqlite3_rsync's forms: a `USER@HOST:PATH`
@@ -90,9 +113,15 @@ mod tests {
         assert!(is_sqlite3_rsync_form(&os(&["--origin", "a.db", "b.db"])));
         assert!(is_sqlite3_rsync_form(&os(&["-replica", "a.db", "b.db"])));
         assert!(!is_sqlite3_rsync_form(&os(&["a.db", "b.db", "-v"])));
-        assert!(!is_sqlite3_rsync_form(&os(&["a.db", "--server", "ws://h:1", "ns/a.db"])));
-        assert!(!is_sqlite3_rsync_form(&os(&["a.db", "-m", "x:y", "ns/a.db"])));
-        assert!(invoked_as_sqlite3_rsync(Some(&OsString::from("/usr/bin/sqlite3_rsync"))));
+        assert!(!is_sqlite3_rsync_form(&os(&[
+            "a.db", "--server", "ws://h:1", "ns/a.db"
+        ])));
+        assert!(!is_sqlite3_rsync_form(&os(&[
+            "a.db", "-m", "x:y", "ns/a.db"
+        ])));
+        assert!(invoked_as_sqlite3_rsync(Some(&OsString::from(
+            "/usr/bin/sqlite3_rsync"
+        ))));
         assert!(!invoked_as_sqlite3_rsync(Some(&OsString::from("sqlrsync"))));
     }
 }

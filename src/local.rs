@@ -37,10 +37,14 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
 
     let origin_header = match dbfile::inspect(&origin).map_err(|e| anyhow::anyhow!("ORIGIN {e}"))? {
         FileState::Missing => bail!("ORIGIN {} does not exist", origin.display()),
-        FileState::Empty => bail!("ORIGIN {} is empty (0 bytes), not an SQLite database", origin.display()),
+        FileState::Empty => bail!(
+            "ORIGIN {} is empty (0 bytes), not an SQLite database",
+            origin.display()
+        ),
         FileState::Database(h) => h,
     };
-    std::fs::File::open(&origin).with_context(|| format!("cannot read ORIGIN {}", origin.display()))?;
+    std::fs::File::open(&origin)
+        .with_context(|| format!("cannot read ORIGIN {}", origin.display()))?;
     let origin_facts = dbfile::facts(&origin).map_err(|e| anyhow::anyhow!("ORIGIN {e}"))?;
 
     let dir = dbfile::parent_dir(&replica);
@@ -51,12 +55,18 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     }
     let replica_state = dbfile::inspect(&replica).map_err(|e| match e {
         dbfile::DbFileError::NotADatabase(p) => {
-            anyhow::anyhow!("REPLICA {} exists and is not an SQLite database; refusing to overwrite it", p.display())
+            anyhow::anyhow!(
+                "REPLICA {} exists and is not an SQLite database; refusing to overwrite it",
+                p.display()
+            )
         }
         e => anyhow::anyhow!("REPLICA {e}"),
     })?;
     if replica_state != FileState::Missing && dbfile::same_file(&origin, &replica) {
-        bail!("ORIGIN and REPLICA are the same file ({})", origin.display());
+        bail!(
+            "ORIGIN and REPLICA are the same file ({})",
+            origin.display()
+        );
     }
     if let FileState::Database(h) = &replica_state {
         dbfile::facts(&replica).map_err(|e| anyhow::anyhow!("REPLICA {e}"))?;
@@ -73,7 +83,10 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     // The replica side needs to write the file and, for its journal or WAL,
     // the directory.
     if !dbfile::writable(&dir) {
-        bail!("REPLICA's directory {} is not writable (read-only location?)", dir.display());
+        bail!(
+            "REPLICA's directory {} is not writable (read-only location?)",
+            dir.display()
+        );
     }
     if replica_state != FileState::Missing && !dbfile::writable(&replica) {
         bail!("REPLICA {} is not writable", replica.display());
@@ -116,7 +129,11 @@ fn print_dry(plan: &Plan, json: bool) {
         None => (
             plan.origin_header.page_count.unwrap_or(0),
             plan.origin_header.page_size,
-            if plan.origin_header.wal { "wal".into() } else { "unknown".into() },
+            if plan.origin_header.wal {
+                "wal".into()
+            } else {
+                "unknown".into()
+            },
         ),
     };
     let creates = matches!(plan.replica_state, FileState::Missing | FileState::Empty);
@@ -144,7 +161,11 @@ fn print_dry(plan: &Plan, json: bool) {
     println!("replica:   {}", plan.replica.display());
     println!(
         "           {}",
-        if creates { "does not exist yet: it will be created".to_string() } else { "exists: only pages that differ will be written".to_string() }
+        if creates {
+            "does not exist yet: it will be created".to_string()
+        } else {
+            "exists: only pages that differ will be written".to_string()
+        }
     );
     println!("protocol:  {}", plan.protocol);
     println!(

@@ -60,21 +60,38 @@ pub enum Direction {
 /// One whole message of the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message<'a> {
-    OriginBegin { protocol: u8, page_size: u32, page_count: u32 },
+    OriginBegin {
+        protocol: u8,
+        page_size: u32,
+        page_count: u32,
+    },
     OriginEnd,
     OriginError(&'a [u8]),
-    OriginPage { pgno: u32, data: &'a [u8] },
-    OriginTxn { page_count: u32 },
+    OriginPage {
+        pgno: u32,
+        data: &'a [u8],
+    },
+    OriginTxn {
+        page_count: u32,
+    },
     OriginMsg(&'a [u8]),
-    OriginDetail { first: u32, count: u32 },
+    OriginDetail {
+        first: u32,
+        count: u32,
+    },
     OriginReady,
-    ReplicaBegin { protocol: u8 },
+    ReplicaBegin {
+        protocol: u8,
+    },
     ReplicaError(&'a [u8]),
     ReplicaEnd,
     ReplicaHash(&'a [u8]),
     ReplicaReady,
     ReplicaMsg(&'a [u8]),
-    ReplicaConfig { first: u32, count: u32 },
+    ReplicaConfig {
+        first: u32,
+        count: u32,
+    },
 }
 
 /// Why a stream was refused.
@@ -116,7 +133,14 @@ pub struct StreamParser {
 
 impl StreamParser {
     pub fn new(direction: Direction) -> Self {
-        StreamParser { direction, pending: Vec::new(), page_size: None, page_count: 0, offset: 0, ended: false }
+        StreamParser {
+            direction,
+            pending: Vec::new(),
+            page_size: None,
+            page_count: 0,
+            offset: 0,
+            ended: false,
+        }
     }
 
     /// True between messages: a whole frame starting here is a control frame
@@ -197,7 +221,10 @@ impl StreamParser {
             }
             Ok(5 + n as usize)
         };
-        let unknown = || StreamError::UnknownType { byte: ty, offset: self.offset };
+        let unknown = || StreamError::UnknownType {
+            byte: ty,
+            offset: self.offset,
+        };
         Ok(match self.direction {
             Direction::FromOrigin => match ty {
                 ORIGIN_BEGIN => 7,
@@ -233,27 +260,40 @@ impl StreamParser {
                 let page_count = be32(&m[3..7]);
                 self.page_size = Some(page_size);
                 self.page_count = page_count;
-                Message::OriginBegin { protocol: m[1], page_size, page_count }
+                Message::OriginBegin {
+                    protocol: m[1],
+                    page_size,
+                    page_count,
+                }
             }
             ORIGIN_END if self.direction == Direction::FromOrigin => {
                 self.ended = true;
                 Message::OriginEnd
             }
-            ORIGIN_ERROR if self.direction == Direction::FromOrigin => Message::OriginError(&m[5..]),
+            ORIGIN_ERROR if self.direction == Direction::FromOrigin => {
+                Message::OriginError(&m[5..])
+            }
             ORIGIN_PAGE if self.direction == Direction::FromOrigin => {
                 let pgno = be32(&m[1..5]);
                 if pgno == 0 || pgno > self.page_count {
-                    return Err(StreamError::PageOutOfRange { pgno, page_count: self.page_count });
+                    return Err(StreamError::PageOutOfRange {
+                        pgno,
+                        page_count: self.page_count,
+                    });
                 }
-                Message::OriginPage { pgno, data: &m[5..] }
+                Message::OriginPage {
+                    pgno,
+                    data: &m[5..],
+                }
             }
-            ORIGIN_TXN if self.direction == Direction::FromOrigin => {
-                Message::OriginTxn { page_count: be32(&m[1..5]) }
-            }
+            ORIGIN_TXN if self.direction == Direction::FromOrigin => Message::OriginTxn {
+                page_count: be32(&m[1..5]),
+            },
             ORIGIN_MSG if self.direction == Direction::FromOrigin => Message::OriginMsg(&m[5..]),
-            ORIGIN_DETAIL if self.direction == Direction::FromOrigin => {
-                Message::OriginDetail { first: be32(&m[1..5]), count: be32(&m[5..9]) }
-            }
+            ORIGIN_DETAIL if self.direction == Direction::FromOrigin => Message::OriginDetail {
+                first: be32(&m[1..5]),
+                count: be32(&m[5..9]),
+            },
             ORIGIN_READY if self.direction == Direction::FromOrigin => Message::OriginReady,
             REPLICA_BEGIN => Message::ReplicaBegin { protocol: m[1] },
             REPLICA_ERROR => Message::ReplicaError(&m[5..]),
@@ -264,8 +304,16 @@ impl StreamParser {
             REPLICA_HASH => Message::ReplicaHash(&m[1..]),
             REPLICA_READY => Message::ReplicaReady,
             REPLICA_MSG => Message::ReplicaMsg(&m[5..]),
-            REPLICA_CONFIG => Message::ReplicaConfig { first: be32(&m[1..5]), count: be32(&m[5..9]) },
-            byte => return Err(StreamError::UnknownType { byte, offset: self.offset }),
+            REPLICA_CONFIG => Message::ReplicaConfig {
+                first: be32(&m[1..5]),
+                count: be32(&m[5..9]),
+            },
+            byte => {
+                return Err(StreamError::UnknownType {
+                    byte,
+                    offset: self.offset,
+                });
+            }
         };
         self.offset += m.len() as u64;
         on_message(msg);
@@ -301,7 +349,11 @@ impl OriginSummary {
     /// Folds one message from the origin into the summary.
     pub fn observe(&mut self, msg: &Message<'_>) {
         match *msg {
-            Message::OriginBegin { protocol, page_size, page_count } => {
+            Message::OriginBegin {
+                protocol,
+                page_size,
+                page_count,
+            } => {
                 self.protocol = protocol;
                 self.page_size = page_size;
                 self.page_count = page_count;
@@ -401,7 +453,9 @@ impl ClientControl {
                     .map(ClientControl::CommitMessage)
                     .map_err(|_| ControlError::CommitMessageNotUtf8)
             }
-            [b @ (CTRL_CONFIG | CTRL_KEYREQUEST | CTRL_COMMITMESSAGE), ..] => Err(ControlError::BadLength(*b)),
+            [b @ (CTRL_CONFIG | CTRL_KEYREQUEST | CTRL_COMMITMESSAGE), ..] => {
+                Err(ControlError::BadLength(*b))
+            }
             [b, ..] => Err(ControlError::NotClientFrame(*b)),
             [] => Err(ControlError::BadLength(0)),
         }
@@ -437,7 +491,11 @@ pub struct ServerConfig {
     pub replica_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_path: Option<String>,
-    #[serde(rename = "committedVersionID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "committedVersionID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub committed_version_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_pull_key: Option<String>,
@@ -475,10 +533,61 @@ impl ServerText {
 
     pub fn encode(&self) -> String {
         match self {
-            ServerText::Config(c) => format!("CONFIG={}", serde_json::to_string(c).expect("config serialises")),
+            ServerText::Config(c) => format!(
+                "CONFIG={}",
+                serde_json::to_string(c).expect("config serialises")
+            ),
             ServerText::Message(m) => format!("MESSAGE={m}"),
             ServerText::Abort(m) => format!("ABORT={m}"),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Version hashes: what a pulling client checks its copy against.
+
+/// Hashes a database version page by page: SHA-256 over pages 1..N in
+/// order, with bytes 18 and 19 of page 1 (the file format read/write
+/// versions, i.e. WAL or rollback mode) hashed as zeros, because
+/// sqlite3_rsync itself keeps a WAL replica in WAL mode whatever the origin
+/// is. The server sends the result in CONFIG as `versionHash`.
+#[derive(Debug, Default, Clone)]
+pub struct VersionHasher {
+    /// Running digest.
+    hasher: sha2::Sha256,
+    /// Next page number expected; pages must come in order.
+    next_pgno: u32,
+}
+
+impl VersionHasher {
+    pub fn new() -> Self {
+        VersionHasher {
+            hasher: Default::default(),
+            next_pgno: 1,
+        }
+    }
+
+    /// Adds page `pgno`; panics on out-of-order use (a programming error).
+    pub fn page(&mut self, pgno: u32, data: &[u8]) {
+        use sha2::Digest;
+        assert_eq!(
+            pgno, self.next_pgno,
+            "version hash pages must come in order"
+        );
+        self.next_pgno += 1;
+        if pgno == 1 && data.len() >= 20 {
+            self.hasher.update(&data[..18]);
+            self.hasher.update([0u8, 0u8]);
+            self.hasher.update(&data[20..]);
+        } else {
+            self.hasher.update(data);
+        }
+    }
+
+    /// Lowercase hex digest.
+    pub fn finish(self) -> String {
+        use sha2::Digest;
+        hex::encode(self.hasher.finalize())
     }
 }
 
@@ -500,7 +609,9 @@ impl VersionRef {
     /// Parses the user's form after `@`: `latest`, `latest-N`, `N`, `vN`.
     pub fn parse_user(s: &str) -> Result<VersionRef, String> {
         let bad = || {
-            format!("invalid version @{s}: use @latest, @latest-N, @N or @vN with N a whole number above 0")
+            format!(
+                "invalid version @{s}: use @latest, @latest-N, @N or @vN with N a whole number above 0"
+            )
         };
         if s == "latest" {
             return Ok(VersionRef::Latest);
@@ -524,7 +635,9 @@ impl VersionRef {
         if let Some(n) = s.strip_prefix('-') {
             return positive(n).map(VersionRef::BeforeLatest).ok_or_else(bad);
         }
-        positive(s.strip_prefix('v').unwrap_or(s)).map(VersionRef::Exact).ok_or_else(bad)
+        positive(s.strip_prefix('v').unwrap_or(s))
+            .map(VersionRef::Exact)
+            .ok_or_else(bad)
     }
 
     /// The `X-ReplicaVersion` header value.
@@ -655,7 +768,9 @@ pub fn new_key() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..KEY_LEN).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..KEY_LEN)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// True for a string of the key alphabet and length.
@@ -668,7 +783,12 @@ pub fn mask_key(key: &str) -> String {
     if key.len() <= 6 {
         return "*".repeat(key.len());
     }
-    format!("{}{}{}", &key[..2], "*".repeat(key.len() - 4), &key[key.len() - 2..])
+    format!(
+        "{}{}{}",
+        &key[..2],
+        "*".repeat(key.len() - 4),
+        &key[key.len() - 2..]
+    )
 }
 
 #[cfg(test)]
@@ -708,53 +828,100 @@ mod tests {
         assert!(p.at_boundary() && p.ended());
         for split in [3, 6, 7, 100, 600] {
             let (a, b) = s.split_at(split);
-            assert_eq!(collect(&mut StreamParser::new(Direction::FromOrigin), &[a, b]).unwrap(), whole);
+            assert_eq!(
+                collect(&mut StreamParser::new(Direction::FromOrigin), &[a, b]).unwrap(),
+                whole
+            );
         }
     }
 
     #[test]
     fn refuses_hostile_streams() {
         let mut p = StreamParser::new(Direction::FromOrigin);
-        assert!(matches!(p.feed(&[0x00], |_| {}), Err(StreamError::UnknownType { .. })));
+        assert!(matches!(
+            p.feed(&[0x00], |_| {}),
+            Err(StreamError::UnknownType { .. })
+        ));
         let mut p = StreamParser::new(Direction::FromOrigin);
-        assert_eq!(p.feed(&[ORIGIN_BEGIN, 2, 17, 0, 0, 0, 1], |_| {}), Err(StreamError::BadPageSize(17)));
+        assert_eq!(
+            p.feed(&[ORIGIN_BEGIN, 2, 17, 0, 0, 0, 1], |_| {}),
+            Err(StreamError::BadPageSize(17))
+        );
         let mut p = StreamParser::new(Direction::FromOrigin);
-        assert_eq!(p.feed(&[ORIGIN_BEGIN, 2, 0, 0, 0, 0, 1], |_| {}), Err(StreamError::BadPageSize(0)));
+        assert_eq!(
+            p.feed(&[ORIGIN_BEGIN, 2, 0, 0, 0, 0, 1], |_| {}),
+            Err(StreamError::BadPageSize(0))
+        );
         let mut p = StreamParser::new(Direction::FromOrigin);
-        assert_eq!(p.feed(&[ORIGIN_PAGE, 0, 0, 0, 1], |_| {}), Err(StreamError::PageBeforeBegin));
+        assert_eq!(
+            p.feed(&[ORIGIN_PAGE, 0, 0, 0, 1], |_| {}),
+            Err(StreamError::PageBeforeBegin)
+        );
         let mut p = StreamParser::new(Direction::FromOrigin);
         let mut s = vec![ORIGIN_BEGIN, 2, 9, 0, 0, 0, 1, ORIGIN_PAGE, 0, 0, 0, 2];
         s.extend(std::iter::repeat_n(0, 512));
-        assert_eq!(p.feed(&s, |_| {}), Err(StreamError::PageOutOfRange { pgno: 2, page_count: 1 }));
+        assert_eq!(
+            p.feed(&s, |_| {}),
+            Err(StreamError::PageOutOfRange {
+                pgno: 2,
+                page_count: 1
+            })
+        );
         let mut p = StreamParser::new(Direction::FromReplica);
-        assert_eq!(p.feed(&[REPLICA_MSG, 0xff, 0, 0, 0], |_| {}), Err(StreamError::TextTooLong(0xff000000)));
+        assert_eq!(
+            p.feed(&[REPLICA_MSG, 0xff, 0, 0, 0], |_| {}),
+            Err(StreamError::TextTooLong(0xff000000))
+        );
         let mut p = StreamParser::new(Direction::FromReplica);
-        assert_eq!(p.feed(&[REPLICA_END, REPLICA_READY], |_| {}), Err(StreamError::DataAfterEnd));
+        assert_eq!(
+            p.feed(&[REPLICA_END, REPLICA_READY], |_| {}),
+            Err(StreamError::DataAfterEnd)
+        );
         let mut p = StreamParser::new(Direction::FromReplica);
-        assert!(matches!(p.feed(&[ORIGIN_BEGIN], |_| {}), Err(StreamError::UnknownType { .. })));
+        assert!(matches!(
+            p.feed(&[ORIGIN_BEGIN], |_| {}),
+            Err(StreamError::UnknownType { .. })
+        ));
     }
 
     #[test]
     fn control_frames_round_trip() {
-        for c in [ClientControl::Config, ClientControl::KeyRequest, ClientControl::CommitMessage("héllo".into())] {
+        for c in [
+            ClientControl::Config,
+            ClientControl::KeyRequest,
+            ClientControl::CommitMessage("héllo".into()),
+        ] {
             assert_eq!(ClientControl::parse(&c.encode()).unwrap(), c);
         }
         assert!(ClientControl::parse(&[CTRL_CONFIG, 1]).is_err());
         assert!(ClientControl::parse(&[CTRL_COMMITMESSAGE, 0, 5, b'a']).is_err());
         assert!(ClientControl::parse(&[CTRL_NEWREPLICAVERSION]).is_err());
-        assert!((0x41..=0x48).chain(0x61..=0x67).all(|b| !is_control_byte(b)));
+        assert!(
+            (0x41..=0x48)
+                .chain(0x61..=0x67)
+                .all(|b| !is_control_byte(b))
+        );
     }
 
     #[test]
     fn version_refs() {
         assert_eq!(VersionRef::parse_user("latest"), Ok(VersionRef::Latest));
-        assert_eq!(VersionRef::parse_user("latest-2"), Ok(VersionRef::BeforeLatest(2)));
+        assert_eq!(
+            VersionRef::parse_user("latest-2"),
+            Ok(VersionRef::BeforeLatest(2))
+        );
         assert_eq!(VersionRef::parse_user("7"), Ok(VersionRef::Exact(7)));
         assert_eq!(VersionRef::parse_user("v7"), Ok(VersionRef::Exact(7)));
-        for bad in ["latest+1", "0", "-1", "x", "latest-0", "v", "", "latest-", " 1", "1.0"] {
+        for bad in [
+            "latest+1", "0", "-1", "x", "latest-0", "v", "", "latest-", " 1", "1.0",
+        ] {
             assert!(VersionRef::parse_user(bad).is_err(), "{bad}");
         }
-        for v in [VersionRef::Latest, VersionRef::BeforeLatest(3), VersionRef::Exact(9)] {
+        for v in [
+            VersionRef::Latest,
+            VersionRef::BeforeLatest(3),
+            VersionRef::Exact(9),
+        ] {
             assert_eq!(VersionRef::parse_header(&v.header_value()), Ok(v));
         }
         assert_eq!(VersionRef::BeforeLatest(2).resolve(5), Some(3));

@@ -70,7 +70,10 @@ pub fn classify(arg: &str) -> Result<Place, String> {
         None => (arg, None),
     };
     validate_remote_path(path)?;
-    Ok(Place::Remote(RemoteRef { path: path.to_string(), version }))
+    Ok(Place::Remote(RemoteRef {
+        path: path.to_string(),
+        version,
+    }))
 }
 
 /// A remote path must be `namespace/…/name`, each part non-empty, none `.`
@@ -124,14 +127,24 @@ mod tests {
         assert!(matches!(classify("data.db"), Ok(Place::Local(_))));
         assert!(matches!(classify("./x/data.db"), Ok(Place::Local(_))));
         assert!(matches!(classify("/tmp/data.db"), Ok(Place::Local(_))));
-        assert!(matches!(classify("user@host:/x/data.db"), Ok(Place::Ssh(_))));
+        assert!(matches!(
+            classify("user@host:/x/data.db"),
+            Ok(Place::Ssh(_))
+        ));
         assert!(matches!(classify("host:data.db"), Ok(Place::Ssh(_))));
         assert!(matches!(classify("./a:b"), Ok(Place::Local(_))));
-        let Ok(Place::Remote(r)) = classify("ns/sub/data.db@latest-2") else { panic!() };
+        let Ok(Place::Remote(r)) = classify("ns/sub/data.db@latest-2") else {
+            panic!()
+        };
         assert_eq!(r.path, "ns/sub/data.db");
         assert_eq!(r.version, Some(VersionRef::BeforeLatest(2)));
         assert_eq!(r.file_name(), "data.db");
-        for bad in ["ns/data.db@latest+1", "ns/data.db@0", "ns/data.db@-1", "ns/data.db@x"] {
+        for bad in [
+            "ns/data.db@latest+1",
+            "ns/data.db@0",
+            "ns/data.db@-1",
+            "ns/data.db@x",
+        ] {
             assert!(classify(bad).is_err(), "{bad}");
         }
         assert!(classify("ns/../x.db").is_err());

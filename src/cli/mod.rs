@@ -83,7 +83,12 @@ pub struct Cli {
     pub unlisted: bool,
 
     /// Commit message for this push (at most 4096 bytes)
-    #[arg(short = 'm', long = "message", value_name = "TEXT", help_heading = "Remote")]
+    #[arg(
+        short = 'm',
+        long = "message",
+        value_name = "TEXT",
+        help_heading = "Remote"
+    )]
     pub message: Option<String>,
 
     /// After pulling, wait for new versions and pull each one, until Ctrl-C
@@ -136,7 +141,12 @@ pub struct Cli {
     pub ssh: Option<String>,
 
     /// ssh TCP port
-    #[arg(short = 'p', long, value_name = "PORT", help_heading = "ssh (sqlite3_rsync forms)")]
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "PORT",
+        help_heading = "ssh (sqlite3_rsync forms)"
+    )]
     pub port: Option<u16>,
 
     /// Print version information
@@ -151,7 +161,10 @@ pub enum Mode {
     Local { origin: PathBuf, replica: PathBuf },
     /// Local database to the server; `remote` None lets secrets or the server
     /// name the replica.
-    Push { local: PathBuf, remote: Option<RemoteRef> },
+    Push {
+        local: PathBuf,
+        remote: Option<RemoteRef>,
+    },
     /// Server replica into a local database.
     Pull { remote: RemoteRef, local: PathBuf },
 }
@@ -175,7 +188,10 @@ pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, Stri
     let r = replica.map(forms::classify).transpose()?;
     Ok(match (o, r) {
         (Place::Local(origin), Some(Place::Local(replica))) => Mode::Local { origin, replica },
-        (Place::Local(local), None) => Mode::Push { local, remote: None },
+        (Place::Local(local), None) => Mode::Push {
+            local,
+            remote: None,
+        },
         (Place::Local(local), Some(Place::Remote(remote))) => {
             if remote.version.is_some() {
                 return Err(format!(
@@ -183,7 +199,10 @@ pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, Stri
                     remote.path
                 ));
             }
-            Mode::Push { local, remote: Some(remote) }
+            Mode::Push {
+                local,
+                remote: Some(remote),
+            }
         }
         (Place::Remote(remote), None) => {
             let local = PathBuf::from(remote.file_name());
@@ -191,7 +210,9 @@ pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, Stri
         }
         (Place::Remote(remote), Some(Place::Local(local))) => Mode::Pull { remote, local },
         (Place::Remote(_), Some(Place::Remote(_))) => {
-            return Err("both arguments name remote replicas; one side must be a local database".into());
+            return Err(
+                "both arguments name remote replicas; one side must be a local database".into(),
+            );
         }
         (Place::Ssh(_), _) | (_, Some(Place::Ssh(_))) => {
             return Err("USER@HOST:PATH forms are handled by sqlite3_rsync".into());
@@ -202,12 +223,18 @@ pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, Stri
 /// Entry point of the `sqlrsync` binary.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if crate::dropin::invoked_as_sqlite3_rsync(args.first()) || crate::dropin::is_sqlite3_rsync_form(&args[1..]) {
+    if crate::dropin::invoked_as_sqlite3_rsync(args.first())
+        || crate::dropin::is_sqlite3_rsync_form(&args[1..])
+    {
         return crate::dropin::exec_helper(&args[1..]);
     }
     let cli = Cli::parse_from(&args);
     if cli.version {
-        println!("sqlrsync {} ({})", env!("CARGO_PKG_VERSION"), helper::version_line());
+        println!(
+            "sqlrsync {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            helper::version_line()
+        );
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.verbose);
@@ -221,7 +248,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mode = mode_of(cli.origin.as_deref(), cli.replica.as_deref()).map_err(anyhow::Error::msg)?;
+    let mode =
+        mode_of(cli.origin.as_deref(), cli.replica.as_deref()).map_err(anyhow::Error::msg)?;
     match mode {
         Mode::Local { origin, replica } => crate::local::run(&cli, &origin, &replica),
         Mode::Push { .. } | Mode::Pull { .. } => crate::client::run(&cli, mode),
@@ -230,7 +258,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Errors are one line: newlines from nested causes become "; ".
 pub fn one_line(s: &str) -> String {
-    s.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    s.trim()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn init_tracing(verbose: u8) {
@@ -241,7 +274,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SQLRSYNC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]
@@ -250,10 +286,24 @@ mod tests {
 
     #[test]
     fn modes() {
-        assert!(matches!(mode_of(Some("a.db"), Some("b.db")), Ok(Mode::Local { .. })));
-        assert!(matches!(mode_of(Some("a.db"), None), Ok(Mode::Push { remote: None, .. })));
-        assert!(matches!(mode_of(Some("./a.db"), Some("ns/a.db")), Ok(Mode::Push { remote: Some(_), .. })));
-        let Ok(Mode::Pull { local, .. }) = mode_of(Some("ns/x/a.db@3"), None) else { panic!() };
+        assert!(matches!(
+            mode_of(Some("a.db"), Some("b.db")),
+            Ok(Mode::Local { .. })
+        ));
+        assert!(matches!(
+            mode_of(Some("a.db"), None),
+            Ok(Mode::Push { remote: None, .. })
+        ));
+        assert!(matches!(
+            mode_of(Some("./a.db"), Some("ns/a.db")),
+            Ok(Mode::Push {
+                remote: Some(_),
+                ..
+            })
+        ));
+        let Ok(Mode::Pull { local, .. }) = mode_of(Some("ns/x/a.db@3"), None) else {
+            panic!()
+        };
         assert_eq!(local, PathBuf::from("a.db"));
         assert!(mode_of(Some("ns/a.db"), Some("ns/b.db")).is_err());
         assert!(mode_of(Some("a.db"), Some("ns/b.db@2")).is_err());

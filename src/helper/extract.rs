@@ -35,7 +35,9 @@ static EXTRACTED: OnceLock<Result<ExtractedHelper, String>> = OnceLock::new();
 pub fn path() -> anyhow::Result<&'static Path> {
     match EXTRACTED.get_or_init(|| extract().map_err(|e| format!("{e:#}"))) {
         Ok(h) => Ok(&h.path),
-        Err(e) => Err(anyhow::anyhow!("cannot prepare the sqlite3_rsync helper: {e}")),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot prepare the sqlite3_rsync helper: {e}"
+        )),
     }
 }
 
@@ -55,25 +57,44 @@ fn extract() -> anyhow::Result<ExtractedHelper> {
     if let Some(dir) = cache_dir() {
         let target = dir.join(file_name());
         if matches_embedded(&target) {
-            return Ok(ExtractedHelper { path: target, _private_dir: None });
+            return Ok(ExtractedHelper {
+                path: target,
+                _private_dir: None,
+            });
         }
         match write_atomically(&dir, &target) {
-            Ok(()) => return Ok(ExtractedHelper { path: target, _private_dir: None }),
+            Ok(()) => {
+                return Ok(ExtractedHelper {
+                    path: target,
+                    _private_dir: None,
+                });
+            }
             Err(e) => {
-                tracing::debug!("cache {} not usable ({e}); using a private temp dir", dir.display())
+                tracing::debug!(
+                    "cache {} not usable ({e}); using a private temp dir",
+                    dir.display()
+                )
             }
         }
     }
     if let Some(dir) = private_temp_dir() {
         let target = dir.join(file_name());
         if matches_embedded(&target) || write_atomically(&dir, &target).is_ok() {
-            return Ok(ExtractedHelper { path: target, _private_dir: None });
+            return Ok(ExtractedHelper {
+                path: target,
+                _private_dir: None,
+            });
         }
     }
-    let private = tempfile::Builder::new().prefix("sqlrsync-helper-").tempdir()?;
+    let private = tempfile::Builder::new()
+        .prefix("sqlrsync-helper-")
+        .tempdir()?;
     let target = private.path().join(file_name());
     write_atomically(private.path(), &target)?;
-    Ok(ExtractedHelper { path: target, _private_dir: Some(private) })
+    Ok(ExtractedHelper {
+        path: target,
+        _private_dir: Some(private),
+    })
 }
 
 /// `<temp>/sqlrsync-<uid>`, created 0700 if missing; None unless it is a
@@ -90,9 +111,16 @@ fn private_temp_dir() -> Option<PathBuf> {
 /// True when `path` is an executable regular file holding exactly the
 /// embedded bytes. Comparing bytes is cheaper than hashing and as strict.
 fn matches_embedded(path: &Path) -> bool {
-    let Ok(mut file) = fs::File::open(path) else { return false };
-    let Ok(meta) = file.metadata() else { return false };
-    if !meta.is_file() || meta.len() != HELPER_BYTES.len() as u64 || meta.permissions().mode() & 0o111 == 0 {
+    let Ok(mut file) = fs::File::open(path) else {
+        return false;
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if !meta.is_file()
+        || meta.len() != HELPER_BYTES.len() as u64
+        || meta.permissions().mode() & 0o111 == 0
+    {
         return false;
     }
     let mut buf = Vec::with_capacity(HELPER_BYTES.len());
@@ -101,9 +129,12 @@ fn matches_embedded(path: &Path) -> bool {
 
 fn write_atomically(dir: &Path, target: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".sqlite3_rsync.").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sqlite3_rsync.")
+        .tempfile_in(dir)?;
     tmp.write_all(HELPER_BYTES)?;
-    tmp.as_file().set_permissions(fs::Permissions::from_mode(0o755))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o755))?;
     tmp.as_file().sync_all()?;
     // Close our write handle before the rename: a file still open for writing
     // cannot be executed (ETXTBSY).

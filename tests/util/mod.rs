@@ -251,3 +251,8 @@ impl Drop for TestServer {
         let _ = self.child.wait();
     }
 }
+
+/// The `versionHash` of a database file (see protocol::VersionHasher).
+pub fn version_hash(path: &Path) -> String {
+    sqlrsync::dbfile::version_hash(path).unwrap()
+}
