@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod dbfile;
 pub mod dropin;
+pub mod fuzzing;
 pub mod helper;
 pub mod local;
 pub mod printer;
