@@ -1,4 +1,5 @@
-//! Replays every input the fuzzers keep (fuzz/corpus/*) through the same
+//! Replays every input the fuzzers keep (fuzz/corpus/*) and the streams
+//! recorded from real helper runs (fuzz/seeds/*) through the same
 //! property checks the fuzz targets run, so CI guards against regressions
 //! without a fuzzer. scripts/fuzz runs the fuzzers themselves.
 
@@ -46,18 +47,10 @@ fn real_streams_parse_to_the_end() {
     // The seeds recorded from real helper runs must parse cleanly: a parser
     // that refuses a real stream would break every sync.
     use sqlrsync::protocol::{Direction, StreamParser};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/stream_parser");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/stream_parser");
     let mut ended = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if !path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("seed-")
-        {
-            continue; // an input the fuzzer found, not a recorded stream
-        }
         let data = std::fs::read(&path).unwrap();
         let (head, stream) = data.split_first().unwrap();
         let dir = if head & 1 == 0 {

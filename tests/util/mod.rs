@@ -5,6 +5,8 @@
 //! so nothing a test writes leaks into another or into the developer's home.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
