@@ -51,6 +51,28 @@ pub enum DbFileError {
     Corrupt { path: PathBuf, why: String },
 }
 
+impl DbFileError {
+    /// One line naming the file's role (ORIGIN, REPLICA) and what is wrong.
+    pub fn describe(&self, role: &str) -> String {
+        match self {
+            DbFileError::NotAFile(p) => format!("{role} {} is not a regular file", p.display()),
+            DbFileError::Unreadable { path, source } => {
+                format!(
+                    "cannot read {role} {}: {}",
+                    path.display(),
+                    io_reason(source)
+                )
+            }
+            DbFileError::NotADatabase(p) => {
+                format!("{role} {} is not an SQLite database", p.display())
+            }
+            DbFileError::Corrupt { path, why } => {
+                format!("{role} {} is corrupt: {why}", path.display())
+            }
+        }
+    }
+}
+
 /// Reads the header of `path` without opening it as a database.
 pub fn inspect(path: &Path) -> Result<FileState, DbFileError> {
     let meta = match fs::metadata(path) {
@@ -141,9 +163,23 @@ pub struct Facts {
 /// journal mode, reading the schema so that a damaged file fails here.
 /// Returns Ok(None) when SQLite cannot look right now (locked, no -shm
 /// access): not proof of damage, so the sync itself decides.
+///
+/// Creates no file: a WAL database at rest (no `-wal` beside it) is opened
+/// `immutable`, because even a read-only SQLite connection would otherwise
+/// create the `-wal` and `-shm` files and leave them behind.
 pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
+    let wal_file = wal_path(path);
+    let at_rest_wal = matches!(
+        inspect(path),
+        Ok(FileState::Database(Header { wal: true, .. }))
+    ) && !wal_file.exists();
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let result = Connection::open_with_flags(path, flags).and_then(|c| {
+    let opened = if at_rest_wal {
+        Connection::open_with_flags(immutable_uri(path), flags | OpenFlags::SQLITE_OPEN_URI)
+    } else {
+        Connection::open_with_flags(path, flags)
+    };
+    let result = opened.and_then(|c| {
         c.busy_timeout(std::time::Duration::from_millis(2000))?;
         c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
         Ok(Facts {
@@ -153,7 +189,16 @@ pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
         })
     });
     match result {
-        Ok(f) => Ok(Some(f)),
+        Ok(mut f) => {
+            if at_rest_wal {
+                // immutable hides the journal mode; the header told us.
+                f.journal_mode = "wal".into();
+            }
+            Ok(Some(f))
+        }
+        // A writer that started while we read immutably may have moved
+        // pages under us: that is not damage, so let the sync decide.
+        Err(_) if at_rest_wal && wal_file.exists() => Ok(None),
         Err(rusqlite::Error::SqliteFailure(e, msg)) => match e.code {
             rusqlite::ErrorCode::NotADatabase => Err(DbFileError::NotADatabase(path.into())),
             rusqlite::ErrorCode::DatabaseCorrupt => Err(DbFileError::Corrupt {
@@ -166,6 +211,29 @@ pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
     }
 }
 
+/// `PATH-wal`, where SQLite keeps a WAL database's write-ahead log.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// `file:PATH?mode=ro&immutable=1`, with PATH percent-encoded so that `?`,
+/// `#` or `%` in a file name stay part of the name.
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    uri
+}
+
 /// True when this process may write to `path` (permissions and read-only
 /// mounts alike; access(2) reports EROFS even to root).
 pub fn writable(path: &Path) -> bool {
@@ -174,6 +242,54 @@ pub fn writable(path: &Path) -> bool {
         return false;
     };
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Checks that a new file can be created in `dir`, the way the REPLICA side
+/// will create its database and journal. access(2) alone is not enough:
+/// root passes it even where nothing can be created (procfs, sysfs). The
+/// probe is an unnamed O_TMPFILE where the file system has them, else a
+/// named temp file removed at once; either way nothing is left behind.
+pub fn can_create_in(dir: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !writable(dir) {
+        return Err(io::Error::last_os_error());
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } == 0 && vfs.f_flag & libc::ST_RDONLY != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EROFS));
+    }
+    match fs::OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            tempfile::Builder::new()
+                .prefix(".sqlrsync-probe-")
+                .tempfile_in(dir)
+                .map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The text of an I/O error without Rust's " (os error N)" suffix.
+pub fn io_reason(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// The directory a file lives in ("." for a bare name).

@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 
 use crate::cli::Cli;
 use crate::dbfile::{self, FileState};
@@ -35,7 +35,7 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     let origin = std::path::absolute(origin).context("cannot resolve ORIGIN")?;
     let replica = std::path::absolute(replica).context("cannot resolve REPLICA")?;
 
-    let origin_header = match dbfile::inspect(&origin).map_err(|e| anyhow::anyhow!("ORIGIN {e}"))? {
+    let origin_header = match dbfile::inspect(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))? {
         FileState::Missing => bail!("ORIGIN {} does not exist", origin.display()),
         FileState::Empty => bail!(
             "ORIGIN {} is empty (0 bytes), not an SQLite database",
@@ -43,9 +43,7 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
         ),
         FileState::Database(h) => h,
     };
-    std::fs::File::open(&origin)
-        .with_context(|| format!("cannot read ORIGIN {}", origin.display()))?;
-    let origin_facts = dbfile::facts(&origin).map_err(|e| anyhow::anyhow!("ORIGIN {e}"))?;
+    let origin_facts = dbfile::facts(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))?;
 
     let dir = dbfile::parent_dir(&replica);
     match std::fs::metadata(&dir) {
@@ -54,13 +52,11 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
         Err(_) => bail!("REPLICA's directory {} does not exist", dir.display()),
     }
     let replica_state = dbfile::inspect(&replica).map_err(|e| match e {
-        dbfile::DbFileError::NotADatabase(p) => {
-            anyhow::anyhow!(
-                "REPLICA {} exists and is not an SQLite database; refusing to overwrite it",
-                p.display()
-            )
-        }
-        e => anyhow::anyhow!("REPLICA {e}"),
+        dbfile::DbFileError::NotADatabase(p) => anyhow!(
+            "REPLICA {} exists and is not an SQLite database; refusing to overwrite it",
+            p.display()
+        ),
+        e => anyhow!(e.describe("REPLICA")),
     })?;
     if replica_state != FileState::Missing && dbfile::same_file(&origin, &replica) {
         bail!(
@@ -69,7 +65,7 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
         );
     }
     if let FileState::Database(h) = &replica_state {
-        dbfile::facts(&replica).map_err(|e| anyhow::anyhow!("REPLICA {e}"))?;
+        dbfile::facts(&replica).map_err(|e| anyhow!(e.describe("REPLICA")))?;
         if h.page_size != origin_header.page_size {
             bail!(
                 "page size mismatch: ORIGIN has {}-byte pages, REPLICA {} has {}-byte pages; \
@@ -82,14 +78,19 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     }
     // The replica side needs to write the file and, for its journal or WAL,
     // the directory.
-    if !dbfile::writable(&dir) {
+    if let Err(e) = dbfile::can_create_in(&dir) {
         bail!(
-            "REPLICA's directory {} is not writable (read-only location?)",
-            dir.display()
+            "REPLICA's directory {} is a read-only location: cannot create files there ({})",
+            dir.display(),
+            dbfile::io_reason(&e)
         );
     }
     if replica_state != FileState::Missing && !dbfile::writable(&replica) {
-        bail!("REPLICA {} is not writable", replica.display());
+        bail!(
+            "REPLICA {} is read-only: cannot write to it ({})",
+            replica.display(),
+            dbfile::io_reason(&std::io::Error::last_os_error())
+        );
     }
     Ok(Plan {
         origin,
