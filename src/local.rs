@@ -79,10 +79,15 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     // The replica side needs to write the file and, for its journal or WAL,
     // the directory.
     if let Err(e) = dbfile::can_create_in(&dir) {
+        // procfs and the like answer "no such file" to a create in a
+        // directory that plainly exists; say what it means.
+        let reason = match e.raw_os_error() {
+            Some(libc::ENOENT) => "its file system takes no new files".to_string(),
+            _ => dbfile::io_reason(&e),
+        };
         bail!(
-            "REPLICA's directory {} is a read-only location: cannot create files there ({})",
-            dir.display(),
-            dbfile::io_reason(&e)
+            "REPLICA's directory {} is a read-only location: cannot create files there ({reason})",
+            dir.display()
         );
     }
     if replica_state != FileState::Missing && !dbfile::writable(&replica) {
@@ -169,8 +174,14 @@ fn print_dry(plan: &Plan, json: bool) {
         }
     );
     println!("protocol:  {}", plan.protocol);
-    println!(
-        "would:     make REPLICA a consistent snapshot of ORIGIN, copying only the pages that differ"
-    );
+    if creates {
+        println!(
+            "would:     copy all {pages} pages of ORIGIN, as one consistent snapshot, into REPLICA"
+        );
+    } else {
+        println!(
+            "would:     make REPLICA a consistent snapshot of ORIGIN, copying only the pages that differ"
+        );
+    }
     println!("dry run:   nothing was written");
 }
