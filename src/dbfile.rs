@@ -29,6 +29,7 @@ pub enum FileState {
 /// The parts of the database header sqlrsync cares about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// Bytes per page (512..=65536): REPLICA must match ORIGIN's.
     pub page_size: u32,
     /// In-header page count, when the header says it is valid.
     pub page_count: Option<u32>,
@@ -41,14 +42,29 @@ pub struct Header {
 /// Why a file is not usable as a database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbFileError {
+    /// A directory, device or other non-file.
     #[error("{0} is not a regular file")]
     NotAFile(PathBuf),
+    /// The file exists but cannot be opened or read.
     #[error("cannot read {path}: {source}")]
-    Unreadable { path: PathBuf, source: io::Error },
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why the system refused.
+        source: io::Error,
+    },
+    /// No SQLite magic at the start.
     #[error("{0} is not an SQLite database")]
     NotADatabase(PathBuf),
+    /// An SQLite header that contradicts itself or the file, or a schema
+    /// SQLite cannot read.
     #[error("{path} is corrupt: {why}")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in a few words.
+        why: String,
+    },
 }
 
 impl DbFileError {
@@ -154,8 +170,11 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// Facts SQLite itself reports about a database, read-only.
 #[derive(Debug, Clone)]
 pub struct Facts {
+    /// Bytes per page, as SQLite reads it.
     pub page_size: u32,
+    /// Pages in the database including any WAL content: what a sync copies.
     pub page_count: u32,
+    /// `delete`, `wal`, ...: shown by `--dry`.
     pub journal_mode: String,
 }
 

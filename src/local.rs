@@ -22,11 +22,20 @@ pub const LOCAL_DEFAULT_PROTOCOL: u8 = 1;
 /// What LOCAL mode found out before syncing.
 #[derive(Debug)]
 pub struct Plan {
+    /// ORIGIN made absolute: the helper runs a second copy of itself, and
+    /// `--dry` promises absolute paths.
     pub origin: PathBuf,
+    /// REPLICA made absolute, for the same reasons.
     pub replica: PathBuf,
+    /// What SQLite says about ORIGIN (None when it could not look, e.g.
+    /// locked): page size and count for `--dry`.
     pub origin_facts: Option<dbfile::Facts>,
+    /// ORIGIN's header: the page size to compare with REPLICA's, and the
+    /// `--dry` figures when SQLite could not look.
     pub origin_header: dbfile::Header,
+    /// Whether REPLICA exists, so `--dry` can say it will be created.
     pub replica_state: FileState,
+    /// The sqlite3_rsync protocol to run: `--protocol`, else the LOCAL default.
     pub protocol: u8,
 }
 
