@@ -102,7 +102,10 @@ fn main() {
 fn vendored_from_env(vendor: &Path) -> bool {
     let src = env::var("SQLRSYNC_SQLITE_SRC").unwrap_or_default();
     fs::read_to_string(vendor.join("SOURCE"))
-        .map(|s| s.contains(&src))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.strip_prefix("src=") == Some(src.as_str()))
+        })
         .unwrap_or(false)
 }
 

@@ -108,6 +108,11 @@ fn an_archive_laid_out_as_sqlite_src() {
         "{source}"
     );
     assert!(source.contains("amalgamation=none"), "{source}");
+    // build.rs compares this line with SQLRSYNC_SQLITE_SRC to skip a fetch.
+    assert!(
+        source.contains(&format!("\nsrc={}\n", archive.display())),
+        "{source}"
+    );
     // Leaves no staging directory behind.
     let mut entries: Vec<String> = std::fs::read_dir(root.join("vendor"))
         .unwrap()
