@@ -188,16 +188,7 @@ pub struct Facts {
 /// create the `-wal` and `-shm` files and leave them behind.
 pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
     let wal_file = wal_path(path);
-    let at_rest_wal = matches!(
-        inspect(path),
-        Ok(FileState::Database(Header { wal: true, .. }))
-    ) && !wal_file.exists();
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let opened = if at_rest_wal {
-        Connection::open_with_flags(immutable_uri(path), flags | OpenFlags::SQLITE_OPEN_URI)
-    } else {
-        Connection::open_with_flags(path, flags)
-    };
+    let (opened, at_rest_wal) = open_without_traces(path);
     let result = opened.and_then(|c| {
         c.busy_timeout(std::time::Duration::from_millis(2000))?;
         c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
@@ -228,6 +219,83 @@ pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
         },
         Err(_) => Ok(None),
     }
+}
+
+/// Opens `path` read-only without leaving files behind: a WAL database at
+/// rest (no `-wal`) is opened `immutable`, since even a read-only connection
+/// would otherwise create `-wal` and `-shm` and leave them. The flag says
+/// whether that happened.
+fn open_without_traces(path: &Path) -> (rusqlite::Result<Connection>, bool) {
+    let at_rest_wal = matches!(
+        inspect(path),
+        Ok(FileState::Database(Header { wal: true, .. }))
+    ) && !wal_path(path).exists();
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let opened = if at_rest_wal {
+        Connection::open_with_flags(immutable_uri(path), flags | OpenFlags::SQLITE_OPEN_URI)
+    } else {
+        Connection::open_with_flags(path, flags)
+    };
+    (opened, at_rest_wal)
+}
+
+/// True when REPLICA holds exactly ORIGIN's pages right now, so a sync
+/// would change nothing. Page 1's bookkeeping bytes that every commit or a
+/// journal-mode switch rewrites (file format versions 18..20, change
+/// counter 24..28, version-valid-for and SQLite version 92..100) are not
+/// content and are ignored. Each side is read in one read transaction.
+///
+/// Comparing bytes costs a fraction of what sqlite3_rsync's hashing of
+/// every page on both sides costs, and stops at the first difference; any
+/// doubt (an error, a lock) answers false and the real sync decides. If
+/// ORIGIN changes while it is read, "same" still means REPLICA is the
+/// consistent snapshot a sync a moment earlier would have made.
+pub fn same_pages(origin: &Path, replica: &Path) -> bool {
+    fn compare(origin: &Path, replica: &Path) -> rusqlite::Result<bool> {
+        let o = open_without_traces(origin).0?;
+        let r = open_without_traces(replica).0?;
+        for c in [&o, &r] {
+            c.busy_timeout(std::time::Duration::from_millis(500))?;
+            c.execute_batch("BEGIN")?;
+        }
+        let shape = |c: &Connection| -> rusqlite::Result<(u32, u32)> {
+            Ok((
+                c.query_row("PRAGMA page_size", [], |r| r.get(0))?,
+                c.query_row("PRAGMA page_count", [], |r| r.get(0))?,
+            ))
+        };
+        if shape(&o)? != shape(&r)? {
+            return Ok(false);
+        }
+        let sql = "SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno";
+        let (mut so, mut sr) = (o.prepare(sql)?, r.prepare(sql)?);
+        let (mut ro, mut rr) = (so.query([])?, sr.query([])?);
+        loop {
+            match (ro.next()?, rr.next()?) {
+                (None, None) => return Ok(true),
+                (Some(a), Some(b)) => {
+                    let pgno: u32 = a.get(0)?;
+                    if pgno != b.get::<_, u32>(0)? {
+                        return Ok(false);
+                    }
+                    let (x, y) = (a.get_ref(1)?.as_blob()?, b.get_ref(1)?.as_blob()?);
+                    let equal = if pgno == 1 && x.len() >= 100 && y.len() == x.len() {
+                        x[..18] == y[..18]
+                            && x[20..24] == y[20..24]
+                            && x[28..92] == y[28..92]
+                            && x[100..] == y[100..]
+                    } else {
+                        x == y
+                    };
+                    if !equal {
+                        return Ok(false);
+                    }
+                }
+                _ => return Ok(false),
+            }
+        }
+    }
+    compare(origin, replica).unwrap_or(false)
 }
 
 /// `PATH-wal`, where SQLite keeps a WAL database's write-ahead log.

@@ -298,3 +298,44 @@ fn version_names_ours_and_sqlites() {
     assert_ok(&o);
     assert_eq!(stdout(&o), out);
 }
+
+#[test]
+fn a_sync_with_nothing_to_do_touches_nothing_and_a_last_page_change_still_syncs() {
+    let env = TestEnv::new();
+    for wal in [false, true] {
+        let origin = env.path(&format!("origin-{wal}.db"));
+        let replica = env.path(&format!("replica-{wal}.db"));
+        make_db(
+            &origin,
+            DbSpec {
+                wal,
+                ..DbSpec::default()
+            },
+        );
+        sync(&env, &origin, &replica, &[]);
+        let before = file_sha256(&replica);
+        let o = run(env.sqlrsync().arg(&origin).arg(&replica).arg("-v"));
+        assert_ok(&o);
+        assert!(stdout(&o).contains("nothing to send"), "{}", stdout(&o));
+        assert_eq!(
+            file_sha256(&replica),
+            before,
+            "an in-sync replica was rewritten"
+        );
+        // No -wal/-shm left behind by looking.
+        assert!(!env.path(&format!("replica-{wal}.db-shm")).exists());
+        // One changed byte on the last page is found and sent.
+        let c = Connection::open(&origin).unwrap();
+        c.execute(
+            "UPDATE t SET n = n + 1 WHERE id = (SELECT max(id) FROM t)",
+            [],
+        )
+        .unwrap();
+        drop(c);
+        let o = run(env.sqlrsync().arg(&origin).arg(&replica).arg("-v"));
+        assert_ok(&o);
+        assert!(!stdout(&o).contains("nothing to send"), "{}", stdout(&o));
+        assert_eq!(content_digest(&replica), content_digest(&origin));
+        assert_integrity(&replica);
+    }
+}
