@@ -4,7 +4,9 @@
 //! which this script runs when vendor/ lacks it) and an SQLite amalgamation:
 //! `vendor/sqlite3.c` when a local source tree supplied one, otherwise the one
 //! bundled in the `libsqlite3-sys` crate, whose build script hands us its
-//! folder as `DEP_SQLITE3_INCLUDE`.
+//! folder as `DEP_SQLITE3_INCLUDE`. Next to them, our own
+//! `src/helper/busy_timeout.c` gives the helper's connections a busy timeout
+//! (tool/sqlite3_rsync.c itself is compiled unmodified).
 //!
 //! The helper is compiled with the `cc` crate's compiler (so CC, CFLAGS and
 //! cross settings are honoured) into a statically linked executable where the
@@ -31,6 +33,7 @@ fn main() {
     println!("cargo:rerun-if-changed=vendor/sqlite3_rsync.c");
     println!("cargo:rerun-if-changed=vendor/sqlite3.c");
     println!("cargo:rerun-if-changed=vendor/SOURCE");
+    println!("cargo:rerun-if-changed=src/helper/busy_timeout.c");
 
     let tool = vendor.join("sqlite3_rsync.c");
     if !tool.exists()
@@ -59,7 +62,8 @@ fn main() {
     println!("cargo:rerun-if-changed={}", sqlite3_c.display());
 
     let helper = out.join("sqlite3_rsync");
-    compile_helper(&tool, &amalgamation_dir, &helper);
+    let busy_timeout = manifest.join("src/helper/busy_timeout.c");
+    compile_helper(&[&tool, &busy_timeout], &amalgamation_dir, &helper);
 
     let bytes = fs::read(&helper).expect("read compiled helper");
     let hash = hex(&Sha256::digest(&bytes));
@@ -98,7 +102,10 @@ fn main() {
 fn vendored_from_env(vendor: &Path) -> bool {
     let src = env::var("SQLRSYNC_SQLITE_SRC").unwrap_or_default();
     fs::read_to_string(vendor.join("SOURCE"))
-        .map(|s| s.contains(&src))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.strip_prefix("src=") == Some(src.as_str()))
+        })
         .unwrap_or(false)
 }
 
@@ -116,7 +123,9 @@ fn run_vendor_script(manifest: &Path) {
     }
 }
 
-fn compile_helper(tool: &Path, amalgamation_dir: &Path, output: &Path) {
+/// Compiles `sources` (tool/sqlite3_rsync.c and our own C hooks) with the
+/// amalgamation into the executable `output`.
+fn compile_helper(sources: &[&Path], amalgamation_dir: &Path, output: &Path) {
     let mut build = cc::Build::new();
     build.opt_level(2).debug(false).warnings(false);
     let compiler = build.get_compiler();
@@ -134,7 +143,7 @@ fn compile_helper(tool: &Path, amalgamation_dir: &Path, output: &Path) {
             .arg(amalgamation_dir)
             .arg("-o")
             .arg(output)
-            .arg(tool)
+            .args(sources)
             .arg(amalgamation_dir.join("sqlite3.c"))
             .arg("-s");
         if static_link {

@@ -29,6 +29,7 @@ pub enum FileState {
 /// The parts of the database header sqlrsync cares about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// Bytes per page (512..=65536): REPLICA must match ORIGIN's.
     pub page_size: u32,
     /// In-header page count, when the header says it is valid.
     pub page_count: Option<u32>,
@@ -41,14 +42,51 @@ pub struct Header {
 /// Why a file is not usable as a database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbFileError {
+    /// A directory, device or other non-file.
     #[error("{0} is not a regular file")]
     NotAFile(PathBuf),
+    /// The file exists but cannot be opened or read.
     #[error("cannot read {path}: {source}")]
-    Unreadable { path: PathBuf, source: io::Error },
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why the system refused.
+        source: io::Error,
+    },
+    /// No SQLite magic at the start.
     #[error("{0} is not an SQLite database")]
     NotADatabase(PathBuf),
+    /// An SQLite header that contradicts itself or the file, or a schema
+    /// SQLite cannot read.
     #[error("{path} is corrupt: {why}")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, in a few words.
+        why: String,
+    },
+}
+
+impl DbFileError {
+    /// One line naming the file's role (ORIGIN, REPLICA) and what is wrong.
+    pub fn describe(&self, role: &str) -> String {
+        match self {
+            DbFileError::NotAFile(p) => format!("{role} {} is not a regular file", p.display()),
+            DbFileError::Unreadable { path, source } => {
+                format!(
+                    "cannot read {role} {}: {}",
+                    path.display(),
+                    io_reason(source)
+                )
+            }
+            DbFileError::NotADatabase(p) => {
+                format!("{role} {} is not an SQLite database", p.display())
+            }
+            DbFileError::Corrupt { path, why } => {
+                format!("{role} {} is corrupt: {why}", path.display())
+            }
+        }
+    }
 }
 
 /// Reads the header of `path` without opening it as a database.
@@ -132,8 +170,11 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// Facts SQLite itself reports about a database, read-only.
 #[derive(Debug, Clone)]
 pub struct Facts {
+    /// Bytes per page, as SQLite reads it.
     pub page_size: u32,
+    /// Pages in the database including any WAL content: what a sync copies.
     pub page_count: u32,
+    /// `delete`, `wal`, ...: shown by `--dry`.
     pub journal_mode: String,
 }
 
@@ -141,9 +182,14 @@ pub struct Facts {
 /// journal mode, reading the schema so that a damaged file fails here.
 /// Returns Ok(None) when SQLite cannot look right now (locked, no -shm
 /// access): not proof of damage, so the sync itself decides.
+///
+/// Creates no file: a WAL database at rest (no `-wal` beside it) is opened
+/// `immutable`, because even a read-only SQLite connection would otherwise
+/// create the `-wal` and `-shm` files and leave them behind.
 pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let result = Connection::open_with_flags(path, flags).and_then(|c| {
+    let wal_file = wal_path(path);
+    let (opened, at_rest_wal) = open_without_traces(path);
+    let result = opened.and_then(|c| {
         c.busy_timeout(std::time::Duration::from_millis(2000))?;
         c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
         Ok(Facts {
@@ -153,7 +199,16 @@ pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
         })
     });
     match result {
-        Ok(f) => Ok(Some(f)),
+        Ok(mut f) => {
+            if at_rest_wal {
+                // immutable hides the journal mode; the header told us.
+                f.journal_mode = "wal".into();
+            }
+            Ok(Some(f))
+        }
+        // A writer that started while we read immutably may have moved
+        // pages under us: that is not damage, so let the sync decide.
+        Err(_) if at_rest_wal && wal_file.exists() => Ok(None),
         Err(rusqlite::Error::SqliteFailure(e, msg)) => match e.code {
             rusqlite::ErrorCode::NotADatabase => Err(DbFileError::NotADatabase(path.into())),
             rusqlite::ErrorCode::DatabaseCorrupt => Err(DbFileError::Corrupt {
@@ -166,6 +221,110 @@ pub fn facts(path: &Path) -> Result<Option<Facts>, DbFileError> {
     }
 }
 
+/// Opens `path` read-only without leaving files behind: a WAL database at
+/// rest (no `-wal`) is opened `immutable`, since even a read-only connection
+/// would otherwise create `-wal` and `-shm` and leave them. The flag says
+/// whether that happened.
+fn open_without_traces(path: &Path) -> (rusqlite::Result<Connection>, bool) {
+    let at_rest_wal = matches!(
+        inspect(path),
+        Ok(FileState::Database(Header { wal: true, .. }))
+    ) && !wal_path(path).exists();
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let opened = if at_rest_wal {
+        Connection::open_with_flags(immutable_uri(path), flags | OpenFlags::SQLITE_OPEN_URI)
+    } else {
+        Connection::open_with_flags(path, flags)
+    };
+    (opened, at_rest_wal)
+}
+
+/// True when REPLICA holds exactly ORIGIN's pages right now, so a sync
+/// would change nothing. Page 1's bookkeeping bytes that every commit or a
+/// journal-mode switch rewrites (file format versions 18..20, change
+/// counter 24..28, version-valid-for and SQLite version 92..100) are not
+/// content and are ignored. Each side is read in one read transaction.
+///
+/// Comparing bytes costs a fraction of what sqlite3_rsync's hashing of
+/// every page on both sides costs, and stops at the first difference; any
+/// doubt (an error, a lock) answers false and the real sync decides. If
+/// ORIGIN changes while it is read, "same" still means REPLICA is the
+/// consistent snapshot a sync a moment earlier would have made.
+pub fn same_pages(origin: &Path, replica: &Path) -> bool {
+    fn compare(origin: &Path, replica: &Path) -> rusqlite::Result<bool> {
+        let o = open_without_traces(origin).0?;
+        let r = open_without_traces(replica).0?;
+        for c in [&o, &r] {
+            c.busy_timeout(std::time::Duration::from_millis(500))?;
+            c.execute_batch("BEGIN")?;
+        }
+        let shape = |c: &Connection| -> rusqlite::Result<(u32, u32)> {
+            Ok((
+                c.query_row("PRAGMA page_size", [], |r| r.get(0))?,
+                c.query_row("PRAGMA page_count", [], |r| r.get(0))?,
+            ))
+        };
+        if shape(&o)? != shape(&r)? {
+            return Ok(false);
+        }
+        // No ORDER BY: the table yields pages in page order by itself, and
+        // asking for an order could make SQLite read every page into a
+        // sorter before the first comparison. The page numbers are compared
+        // anyway, so an unexpected order can only answer "not the same".
+        let sql = "SELECT pgno, data FROM sqlite_dbpage";
+        let (mut so, mut sr) = (o.prepare(sql)?, r.prepare(sql)?);
+        let (mut ro, mut rr) = (so.query([])?, sr.query([])?);
+        loop {
+            match (ro.next()?, rr.next()?) {
+                (None, None) => return Ok(true),
+                (Some(a), Some(b)) => {
+                    let pgno: u32 = a.get(0)?;
+                    if pgno != b.get::<_, u32>(0)? {
+                        return Ok(false);
+                    }
+                    let (x, y) = (a.get_ref(1)?.as_blob()?, b.get_ref(1)?.as_blob()?);
+                    let equal = if pgno == 1 && x.len() >= 100 && y.len() == x.len() {
+                        x[..18] == y[..18]
+                            && x[20..24] == y[20..24]
+                            && x[28..92] == y[28..92]
+                            && x[100..] == y[100..]
+                    } else {
+                        x == y
+                    };
+                    if !equal {
+                        return Ok(false);
+                    }
+                }
+                _ => return Ok(false),
+            }
+        }
+    }
+    compare(origin, replica).unwrap_or(false)
+}
+
+/// `PATH-wal`, where SQLite keeps a WAL database's write-ahead log.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// `file:PATH?mode=ro&immutable=1`, with PATH percent-encoded so that `?`,
+/// `#` or `%` in a file name stay part of the name.
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    uri
+}
+
 /// True when this process may write to `path` (permissions and read-only
 /// mounts alike; access(2) reports EROFS even to root).
 pub fn writable(path: &Path) -> bool {
@@ -174,6 +333,54 @@ pub fn writable(path: &Path) -> bool {
         return false;
     };
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// Checks that a new file can be created in `dir`, the way the REPLICA side
+/// will create its database and journal. access(2) alone is not enough:
+/// root passes it even where nothing can be created (procfs, sysfs). The
+/// probe is an unnamed O_TMPFILE where the file system has them, else a
+/// named temp file removed at once; either way nothing is left behind.
+pub fn can_create_in(dir: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !writable(dir) {
+        return Err(io::Error::last_os_error());
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut vfs) } == 0 && vfs.f_flag & libc::ST_RDONLY != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EROFS));
+    }
+    match fs::OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            tempfile::Builder::new()
+                .prefix(".sqlrsync-probe-")
+                .tempfile_in(dir)
+                .map(drop)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The text of an I/O error without Rust's " (os error N)" suffix.
+pub fn io_reason(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// The directory a file lives in ("." for a bare name).

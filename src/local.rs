@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 
 use crate::cli::Cli;
 use crate::dbfile::{self, FileState};
@@ -22,11 +22,20 @@ pub const LOCAL_DEFAULT_PROTOCOL: u8 = 1;
 /// What LOCAL mode found out before syncing.
 #[derive(Debug)]
 pub struct Plan {
+    /// ORIGIN made absolute: the helper runs a second copy of itself, and
+    /// `--dry` promises absolute paths.
     pub origin: PathBuf,
+    /// REPLICA made absolute, for the same reasons.
     pub replica: PathBuf,
+    /// What SQLite says about ORIGIN (None when it could not look, e.g.
+    /// locked): page size and count for `--dry`.
     pub origin_facts: Option<dbfile::Facts>,
+    /// ORIGIN's header: the page size to compare with REPLICA's, and the
+    /// `--dry` figures when SQLite could not look.
     pub origin_header: dbfile::Header,
+    /// Whether REPLICA exists, so `--dry` can say it will be created.
     pub replica_state: FileState,
+    /// The sqlite3_rsync protocol to run: `--protocol`, else the LOCAL default.
     pub protocol: u8,
 }
 
@@ -35,7 +44,7 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     let origin = std::path::absolute(origin).context("cannot resolve ORIGIN")?;
     let replica = std::path::absolute(replica).context("cannot resolve REPLICA")?;
 
-    let origin_header = match dbfile::inspect(&origin).map_err(|e| anyhow::anyhow!("ORIGIN {e}"))? {
+    let origin_header = match dbfile::inspect(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))? {
         FileState::Missing => bail!("ORIGIN {} does not exist", origin.display()),
         FileState::Empty => bail!(
             "ORIGIN {} is empty (0 bytes), not an SQLite database",
@@ -43,9 +52,7 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
         ),
         FileState::Database(h) => h,
     };
-    std::fs::File::open(&origin)
-        .with_context(|| format!("cannot read ORIGIN {}", origin.display()))?;
-    let origin_facts = dbfile::facts(&origin).map_err(|e| anyhow::anyhow!("ORIGIN {e}"))?;
+    let origin_facts = dbfile::facts(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))?;
 
     let dir = dbfile::parent_dir(&replica);
     match std::fs::metadata(&dir) {
@@ -54,13 +61,11 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
         Err(_) => bail!("REPLICA's directory {} does not exist", dir.display()),
     }
     let replica_state = dbfile::inspect(&replica).map_err(|e| match e {
-        dbfile::DbFileError::NotADatabase(p) => {
-            anyhow::anyhow!(
-                "REPLICA {} exists and is not an SQLite database; refusing to overwrite it",
-                p.display()
-            )
-        }
-        e => anyhow::anyhow!("REPLICA {e}"),
+        dbfile::DbFileError::NotADatabase(p) => anyhow!(
+            "REPLICA {} exists and is not an SQLite database; refusing to overwrite it",
+            p.display()
+        ),
+        e => anyhow!(e.describe("REPLICA")),
     })?;
     if replica_state != FileState::Missing && dbfile::same_file(&origin, &replica) {
         bail!(
@@ -69,7 +74,7 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
         );
     }
     if let FileState::Database(h) = &replica_state {
-        dbfile::facts(&replica).map_err(|e| anyhow::anyhow!("REPLICA {e}"))?;
+        dbfile::facts(&replica).map_err(|e| anyhow!(e.describe("REPLICA")))?;
         if h.page_size != origin_header.page_size {
             bail!(
                 "page size mismatch: ORIGIN has {}-byte pages, REPLICA {} has {}-byte pages; \
@@ -82,14 +87,24 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     }
     // The replica side needs to write the file and, for its journal or WAL,
     // the directory.
-    if !dbfile::writable(&dir) {
+    if let Err(e) = dbfile::can_create_in(&dir) {
+        // procfs and the like answer "no such file" to a create in a
+        // directory that plainly exists; say what it means.
+        let reason = match e.raw_os_error() {
+            Some(libc::ENOENT) => "its file system takes no new files".to_string(),
+            _ => dbfile::io_reason(&e),
+        };
         bail!(
-            "REPLICA's directory {} is not writable (read-only location?)",
+            "REPLICA's directory {} is a read-only location: cannot create files there ({reason})",
             dir.display()
         );
     }
     if replica_state != FileState::Missing && !dbfile::writable(&replica) {
-        bail!("REPLICA {} is not writable", replica.display());
+        bail!(
+            "REPLICA {} is read-only: cannot write to it ({})",
+            replica.display(),
+            dbfile::io_reason(&std::io::Error::last_os_error())
+        );
     }
     Ok(Plan {
         origin,
@@ -106,6 +121,19 @@ pub fn run(cli: &Cli, origin: &Path, replica: &Path) -> anyhow::Result<ExitCode>
     let plan = plan(origin, replica, cli.protocol)?;
     if cli.dry {
         print_dry(&plan, cli.json);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Nothing to do is the commonest case of a repeated sync; finding it
+    // by comparing bytes is several times cheaper than hashing every page
+    // on both sides (scripts/bench-local). --wal-only keeps the helper's
+    // own check of the journal modes.
+    if !cli.wal_only
+        && matches!(plan.replica_state, FileState::Database(_))
+        && dbfile::same_pages(&plan.origin, &plan.replica)
+    {
+        if cli.verbose > 0 {
+            println!("REPLICA already holds every page of ORIGIN: nothing to send");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut args: Vec<OsString> = vec![
@@ -168,8 +196,14 @@ fn print_dry(plan: &Plan, json: bool) {
         }
     );
     println!("protocol:  {}", plan.protocol);
-    println!(
-        "would:     make REPLICA a consistent snapshot of ORIGIN, copying only the pages that differ"
-    );
+    if creates {
+        println!(
+            "would:     copy all {pages} pages of ORIGIN, as one consistent snapshot, into REPLICA"
+        );
+    } else {
+        println!(
+            "would:     make REPLICA a consistent snapshot of ORIGIN, copying only the pages that differ"
+        );
+    }
     println!("dry run:   nothing was written");
 }

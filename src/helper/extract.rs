@@ -135,7 +135,9 @@ fn write_atomically(dir: &Path, target: &Path) -> io::Result<()> {
     tmp.write_all(HELPER_BYTES)?;
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o755))?;
-    tmp.as_file().sync_all()?;
+    // No fsync: every run compares the cached file with the embedded bytes
+    // before using it, so a file torn by a crash is rewritten, never run,
+    // and the first run does not wait for the disk.
     // Close our write handle before the rename: a file still open for writing
     // cannot be executed (ETXTBSY).
     let tmp_path = tmp.into_temp_path();

@@ -43,7 +43,7 @@ impl Side {
 /// A one-line description of the embedded helper, for `--version`.
 pub fn version_line() -> String {
     format!(
-        "SQLite {} (sqlite3_rsync from SQLite {})",
+        "SQLite {}, sqlite3_rsync from SQLite {}",
         info::SQLITE_VERSION,
         info::TOOL_VERSION
     )

@@ -1,0 +1,380 @@
+//! LOCAL syncs of databases in use: a writer committing to ORIGIN all
+//! through the syncs, a reader querying REPLICA during them, and Ctrl-C or
+//! SIGTERM in the middle of a long sync. REPLICA must always be a consistent
+//! snapshot: every transaction of the writer keeps an invariant (the balance
+//! total is constant, the sequence table and its counter move together),
+//! and a torn copy would break it.
+
+mod util;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use util::*;
+
+const ACCOUNTS: i64 = 8000;
+const START_BALANCE: i64 = 100;
+
+/// A database whose every committed state satisfies [`check_invariant`].
+fn make_ledger(path: &Path, wal: bool) {
+    let c = Connection::open(path).unwrap();
+    if wal {
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+    }
+    c.execute_batch(&format!(
+        "CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INT NOT NULL, pad BLOB);
+         CREATE TABLE seq(n INTEGER PRIMARY KEY, pad BLOB);
+         CREATE TABLE meta(k TEXT PRIMARY KEY, v INT);
+         INSERT INTO meta VALUES ('last', 0);
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<{ACCOUNTS})
+         INSERT INTO acct SELECT i, {START_BALANCE}, randomblob(1000) FROM c;"
+    ))
+    .unwrap();
+}
+
+/// One writer transaction: move money between two accounts (the total stays
+/// the same) and append sequence number `n` with its counter.
+fn ledger_commit(c: &mut Connection, n: i64) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let a = (n * 7919) % ACCOUNTS + 1;
+    let b = (n * 104729) % ACCOUNTS + 1;
+    let amount = n % 13 + 1;
+    tx.execute(
+        "UPDATE acct SET bal = bal - ?2, pad = randomblob(1000) WHERE id = ?1",
+        [a, amount],
+    )?;
+    tx.execute(
+        "UPDATE acct SET bal = bal + ?2, pad = randomblob(1000) WHERE id = ?1",
+        [b, amount],
+    )?;
+    tx.execute("INSERT INTO seq VALUES (?1, randomblob(300))", [n])?;
+    tx.execute("UPDATE meta SET v = ?1 WHERE k = 'last'", [n])?;
+    tx.commit()
+}
+
+/// Checks the invariant inside one read transaction; returns the counter.
+fn check_invariant(c: &Connection) -> Result<i64, String> {
+    c.execute_batch("BEGIN").map_err(|e| e.to_string())?;
+    let r = (|| -> rusqlite::Result<(i64, i64, i64, i64)> {
+        let total: i64 = c.query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))?;
+        let (count, max): (i64, i64) =
+            c.query_row("SELECT count(*), coalesce(max(n), 0) FROM seq", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let last: i64 = c.query_row("SELECT v FROM meta WHERE k='last'", [], |r| r.get(0))?;
+        Ok((total, count, max, last))
+    })();
+    let _ = c.execute_batch("COMMIT");
+    let (total, count, max, last) = r.map_err(|e| e.to_string())?;
+    if total != ACCOUNTS * START_BALANCE || count != last || max != last {
+        return Err(format!(
+            "torn snapshot: total {total}, seq count {count}, max {max}, counter {last}"
+        ));
+    }
+    Ok(last)
+}
+
+fn open_checked(path: &Path) -> Connection {
+    let c = Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(20)).unwrap();
+    c
+}
+
+/// A thread committing ledger transactions to `path` until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    handle: thread::JoinHandle<Result<(), String>>,
+}
+
+impl Writer {
+    fn start(path: &Path) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicU64::new(0));
+        let (s, n, p) = (stop.clone(), commits.clone(), path.to_path_buf());
+        let handle = thread::spawn(move || {
+            let mut c = open_checked(&p);
+            let mut seq: i64 = c
+                .query_row("SELECT v FROM meta WHERE k='last'", [], |r| r.get(0))
+                .map_err(|e| e.to_string())?;
+            while !s.load(Ordering::Relaxed) {
+                seq += 1;
+                ledger_commit(&mut c, seq).map_err(|e| format!("writer commit {seq}: {e}"))?;
+                n.fetch_add(1, Ordering::Relaxed);
+                // A short pause lets a rollback-journal origin's reader in.
+                thread::sleep(Duration::from_micros(300));
+            }
+            Ok(())
+        });
+        Writer {
+            stop,
+            commits,
+            handle,
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap().unwrap();
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// Syncs `rounds` times while a writer commits to ORIGIN; every replica
+/// state must satisfy the invariant and the counter must move forward.
+fn writer_through_syncs(origin_wal: bool, replica_wal: bool) {
+    let env = TestEnv::new();
+    let origin = env.path("origin.db");
+    let replica = env.path("replica.db");
+    make_ledger(&origin, origin_wal);
+    if replica_wal {
+        make_ledger(&replica, true);
+    }
+    let writer = Writer::start(&origin);
+    let mut last_seen = -1;
+    let mut commits_during = Vec::new();
+    for _ in 0..6 {
+        let before = writer.commits.load(Ordering::Relaxed);
+        let o = run(env.sqlrsync().arg(&origin).arg(&replica));
+        commits_during.push(writer.commits.load(Ordering::Relaxed) - before);
+        // On a rollback-journal ORIGIN the helper waits for the writer's
+        // lock (its busy timeout) instead of failing.
+        assert_ok(&o);
+        if replica.exists() {
+            let c = open_checked(&replica);
+            let seen = check_invariant(&c).unwrap();
+            assert!(
+                seen >= last_seen,
+                "replica went back from {last_seen} to {seen}"
+            );
+            last_seen = seen;
+        }
+    }
+    let total = writer.stop();
+    assert!(total > 0 && commits_during.iter().sum::<u64>() > 0);
+    // Quiet now: one more sync gives the final state exactly.
+    let o = run(env.sqlrsync().arg(&origin).arg(&replica));
+    assert_ok(&o);
+    assert_eq!(content_digest(&replica), content_digest(&origin));
+    assert_eq!(
+        check_invariant(&open_checked(&replica)).unwrap(),
+        total as i64
+    );
+    assert_integrity(&replica);
+}
+
+#[test]
+fn writer_commits_to_a_wal_origin_all_through_syncs() {
+    writer_through_syncs(true, false);
+    writer_through_syncs(true, true);
+}
+
+#[test]
+fn writer_commits_to_a_rollback_journal_origin_all_through_syncs() {
+    writer_through_syncs(false, true);
+}
+
+/// A reader in a loop on REPLICA while ORIGIN changes and syncs run.
+fn reader_during_syncs(replica_wal: bool) {
+    let env = TestEnv::new();
+    let origin = env.path("origin.db");
+    let replica = env.path("replica.db");
+    make_ledger(&origin, true);
+    make_ledger(&replica, replica_wal);
+    let o = run(env.sqlrsync().arg(&origin).arg(&replica));
+    assert_ok(&o);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (stop, reads, path) = (stop.clone(), reads.clone(), replica.clone());
+        thread::spawn(move || -> Result<(), String> {
+            let c = open_checked(&path);
+            let mut last = -1;
+            while !stop.load(Ordering::Relaxed) {
+                let seen = check_invariant(&c)?;
+                if seen < last {
+                    return Err(format!("reader saw {seen} after {last}"));
+                }
+                last = seen;
+                reads.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(2));
+            }
+            Ok(())
+        })
+    };
+    let mut w = open_checked(&origin);
+    let mut n = 0;
+    for _ in 0..5 {
+        for _ in 0..40 {
+            n += 1;
+            ledger_commit(&mut w, n).unwrap();
+        }
+        // A reader holding a rollback-journal REPLICA delays the commit
+        // (the helper's busy timeout), it does not fail it.
+        let o = run(env.sqlrsync().arg(&origin).arg(&replica));
+        assert_ok(&o);
+        assert!(check_invariant(&open_checked(&replica)).unwrap() == n);
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap().unwrap();
+    assert!(reads.load(Ordering::Relaxed) > 10, "the reader hardly ran");
+    let o = run(env.sqlrsync().arg(&origin).arg(&replica));
+    assert_ok(&o);
+    assert_eq!(check_invariant(&open_checked(&replica)).unwrap(), n);
+    assert_integrity(&replica);
+}
+
+#[test]
+fn reader_queries_a_wal_replica_during_syncs() {
+    reader_during_syncs(true);
+}
+
+#[test]
+fn reader_queries_a_rollback_journal_replica_during_syncs() {
+    reader_during_syncs(false);
+}
+
+/// Processes whose command line mentions `needle` (our test dir).
+fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// Waits until `pred` holds, polling, for at most `limit`.
+fn wait_for(limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if pred() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    pred()
+}
+
+/// What tells the big database's versions apart, computed by SQLite
+/// (hashing 600 MB in an unoptimised test build would take minutes): row
+/// count, total length, and the small rows' bytes.
+fn blob_digest(path: &Path) -> String {
+    let c = Connection::open(path).unwrap();
+    c.query_row(
+        "SELECT count(*) || ':' || sum(length(x)) || ':' ||
+                coalesce((SELECT group_concat(hex(x), ',')
+                          FROM (SELECT x FROM b WHERE length(x) < 100000 ORDER BY id)), '')
+         FROM b",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Starts a long sync, interrupts it with `signal` (to the process group
+/// for Ctrl-C, as a terminal does, or to sqlrsync alone), and checks that
+/// no helper survives and REPLICA is its old or new self, intact.
+fn interrupt_long_sync(signal: libc::c_int, whole_group: bool) {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let env = TestEnv::new();
+    let origin = env.path("big.db");
+    let replica = env.path("replica.db");
+    {
+        let c = Connection::open(&origin).unwrap();
+        c.execute_batch(
+            "PRAGMA page_size=65536; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;
+             CREATE TABLE b(id INTEGER PRIMARY KEY, x BLOB);
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<600)
+             INSERT INTO b SELECT i, zeroblob(1000000) FROM c;
+             PRAGMA journal_mode=DELETE;",
+        )
+        .unwrap();
+    }
+    assert_ok(&run(env.sqlrsync().arg(&origin).arg(&replica)));
+    Connection::open(&origin)
+        .unwrap()
+        .execute_batch("UPDATE b SET x = randomblob(5000) WHERE id % 50 = 0")
+        .unwrap();
+    let old = blob_digest(&replica);
+    let new = blob_digest(&origin);
+    assert_ne!(old, new);
+
+    let needle = env.dir.path().display().to_string();
+    let mut cmd = env.sqlrsync();
+    cmd.arg(&origin)
+        .arg(&replica)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if whole_group {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().unwrap();
+    // In the middle of the sync: the replica-side helper is running.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            processes_mentioning(&needle)
+                .iter()
+                .any(|(_, c)| c.contains("--replica"))
+        }),
+        "the replica side never started"
+    );
+    thread::sleep(Duration::from_millis(100));
+    let pid = child.id() as libc::pid_t;
+    let rc = unsafe {
+        if whole_group {
+            libc::kill(-pid, signal)
+        } else {
+            libc::kill(pid, signal)
+        }
+    };
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the sync finished before the signal");
+    assert_eq!(status.signal(), Some(signal), "{status:?}");
+    let left = || processes_mentioning(&needle);
+    assert!(
+        wait_for(Duration::from_secs(10), || left().is_empty()),
+        "helper processes outlived sqlrsync: {:?}",
+        left()
+    );
+    let now = blob_digest(&replica);
+    assert!(now == old || now == new, "replica is neither old nor new");
+    let quick: String = Connection::open(&replica)
+        .unwrap()
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(quick, "ok");
+    // And a sync afterwards completes normally.
+    assert_ok(&run(env.sqlrsync().arg(&origin).arg(&replica)));
+    assert_eq!(blob_digest(&replica), new);
+}
+
+#[test]
+fn sigterm_during_a_long_sync_leaves_no_helper_behind() {
+    interrupt_long_sync(libc::SIGTERM, false);
+}
+
+#[test]
+fn ctrl_c_during_a_long_sync_leaves_no_helper_behind() {
+    interrupt_long_sync(libc::SIGINT, true);
+}
