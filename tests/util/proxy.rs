@@ -55,7 +55,9 @@ impl FaultProxy {
                     Ok((client, _)) => {
                         conns2.fetch_add(1, Ordering::Relaxed);
                         client.set_nonblocking(false).unwrap();
-                        let Ok(server) = TcpStream::connect(&target) else { continue };
+                        let Ok(server) = TcpStream::connect(&target) else {
+                            continue;
+                        };
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
                         start_pair(client, server, fault);
@@ -64,7 +66,11 @@ impl FaultProxy {
                 }
             }
         });
-        FaultProxy { addr, stop, connections }
+        FaultProxy {
+            addr,
+            stop,
+            connections,
+        }
     }
 
     pub fn ws_url(&self) -> String {
@@ -87,7 +93,13 @@ fn start_pair(client: TcpStream, server: TcpStream, fault: Fault) {
 }
 
 /// Copies `from` to `to`, applying the fault for this direction.
-fn pump(mut from: TcpStream, mut to: TcpStream, fault: Fault, upstream: bool, cut: Arc<AtomicBool>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    fault: Fault,
+    upstream: bool,
+    cut: Arc<AtomicBool>,
+) {
     let mut buf = [0u8; 16384];
     let mut total: u64 = 0;
     let mut stalled = false;
@@ -104,7 +116,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Fault, upstream: bool, cu
         }
         let mut chunk = &buf[..n];
         let limit = match (fault, upstream) {
-            (Fault::CutUpstreamAfter(l), true) | (Fault::CutDownstreamAfter(l), false) => Some((l, true)),
+            (Fault::CutUpstreamAfter(l), true) | (Fault::CutDownstreamAfter(l), false) => {
+                Some((l, true))
+            }
             (Fault::StallUpstreamAfter(l), true) => Some((l, false)),
             _ => None,
         };
@@ -125,7 +139,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: Fault, upstream: bool, cu
         }
         total += chunk.len() as u64;
         let ok = match fault {
-            Fault::Slice1 => chunk.iter().all(|b| to.write_all(std::slice::from_ref(b)).is_ok()),
+            Fault::Slice1 => chunk
+                .iter()
+                .all(|b| to.write_all(std::slice::from_ref(b)).is_ok()),
             Fault::Delay(d) => {
                 thread::sleep(d);
                 to.write_all(chunk).is_ok()
