@@ -240,10 +240,11 @@ fn open_without_traces(path: &Path) -> (rusqlite::Result<Connection>, bool) {
 }
 
 /// True when REPLICA holds exactly ORIGIN's pages right now, so a sync
-/// would change nothing. Page 1's bookkeeping bytes that every commit or a
-/// journal-mode switch rewrites (file format versions 18..20, change
-/// counter 24..28, version-valid-for and SQLite version 92..100) are not
-/// content and are ignored. Each side is read in one read transaction.
+/// would change nothing. Page 1's bookkeeping bytes that every commit
+/// rewrites (change counter 24..28, version-valid-for and SQLite version
+/// 92..100) are not content and are ignored; so are the journal-mode bytes
+/// 18..20 when REPLICA is in WAL mode, which sqlite3_rsync keeps anyway.
+/// Each side is read in one read transaction.
 ///
 /// Comparing bytes costs a fraction of what sqlite3_rsync's hashing of
 /// every page on both sides costs, and stops at the first difference; any
@@ -284,7 +285,12 @@ pub fn same_pages(origin: &Path, replica: &Path) -> bool {
                     }
                     let (x, y) = (a.get_ref(1)?.as_blob()?, b.get_ref(1)?.as_blob()?);
                     let equal = if pgno == 1 && x.len() >= 100 && y.len() == x.len() {
+                        // Bytes 18-19 (journal mode) must match too, unless
+                        // the replica is in WAL mode: sqlite3_rsync keeps a WAL
+                        // replica in WAL mode whatever the origin is, but would
+                        // switch a rollback replica of a WAL origin to WAL.
                         x[..18] == y[..18]
+                            && (x[18..20] == y[18..20] || y[18] == 2)
                             && x[20..24] == y[20..24]
                             && x[28..92] == y[28..92]
                             && x[100..] == y[100..]
