@@ -56,7 +56,10 @@ impl AppState {
     /// A session permit, or 503 when the server is full or stopping.
     pub fn session_permit(&self) -> Result<OwnedSemaphorePermit, Response> {
         if *self.shutdown.borrow() {
-            return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down"));
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is shutting down",
+            ));
         }
         self.sessions.clone().try_acquire_owned().map_err(|_| {
             refuse(
@@ -103,7 +106,10 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
 pub fn refuse(status: StatusCode, body: &str) -> Response {
     (
         status,
-        [(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
         format!("{body}\n"),
     )
         .into_response()
@@ -178,14 +184,23 @@ pub async fn run(
         Some((cert, key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
+                .with_context(|| {
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
             axum_server::from_tcp_rustls(listener, tls)
                 .handle(handle)
                 .serve(app)
                 .await?;
         }
         None => {
-            axum_server::from_tcp(listener).handle(handle).serve(app).await?;
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(app)
+                .await?;
         }
     }
     // Every session holds a permit; getting them all back means all ended.

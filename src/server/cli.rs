@@ -171,7 +171,9 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             )?;
             let key = keys::create(&tx, KeyKind::Admin, &name, None)?;
             tx.commit()?;
-            println!("created namespace {name}; its Account Admin key (shown once, keep it secret):");
+            println!(
+                "created namespace {name}; its Account Admin key (shown once, keep it secret):"
+            );
             println!("{key}");
             Ok(ExitCode::SUCCESS)
         }
@@ -181,7 +183,11 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
                 "SELECT n.name, n.created, (SELECT count(*) FROM replicas r WHERE r.namespace=n.name) FROM namespaces n ORDER BY n.name",
             )?;
             let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
             })?;
             for row in rows {
                 let (n, created, count) = row?;
@@ -200,7 +206,8 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
                     k.kind.as_str(),
                     path.as_deref().unwrap_or("-"),
                     k.created,
-                    k.revoked.map_or("active".to_string(), |t| format!("revoked {t}"))
+                    k.revoked
+                        .map_or("active".to_string(), |t| format!("revoked {t}"))
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -324,8 +331,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -74,7 +74,13 @@ pub fn create(
     let key = protocol::new_key();
     c.execute(
         "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![&hash_key(&key)[..], kind.as_str(), namespace, replica, meta::now()],
+        params![
+            &hash_key(&key)[..],
+            kind.as_str(),
+            namespace,
+            replica,
+            meta::now()
+        ],
     )?;
     Ok(key)
 }

@@ -106,8 +106,16 @@ mod tests {
         assert_eq!(validate_path("ns/a.db"), Ok("ns"));
         assert_eq!(validate_path("ns/host/a.db"), Ok("ns"));
         for bad in [
-            "ns", "/ns/a.db", "ns//a.db", "ns/../a.db", "ns/.a", "ns/a\0b", "ns/a b", "ns/a@1",
-            "sapi/x.db", "",
+            "ns",
+            "/ns/a.db",
+            "ns//a.db",
+            "ns/../a.db",
+            "ns/.a",
+            "ns/a\0b",
+            "ns/a b",
+            "ns/a@1",
+            "sapi/x.db",
+            "",
         ] {
             assert!(validate_path(bad).is_err(), "{bad:?} accepted");
         }

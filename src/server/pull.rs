@@ -33,9 +33,7 @@ use crate::protocol::{
 /// for both.
 pub fn may_read(r: &ReplicaRow, key: Option<&KeyRecord>) -> bool {
     match key {
-        Some(k) => {
-            keys::may_pull(k, r) || r.visibility != Visibility::Private.as_str()
-        }
+        Some(k) => keys::may_pull(k, r) || r.visibility != Visibility::Private.as_str(),
         None => r.visibility != Visibility::Private.as_str(),
     }
 }
@@ -46,7 +44,12 @@ pub fn authorise_read(
     path: &str,
     key: Option<&KeyRecord>,
 ) -> Result<ReplicaRow, Response> {
-    let not_found = || refuse(StatusCode::NOT_FOUND, "no such replica (or no access to it)");
+    let not_found = || {
+        refuse(
+            StatusCode::NOT_FOUND,
+            "no such replica (or no access to it)",
+        )
+    };
     match st.store.with_meta(|c| meta::replica_by_path(c, path)) {
         Ok(Some(r)) if may_read(&r, key) => Ok(r),
         Ok(_) => {
@@ -98,7 +101,11 @@ pub async fn handler(
         Ok(v) => v,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
     };
-    let latest = st.store.replica_state(&replica).latest().map_or(0, |f| f.number);
+    let latest = st
+        .store
+        .replica_state(&replica)
+        .latest()
+        .map_or(0, |f| f.number);
     let Some(number) = vref.resolve(latest) else {
         let msg = if latest == 0 {
             "the replica has no versions yet".to_string()

@@ -26,9 +26,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::names;
-use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, spawn_writer,
-};
+use super::session::{Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, spawn_writer};
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
 use crate::helper::Side;
@@ -68,7 +66,10 @@ pub async fn handler(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let raw = uri.path().trim_start_matches("/sapi/push").trim_start_matches('/');
+    let raw = uri
+        .path()
+        .trim_start_matches("/sapi/push")
+        .trim_start_matches('/');
     let path = if raw.is_empty() {
         // No path: name it namespace/host/file from the key's namespace.
         if key.kind != KeyKind::Admin {
@@ -110,7 +111,10 @@ pub async fn handler(
         Some(r) => {
             if !keys::may_push(&key, &r) {
                 tracing::warn!(path = %path, key_id = key.id, "refused push: key does not allow it");
-                return refuse(StatusCode::FORBIDDEN, "key does not allow push to this replica");
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "key does not allow push to this replica",
+                );
             }
             r
         }
@@ -259,7 +263,9 @@ async fn run(
         };
         let data = match frame {
             None | Some(Err(_)) => {
-                return Err(Abort::Cut("connection closed before the push finished".into()));
+                return Err(Abort::Cut(
+                    "connection closed before the push finished".into(),
+                ));
             }
             Some(Ok(WsMessage::Close(_))) => {
                 return Err(Abort::Cut("client closed before the push finished".into()));
@@ -308,7 +314,9 @@ async fn run(
                     // with ORIGIN_ERROR before any ORIGIN_BEGIN.
                     if !matches!(
                         m,
-                        Message::OriginBegin { .. } | Message::OriginError(_) | Message::OriginMsg(_)
+                        Message::OriginBegin { .. }
+                            | Message::OriginError(_)
+                            | Message::OriginMsg(_)
                     ) {
                         bad_start = true;
                     }
@@ -376,7 +384,9 @@ async fn run(
         return Err(Abort::Server(format!("replica stream: {e}")));
     }
     if let Some(e) = pumped.replica.errors.first() {
-        return Err(Abort::Client(format!("the replica side refused the push: {e}")));
+        return Err(Abort::Client(format!(
+            "the replica side refused the push: {e}"
+        )));
     }
     if let Some(e) = summary.errors.first() {
         return Err(Abort::Client(format!("the origin reported an error: {e}")));
@@ -440,10 +450,20 @@ fn config_for(
     if key_request {
         let res = st.store.with_meta(|c| {
             if issued.pull.is_none() {
-                issued.pull = Some(keys::create(c, KeyKind::ReplicaPull, &r.namespace, Some(r.id))?);
+                issued.pull = Some(keys::create(
+                    c,
+                    KeyKind::ReplicaPull,
+                    &r.namespace,
+                    Some(r.id),
+                )?);
             }
             if ctx.key.kind == KeyKind::Admin && issued.push.is_none() {
-                issued.push = Some(keys::create(c, KeyKind::ReplicaPush, &r.namespace, Some(r.id))?);
+                issued.push = Some(keys::create(
+                    c,
+                    KeyKind::ReplicaPush,
+                    &r.namespace,
+                    Some(r.id),
+                )?);
             }
             Ok(())
         });
@@ -453,8 +473,16 @@ fn config_for(
         replica_id: Some(r.uid.clone()),
         replica_path: Some(r.path.clone()),
         committed_version_id: Some(version.to_string()),
-        new_pull_key: if key_request { issued.pull.clone() } else { None },
-        new_push_key: if key_request { issued.push.clone() } else { None },
+        new_pull_key: if key_request {
+            issued.pull.clone()
+        } else {
+            None
+        },
+        new_push_key: if key_request {
+            issued.push.clone()
+        } else {
+            None
+        },
         version_hash: None,
     })
 }

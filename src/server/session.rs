@@ -37,7 +37,9 @@ pub type OutTx = mpsc::Sender<Out>;
 /// Owns the socket's sending half: every task that talks to the client goes
 /// through this one queue, so frames keep their order (stream bytes, then
 /// CONFIG, then the close).
-pub fn spawn_writer(mut sink: SplitSink<WebSocket, Message>) -> (OutTx, tokio::task::JoinHandle<()>) {
+pub fn spawn_writer(
+    mut sink: SplitSink<WebSocket, Message>,
+) -> (OutTx, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Out>(32);
     let task = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {

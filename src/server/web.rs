@@ -101,9 +101,10 @@ pub async fn page_route(State(st): State<AppState>, uri: Uri, h: HeaderMap) -> R
 }
 
 fn namespace_page(st: &AppState, ns: &str) -> Response {
-    let (exists, replicas) = match st.store.with_meta(|c| {
-        Ok((meta::namespace_exists(c, ns)?, meta::replicas_of(c, ns)?))
-    }) {
+    let (exists, replicas) = match st
+        .store
+        .with_meta(|c| Ok((meta::namespace_exists(c, ns)?, meta::replicas_of(c, ns)?)))
+    {
         Ok(x) => x,
         Err(e) => return internal(e),
     };
@@ -141,7 +142,10 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
         .unwrap_or("localhost");
     let scheme = if st.config.tls.is_some() { "wss" } else { "ws" };
     let name = r.path.rsplit('/').next().unwrap_or("replica.db");
@@ -165,7 +169,11 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
                 "<tr><td class=\"num\">{n}</td><td>{t}</td><td class=\"num\">{s}</td>\
 <td class=\"num\">{c} of {pc}</td><td>{m}</td><td><a href=\"/{p}@{n}\">{file}@{n}</a></td></tr>\n",
                 n = v.number,
-                t = esc(&v.created.replace('T', " ").trim_end_matches('Z').to_string()),
+                t = esc(&v
+                    .created
+                    .replace('T', " ")
+                    .trim_end_matches('Z')
+                    .to_string()),
                 s = esc(&human_bytes(v.size())),
                 c = v.changed_pages,
                 pc = v.page_count,
@@ -217,7 +225,10 @@ async fn download(st: &AppState, r: ReplicaRow, v: VersionRef) -> Response {
             (header::CONTENT_LENGTH, len.to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}-v{n}.db\"", names::sanitise_part(stem)),
+                format!(
+                    "attachment; filename=\"{}-v{n}.db\"",
+                    names::sanitise_part(stem)
+                ),
             ),
         ],
         Body::from_stream(stream),

@@ -22,7 +22,10 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> TestEnv {
-        let dir = tempfile::Builder::new().prefix("sqlrsync-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sqlrsync-test-")
+            .tempdir()
+            .unwrap();
         for d in ["home", "home/.config", "home/.cache"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
@@ -74,17 +77,32 @@ pub fn stdout(o: &Output) -> String {
 /// Asserts success, printing both streams when it fails.
 #[track_caller]
 pub fn assert_ok(o: &Output) {
-    assert!(o.status.success(), "command failed: {:?}\nstdout:\n{}\nstderr:\n{}", o.status, stdout(o), stderr(o));
+    assert!(
+        o.status.success(),
+        "command failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
 }
 
 /// Asserts failure with exactly one non-empty stderr line containing `needle`.
 #[track_caller]
 pub fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success(), "command should fail\nstdout:\n{}\nstderr:\n{}", stdout(o), stderr(o));
+    assert!(
+        !o.status.success(),
+        "command should fail\nstdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
     let err = stderr(o);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{err}");
-    assert!(lines[0].contains(needle), "error line {:?} lacks {needle:?}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "error line {:?} lacks {needle:?}",
+        lines[0]
+    );
 }
 
 /// How a test database is laid out.
@@ -99,24 +117,36 @@ pub struct DbSpec {
 
 impl Default for DbSpec {
     fn default() -> Self {
-        DbSpec { rows: 2000, page_size: 4096, wal: false, row_bytes: 200 }
+        DbSpec {
+            rows: 2000,
+            page_size: 4096,
+            wal: false,
+            row_bytes: 200,
+        }
     }
 }
 
 /// Creates a database with table `t(id INTEGER PRIMARY KEY, v BLOB, n INT)`.
 pub fn make_db(path: &Path, spec: DbSpec) {
     let c = Connection::open(path).unwrap();
-    c.execute_batch(&format!("PRAGMA page_size={};", spec.page_size)).unwrap();
-    if spec.wal {
-        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())).unwrap();
-    }
-    c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB, n INT); CREATE INDEX t_n ON t(n);")
+    c.execute_batch(&format!("PRAGMA page_size={};", spec.page_size))
         .unwrap();
+    if spec.wal {
+        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+    }
+    c.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB, n INT); CREATE INDEX t_n ON t(n);",
+    )
+    .unwrap();
     let tx = c.unchecked_transaction().unwrap();
     {
-        let mut st = tx.prepare("INSERT INTO t(id, v, n) VALUES (?1, randomblob(?2), ?1 * 7 % 1000)").unwrap();
+        let mut st = tx
+            .prepare("INSERT INTO t(id, v, n) VALUES (?1, randomblob(?2), ?1 * 7 % 1000)")
+            .unwrap();
         for i in 1..=spec.rows {
-            st.execute(rusqlite::params![i, spec.row_bytes as i64]).unwrap();
+            st.execute(rusqlite::params![i, spec.row_bytes as i64])
+                .unwrap();
         }
     }
     tx.commit().unwrap();
@@ -126,9 +156,15 @@ pub fn make_db(path: &Path, spec: DbSpec) {
 pub fn change_rows(path: &Path, fraction: f64) -> usize {
     let c = Connection::open(path).unwrap();
     c.busy_timeout(Duration::from_secs(10)).unwrap();
-    let rows: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let rows: i64 = c
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
     let step = ((1.0 / fraction).round() as i64).max(1);
-    c.execute("UPDATE t SET v = randomblob(length(v)), n = n + 1 WHERE id % ?1 = 0", [step]).unwrap();
+    c.execute(
+        "UPDATE t SET v = randomblob(length(v)), n = n + 1 WHERE id % ?1 = 0",
+        [step],
+    )
+    .unwrap();
     (rows / step) as usize
 }
 
@@ -147,7 +183,9 @@ pub fn content_digest(path: &Path) -> String {
         .collect();
     for t in tables {
         h.update(t.as_bytes());
-        let mut st = c.prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid")).unwrap();
+        let mut st = c
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
+            .unwrap();
         let n = st.column_count();
         let mut rows = st.query([]).unwrap();
         while let Some(r) = rows.next().unwrap() {
@@ -156,7 +194,9 @@ pub fn content_digest(path: &Path) -> String {
                     rusqlite::types::ValueRef::Null => h.update(b"N"),
                     rusqlite::types::ValueRef::Integer(v) => h.update(v.to_le_bytes()),
                     rusqlite::types::ValueRef::Real(v) => h.update(v.to_le_bytes()),
-                    rusqlite::types::ValueRef::Text(v) | rusqlite::types::ValueRef::Blob(v) => h.update(v),
+                    rusqlite::types::ValueRef::Text(v) | rusqlite::types::ValueRef::Blob(v) => {
+                        h.update(v)
+                    }
                 }
             }
         }
@@ -168,13 +208,16 @@ pub fn content_digest(path: &Path) -> String {
 #[track_caller]
 pub fn assert_integrity(path: &Path) {
     let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let r: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let r: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(r, "ok", "integrity_check of {}", path.display());
 }
 
 pub fn row_count(path: &Path) -> i64 {
     let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap()
+    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// SHA-256 of a file's bytes.
@@ -213,11 +256,17 @@ impl TestServer {
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
-            assert!(Instant::now() < deadline, "server did not say where it listens");
+            assert!(
+                Instant::now() < deadline,
+                "server did not say where it listens"
+            );
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(rest) = line.split("listening on ").nth(1) {
-                        let a = rest.trim().trim_start_matches("http://").trim_start_matches("https://");
+                        let a = rest
+                            .trim()
+                            .trim_start_matches("http://")
+                            .trim_start_matches("https://");
                         break a.trim_end_matches('/').to_string();
                     }
                 }
@@ -226,7 +275,11 @@ impl TestServer {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        TestServer { child, data_dir: data_dir.to_path_buf(), addr }
+        TestServer {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            addr,
+        }
     }
 
     pub fn ws_url(&self) -> String {
@@ -239,9 +292,17 @@ impl TestServer {
 
     /// `sqlrsync-server namespace create NAME`: the new Account Admin key.
     pub fn create_namespace(&self, env: &TestEnv, name: &str) -> String {
-        let o = run(env.command(SERVER).args(["namespace", "create", name, "--data-dir"]).arg(&self.data_dir));
+        let o = run(env
+            .command(SERVER)
+            .args(["namespace", "create", name, "--data-dir"])
+            .arg(&self.data_dir));
         assert_ok(&o);
-        stdout(&o).lines().last().expect("a key line").trim().to_string()
+        stdout(&o)
+            .lines()
+            .last()
+            .expect("a key line")
+            .trim()
+            .to_string()
     }
 }
 

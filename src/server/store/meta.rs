@@ -130,7 +130,9 @@ pub fn replicas_of(c: &Connection, namespace: &str) -> Result<Vec<ReplicaRow>> {
 }
 
 pub fn all_replicas(c: &Connection) -> Result<Vec<ReplicaRow>> {
-    let mut st = c.prepare(&format!("SELECT {REPLICA_COLS} FROM replicas ORDER BY path"))?;
+    let mut st = c.prepare(&format!(
+        "SELECT {REPLICA_COLS} FROM replicas ORDER BY path"
+    ))?;
     let rows = st.query_map([], replica_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -151,9 +153,11 @@ pub fn create_replica(
 }
 
 pub fn namespace_exists(c: &Connection, name: &str) -> Result<bool> {
-    Ok(c.query_row("SELECT 1 FROM namespaces WHERE name=?1", [name], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(
+        c.query_row("SELECT 1 FROM namespaces WHERE name=?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some(),
+    )
 }
 
 /// One version row.
@@ -233,7 +237,11 @@ pub fn encode_delta(entries: &[(u32, PageHash)]) -> Vec<u8> {
 }
 
 pub fn decode_delta(b: &[u8]) -> Result<Vec<(u32, PageHash)>> {
-    anyhow::ensure!(b.len() % 36 == 0, "damaged version delta ({} bytes)", b.len());
+    anyhow::ensure!(
+        b.len() % 36 == 0,
+        "damaged version delta ({} bytes)",
+        b.len()
+    );
     Ok(b.chunks_exact(36)
         .map(|c| {
             let pgno = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);

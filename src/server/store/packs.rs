@@ -93,7 +93,11 @@ impl PackStore {
             let path = pack_path(dir, p);
             let len = std::fs::metadata(&path)?.len();
             if len > end {
-                tracing::warn!(pack = p, bytes = len - end, "cutting unreferenced pack tail");
+                tracing::warn!(
+                    pack = p,
+                    bytes = len - end,
+                    "cutting unreferenced pack tail"
+                );
                 let f = OpenOptions::new().write(true).open(&path)?;
                 f.set_len(end)?;
                 f.sync_all()?;
