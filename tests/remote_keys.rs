@@ -86,6 +86,19 @@ fn each_key_is_refused_where_it_must_be() {
     assert_ok(&run(&mut r.cmd(&["a.db"])));
     assert_ok(&run(&mut r.cmd(&["team/a.db", "a.db"])));
 
+    // --unlisted on the first push: anyone with the path may pull, no key.
+    let o = run(&mut r.admin_cmd(&["b.db", "team/b.db", "--unlisted"]));
+    assert_ok(&o);
+    let o = run(&mut r.cmd(&["team/b.db", "anon.db", "--json"]));
+    assert_ok(&o);
+    assert_eq!(
+        content_digest(&r.db("anon.db")),
+        content_digest(&r.db("b.db"))
+    );
+    // ...and a second push of it cannot change the visibility.
+    let o = run(&mut r.cmd(&["b.db", "--public"]));
+    assert_one_line_error(&o, "only applies to the first push");
+
     // No admin key anywhere under HOME after all this.
     assert!(files_containing(&r.env.home(), &r.admin).is_empty());
     assert!(files_containing(&r.env.home(), &other).is_empty());

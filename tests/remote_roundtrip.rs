@@ -158,3 +158,85 @@ fn dry_runs_change_nothing_and_connect_nowhere() {
         "a dry run wrote something"
     );
 }
+
+/// wss:// through rustls: a server with a certificate from a private CA is
+/// trusted only when the CA is (SSL_CERT_FILE), and refused in one line
+/// otherwise. Needs the `openssl` command to make the certificates.
+#[test]
+fn wss_with_a_private_ca() {
+    let env = TestEnv::new();
+    let tls = env.path("tls");
+    std::fs::create_dir(&tls).unwrap();
+    let sh = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=sqlrsync-test-ca
+openssl req -newkey rsa:2048 -nodes -keyout leaf.key -out leaf.csr -subj /CN=127.0.0.1
+printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > ext
+openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile ext"#;
+    let made = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(sh)
+        .current_dir(&tls)
+        .output();
+    if !made.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED wss_with_a_private_ca: openssl could not make certificates");
+        return;
+    }
+    let data = env.path("data");
+    let cert = tls.join("leaf.pem");
+    let key = tls.join("leaf.key");
+    let server = TestServer::start_with(
+        &env,
+        &data,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let admin = server.create_namespace(&env, "team");
+    make_db(
+        &env.path("a.db"),
+        DbSpec {
+            rows: 300,
+            ..DbSpec::default()
+        },
+    );
+    let url = format!("wss://{}", server.addr);
+    let o = run(env
+        .sqlrsync()
+        .args(["a.db", "team/a.db", "--server", &url, "--adminKey", &admin]));
+    assert_one_line_error(&o, "TLS with");
+    let o = run(env
+        .sqlrsync()
+        .args([
+            "a.db",
+            "team/a.db",
+            "--server",
+            &url,
+            "--adminKey",
+            &admin,
+            "--json",
+        ])
+        .env("SSL_CERT_FILE", tls.join("ca.pem")));
+    assert_ok(&o);
+    assert_eq!(json(&o)["version"], "1");
+    let o = run(env
+        .sqlrsync()
+        .args([
+            "team/a.db",
+            "b.db",
+            "--server",
+            &url,
+            "--adminKey",
+            &admin,
+            "--json",
+        ])
+        .env("SSL_CERT_FILE", tls.join("ca.pem")));
+    assert_ok(&o);
+    assert_eq!(json(&o)["verified"], true);
+    assert_eq!(
+        content_digest(&env.path("b.db")),
+        content_digest(&env.path("a.db"))
+    );
+}

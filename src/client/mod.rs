@@ -281,6 +281,9 @@ fn describe_connect_error(host: &str, e: tokio_tungstenite::tungstenite::Error) 
                 anyhow::anyhow!("server refused: HTTP {} {reason}: {body}", status.as_u16())
             }
         }
+        E::Io(io) if io.to_string().contains("certificate") => anyhow::anyhow!(
+            "TLS with {host} failed: {io} (a private CA can be trusted with SSL_CERT_FILE=ca.pem)"
+        ),
         E::Io(io) => anyhow::anyhow!("cannot reach the server {host}: {io}"),
         E::Tls(t) => anyhow::anyhow!("TLS with {host} failed: {t}"),
         other => anyhow::anyhow!("websocket handshake with {host} failed: {other}"),
