@@ -189,3 +189,101 @@ pub fn change_block(path: &std::path::Path, first: i64, n: i64) {
     )
     .unwrap();
 }
+
+#[test]
+fn wal_origin_and_page_size_change() {
+    let env = TestEnv::new();
+    let data = env.path("data");
+    let server = TestServer::start(&env, &data);
+    let admin = server.create_namespace(&env, "acme");
+    let rt = rt();
+    let ws = server.ws_url();
+    // A WAL-mode origin: stored files stay in rollback mode, no -wal/-shm.
+    let db = env.path("wal.db");
+    make_db(
+        &db,
+        DbSpec {
+            rows: 1500,
+            wal: true,
+            ..Default::default()
+        },
+    );
+    rt.block_on(push(&ws, "acme/wal.db", &db, &opts(&admin)))
+        .assert_ok();
+    change_block(&db, 100, 50);
+    let o = rt.block_on(push(&ws, "acme/wal.db", &db, &opts(&admin)));
+    o.assert_ok();
+    assert_eq!(o.version(), 2);
+    assert_eq!(o.config().version_hash.unwrap(), version_hash(&db));
+    // Pushing the same WAL database again changes nothing.
+    let o = rt.block_on(push(&ws, "acme/wal.db", &db, &opts(&admin)));
+    assert_eq!(o.version(), 2, "{o:#?}");
+    let mut stray = Vec::new();
+    for r in std::fs::read_dir(data.join("replicas")).unwrap() {
+        for f in std::fs::read_dir(r.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            let hdr = std::fs::read(&f).unwrap();
+            assert_eq!(
+                (hdr[18], hdr[19]),
+                (1, 1),
+                "{} is not in rollback mode",
+                f.display()
+            );
+            if !f.to_string_lossy().ends_with(".db") {
+                stray.push(f);
+            }
+        }
+    }
+    assert!(stray.is_empty(), "{stray:?}");
+    for (v, name) in [("1", "w1.db"), ("", "w2.db")] {
+        let out = env.path(name);
+        rt.block_on(pull(
+            &ws,
+            "acme/wal.db",
+            &out,
+            &Opts {
+                version: Some(v.into()),
+                ..opts(&admin)
+            },
+        ))
+        .assert_ok();
+        assert_integrity(&out);
+    }
+    assert_eq!(content_digest(&env.path("w2.db")), content_digest(&db));
+
+    // The same replica pushed with another page size: a full new version,
+    // and the old one still rebuilds.
+    let db2 = env.path("big-pages.db");
+    make_db(
+        &db2,
+        DbSpec {
+            rows: 700,
+            page_size: 8192,
+            ..Default::default()
+        },
+    );
+    let o = rt.block_on(push(&ws, "acme/wal.db", &db2, &opts(&admin)));
+    o.assert_ok();
+    assert_eq!(o.version(), 3);
+    let out = env.path("w-old.db");
+    rt.block_on(pull(
+        &ws,
+        "acme/wal.db",
+        &out,
+        &Opts {
+            version: Some("2".into()),
+            ..opts(&admin)
+        },
+    ))
+    .assert_ok();
+    assert_eq!(content_digest(&out), content_digest(&db));
+    let out = env.path("w-new.db");
+    rt.block_on(pull(&ws, "acme/wal.db", &out, &opts(&admin)))
+        .assert_ok();
+    assert_eq!(content_digest(&out), content_digest(&db2));
+    drop(server);
+    assert_ok(&run(env
+        .command(SERVER)
+        .args(["verify", "--data-dir"])
+        .arg(&data)));
+}

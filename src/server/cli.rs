@@ -313,7 +313,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_frame: a.max_frame.max(64 * 1024),
             compression: a.compression,
         };
-        let server = tokio::spawn(run(listener, config, shutdown_signal()));
+        let server = tokio::spawn(run(listener, config, shutdown_signal()?));
         // Announce only once the store opened and the server is running.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         if server.is_finished() {
@@ -327,17 +327,15 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+/// SIGTERM or Ctrl-C. The handlers are installed before this returns (not
+/// on first poll), so a signal right after the "listening" line is caught.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {},
             _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }

@@ -83,15 +83,16 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
                 if tx.send(WsMessage::Ping(Vec::new().into())).await.is_err() { break; }
             }
             v = updates.recv() => {
-                let version = match v {
-                    Ok(v) => v,
-                    Err(RecvError::Lagged(_)) => state.latest().map_or(0, |f| f.number),
+                let (version, committed_at) = match v {
+                    Ok(v) => (v.number, Some(v.committed_at)),
+                    Err(RecvError::Lagged(_)) => (state.latest().map_or(0, |f| f.number), None),
                     Err(RecvError::Closed) => break,
                 };
                 let msg = text("LATEST_VERSION", json!({
                     "version": version.to_string(),
                     "replicaID": r.uid,
                     "replicaPath": r.path,
+                    "committedAt": committed_at,
                 }));
                 if tx.send(msg).await.is_err() { break; }
             }

@@ -87,8 +87,8 @@ pub struct ReplicaState {
     pub push_lock: Arc<tokio::sync::Mutex<()>>,
     /// The latest version's file (None before the first commit).
     latest: Mutex<Option<Arc<VersionFile>>>,
-    /// New version numbers, for subscribers.
-    pub notify: broadcast::Sender<u64>,
+    /// New versions, for subscribers.
+    pub notify: broadcast::Sender<VersionNotice>,
     /// Older versions currently materialised, shared by concurrent pulls.
     older: Mutex<HashMap<u64, Weak<VersionFile>>>,
     /// One materialisation at a time per replica.
@@ -99,6 +99,16 @@ impl ReplicaState {
     pub fn latest(&self) -> Option<Arc<VersionFile>> {
         lock(&self.latest).clone()
     }
+}
+
+/// A committed version, as told to subscribers.
+#[derive(Debug, Clone)]
+pub struct VersionNotice {
+    /// The new version number.
+    pub number: u64,
+    /// When its metadata transaction committed (RFC 3339, microseconds), so
+    /// subscribers can measure notification latency.
+    pub committed_at: String,
 }
 
 /// What a finished push amounted to.
@@ -530,7 +540,10 @@ impl Store {
         if let Some(old) = lock(&state.latest).replace(new_file) {
             old.obsolete.store(true, Ordering::SeqCst);
         }
-        let _ = state.notify.send(number);
+        let _ = state.notify.send(VersionNotice {
+            number,
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        });
         Ok(CommitOutcome::Committed(row))
     }
 
