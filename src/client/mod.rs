@@ -532,6 +532,18 @@ impl Report {
     }
 }
 
+/// Resolves when the watch turns true (Ctrl-C); never if its sender is gone.
+pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Exit code for a finished command: 130 after Ctrl-C.
 pub fn interrupted_exit() -> ExitCode {
     ExitCode::from(EXIT_INTERRUPTED)

@@ -235,7 +235,15 @@ pub async fn pull_once(
         p.key.source.describe()
     ));
     let started = Instant::now();
-    let ws = match super::connect(&url, &headers_for(p)).await {
+    let mut stop = interrupt.clone();
+    let first_headers = headers_for(p);
+    let connected = tokio::select! {
+        r = super::connect(&url, &first_headers) => r,
+        _ = super::wait_true(&mut stop) => {
+            return Err(PullError::Interrupted(anyhow::anyhow!("interrupted; the local database is unchanged")));
+        }
+    };
+    let ws = match connected {
         Ok(ws) => ws,
         Err(e)
             if p.key.source == KeySource::Anonymous

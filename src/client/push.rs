@@ -243,7 +243,14 @@ pub async fn run(
         p.key.source.describe()
     ));
     let started = Instant::now();
-    let ws = super::connect(&url, &hdrs).await?;
+    let mut stop = interrupt.clone();
+    let ws = tokio::select! {
+        ws = super::connect(&url, &hdrs) => ws?,
+        _ = super::wait_true(&mut stop) => {
+            eprintln!("sqlrsync: interrupted; nothing was sent");
+            return Ok(super::interrupted_exit());
+        }
+    };
 
     let name = if p.remote_path.is_empty() {
         p.local
@@ -329,6 +336,9 @@ fn keep_keys(
         {
             Some(e.push_key.clone())
         }
+        // A Replica Push key the user gave that just worked: keep it, so the
+        // next push (a cron job) needs nothing on the command line.
+        (None, _) if p.key.source == KeySource::Flag("--pushKey") => p.key.value.clone(),
         _ => None,
     };
     if let Some(k) = push_key {

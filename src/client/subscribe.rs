@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::keys::KeyEnv;
 use super::pull::{self, PullError};
+use super::wait_true;
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
 use crate::printer::Printer;
@@ -221,16 +222,5 @@ async fn sleep_or_stop(d: Duration, interrupt: &mut watch::Receiver<bool>) -> bo
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = wait_true(interrupt) => true,
-    }
-}
-
-async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 }
