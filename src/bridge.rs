@@ -93,6 +93,9 @@ pub struct Stats {
     pub wire_out: AtomicU64,
     /// Websocket bytes received, counted the same way.
     pub wire_in: AtomicU64,
+    /// Wire bytes of the server's text frames (CONFIG, MESSAGE, ABORT):
+    /// part of `wire_in`, but replies rather than framing of the stream.
+    pub text_in: AtomicU64,
     /// Pages carried (ORIGIN_PAGE, whichever way they flow).
     pub pages: AtomicU64,
     /// Page count announced by ORIGIN_BEGIN (progress total).
@@ -653,6 +656,9 @@ where
             WsMessage::Text(t) => {
                 stats
                     .wire_in
+                    .fetch_add(frame_len(t.len(), false), Ordering::Relaxed);
+                stats
+                    .text_in
                     .fetch_add(frame_len(t.len(), false), Ordering::Relaxed);
                 match ServerText::parse(t.as_str()) {
                     Ok(ServerText::Config(c)) => {

@@ -434,7 +434,11 @@ pub struct Report {
     pub wire_sent: u64,
     pub wire_received: u64,
     pub stream_bytes: u64,
+    /// Wire bytes of the server's text frames (CONFIG, MESSAGE).
+    pub text_bytes: u64,
     pub seconds: f64,
+    /// Seconds spent hashing the pulled file to verify it (part of `seconds`).
+    pub verify_seconds: f64,
     /// Some(true) when checked against versionHash; None when the server
     /// sent none (or on a push).
     pub verified: Option<bool>,
@@ -455,7 +459,9 @@ impl Report {
             wire_sent: Stats::get(&stats.wire_out),
             wire_received: Stats::get(&stats.wire_in),
             stream_bytes: Stats::get(&stats.stream_out) + Stats::get(&stats.stream_in),
+            text_bytes: Stats::get(&stats.text_in),
             seconds: started.elapsed().as_secs_f64(),
+            verify_seconds: 0.0,
             verified: None,
             messages: Vec::new(),
         }
@@ -489,8 +495,10 @@ impl Report {
                 "bytesSent": self.wire_sent,
                 "bytesReceived": self.wire_received,
                 "streamBytes": self.stream_bytes,
+                "textBytes": self.text_bytes,
                 "speedup": (self.speedup() * 100.0).round() / 100.0,
                 "seconds": (self.seconds * 1000.0).round() / 1000.0,
+                "verifySeconds": (self.verify_seconds * 1000.0).round() / 1000.0,
                 "verified": self.verified,
                 "messages": self.messages,
             });

@@ -306,8 +306,10 @@ pub async fn pull_once(
     }
     p.local_existed = true;
     let cfg = outcome.config.clone().unwrap_or_default();
+    let mut verify_seconds = 0.0;
     let verified = match &cfg.version_hash {
         Some(want) => {
+            let hashing = Instant::now();
             let got = dbfile::version_hash(&p.local)
                 .with_context(|| format!("cannot hash {} to verify it", p.local.display()))?;
             if !got.eq_ignore_ascii_case(want) {
@@ -318,6 +320,12 @@ pub async fn pull_once(
                     short(&got)
                 )));
             }
+            verify_seconds = hashing.elapsed().as_secs_f64();
+            printer.verbose(&format!(
+                "verified {} against the server's versionHash in {:.2}s",
+                p.local.display(),
+                hashing.elapsed().as_secs_f64()
+            ));
             Some(true)
         }
         None => None,
@@ -357,6 +365,7 @@ pub async fn pull_once(
     report.server = p.server.clone();
     report.version = cfg.committed_version_id.clone();
     report.verified = verified;
+    report.verify_seconds = verify_seconds;
     report.messages = outcome.messages.clone();
     Ok(report)
 }
