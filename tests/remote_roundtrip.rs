@@ -50,7 +50,7 @@ fn first_push_second_push_and_pulls_of_every_version() {
     let changed = change_rows(&a, 0.01);
     assert!(changed > 0);
     let v2 = content_digest(&a);
-    let o = run(&mut r.env.sqlrsync().arg(&a).arg("--json"));
+    let o = run(r.env.sqlrsync().arg(&a).arg("--json"));
     assert_ok(&o);
     let j = json(&o);
     assert_eq!(j["version"], "2", "{j}");
@@ -104,7 +104,7 @@ fn dash_file_run_as_a_script_pulls() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let o = run(&mut r.env.command(&script).env("PATH", path).arg("--json"));
+    let o = run(r.env.command(&script).env("PATH", path).arg("--json"));
     assert_ok(&o);
     assert_eq!(json(&o)["verified"], true);
     assert_eq!(content_digest(&other.join("a.db")), want);
@@ -125,12 +125,11 @@ fn dry_runs_change_nothing_and_connect_nowhere() {
         vec!["team/a.db", "b.db", "--dry"],
         vec!["team/a.db@latest-2", "b.db", "--dry", "--subscribe"],
     ] {
-        let o =
-            run(&mut r
-                .env
-                .sqlrsync()
-                .args(&args)
-                .args(["--server", &url, "--adminKey", &r.admin]));
+        let o = run(r
+            .env
+            .sqlrsync()
+            .args(&args)
+            .args(["--server", &url, "--adminKey", &r.admin]));
         assert_ok(&o);
         let out = stdout(&o);
         assert!(
@@ -139,14 +138,10 @@ fn dry_runs_change_nothing_and_connect_nowhere() {
         );
         assert!(!out.contains(&r.admin), "the key must be masked: {out}");
     }
-    let o = run(&mut r.env.sqlrsync().args([
-        "a.db",
-        "--dry",
-        "--server",
-        &url,
-        "--adminKey",
-        &r.admin,
-    ]));
+    let o = run(r
+        .env
+        .sqlrsync()
+        .args(["a.db", "--dry", "--server", &url, "--adminKey", &r.admin]));
     assert!(
         stdout(&o).contains("--adminKey"),
         "the key's source is shown"
