@@ -23,6 +23,16 @@ pub const CLOSE_POLICY: u16 = 1008;
 /// The server failed.
 pub const CLOSE_INTERNAL: u16 = 1011;
 
+/// Frames queued for the socket per session: small, so a slow client
+/// holds back its helper (pipe backpressure) instead of server memory.
+const OUT_QUEUE: usize = 8;
+
+/// A push whose client sends nothing for this long is ended (a silent
+/// pusher must not hold a replica's push lock forever). Generous, because
+/// the client legitimately waits while our helper hashes a large staging
+/// copy.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A frame for the writer task.
 #[derive(Debug)]
 pub enum Out {
@@ -40,7 +50,7 @@ pub type OutTx = mpsc::Sender<Out>;
 pub fn spawn_writer(
     mut sink: SplitSink<WebSocket, Message>,
 ) -> (OutTx, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Out>(32);
+    let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let task = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let (msg, last) = match out {
