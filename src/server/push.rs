@@ -27,7 +27,8 @@ use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::names;
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, IDLE_TIMEOUT, Out, OutTx, config_text, spawn_writer,
+    Abort, CLOSE_NORMAL, HelperProcess, IDLE_TIMEOUT, Out, OutTx, config_text, drain_until_closed,
+    spawn_writer,
 };
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
@@ -194,6 +195,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
     }
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    drain_until_closed(&mut stream).await;
 }
 
 enum PushEnd {

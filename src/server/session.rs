@@ -6,7 +6,8 @@ use std::process::Stdio;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
+use futures_util::StreamExt;
+use futures_util::stream::{SplitSink, SplitStream};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
@@ -71,6 +72,22 @@ pub fn spawn_writer(
         let _ = sink.close().await;
     });
     (tx, task)
+}
+
+/// Completes the closing handshake after our close frame went out: reads
+/// (and drops) what the client still sends until its close frame or EOF.
+/// Dropping a socket with unread input makes the kernel answer with a TCP
+/// reset, which can destroy the last frames (and the close) before the
+/// client has read them.
+pub async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Why a session stopped early.
