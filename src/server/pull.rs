@@ -19,7 +19,9 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
-use super::session::{Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, spawn_writer};
+use super::session::{
+    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, spawn_writer,
+};
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
 use crate::helper::Side;
@@ -131,10 +133,10 @@ pub async fn handler(
 }
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let (out, writer) = spawn_writer(sink);
     let started = std::time::Instant::now();
-    match run(stream, &out, &st, &ctx).await {
+    match run(&mut stream, &out, &st, &ctx).await {
         Ok(pages) => {
             tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
                 secs = started.elapsed().as_secs_f64(), "pull served");
@@ -147,6 +149,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     }
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    drain_until_closed(&mut stream).await;
 }
 
 fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
@@ -161,7 +164,7 @@ fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
 }
 
 async fn run(
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &OutTx,
     st: &AppState,
     ctx: &PullContext,

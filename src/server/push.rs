@@ -26,7 +26,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::names;
-use super::session::{Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, spawn_writer};
+use super::session::{
+    Abort, CLOSE_NORMAL, HelperProcess, IDLE_TIMEOUT, Out, OutTx, config_text, drain_until_closed,
+    spawn_writer,
+};
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
 use crate::helper::Side;
@@ -192,6 +195,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
     }
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    drain_until_closed(&mut stream).await;
 }
 
 enum PushEnd {
@@ -249,7 +253,10 @@ async fn run(
 
     loop {
         let frame = tokio::select! {
-            f = stream.next() => f,
+            f = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => match f {
+                Ok(f) => f,
+                Err(_) => return Err(Abort::Client("no data from the client for too long".into())),
+            },
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
             res = async { pump.as_mut().unwrap().await }, if pump.is_some() => {
                 // The helper stopped before the origin finished: it failed.

@@ -6,7 +6,8 @@ use std::process::Stdio;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
+use futures_util::StreamExt;
+use futures_util::stream::{SplitSink, SplitStream};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
@@ -22,6 +23,16 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 /// The server failed.
 pub const CLOSE_INTERNAL: u16 = 1011;
+
+/// Frames queued for the socket per session: small, so a slow client
+/// holds back its helper (pipe backpressure) instead of server memory.
+const OUT_QUEUE: usize = 8;
+
+/// A push whose client sends nothing for this long is ended (a silent
+/// pusher must not hold a replica's push lock forever). Generous, because
+/// the client legitimately waits while our helper hashes a large staging
+/// copy.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A frame for the writer task.
 #[derive(Debug)]
@@ -40,7 +51,7 @@ pub type OutTx = mpsc::Sender<Out>;
 pub fn spawn_writer(
     mut sink: SplitSink<WebSocket, Message>,
 ) -> (OutTx, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<Out>(32);
+    let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let task = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let (msg, last) = match out {
@@ -61,6 +72,22 @@ pub fn spawn_writer(
         let _ = sink.close().await;
     });
     (tx, task)
+}
+
+/// Completes the closing handshake after our close frame went out: reads
+/// (and drops) what the client still sends until its close frame or EOF.
+/// Dropping a socket with unread input makes the kernel answer with a TCP
+/// reset, which can destroy the last frames (and the close) before the
+/// client has read them.
+pub async fn drain_until_closed(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Why a session stopped early.

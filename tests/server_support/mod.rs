@@ -32,6 +32,8 @@ pub struct Outcome {
     pub close_code: Option<u16>,
     /// Binary bytes received.
     pub bytes_in: u64,
+    /// Why the driver stopped, when not by a close frame (diagnostics).
+    pub ended_by: Option<String>,
 }
 
 impl Outcome {
@@ -221,10 +223,16 @@ async fn bridge(
                     return out;
                 }
                 sent += n as u64;
-                if tx.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() { break; }
+                if let Err(e) = tx.send(Message::Binary(buf[..n].to_vec().into())).await {
+                    out.ended_by = Some(format!("send: {e}"));
+                    break;
+                }
                 if first {
                     first = false;
-                    if tx.send(Message::Binary(ClientControl::Config.encode().into())).await.is_err() { break; }
+                    if let Err(e) = tx.send(Message::Binary(ClientControl::Config.encode().into())).await {
+                        out.ended_by = Some(format!("send config: {e}"));
+                        break;
+                    }
                     if opts.key_request
                         && tx.send(Message::Binary(ClientControl::KeyRequest.encode().into())).await.is_err() { break; }
                 }
@@ -243,7 +251,8 @@ async fn bridge(
                         break;
                     }
                     Some(Ok(_)) => {}
-                    None | Some(Err(_)) => break,
+                    None => { out.ended_by = Some("stream ended".into()); break; }
+                    Some(Err(e)) => { out.ended_by = Some(format!("recv: {e}")); break; }
                 }
             }
         }
