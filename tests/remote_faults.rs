@@ -213,3 +213,48 @@ fn server_killed_mid_pull_is_one_line_and_changes_nothing() {
     assert_one_line_error(&o, "the local database is unchanged");
     assert_unchanged(&old, &v1);
 }
+
+/// Pids of the direct children of `pid` (any of its threads may have
+/// spawned them).
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|s| s.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
+#[test]
+fn helper_crash_mid_pull_is_one_line_and_changes_nothing() {
+    let r = Remote::start();
+    let (v1, _v2) = two_versions(&r);
+    let old = r.db("old.db");
+    let mut child = start_pull(&r);
+    wait_for("pages to arrive", Duration::from_secs(60), || {
+        journal(&old).exists()
+    });
+    let helpers = children_of(child.id());
+    assert!(!helpers.is_empty(), "no helper process found");
+    for h in helpers {
+        unsafe { libc::kill(h, libc::SIGKILL) };
+    }
+    let o = wait_exit(&mut child, Duration::from_secs(30));
+    assert_one_line_error(&o, "helper failed");
+    // A killed writer leaves a hot journal; SQLite's recovery on the next
+    // open (any writer does it) restores the previous version.
+    // (A journal whose header never reached the disk is not hot and may
+    // stay behind; the database file itself was then never touched.)
+    let c = rusqlite::Connection::open(&old).unwrap();
+    c.query_row("SELECT count(*) FROM t", [], |_| Ok(()))
+        .unwrap();
+    drop(c);
+    assert_integrity(&old);
+    assert_eq!(content_digest(&old), v1, "the replica changed");
+}
