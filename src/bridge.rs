@@ -1,1 +1,737 @@
-//! Carrying the helper's stdin/stdout over a websocket (client and server).
+//! Carrying the helper's stdin/stdout over a websocket (client side).
+//!
+//! The embedded sqlite3_rsync runs as ORIGIN (push) or REPLICA (pull) on
+//! its stdin/stdout. Three tasks move the bytes, websocat style, one
+//! direction each:
+//!
+//! - helper stdout -> binary frames: whatever is ready is coalesced into
+//!   frames of at most [`MAX_FRAME`]; our control frames (COMMITMESSAGE,
+//!   CONFIG, KEYREQUEST) go out only between messages of this stream, which
+//!   a [`StreamParser`] tracks;
+//! - binary frames -> helper stdin, through a second parser so that the
+//!   server's control frames are told apart from stream data; text frames
+//!   (CONFIG, MESSAGE, ABORT) are acted on;
+//! - helper stderr -> the user.
+//!
+//! EOF crosses over: the socket's end closes the helper's stdin, and the
+//! helper's stdout EOF (the replica finished, on a pull) makes us close the
+//! socket normally. The helper's `--origin`/`--replica` forms always exit 0,
+//! so the verdict comes from the streams ([`OriginSummary`],
+//! [`ReplicaSummary`]), the server's close and the exit status together;
+//! [`Outcome`] carries all of them to the caller.
+//!
+//! Memory stays bounded whatever the database size: at most a few frames
+//! are in flight (a small channel) and the parsers keep at most one page.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::helper::Side;
+use crate::protocol::{
+    CTRL_NEWREPLICAVERSION, Direction, Message, OriginSummary, ReplicaSummary, ServerConfig,
+    ServerText, StreamParser, is_control_byte,
+};
+
+/// Largest binary frame we send: what is ready on the helper's stdout is
+/// gathered up to this size.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Frames queued between the stdout task and the socket writer; bounds
+/// memory to a few frames.
+const QUEUE: usize = 4;
+
+/// How long the helper may take to exit once its input closed.
+const HELPER_EXIT_GRACE: Duration = Duration::from_secs(20);
+
+/// How long to wait for the server's CONFIG answer after a pull finished.
+const CONFIG_GRACE: Duration = Duration::from_secs(10);
+
+/// How long to wait for the server's close reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What to run and what to send around it.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Which side the helper plays (decides the parsers' directions).
+    pub side: Side,
+    /// Arguments of the helper (`--origin DB NAME --protocol 2` ...).
+    pub args: Vec<OsString>,
+    /// Control frames sent before any stream data (COMMITMESSAGE).
+    pub before_stream: Vec<Vec<u8>>,
+    /// Control frames sent at the first message boundary after the first
+    /// stream frame (CONFIG, KEYREQUEST).
+    pub after_first: Vec<Vec<u8>>,
+    /// Wait (briefly) for a CONFIG text frame before closing a finished
+    /// pull, because it carries the keys and the version hash.
+    pub want_config: bool,
+    /// Print the helper's stderr as it comes (-vv); otherwise it is
+    /// collected and reported with the result.
+    pub live_stderr: bool,
+}
+
+/// Byte counts of one connection, shared by the tasks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// sqlite3_rsync stream bytes we sent.
+    pub stream_out: AtomicU64,
+    /// sqlite3_rsync stream bytes we received.
+    pub stream_in: AtomicU64,
+    /// Websocket bytes sent: frame headers (with mask) and payloads of every
+    /// frame, control and text frames included.
+    pub wire_out: AtomicU64,
+    /// Websocket bytes received, counted the same way.
+    pub wire_in: AtomicU64,
+    /// Wire bytes of the server's text frames (CONFIG, MESSAGE, ABORT):
+    /// part of `wire_in`, but replies rather than framing of the stream.
+    pub text_in: AtomicU64,
+    /// Pages carried (ORIGIN_PAGE, whichever way they flow).
+    pub pages: AtomicU64,
+    /// Page count announced by ORIGIN_BEGIN (progress total).
+    pub page_count: AtomicU64,
+    /// Page size announced by ORIGIN_BEGIN.
+    pub page_size: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes a websocket frame with `payload` bytes takes on the wire.
+pub fn frame_len(payload: usize, masked: bool) -> u64 {
+    let ext = if payload < 126 {
+        0
+    } else if payload <= 0xffff {
+        2
+    } else {
+        8
+    };
+    (2 + ext + if masked { 4 } else { 0 } + payload) as u64
+}
+
+/// Something the bridge tells its caller while it runs.
+pub trait Observer: Send + Sync {
+    /// Stream progress changed (see [`Stats`]).
+    fn progress(&self, stats: &Stats);
+    /// A `MESSAGE=` from the server, to show the user.
+    fn message(&self, text: &str);
+    /// A helper stderr line in live mode.
+    fn helper_line(&self, line: &str);
+}
+
+/// How a bridged sync ended; the caller turns it into a verdict.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The ORIGIN's stream, whoever ran it.
+    pub origin: OriginSummary,
+    /// The REPLICA's stream, whoever ran it.
+    pub replica: ReplicaSummary,
+    /// Every CONFIG the server sent, merged (later fields win).
+    pub config: Option<ServerConfig>,
+    /// `MESSAGE=` texts, in order (already shown through the observer).
+    pub messages: Vec<String>,
+    /// `ABORT=` reason.
+    pub abort: Option<String>,
+    /// Close code and reason the server sent, if it closed.
+    pub close: Option<(u16, String)>,
+    /// The connection broke (error, or ended without a close frame).
+    pub connection_error: Option<String>,
+    /// The server's stream was not sqlite3_rsync.
+    pub protocol_error: Option<String>,
+    /// The helper's exit status (None when it had to be killed).
+    pub helper_status: Option<ExitStatus>,
+    /// The helper's stderr lines (when not live).
+    pub helper_stderr: Vec<String>,
+    /// The helper was killed after not exiting in time.
+    pub helper_killed: bool,
+    /// Ctrl-C stopped the sync.
+    pub interrupted: bool,
+    /// The server said a newer version exists (NEWREPLICAVERSION).
+    pub newer_version: bool,
+}
+
+/// State the reader task shares with the coordinator.
+#[derive(Default)]
+struct Shared {
+    /// Merged CONFIG.
+    config: Option<ServerConfig>,
+    /// MESSAGE texts.
+    messages: Vec<String>,
+    /// NEWREPLICAVERSION seen.
+    newer_version: bool,
+}
+
+/// What goes to the socket writer.
+enum Out {
+    Frame(WsMessage),
+    Close(CloseCode, String),
+}
+
+/// Runs the helper per `spec` over `ws` until the sync ends, the server
+/// stops it, or `interrupt` fires (Ctrl-C).
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    spec: Spec,
+    stats: Arc<Stats>,
+    observer: Arc<dyn Observer>,
+    mut interrupt: watch::Receiver<bool>,
+) -> anyhow::Result<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let helper = crate::helper::path()?;
+    let mut child = spawn_helper(helper, &spec.args)?;
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+
+    let (out_dir, in_dir) = match spec.side {
+        Side::Origin => (Direction::FromOrigin, Direction::FromReplica),
+        Side::Replica => (Direction::FromReplica, Direction::FromOrigin),
+    };
+    let (ws_tx, ws_rx) = ws.split();
+    let (tx, rx) = mpsc::channel::<Out>(QUEUE);
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let config_seen = Arc::new(Notify::new());
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+
+    let writer = tokio::spawn(write_socket(ws_tx, rx, stats.clone()));
+    let reader = tokio::spawn(read_socket(
+        ws_rx,
+        stdin,
+        StreamParser::new(in_dir),
+        stats.clone(),
+        observer.clone(),
+        shared.clone(),
+        config_seen.clone(),
+        cancel_rx,
+    ));
+    let mut pump = tokio::spawn(pump_stdout(
+        stdout,
+        StreamParser::new(out_dir),
+        tx.clone(),
+        spec.before_stream.clone(),
+        spec.after_first.clone(),
+        stats.clone(),
+        observer.clone(),
+    ));
+    let live = spec.live_stderr;
+    let obs = observer.clone();
+    let stderr_task = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut kept = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if live {
+                obs.helper_line(&line);
+            } else if kept.len() < 64 {
+                kept.push(line);
+            }
+        }
+        kept
+    });
+
+    let mut out = Outcome::default();
+    let mut reader = reader;
+    let mut reader_done: Option<ReaderResult> = None;
+    let mut pump_done: Option<PumpResult> = None;
+
+    // Phase 1: wait for the first of: helper stdout EOF, socket end, Ctrl-C.
+    tokio::select! {
+        r = &mut pump => pump_done = Some(r?),
+        r = &mut reader => reader_done = Some(r?),
+        _ = wait_true(&mut interrupt) => {
+            out.interrupted = true;
+        }
+    }
+
+    if out.interrupted {
+        // Close the helper's input so an unfinished replica rolls back,
+        // then tell the server.
+        let _ = cancel_tx.send(true);
+        let _ = tx
+            .send(Out::Close(CloseCode::Normal, "interrupted".into()))
+            .await;
+    }
+
+    // Phase 2: the helper's stdout must end (it exits once its input ends).
+    if pump_done.is_none() {
+        match tokio::time::timeout(HELPER_EXIT_GRACE, &mut pump).await {
+            Ok(r) => pump_done = Some(r?),
+            Err(_) => {
+                let _ = child.start_kill();
+                out.helper_killed = true;
+                pump_done = Some(pump.await?);
+            }
+        }
+    }
+    let pump_result = pump_done.expect("pump finished");
+    out.helper_status = match tokio::time::timeout(HELPER_EXIT_GRACE, child.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            let _ = child.start_kill();
+            out.helper_killed = true;
+            child.wait().await.ok()
+        }
+    };
+
+    // Phase 3: the socket. On a pull that finished, wait for CONFIG, then
+    // close normally; on anything that went wrong, close with an error.
+    if reader_done.is_none() {
+        let in_ok = !out.interrupted && pump_result.error.is_none() && helper_ok(&out);
+        if in_ok && spec.want_config && shared.lock().await.config.is_none() {
+            let waited = tokio::time::timeout(CONFIG_GRACE, async {
+                tokio::select! {
+                    _ = config_seen.notified() => None,
+                    r = &mut reader => Some(r),
+                }
+            })
+            .await;
+            if let Ok(Some(r)) = waited {
+                reader_done = Some(r?);
+            }
+        }
+        if reader_done.is_none() {
+            let (code, why) = if in_ok {
+                (CloseCode::Normal, "done".to_string())
+            } else {
+                (
+                    CloseCode::Error,
+                    "the sync failed on the client".to_string(),
+                )
+            };
+            let _ = tx.send(Out::Close(code, why)).await;
+            match tokio::time::timeout(CLOSE_GRACE, &mut reader).await {
+                Ok(r) => reader_done = Some(r?),
+                Err(_) => {
+                    let _ = cancel_tx.send(true);
+                    reader_done = Some(reader.await?);
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+    let rr = reader_done.expect("reader finished");
+    out.helper_stderr = stderr_task.await.unwrap_or_default();
+
+    // Assemble: summaries from whichever side ran ORIGIN.
+    match spec.side {
+        Side::Origin => {
+            out.origin = pump_result.origin;
+            out.replica = rr.replica;
+        }
+        Side::Replica => {
+            out.origin = rr.origin;
+            out.replica = pump_result.replica;
+        }
+    }
+    if out.connection_error.is_none() {
+        out.connection_error = rr.connection_error.or(pump_result.error);
+    }
+    out.abort = rr.abort;
+    out.close = rr.close;
+    out.protocol_error = rr.protocol_error;
+    let sh = std::mem::take(&mut *shared.lock().await);
+    out.config = sh.config;
+    out.messages = sh.messages;
+    out.newer_version = sh.newer_version;
+    Ok(out)
+}
+
+fn helper_ok(out: &Outcome) -> bool {
+    out.helper_status.is_some_and(|s| s.success()) && !out.helper_killed
+}
+
+async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            // Sender gone: never fires.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn spawn_helper(helper: &Path, args: &[OsString]) -> anyhow::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(helper);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    // Its own process group: Ctrl-C reaches us, not the helper, so we can
+    // close its input and let an unfinished replica roll back cleanly.
+    cmd.process_group(0);
+    tracing::debug!(?helper, ?args, "starting helper");
+    cmd.spawn().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot start the sqlite3_rsync helper {}: {e}",
+            helper.display()
+        )
+    })
+}
+
+/// What the stdout pump saw.
+struct PumpResult {
+    origin: OriginSummary,
+    replica: ReplicaSummary,
+    error: Option<String>,
+}
+
+/// Helper stdout -> binary frames, with our control frames at boundaries.
+async fn pump_stdout(
+    mut stdout: tokio::process::ChildStdout,
+    mut parser: StreamParser,
+    tx: mpsc::Sender<Out>,
+    before: Vec<Vec<u8>>,
+    mut after_first: Vec<Vec<u8>>,
+    stats: Arc<Stats>,
+    observer: Arc<dyn Observer>,
+) -> PumpResult {
+    let mut res = PumpResult {
+        origin: OriginSummary::default(),
+        replica: ReplicaSummary::default(),
+        error: None,
+    };
+    let mut socket_open = true;
+    for f in before {
+        socket_open &= tx
+            .send(Out::Frame(WsMessage::Binary(f.into())))
+            .await
+            .is_ok();
+    }
+    let mut sent_first = false;
+    loop {
+        let mut buf = vec![0u8; MAX_FRAME];
+        let (n, eof) = match read_coalesced(&mut stdout, &mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                res.error = Some(format!("cannot read the helper's output: {e}"));
+                break;
+            }
+        };
+        if n > 0 {
+            buf.truncate(n);
+            let parsed = parser.feed(&buf, |m| {
+                note_message(&m, &stats);
+                res.origin.observe(&m);
+                res.replica.observe(&m);
+            });
+            if let Err(e) = parsed {
+                // Our own helper wrote something we cannot follow: stop, so
+                // no control frame is ever sent in the middle of a message.
+                res.error = Some(format!(
+                    "the helper's output is not a sqlite3_rsync stream: {e}"
+                ));
+                break;
+            }
+            stats.stream_out.fetch_add(n as u64, Ordering::Relaxed);
+            observer.progress(&stats);
+            if socket_open {
+                socket_open = tx
+                    .send(Out::Frame(WsMessage::Binary(buf.into())))
+                    .await
+                    .is_ok();
+            }
+            sent_first = true;
+        }
+        if sent_first && !after_first.is_empty() && parser.at_boundary() {
+            for f in std::mem::take(&mut after_first) {
+                if socket_open {
+                    socket_open = tx
+                        .send(Out::Frame(WsMessage::Binary(f.into())))
+                        .await
+                        .is_ok();
+                }
+            }
+        }
+        if eof {
+            break;
+        }
+    }
+    // Keep draining so a helper that still writes never blocks on a full
+    // pipe while it winds down.
+    let mut sink = [0u8; 8192];
+    while let Ok(n) = stdout.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+    res
+}
+
+/// Reads what is ready, up to `buf.len()`: one read that may wait, then
+/// more reads only while data is already there. Returns (bytes, eof).
+async fn read_coalesced<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, bool)> {
+    let mut n = r.read(buf).await?;
+    if n == 0 {
+        return Ok((0, true));
+    }
+    while n < buf.len() {
+        match r.read(&mut buf[n..]).now_or_never() {
+            Some(Ok(0)) => return Ok((n, true)),
+            Some(Ok(k)) => n += k,
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    Ok((n, false))
+}
+
+fn note_message(m: &Message<'_>, stats: &Stats) {
+    match m {
+        Message::OriginBegin {
+            page_size,
+            page_count,
+            ..
+        } => {
+            stats
+                .page_count
+                .store(*page_count as u64, Ordering::Relaxed);
+            stats.page_size.store(*page_size as u64, Ordering::Relaxed);
+        }
+        Message::OriginPage { .. } => {
+            stats.pages.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// Owns the socket's sending half; after a close (or a send error) it keeps
+/// draining the queue so the stdout pump never blocks.
+async fn write_socket<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, WsMessage>,
+    mut rx: mpsc::Receiver<Out>,
+    stats: Arc<Stats>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut open = true;
+    while let Some(item) = rx.recv().await {
+        if !open {
+            continue;
+        }
+        match item {
+            Out::Frame(m) => {
+                let len = match &m {
+                    WsMessage::Binary(b) => b.len(),
+                    WsMessage::Text(t) => t.len(),
+                    _ => 0,
+                };
+                if sink.send(m).await.is_err() {
+                    open = false;
+                } else {
+                    stats
+                        .wire_out
+                        .fetch_add(frame_len(len, true), Ordering::Relaxed);
+                }
+            }
+            Out::Close(code, reason) => {
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                open = false;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// What the socket reader saw.
+#[derive(Default)]
+struct ReaderResult {
+    origin: OriginSummary,
+    replica: ReplicaSummary,
+    abort: Option<String>,
+    close: Option<(u16, String)>,
+    connection_error: Option<String>,
+    protocol_error: Option<String>,
+}
+
+/// Binary frames -> helper stdin; text frames acted on. Returns when the
+/// socket ends, the server aborts, or `cancel` fires; the helper's stdin is
+/// dropped on return, which is its EOF.
+#[allow(clippy::too_many_arguments)]
+async fn read_socket<S>(
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    stdin: tokio::process::ChildStdin,
+    mut parser: StreamParser,
+    stats: Arc<Stats>,
+    observer: Arc<dyn Observer>,
+    shared: Arc<Mutex<Shared>>,
+    config_seen: Arc<Notify>,
+    mut cancel: watch::Receiver<bool>,
+) -> ReaderResult
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut res = ReaderResult::default();
+    let mut stdin = Some(stdin);
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = wait_true(&mut cancel) => break,
+        };
+        let msg = match msg {
+            None => {
+                res.connection_error =
+                    Some("the server ended the connection without closing it".into());
+                break;
+            }
+            Some(Err(e)) => {
+                res.connection_error = Some(format!("connection lost: {e}"));
+                break;
+            }
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            WsMessage::Binary(data) => {
+                stats
+                    .wire_in
+                    .fetch_add(frame_len(data.len(), false), Ordering::Relaxed);
+                if data.is_empty() {
+                    continue;
+                }
+                if parser.at_boundary() && is_control_byte(data[0]) {
+                    if data[0] == CTRL_NEWREPLICAVERSION && data.len() == 1 {
+                        shared.lock().await.newer_version = true;
+                    } else {
+                        tracing::warn!(
+                            byte = data[0],
+                            len = data.len(),
+                            "ignoring an unknown control frame"
+                        );
+                    }
+                    continue;
+                }
+                if res.protocol_error.is_some() {
+                    continue;
+                }
+                let fed = parser.feed(&data, |m| {
+                    note_message(&m, &stats);
+                    res.origin.observe(&m);
+                    res.replica.observe(&m);
+                });
+                if let Err(e) = fed {
+                    // Stop feeding the helper: it would only be confused,
+                    // and without ORIGIN_TXN it rolls back.
+                    res.protocol_error = Some(format!(
+                        "the server sent a stream that is not sqlite3_rsync: {e}"
+                    ));
+                    stdin = None;
+                    continue;
+                }
+                stats
+                    .stream_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                observer.progress(&stats);
+                if let Some(w) = stdin.as_mut()
+                    && w.write_all(&data).await.is_err()
+                {
+                    // The helper stopped reading (it finished or died); the
+                    // coordinator learns which from its exit.
+                    stdin = None;
+                }
+            }
+            WsMessage::Text(t) => {
+                stats
+                    .wire_in
+                    .fetch_add(frame_len(t.len(), false), Ordering::Relaxed);
+                stats
+                    .text_in
+                    .fetch_add(frame_len(t.len(), false), Ordering::Relaxed);
+                match ServerText::parse(t.as_str()) {
+                    Ok(ServerText::Config(c)) => {
+                        let mut sh = shared.lock().await;
+                        sh.config = Some(merge_config(sh.config.take(), c));
+                        drop(sh);
+                        config_seen.notify_one();
+                    }
+                    Ok(ServerText::Message(m)) => {
+                        observer.message(&m);
+                        shared.lock().await.messages.push(m);
+                    }
+                    Ok(ServerText::Abort(reason)) => {
+                        res.abort = Some(reason);
+                        break;
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            WsMessage::Close(frame) => {
+                res.close = Some(match frame {
+                    Some(f) => (u16::from(f.code), f.reason.to_string()),
+                    None => (1005, String::new()),
+                });
+                break;
+            }
+            _ => {}
+        }
+    }
+    if let Some(mut w) = stdin.take() {
+        let _ = w.shutdown().await;
+    }
+    res
+}
+
+/// Later CONFIG fields win; fields a later frame omits are kept.
+fn merge_config(old: Option<ServerConfig>, new: ServerConfig) -> ServerConfig {
+    let Some(old) = old else { return new };
+    ServerConfig {
+        replica_id: new.replica_id.or(old.replica_id),
+        replica_path: new.replica_path.or(old.replica_path),
+        committed_version_id: new.committed_version_id.or(old.committed_version_id),
+        new_pull_key: new.new_pull_key.or(old.new_pull_key),
+        new_push_key: new.new_push_key.or(old.new_push_key),
+        version_hash: new.version_hash.or(old.version_hash),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_lengths() {
+        assert_eq!(frame_len(1, true), 7);
+        assert_eq!(frame_len(125, false), 127);
+        assert_eq!(frame_len(126, false), 130);
+        assert_eq!(frame_len(65536, true), 65536 + 14);
+    }
+
+    #[tokio::test]
+    async fn coalesces_what_is_ready() {
+        let (mut a, mut b) = tokio::io::duplex(256 * 1024);
+        for _ in 0..10 {
+            a.write_all(&[7u8; 10_000]).await.unwrap();
+        }
+        let mut buf = vec![0u8; MAX_FRAME];
+        let (n, eof) = read_coalesced(&mut b, &mut buf).await.unwrap();
+        assert_eq!((n, eof), (MAX_FRAME, false));
+        let (n, eof) = read_coalesced(&mut b, &mut buf).await.unwrap();
+        assert_eq!((n, eof), (100_000 - MAX_FRAME, false));
+        drop(a);
+        let (n, eof) = read_coalesced(&mut b, &mut buf).await.unwrap();
+        assert_eq!((n, eof), (0, true));
+    }
+}

@@ -37,6 +37,27 @@ impl Printer {
     }
 }
 
+/// A progress bar of pages on stderr, or None when [`Printer::progress`]
+/// says no bar may be drawn. Shows pages done of total, the bytes on the
+/// wire (the message), the rate and the ETA.
+pub fn page_bar(printer: &Printer) -> Option<indicatif::ProgressBar> {
+    if !printer.progress() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(0),
+        indicatif::ProgressDrawTarget::stderr_with_hz(8),
+    );
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} [{bar:30}] {pos}/{len} pages, {msg} on the wire, {per_sec}, ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
+    Some(bar)
+}
+
 /// 1536 -> "1.5 KiB".
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

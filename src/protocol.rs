@@ -546,11 +546,19 @@ impl ServerText {
 // ---------------------------------------------------------------------------
 // Version hashes: what a pulling client checks its copy against.
 
+/// Bytes of page 1 hashed as zeros by [`VersionHasher`]: journal mode
+/// (18-19), file change counter (24-27), version-valid-for (92-95) and the
+/// last writer's SQLite version (96-99).
+pub const VERSION_HASH_MASKED_HEADER_BYTES: [usize; 14] =
+    [18, 19, 24, 25, 26, 27, 92, 93, 94, 95, 96, 97, 98, 99];
+
 /// Hashes a database version page by page: SHA-256 over pages 1..N in
-/// order, with bytes 18 and 19 of page 1 (the file format read/write
-/// versions, i.e. WAL or rollback mode) hashed as zeros, because
+/// order, with the header bytes of [`VERSION_HASH_MASKED_HEADER_BYTES`]
+/// hashed as zeros: bytes 18 and 19 (WAL or rollback mode), because
 /// sqlite3_rsync itself keeps a WAL replica in WAL mode whatever the origin
-/// is. The server sends the result in CONFIG as `versionHash`.
+/// is, and the change counters and writer version, because every commit of
+/// a replica rewrites them. The server sends the result in CONFIG as
+/// `versionHash`.
 #[derive(Debug, Default, Clone)]
 pub struct VersionHasher {
     /// Running digest.
@@ -575,7 +583,21 @@ impl VersionHasher {
             "version hash pages must come in order"
         );
         self.next_pgno += 1;
-        if pgno == 1 && data.len() >= 20 {
+        if pgno == 1 && data.len() >= 100 {
+            // Header fields that record who wrote last rather than what the
+            // database holds: bytes 18-19 (journal mode), 24-27 (file change
+            // counter), 92-95 (version-valid-for) and 96-99 (SQLite version
+            // of the last writer). sqlite3_rsync's replica commits with its
+            // own SQLite, which bumps these on every copy, so an exact copy
+            // never has them equal to its origin.
+            let mut header = [0u8; 100];
+            header.copy_from_slice(&data[..100]);
+            for i in VERSION_HASH_MASKED_HEADER_BYTES {
+                header[i] = 0;
+            }
+            self.hasher.update(header);
+            self.hasher.update(&data[100..]);
+        } else if pgno == 1 && data.len() >= 20 {
             self.hasher.update(&data[..18]);
             self.hasher.update([0u8, 0u8]);
             self.hasher.update(&data[20..]);
@@ -936,5 +958,25 @@ mod tests {
         assert!(is_key_shaped(&k));
         assert_ne!(k, new_key());
         assert_eq!(mask_key("abcdefghijklmnopqrst"), "ab****************st");
+    }
+
+    #[test]
+    fn version_hash_ignores_the_change_counters() {
+        // Every commit of a replica rewrites the change counter and the
+        // writer's SQLite version; an exact copy must hash the same.
+        let mut page1 = vec![7u8; 4096];
+        let mut h = VersionHasher::new();
+        h.page(1, &page1);
+        for i in [24, 27, 92, 95, 96, 99] {
+            page1[i] ^= 0x5a;
+        }
+        let mut h2 = VersionHasher::new();
+        h2.page(1, &page1);
+        let masked = h2.finish();
+        assert_eq!(h.finish(), masked);
+        page1[100] ^= 1;
+        let mut h3 = VersionHasher::new();
+        h3.page(1, &page1);
+        assert_ne!(h3.finish(), masked);
     }
 }

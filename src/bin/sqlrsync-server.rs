@@ -1,5 +1,5 @@
 //! `sqlrsync-server`: see `sqlrsync-server --help`.
 
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::FAILURE
+    sqlrsync::server::cli::main()
 }

@@ -1,10 +1,588 @@
 //! The remote half of the client: PUSH, PULL and SUBSCRIBE over websockets.
+//!
+//! [`run`] checks the flags against the mode, builds a tokio runtime and
+//! hands over to [`push`], [`pull`] or [`subscribe`]. What they share lives
+//! here: the server URL, the upgrade request with its headers
+//! (shared/PROTOCOL.md section 2), connecting with one clear line for each
+//! way it can fail, the verdict over a bridged sync, and the result report
+//! (summary line or `--json`).
+
+pub mod keys;
+pub mod progress;
+pub mod pull;
+pub mod push;
+pub mod subscribe;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, bail};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::bridge::{Outcome, Stats};
 use crate::cli::{Cli, Mode};
+use crate::config::{self, DefaultsFile};
+use crate::printer::{Printer, human_bytes};
+use crate::protocol::{MAX_COMMIT_MESSAGE, headers};
+
+/// sqlite3_rsync protocol for remote modes: fewest bytes on the wire.
+pub const REMOTE_DEFAULT_PROTOCOL: u8 = 2;
+
+/// Longest wait for the TCP connection and the websocket upgrade.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest websocket message accepted from a server: far above any frame a
+/// server sends, far below what would threaten the memory bound.
+const MAX_INCOMING_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// The websocket type every connection uses.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Exit status after Ctrl-C (128 + SIGINT), as shells expect.
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs a PUSH or PULL mode.
-pub fn run(_cli: &Cli, mode: Mode) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("{} is not implemented yet", mode.name())
+pub fn run(cli: &Cli, mode: Mode) -> anyhow::Result<ExitCode> {
+    check_flags(cli, &mode)?;
+    let printer = Printer {
+        quiet: cli.quiet,
+        json: cli.json,
+        verbose: cli.verbose,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let interrupt = interrupt_watch();
+        match mode {
+            Mode::Push { local, remote } => {
+                push::run(cli, printer, &local, remote.as_ref(), interrupt).await
+            }
+            Mode::Pull { remote, local } if cli.subscribe => {
+                subscribe::run(cli, printer, &remote, &local, interrupt).await
+            }
+            Mode::Pull { remote, local } => {
+                pull::run(cli, printer, &remote, &local, interrupt).await
+            }
+            Mode::Local { .. } => bail!("LOCAL mode does not use the server"),
+        }
+    })
+}
+
+/// Flags that make no sense for this mode are refused before anything else.
+fn check_flags(cli: &Cli, mode: &Mode) -> anyhow::Result<()> {
+    if let Some(m) = &cli.message
+        && m.len() > MAX_COMMIT_MESSAGE
+    {
+        bail!(
+            "the commit message is {} bytes; at most {MAX_COMMIT_MESSAGE} are allowed",
+            m.len()
+        );
+    }
+    let refuse = |flag: &str, why: &str| -> anyhow::Result<()> { bail!("{flag} {why}") };
+    match mode {
+        Mode::Push { .. } => {
+            if cli.subscribe {
+                refuse(
+                    "--subscribe",
+                    "follows a replica on a PULL; it cannot be used with a push",
+                )?;
+            }
+            if cli.pull_key.is_some() {
+                refuse(
+                    "--pullKey",
+                    "is for pulls; a push uses --pushKey or an Account Admin key",
+                )?;
+            }
+        }
+        Mode::Pull { .. } => {
+            if cli.push_key.is_some() {
+                refuse("--pushKey", "is for pushes; a pull uses --pullKey")?;
+            }
+            if cli.message.is_some() {
+                refuse(
+                    "-m/--message",
+                    "is a commit message for a push; a pull creates no version",
+                )?;
+            }
+            if cli.public || cli.unlisted {
+                refuse(
+                    "--public/--unlisted",
+                    "set the visibility on a first push, not on a pull",
+                )?;
+            }
+        }
+        Mode::Local { .. } => {}
+    }
+    if cli.exe.is_some() || cli.ssh.is_some() || cli.port.is_some() {
+        bail!("--exe, --ssh and -p are for the USER@HOST:PATH forms, not for the server");
+    }
+    Ok(())
+}
+
+/// A watch that turns true on Ctrl-C (and SIGTERM), so a sync can stop at
+/// a safe point instead of dying mid-write.
+fn interrupt_watch() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).ok();
+            let term_fut = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term_fut => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// The server URL: flag over stored setting over defaults.toml over the
+/// built-in default; `http(s)://` is accepted as `ws(s)://`.
+pub fn resolve_server(
+    flag: Option<&str>,
+    stored: Option<&str>,
+) -> anyhow::Result<(String, &'static str)> {
+    let (raw, from) = if let Some(f) = flag {
+        (f.to_string(), "--server flag")
+    } else if let Some(s) = stored {
+        (s.to_string(), "stored with this database")
+    } else {
+        let dir = config::config_dir()?;
+        match DefaultsFile::load(&dir)?.defaults.server {
+            Some(s) if !s.trim().is_empty() => (s, "defaults.toml"),
+            _ => (config::DEFAULT_SERVER.to_string(), "built-in default"),
+        }
+    };
+    Ok((normalize_server(&raw)?, from))
+}
+
+/// `ws://host[:port][/prefix]` without a trailing slash.
+pub fn normalize_server(raw: &str) -> anyhow::Result<String> {
+    let s = raw.trim().trim_end_matches('/');
+    let s = if let Some(rest) = s.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = s.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        s.to_string()
+    };
+    let Some(rest) = s.strip_prefix("wss://").or_else(|| s.strip_prefix("ws://")) else {
+        bail!("server URL {raw:?} must start with ws:// or wss://");
+    };
+    if rest.is_empty()
+        || rest.starts_with('/')
+        || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!("server URL {raw:?} has no valid host");
+    }
+    Ok(s)
+}
+
+/// Same server, whatever the trailing slash or http/ws spelling.
+pub fn same_server(a: &str, b: &str) -> bool {
+    match (normalize_server(a), normalize_server(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `server/sapi/<endpoint>/<remote path>` with each path part percent-encoded.
+pub fn endpoint_url(server: &str, endpoint: &str, remote_path: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const PART: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let parts: Vec<String> = remote_path
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(|p| utf8_percent_encode(p, PART).to_string())
+        .collect();
+    format!("{server}/sapi/{endpoint}/{}", parts.join("/"))
+}
+
+/// This install's `X-ClientID`, created in defaults.toml on first use.
+pub fn client_id() -> anyhow::Result<String> {
+    DefaultsFile::ensure_ws_id(&config::config_dir()?)
+}
+
+/// Opens the websocket with `headers`. Every failure is one line: the
+/// server unreachable, TLS refused, or the upgrade refused with its HTTP
+/// status and body.
+pub async fn connect(url: &str, hdrs: &[(&'static str, String)]) -> anyhow::Result<Socket> {
+    let mut req = url
+        .into_client_request()
+        .with_context(|| format!("invalid server URL {url}"))?;
+    for (name, value) in hdrs {
+        let v = HeaderValue::from_bytes(value.as_bytes())
+            .map_err(|_| anyhow::anyhow!("the value of {name} cannot be sent in an HTTP header"))?;
+        req.headers_mut().insert(*name, v);
+    }
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(MAX_INCOMING_MESSAGE);
+    cfg.max_frame_size = Some(MAX_INCOMING_MESSAGE);
+    cfg.read_buffer_size = 128 * 1024;
+    cfg.write_buffer_size = 0;
+    let host = host_of(url);
+    let attempt = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
+    let (ws, _resp) = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Err(_) => bail!(
+            "cannot reach the server {host}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+        Ok(Err(e)) => return Err(describe_connect_error(&host, e)),
+        Ok(Ok(x)) => x,
+    };
+    Ok(ws)
+}
+
+fn host_of(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest).to_string()
+}
+
+fn describe_connect_error(host: &str, e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Http(resp) => {
+            let status = resp.status();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| crate::cli::one_line(&String::from_utf8_lossy(b)))
+                .unwrap_or_default();
+            let body: String = body.chars().take(300).collect();
+            let reason = status.canonical_reason().unwrap_or("");
+            if body.is_empty() {
+                anyhow::anyhow!("server refused: HTTP {} {reason}", status.as_u16())
+            } else {
+                anyhow::anyhow!("server refused: HTTP {} {reason}: {body}", status.as_u16())
+            }
+        }
+        E::Io(io) if io.to_string().contains("certificate") => anyhow::anyhow!(
+            "TLS with {host} failed: {io} (a private CA can be trusted with SSL_CERT_FILE=ca.pem)"
+        ),
+        E::Io(io) => anyhow::anyhow!("cannot reach the server {host}: {io}"),
+        E::Tls(t) => anyhow::anyhow!("TLS with {host} failed: {t}"),
+        other => anyhow::anyhow!("websocket handshake with {host} failed: {other}"),
+    }
+}
+
+/// Headers common to every endpoint.
+pub fn base_headers(
+    key: Option<&str>,
+    client_id: &str,
+    replica_id: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        (
+            headers::CLIENT_VERSION,
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        (headers::CLIENT_ID, client_id.to_string()),
+    ];
+    if let Some(k) = key {
+        h.push((headers::AUTHORIZATION, k.to_string()));
+    }
+    if let Some(id) = replica_id.filter(|s| !s.is_empty()) {
+        h.push((headers::REPLICA_ID, id.to_string()));
+    }
+    h
+}
+
+/// Helper arguments shared by both sides.
+pub fn protocol_args(cli: &Cli) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec![
+        "--protocol".into(),
+        cli.protocol
+            .unwrap_or(REMOTE_DEFAULT_PROTOCOL)
+            .to_string()
+            .into(),
+    ];
+    if cli.wal_only {
+        a.push("--wal-only".into());
+    }
+    a
+}
+
+/// Turns a bridged sync into success or one error line. `pushing` picks
+/// which side is ours.
+pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
+    let unchanged = if pushing {
+        "no new version was created"
+    } else {
+        "the local database is unchanged"
+    };
+    if o.interrupted {
+        bail!("interrupted; {unchanged}");
+    }
+    if let Some(reason) = &o.abort {
+        bail!("the server aborted: {reason}");
+    }
+    let errs: Vec<&String> = o
+        .origin
+        .errors
+        .iter()
+        .chain(o.replica.errors.iter())
+        .collect();
+    if !errs.is_empty() {
+        let side = if o.origin.errors.is_empty() {
+            "replica"
+        } else {
+            "origin"
+        };
+        let text: Vec<String> = errs.iter().map(|e| crate::cli::one_line(e)).collect();
+        bail!("sync failed ({side}): {}; {unchanged}", text.join("; "));
+    }
+    if let Some(p) = &o.protocol_error {
+        bail!("{p}; {unchanged}");
+    }
+    let helper_ok = o.helper_status.is_some_and(|s| s.success()) && !o.helper_killed;
+    if !helper_ok {
+        let how = match o.helper_status {
+            Some(s) => describe_status(s),
+            None => "did not exit".into(),
+        };
+        let extra = if o.helper_stderr.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", crate::cli::one_line(&o.helper_stderr.join("\n")))
+        };
+        bail!("the sqlite3_rsync helper failed ({how}){extra}; {unchanged}");
+    }
+    let complete = o.origin.complete();
+    if pushing {
+        match &o.close {
+            Some((1000, _)) if complete => Ok(()),
+            Some((1000, _)) => bail!("the sync ended before the origin finished; {unchanged}"),
+            Some((code, reason)) => {
+                let why = if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                };
+                bail!("the server closed the connection with code {code}{why}; {unchanged}")
+            }
+            None => bail!(
+                "{} before the server confirmed the push; {unchanged}",
+                o.connection_error.as_deref().unwrap_or("connection lost")
+            ),
+        }
+    } else {
+        if !complete {
+            if let Some((code, reason)) = &o.close {
+                let why = if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                };
+                bail!(
+                    "the server closed the connection mid-sync with code {code}{why}; {unchanged}"
+                );
+            }
+            bail!(
+                "{} mid-sync; {unchanged}",
+                o.connection_error.as_deref().unwrap_or("connection lost")
+            );
+        }
+        Ok(())
+    }
+}
+
+fn describe_status(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// The numbers of one finished sync, for the summary line and `--json`.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub mode: &'static str,
+    pub local: String,
+    pub remote: String,
+    pub server: String,
+    pub version: Option<String>,
+    pub pages_sent: u64,
+    pub page_count: u64,
+    pub page_size: u64,
+    pub wire_sent: u64,
+    pub wire_received: u64,
+    pub stream_bytes: u64,
+    /// Wire bytes of the server's text frames (CONFIG, MESSAGE).
+    pub text_bytes: u64,
+    pub seconds: f64,
+    /// Seconds spent hashing the pulled file to verify it (part of `seconds`).
+    pub verify_seconds: f64,
+    /// Some(true) when checked against versionHash; None when the server
+    /// sent none (or on a push).
+    pub verified: Option<bool>,
+    pub messages: Vec<String>,
+}
+
+impl Report {
+    pub fn new(mode: &'static str, stats: &Stats, started: Instant) -> Report {
+        Report {
+            mode,
+            local: String::new(),
+            remote: String::new(),
+            server: String::new(),
+            version: None,
+            pages_sent: Stats::get(&stats.pages),
+            page_count: Stats::get(&stats.page_count),
+            page_size: Stats::get(&stats.page_size),
+            wire_sent: Stats::get(&stats.wire_out),
+            wire_received: Stats::get(&stats.wire_in),
+            stream_bytes: Stats::get(&stats.stream_out) + Stats::get(&stats.stream_in),
+            text_bytes: Stats::get(&stats.text_in),
+            seconds: started.elapsed().as_secs_f64(),
+            verify_seconds: 0.0,
+            verified: None,
+            messages: Vec::new(),
+        }
+    }
+
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_sent + self.wire_received
+    }
+
+    /// Database bytes over bytes on the wire.
+    pub fn speedup(&self) -> f64 {
+        let full = (self.page_count * self.page_size) as f64;
+        if self.wire_bytes() == 0 {
+            return 0.0;
+        }
+        full / self.wire_bytes() as f64
+    }
+
+    pub fn print(&self, printer: &Printer) {
+        if printer.json {
+            let v = serde_json::json!({
+                "mode": self.mode,
+                "local": self.local,
+                "remote": self.remote,
+                "server": self.server,
+                "version": self.version,
+                "pagesSent": self.pages_sent,
+                "pageCount": self.page_count,
+                "pageSize": self.page_size,
+                "bytesOnWire": self.wire_bytes(),
+                "bytesSent": self.wire_sent,
+                "bytesReceived": self.wire_received,
+                "streamBytes": self.stream_bytes,
+                "textBytes": self.text_bytes,
+                "speedup": (self.speedup() * 100.0).round() / 100.0,
+                "seconds": (self.seconds * 1000.0).round() / 1000.0,
+                "verifySeconds": (self.verify_seconds * 1000.0).round() / 1000.0,
+                "verified": self.verified,
+                "messages": self.messages,
+            });
+            println!("{v}");
+            return;
+        }
+        let version = self
+            .version
+            .as_deref()
+            .map(|v| format!("version {v}"))
+            .unwrap_or_else(|| "no new version".into());
+        let arrow = if self.mode == "PUSH" {
+            format!("{} -> {}", self.local, self.remote)
+        } else {
+            format!("{} -> {}", self.remote, self.local)
+        };
+        let verified = match self.verified {
+            Some(true) => ", verified",
+            _ => "",
+        };
+        printer.note(&format!(
+            "{} {arrow}: {version}, {} of {} pages sent, {} on the wire, {:.1}x less than a full copy, {:.1}s{verified}",
+            self.mode,
+            self.pages_sent,
+            self.page_count,
+            human_bytes(self.wire_bytes()),
+            self.speedup(),
+            self.seconds,
+        ));
+        printer.verbose(&format!(
+            "  bytes on the wire {} (sent {}, received {}), sqlite3_rsync stream {} ({:.4}x), server {}",
+            self.wire_bytes(),
+            self.wire_sent,
+            self.wire_received,
+            self.stream_bytes,
+            if self.stream_bytes > 0 { self.wire_bytes() as f64 / self.stream_bytes as f64 } else { 0.0 },
+            self.server
+        ));
+    }
+}
+
+/// Resolves when the watch turns true (Ctrl-C); never if its sender is gone.
+pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Exit code for a finished command: 130 after Ctrl-C.
+pub fn interrupted_exit() -> ExitCode {
+    ExitCode::from(EXIT_INTERRUPTED)
+}
+
+/// Observer + stats for one sync.
+pub fn observer(printer: Printer) -> (Arc<Stats>, Arc<progress::Progress>) {
+    (
+        Arc::new(Stats::default()),
+        Arc::new(progress::Progress::new(printer)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers() {
+        assert_eq!(
+            normalize_server("ws://127.0.0.1:8462/").unwrap(),
+            "ws://127.0.0.1:8462"
+        );
+        assert_eq!(normalize_server("https://x.org").unwrap(), "wss://x.org");
+        assert!(normalize_server("ftp://x").is_err());
+        assert!(normalize_server("ws://").is_err());
+        assert!(same_server("ws://a:1/", "http://a:1"));
+        assert_eq!(
+            endpoint_url("ws://h", "pull", "ns/my db/a.db"),
+            "ws://h/sapi/pull/ns/my%20db/a.db"
+        );
+        assert_eq!(endpoint_url("ws://h", "push", ""), "ws://h/sapi/push/");
+    }
 }

@@ -1,1 +1,22 @@
 //! sqlrsync-server: versioned replica storage behind the websocket API.
+//!
+//! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify).
+//! - [`app`]: routes, limits, TLS, graceful shutdown ([`app::run`]).
+//! - [`push`], [`pull`], [`subscribe`]: the websocket sessions of
+//!   PROTOCOL.md sections 2-5, bridging the embedded helper ([`session`]).
+//! - [`web`]: the HTML pages and downloads.
+//! - [`store`]: metadata, content-addressed pages and materialised versions.
+//! - [`keys`], [`names`]: key hashing and checks, path validation.
+
+pub mod app;
+pub mod cli;
+pub mod keys;
+pub mod names;
+pub mod pull;
+pub mod push;
+pub mod session;
+pub mod store;
+pub mod subscribe;
+pub mod web;
+
+pub use app::{ServeConfig, run};

@@ -1,0 +1,231 @@
+//! Which key a PUSH or PULL uses, and where it came from.
+//!
+//! First match wins (shared/PROTOCOL.md section 4 and the `--help` text):
+//! `SQLRSYNC_AUTH_TOKEN`, `--pushKey`/`--pullKey`, local-secrets.toml
+//! (push), the `-sqlrsync` file (pull), `--adminKey`, `SQLRSYNC_ADMIN_KEY`,
+//! then a no-echo prompt on a terminal. Without a terminal and without a key
+//! a push fails with one line (never waits for input); a pull goes on
+//! anonymously, which public and unlisted replicas allow.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+/// Where the key of a connection came from (shown by `--dry` and `-v`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The `SQLRSYNC_AUTH_TOKEN` environment variable.
+    AuthToken,
+    /// `--pushKey` or `--pullKey`.
+    Flag(&'static str),
+    /// The entry of this database in local-secrets.toml.
+    Secrets(PathBuf),
+    /// The `-sqlrsync` file next to the database.
+    DashFile(PathBuf),
+    /// `--adminKey`.
+    AdminFlag,
+    /// `SQLRSYNC_ADMIN_KEY`.
+    AdminEnv,
+    /// Typed at the prompt.
+    Prompt,
+    /// No key: an anonymous pull.
+    Anonymous,
+}
+
+impl KeySource {
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::AuthToken => "SQLRSYNC_AUTH_TOKEN (environment)".into(),
+            KeySource::Flag(f) => format!("{f} flag"),
+            KeySource::Secrets(p) => format!("{} (stored Replica Push key)", p.display()),
+            KeySource::DashFile(p) => format!("{} (Replica Pull key)", p.display()),
+            KeySource::AdminFlag => "--adminKey flag (Account Admin key, not stored)".into(),
+            KeySource::AdminEnv => "SQLRSYNC_ADMIN_KEY (Account Admin key, not stored)".into(),
+            KeySource::Prompt => "prompt (Account Admin key, not stored)".into(),
+            KeySource::Anonymous => {
+                "none (anonymous pull: public or unlisted replicas only)".into()
+            }
+        }
+    }
+
+    /// True for Account Admin keys, which must never be written anywhere.
+    pub fn is_admin(&self) -> bool {
+        matches!(
+            self,
+            KeySource::AdminFlag | KeySource::AdminEnv | KeySource::Prompt
+        )
+    }
+}
+
+/// A key (or the decision to go without one).
+#[derive(Clone)]
+pub struct Key {
+    /// The key itself; None for anonymous pulls and not-yet-prompted keys.
+    pub value: Option<String>,
+    /// Where it came from.
+    pub source: KeySource,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a key, even in debug logs.
+        f.debug_struct("Key")
+            .field(
+                "value",
+                &self.value.as_deref().map(crate::protocol::mask_key),
+            )
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Key {
+    /// The key masked for people (`ab****yz`), or "(none)".
+    pub fn masked(&self) -> String {
+        match &self.value {
+            Some(k) => crate::protocol::mask_key(k),
+            None if self.source == KeySource::Prompt => "(asked for at the prompt)".into(),
+            None => "(none)".into(),
+        }
+    }
+}
+
+/// The environment's say, read once so tests of the order need no env.
+#[derive(Debug, Default, Clone)]
+pub struct KeyEnv {
+    /// `SQLRSYNC_AUTH_TOKEN`.
+    pub auth_token: Option<String>,
+    /// `SQLRSYNC_ADMIN_KEY`.
+    pub admin_key: Option<String>,
+    /// stdin and stderr are a terminal: a prompt can be answered.
+    pub tty: bool,
+}
+
+impl KeyEnv {
+    pub fn from_process() -> KeyEnv {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
+        KeyEnv {
+            auth_token: var("SQLRSYNC_AUTH_TOKEN"),
+            admin_key: var("SQLRSYNC_ADMIN_KEY"),
+            tty: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// What the caller found for this database (flag, stored key).
+#[derive(Debug, Default)]
+pub struct Candidates {
+    /// `--pushKey` (push) or `--pullKey` (pull) and its flag name.
+    pub flag: Option<(String, &'static str)>,
+    /// Stored key and the file it is in.
+    pub stored: Option<(String, KeySource)>,
+    /// `--adminKey`.
+    pub admin_flag: Option<String>,
+}
+
+/// Resolves the key in the documented order. `need_key` says a missing key
+/// is an error (push) rather than an anonymous attempt (pull). A prompt is
+/// not shown here: the result says [`KeySource::Prompt`] with no value, and
+/// [`prompt`] asks when the connection is about to be made.
+pub fn resolve(env: &KeyEnv, c: Candidates, need_key: bool, what: &str) -> anyhow::Result<Key> {
+    let found = |value: String, source| {
+        Ok(Key {
+            value: Some(value),
+            source,
+        })
+    };
+    if let Some(t) = &env.auth_token {
+        return found(t.trim().to_string(), KeySource::AuthToken);
+    }
+    if let Some((k, flag)) = c.flag {
+        return found(k, KeySource::Flag(flag));
+    }
+    if let Some((k, src)) = c.stored {
+        return found(k, src);
+    }
+    if let Some(k) = c.admin_flag {
+        return found(k, KeySource::AdminFlag);
+    }
+    if let Some(k) = &env.admin_key {
+        return found(k.trim().to_string(), KeySource::AdminEnv);
+    }
+    if !need_key {
+        return Ok(Key {
+            value: None,
+            source: KeySource::Anonymous,
+        });
+    }
+    if env.tty {
+        return Ok(Key {
+            value: None,
+            source: KeySource::Prompt,
+        });
+    }
+    bail!(
+        "{what} needs a key and there is no terminal to ask for one: set SQLRSYNC_ADMIN_KEY or \
+         SQLRSYNC_AUTH_TOKEN, or pass --adminKey/--pushKey"
+    )
+}
+
+/// Asks for an Account Admin key on the terminal without echo.
+pub fn prompt(for_what: &str) -> anyhow::Result<String> {
+    let k = rpassword::prompt_password(format!("Account Admin key for {for_what}: "))
+        .map_err(|e| anyhow::anyhow!("cannot read a key from the terminal: {e}"))?;
+    let k = k.trim().to_string();
+    if k.is_empty() {
+        bail!("no key entered");
+    }
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cands(flag: bool, stored: bool, admin: bool) -> Candidates {
+        Candidates {
+            flag: flag.then(|| ("flagkey".to_string(), "--pushKey")),
+            stored: stored.then(|| ("storedkey".to_string(), KeySource::Secrets("s".into()))),
+            admin_flag: admin.then(|| "adminflag".to_string()),
+        }
+    }
+
+    #[test]
+    fn order() {
+        let env = KeyEnv {
+            auth_token: Some("token".into()),
+            admin_key: Some("adminenv".into()),
+            tty: false,
+        };
+        let k = resolve(&env, cands(true, true, true), true, "push").unwrap();
+        assert_eq!(
+            (k.value.unwrap(), k.source),
+            ("token".into(), KeySource::AuthToken)
+        );
+        let env = KeyEnv {
+            auth_token: None,
+            ..env
+        };
+        let k = resolve(&env, cands(true, true, true), true, "push").unwrap();
+        assert_eq!(k.value.unwrap(), "flagkey");
+        let k = resolve(&env, cands(false, true, true), true, "push").unwrap();
+        assert_eq!(k.value.unwrap(), "storedkey");
+        let k = resolve(&env, cands(false, false, true), true, "push").unwrap();
+        assert_eq!(k.source, KeySource::AdminFlag);
+        let k = resolve(&env, cands(false, false, false), true, "push").unwrap();
+        assert_eq!(k.source, KeySource::AdminEnv);
+        let none = KeyEnv::default();
+        assert!(resolve(&none, cands(false, false, false), true, "push").is_err());
+        let k = resolve(&none, cands(false, false, false), false, "pull").unwrap();
+        assert_eq!(k.source, KeySource::Anonymous);
+        let tty = KeyEnv {
+            tty: true,
+            ..KeyEnv::default()
+        };
+        let k = resolve(&tty, cands(false, false, false), true, "push").unwrap();
+        assert_eq!(k.source, KeySource::Prompt);
+        assert!(k.source.is_admin());
+        assert!(!format!("{k:?}").contains("adminflag"));
+    }
+}

@@ -1,0 +1,394 @@
+//! PULL: a version of a replica on the server becomes the local database.
+//!
+//! The helper runs as REPLICA (`--replica REMOTE_NAME LOCAL_DB`) and commits
+//! only when ORIGIN_TXN arrives, so a pull that fails or is cut at any point
+//! leaves the local database as it was; a file the pull created is removed
+//! again. CONFIG and KEYREQUEST go right after our first stream bytes
+//! (KEYREQUEST only without a matching `-sqlrsync` file). When the server's
+//! CONFIG carries `versionHash`, the pulled file is hashed and compared; a
+//! mismatch is a loud failure.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+
+use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
+use crate::bridge;
+use crate::cli::Cli;
+use crate::cli::forms::RemoteRef;
+use crate::config::DashFile;
+use crate::dbfile::{self, FileState};
+use crate::helper::Side;
+use crate::printer::Printer;
+use crate::protocol::{ClientControl, VersionRef, headers};
+
+/// Everything a pull will do, decided before connecting.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Remote path (without `@VERSION`).
+    pub remote_path: String,
+    /// Version asked for.
+    pub version: VersionRef,
+    /// Absolute path of the local database.
+    pub local: PathBuf,
+    /// Whether the local file exists (a failed pull removes a new one).
+    pub local_existed: bool,
+    /// Server URL.
+    pub server: String,
+    /// Where the server URL came from.
+    pub server_from: &'static str,
+    /// The key and its source.
+    pub key: Key,
+    /// Replica id when known.
+    pub replica_id: Option<String>,
+    /// No matching `-sqlrsync` file: ask for keys, write one if issued.
+    pub key_request: bool,
+}
+
+/// Builds the plan; refuses bad input with one line.
+pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow::Result<Plan> {
+    let local = std::path::absolute(local).context("cannot resolve the database path")?;
+    let dir = dbfile::parent_dir(&local);
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        _ => bail!("the directory {} does not exist", dir.display()),
+    }
+    let state = dbfile::inspect(&local).map_err(|e| match e {
+        dbfile::DbFileError::NotADatabase(p) => anyhow::anyhow!(
+            "{} exists and is not an SQLite database; refusing to overwrite it",
+            p.display()
+        ),
+        e => anyhow::anyhow!("{e}"),
+    })?;
+    if matches!(state, FileState::Database(_)) {
+        dbfile::facts(&local).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if !dbfile::writable(&dir) {
+        bail!("the directory {} is not writable", dir.display());
+    }
+    if state != FileState::Missing && !dbfile::writable(&local) {
+        bail!("{} is not writable", local.display());
+    }
+    let dash = DashFile::load_for(&local)?;
+    let matching = dash.filter(|d| {
+        d.remote_path == remote.path
+            && match (&cli.server, &d.server) {
+                (Some(flag), Some(s)) => super::same_server(flag, s),
+                _ => true,
+            }
+    });
+    let (server, server_from) = super::resolve_server(
+        cli.server.as_deref(),
+        matching.as_ref().and_then(|d| d.server.as_deref()),
+    )?;
+    let stored = matching
+        .as_ref()
+        .and_then(|d| d.pull_key.clone())
+        .map(|k| (k, KeySource::DashFile(DashFile::path_for(&local))));
+    let key = keys::resolve(
+        env,
+        Candidates {
+            flag: cli.pull_key.clone().map(|k| (k, "--pullKey")),
+            stored,
+            admin_flag: cli.admin_key.clone(),
+        },
+        false,
+        "this pull",
+    )?;
+    let replica_id = cli
+        .replica_id
+        .clone()
+        .or_else(|| matching.as_ref().and_then(|d| d.replica_id.clone()));
+    Ok(Plan {
+        remote_path: remote.path.clone(),
+        version: remote.version.unwrap_or_default(),
+        local_existed: state != FileState::Missing,
+        local,
+        server,
+        server_from,
+        key,
+        replica_id,
+        key_request: matching.is_none(),
+    })
+}
+
+fn print_dry(p: &Plan, printer: &Printer, subscribe: bool) {
+    let dash = DashFile::path_for(&p.local);
+    if printer.json {
+        let v = serde_json::json!({
+            "mode": if subscribe { "SUBSCRIBE" } else { "PULL" },
+            "dry": true,
+            "origin": format!("{}@{}", p.remote_path, p.version),
+            "replica": p.local,
+            "server": p.server,
+            "keySource": p.key.source.describe(),
+            "key": p.key.masked(),
+            "writesDashFile": p.key_request,
+            "dashFile": dash,
+        });
+        println!("{v}");
+        return;
+    }
+    if subscribe {
+        println!("mode:       SUBSCRIBE (pull, then pull every new version until Ctrl-C)");
+    } else {
+        println!("mode:       PULL (a version on the server becomes the local database)");
+    }
+    println!("origin:     {}@{}", p.remote_path, p.version);
+    println!(
+        "replica:    {} ({})",
+        p.local.display(),
+        if p.local_existed {
+            "exists: only differing pages are written"
+        } else {
+            "will be created"
+        }
+    );
+    println!("server:     {} ({})", p.server, p.server_from);
+    println!(
+        "key:        {} from {}",
+        p.key.masked(),
+        p.key.source.describe()
+    );
+    println!("visibility: decided by the replica's owner");
+    if p.key_request {
+        println!(
+            "writes:     {} if the server issues a pull key",
+            dash.display()
+        );
+    } else {
+        println!(
+            "writes:     nothing new next to the database ({} exists)",
+            dash.display()
+        );
+    }
+    println!("dry run:    nothing was sent and nothing was written");
+}
+
+/// Runs one pull (no subscribe).
+pub async fn run(
+    cli: &Cli,
+    printer: Printer,
+    remote: &RemoteRef,
+    local: &Path,
+    interrupt: watch::Receiver<bool>,
+) -> anyhow::Result<ExitCode> {
+    let env = KeyEnv::from_process();
+    let mut p = plan(cli, remote, local, &env)?;
+    if cli.dry {
+        print_dry(&p, &printer, false);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match pull_once(cli, printer, &mut p, &env, interrupt).await {
+        Ok(r) => {
+            r.print(&printer);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(PullError::Interrupted(e)) => {
+            eprintln!("sqlrsync: {e}");
+            Ok(super::interrupted_exit())
+        }
+        Err(PullError::Failed(e)) => Err(e),
+    }
+}
+
+/// Why a pull did not finish.
+#[derive(Debug)]
+pub enum PullError {
+    /// Ctrl-C; the local database is unchanged.
+    Interrupted(anyhow::Error),
+    /// Anything else, as one line.
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for PullError {
+    fn from(e: anyhow::Error) -> Self {
+        PullError::Failed(e)
+    }
+}
+
+/// Connects, bridges, verifies and keeps the issued keys. Used by PULL and
+/// SUBSCRIBE (with `version` Latest after the first pull).
+pub async fn pull_once(
+    cli: &Cli,
+    printer: Printer,
+    p: &mut Plan,
+    env: &KeyEnv,
+    interrupt: watch::Receiver<bool>,
+) -> Result<super::Report, PullError> {
+    let client_id = super::client_id()?;
+    let url = super::endpoint_url(&p.server, "pull", &p.remote_path);
+    let headers_for = |p: &Plan| {
+        let mut h =
+            super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
+        h.push((headers::REPLICA_VERSION, p.version.header_value()));
+        h
+    };
+    printer.verbose(&format!(
+        "PULL {url} @{} into {} with key {} from {}",
+        p.version,
+        p.local.display(),
+        p.key.masked(),
+        p.key.source.describe()
+    ));
+    let started = Instant::now();
+    let mut stop = interrupt.clone();
+    let first_headers = headers_for(p);
+    let connected = tokio::select! {
+        r = super::connect(&url, &first_headers) => r,
+        _ = super::wait_true(&mut stop) => {
+            return Err(PullError::Interrupted(anyhow::anyhow!("interrupted; the local database is unchanged")));
+        }
+    };
+    let ws = match connected {
+        Ok(ws) => ws,
+        Err(e)
+            if p.key.source == KeySource::Anonymous
+                && env.tty
+                && (e.to_string().contains("HTTP 401") || e.to_string().contains("HTTP 403")) =>
+        {
+            // A private replica: ask for a key once, then try again.
+            printer.note(&format!("{e:#}"));
+            p.key = Key {
+                value: Some(keys::prompt(
+                    p.remote_path.split('/').next().unwrap_or("?"),
+                )?),
+                source: KeySource::Prompt,
+            };
+            super::connect(&url, &headers_for(p)).await?
+        }
+        Err(e) if p.key.source == KeySource::Anonymous && e.to_string().contains("HTTP 401") => {
+            return Err(PullError::Failed(anyhow::anyhow!(
+                "{e:#} (no key was sent: pass --pullKey, set SQLRSYNC_AUTH_TOKEN, or run on a terminal to be asked)"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let mut args: Vec<std::ffi::OsString> = vec![
+        Side::Replica.flag().into(),
+        p.remote_path.clone().into(),
+        p.local.clone().into(),
+    ];
+    args.extend(super::protocol_args(cli));
+    let mut after = vec![ClientControl::Config.encode()];
+    if p.key_request {
+        after.push(ClientControl::KeyRequest.encode());
+    }
+    let spec = bridge::Spec {
+        side: Side::Replica,
+        args,
+        before_stream: Vec::new(),
+        after_first: after,
+        want_config: true,
+        live_stderr: printer.verbose >= 2,
+    };
+    let (stats, progress) = super::observer(printer);
+    let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await;
+    progress.finish();
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            remove_if_new(p);
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = super::verdict(&outcome, false) {
+        remove_if_new(p);
+        return Err(if outcome.interrupted {
+            PullError::Interrupted(e)
+        } else {
+            PullError::Failed(e)
+        });
+    }
+    p.local_existed = true;
+    let cfg = outcome.config.clone().unwrap_or_default();
+    let mut verify_seconds = 0.0;
+    let verified = match &cfg.version_hash {
+        Some(want) => {
+            let hashing = Instant::now();
+            let got = dbfile::version_hash(&p.local)
+                .with_context(|| format!("cannot hash {} to verify it", p.local.display()))?;
+            if !got.eq_ignore_ascii_case(want) {
+                return Err(PullError::Failed(anyhow::anyhow!(
+                    "VERIFICATION FAILED: {} does not match the server's version (hash {} expected, {} found); do not trust this copy",
+                    p.local.display(),
+                    short(want),
+                    short(&got)
+                )));
+            }
+            verify_seconds = hashing.elapsed().as_secs_f64();
+            printer.verbose(&format!(
+                "verified {} against the server's versionHash in {:.2}s",
+                p.local.display(),
+                hashing.elapsed().as_secs_f64()
+            ));
+            Some(true)
+        }
+        None => None,
+    };
+    if cfg.replica_id.is_some() {
+        p.replica_id = cfg.replica_id.clone();
+    }
+    if let Some(pull) = &cfg.new_pull_key {
+        if !crate::protocol::is_key_shaped(pull) {
+            return Err(PullError::Failed(anyhow::anyhow!(
+                "the server issued a pull key that is not a key; it was not stored"
+            )));
+        }
+        let dash = DashFile {
+            remote_path: p.remote_path.clone(),
+            replica_id: p.replica_id.clone(),
+            pull_key: Some(pull.clone()),
+            server: Some(p.server.clone()),
+        };
+        let at = dash.save_for(&p.local)?;
+        printer.verbose(&format!("wrote {}", at.display()));
+        // Later pulls of a subscription use the file's key, like a new run.
+        if !p.key.source.is_admin() || p.key.value.is_none() {
+            p.key = Key {
+                value: Some(pull.clone()),
+                source: KeySource::DashFile(DashFile::path_for(&p.local)),
+            };
+        }
+        p.key_request = false;
+    }
+    for l in &outcome.helper_stderr {
+        printer.verbose(&format!("sqlite3_rsync: {l}"));
+    }
+    let mut report = super::Report::new("PULL", &stats, started);
+    report.local = p.local.display().to_string();
+    report.remote = format!("{}@{}", p.remote_path, p.version);
+    report.server = p.server.clone();
+    report.version = cfg.committed_version_id.clone();
+    report.verified = verified;
+    report.verify_seconds = verify_seconds;
+    report.messages = outcome.messages.clone();
+    Ok(report)
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(16)]
+}
+
+/// A pull into a new file that failed leaves no file behind.
+fn remove_if_new(p: &Plan) {
+    if p.local_existed {
+        return;
+    }
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let mut s = p.local.as_os_str().to_os_string();
+        s.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(s));
+    }
+}
+
+/// For `--dry` in subscribe mode.
+pub fn dry(cli: &Cli, printer: &Printer, remote: &RemoteRef, local: &Path) -> anyhow::Result<()> {
+    let p = plan(cli, remote, local, &KeyEnv::from_process())?;
+    print_dry(&p, printer, true);
+    Ok(())
+}

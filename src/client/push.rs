@@ -1,0 +1,380 @@
+//! PUSH: a local database becomes a new version of a replica on the server.
+//!
+//! The plan (server, remote path, key, visibility, files to write) is
+//! settled before any connection, so `--dry` can show it and bad input is
+//! one line. The helper runs as ORIGIN (`--origin LOCAL_DB REMOTE_NAME`);
+//! COMMITMESSAGE goes before its first bytes, CONFIG and KEYREQUEST right
+//! after. The push counts only when the server closes normally after its
+//! replica committed. Then the keys the server issued are kept: the Replica
+//! Push key in local-secrets.toml (so `sqlrsync /path/db` alone pushes
+//! again), the Replica Pull key in the `-sqlrsync` file. Account Admin keys
+//! are never written.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+
+use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
+use crate::bridge;
+use crate::cli::Cli;
+use crate::cli::forms::RemoteRef;
+use crate::config::{self, DashFile, SecretEntry, Secrets};
+use crate::dbfile::{self, FileState};
+use crate::helper::Side;
+use crate::printer::Printer;
+use crate::protocol::{ClientControl, Visibility, headers};
+
+/// Everything a push will do, decided before connecting.
+#[derive(Debug)]
+pub struct Plan {
+    /// Absolute path of the local database (the key of its secrets entry).
+    pub local: PathBuf,
+    /// Remote path; empty lets the server assign one.
+    pub remote_path: String,
+    /// Server URL.
+    pub server: String,
+    /// Where the server URL came from.
+    pub server_from: &'static str,
+    /// The key and its source.
+    pub key: Key,
+    /// Replica id when known (`X-ReplicaID`).
+    pub replica_id: Option<String>,
+    /// No stored entry: this is the first push of this file here.
+    pub first_push: bool,
+    /// Visibility asked for (first push only).
+    pub visibility: Visibility,
+    /// No matching `-sqlrsync` file: ask for keys and write one.
+    pub key_request: bool,
+    /// Commit message.
+    pub message: Option<String>,
+}
+
+/// Builds the plan; refuses bad input with one line.
+pub fn plan(
+    cli: &Cli,
+    local: &Path,
+    remote: Option<&RemoteRef>,
+    env: &KeyEnv,
+) -> anyhow::Result<Plan> {
+    let abs = std::path::absolute(local).context("cannot resolve the database path")?;
+    match dbfile::inspect(&abs).map_err(|e| anyhow::anyhow!("{e}"))? {
+        FileState::Missing => bail!("{} does not exist; nothing to push", abs.display()),
+        FileState::Empty => bail!(
+            "{} is empty (0 bytes), not an SQLite database",
+            abs.display()
+        ),
+        FileState::Database(_) => {}
+    }
+    std::fs::File::open(&abs).with_context(|| format!("cannot read {}", abs.display()))?;
+    dbfile::facts(&abs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Symlinks and ./ spellings must find the same secrets entry.
+    let local = std::fs::canonicalize(&abs).unwrap_or(abs);
+
+    let dir = config::config_dir()?;
+    let secrets = Secrets::load(&dir)?;
+    let entry = secrets.find(&local).filter(|e| {
+        remote.is_none_or(|r| r.path == e.remote_path)
+            && cli
+                .server
+                .as_deref()
+                .is_none_or(|s| super::same_server(s, &e.server))
+    });
+    let (server, server_from) = super::resolve_server(
+        cli.server.as_deref(),
+        entry.map(|e| e.server.as_str()).filter(|s| !s.is_empty()),
+    )?;
+    let remote_path = match (remote, entry) {
+        (Some(r), _) => r.path.clone(),
+        (None, Some(e)) => e.remote_path.clone(),
+        (None, None) => String::new(),
+    };
+    let first_push = entry.is_none();
+    let visibility = match (cli.public, cli.unlisted) {
+        (true, _) => Visibility::Public,
+        (_, true) => Visibility::Unlisted,
+        _ => Visibility::Private,
+    };
+    if visibility != Visibility::Private && !first_push {
+        bail!(
+            "--{} only applies to the first push; {} already exists on {server} (change its visibility on the server)",
+            visibility.as_str(),
+            entry
+                .map(|e| e.remote_path.as_str())
+                .unwrap_or("this replica")
+        );
+    }
+    let stored = entry
+        .filter(|e| !e.push_key.is_empty())
+        .map(|e| (e.push_key.clone(), KeySource::Secrets(Secrets::path(&dir))));
+    let key = keys::resolve(
+        env,
+        Candidates {
+            flag: cli.push_key.clone().map(|k| (k, "--pushKey")),
+            stored,
+            admin_flag: cli.admin_key.clone(),
+        },
+        true,
+        "the first push of this database",
+    )?;
+    let replica_id = cli.replica_id.clone().or_else(|| {
+        entry
+            .map(|e| e.replica_id.clone())
+            .filter(|s| !s.is_empty())
+    });
+    let dash = DashFile::load_for(&local).ok().flatten();
+    let key_request =
+        !dash.is_some_and(|d| !remote_path.is_empty() && d.remote_path == remote_path);
+    Ok(Plan {
+        local,
+        remote_path,
+        server,
+        server_from,
+        key,
+        replica_id,
+        first_push,
+        visibility,
+        key_request,
+        message: cli.message.clone(),
+    })
+}
+
+/// `--dry`: what would happen, keys masked; nothing is written or sent.
+fn print_dry(p: &Plan, printer: &Printer) {
+    let remote = if p.remote_path.is_empty() {
+        "(assigned by the server from the key's namespace, this host and the file name)".to_string()
+    } else {
+        p.remote_path.clone()
+    };
+    let dash = DashFile::path_for(&p.local);
+    if printer.json {
+        let v = serde_json::json!({
+            "mode": "PUSH",
+            "dry": true,
+            "origin": p.local,
+            "replica": p.remote_path,
+            "server": p.server,
+            "keySource": p.key.source.describe(),
+            "key": p.key.masked(),
+            "firstPush": p.first_push,
+            "visibility": if p.first_push { Some(p.visibility.as_str()) } else { None },
+            "writesDashFile": p.key_request,
+            "dashFile": dash,
+        });
+        println!("{v}");
+        return;
+    }
+    println!("mode:       PUSH (this database becomes a new version on the server)");
+    println!("origin:     {}", p.local.display());
+    println!("replica:    {remote}");
+    println!("server:     {} ({})", p.server, p.server_from);
+    println!(
+        "key:        {} from {}",
+        p.key.masked(),
+        p.key.source.describe()
+    );
+    if p.first_push {
+        println!(
+            "visibility: {} (first push from here)",
+            p.visibility.as_str()
+        );
+    } else {
+        println!("visibility: unchanged (not the first push)");
+    }
+    if let Some(m) = &p.message {
+        println!("message:    {m}");
+    }
+    if p.key_request {
+        println!(
+            "writes:     {} when the server issues a pull key",
+            dash.display()
+        );
+    } else {
+        println!(
+            "writes:     nothing new next to the database ({} exists)",
+            dash.display()
+        );
+    }
+    println!("dry run:    nothing was sent and nothing was written");
+}
+
+/// Runs a push.
+pub async fn run(
+    cli: &Cli,
+    printer: Printer,
+    local: &Path,
+    remote: Option<&RemoteRef>,
+    interrupt: watch::Receiver<bool>,
+) -> anyhow::Result<ExitCode> {
+    let env = KeyEnv::from_process();
+    let mut p = plan(cli, local, remote, &env)?;
+    if cli.dry {
+        print_dry(&p, &printer);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if p.key.source == KeySource::Prompt {
+        let ns = p
+            .remote_path
+            .split('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("your namespace");
+        p.key.value = Some(keys::prompt(ns)?);
+    }
+    let client_id = super::client_id()?;
+    let mut hdrs = super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
+    hdrs.push((headers::LOCAL_HOSTNAME, config::hostname()));
+    hdrs.push((
+        headers::LOCAL_ABSOLUTE_PATH,
+        p.local.to_string_lossy().into_owned(),
+    ));
+    if p.first_push
+        && let Some(v) = p.visibility.header_value()
+    {
+        hdrs.push((headers::VISIBILITY, v.to_string()));
+    }
+    let url = super::endpoint_url(&p.server, "push", &p.remote_path);
+    printer.verbose(&format!(
+        "PUSH {} to {url} with key {} from {}",
+        p.local.display(),
+        p.key.masked(),
+        p.key.source.describe()
+    ));
+    let started = Instant::now();
+    let mut stop = interrupt.clone();
+    let ws = tokio::select! {
+        ws = super::connect(&url, &hdrs) => ws?,
+        _ = super::wait_true(&mut stop) => {
+            eprintln!("sqlrsync: interrupted; nothing was sent");
+            return Ok(super::interrupted_exit());
+        }
+    };
+
+    let name = if p.remote_path.is_empty() {
+        p.local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "replica.db".into())
+    } else {
+        p.remote_path.clone()
+    };
+    let mut args: Vec<std::ffi::OsString> = vec![
+        Side::Origin.flag().into(),
+        p.local.clone().into(),
+        name.into(),
+    ];
+    args.extend(super::protocol_args(cli));
+    let mut before = Vec::new();
+    if let Some(m) = &p.message {
+        before.push(ClientControl::CommitMessage(m.clone()).encode());
+    }
+    let mut after = vec![ClientControl::Config.encode()];
+    if p.key_request {
+        after.push(ClientControl::KeyRequest.encode());
+    }
+    let spec = bridge::Spec {
+        side: Side::Origin,
+        args,
+        before_stream: before,
+        after_first: after,
+        want_config: false,
+        live_stderr: printer.verbose >= 2,
+    };
+    let (stats, progress) = super::observer(printer);
+    let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await?;
+    progress.finish();
+    let interrupted = outcome.interrupted;
+    if let Err(e) = super::verdict(&outcome, true) {
+        if interrupted {
+            eprintln!("sqlrsync: {e}");
+            return Ok(super::interrupted_exit());
+        }
+        return Err(e);
+    }
+    let cfg = outcome.config.clone().unwrap_or_default();
+    let remote_path = cfg
+        .replica_path
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(p.remote_path.clone());
+    let replica_id = cfg.replica_id.clone().or(p.replica_id.clone());
+    keep_keys(&p, &cfg, &remote_path, replica_id.as_deref(), &printer)?;
+
+    let mut report = super::Report::new("PUSH", &stats, started);
+    report.local = p.local.display().to_string();
+    report.remote = remote_path;
+    report.server = p.server.clone();
+    report.version = cfg.committed_version_id.clone();
+    report.messages = outcome.messages.clone();
+    for l in &outcome.helper_stderr {
+        printer.verbose(&format!("sqlite3_rsync: {l}"));
+    }
+    report.print(&printer);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stores what the server issued: the push key (or the refreshed entry) in
+/// local-secrets.toml and the pull key in the `-sqlrsync` file. The key
+/// used for this push is stored only when it was a stored key already.
+fn keep_keys(
+    p: &Plan,
+    cfg: &crate::protocol::ServerConfig,
+    remote_path: &str,
+    replica_id: Option<&str>,
+    printer: &Printer,
+) -> anyhow::Result<()> {
+    let dir = config::config_dir()?;
+    let mut secrets = Secrets::load(&dir)?;
+    let path = p.local.to_string_lossy().into_owned();
+    let existing = secrets.find(&p.local).cloned();
+    let push_key = match (&cfg.new_push_key, &existing) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(e))
+            if !e.push_key.is_empty() && matches!(p.key.source, KeySource::Secrets(_)) =>
+        {
+            Some(e.push_key.clone())
+        }
+        // A Replica Push key the user gave that just worked: keep it, so the
+        // next push (a cron job) needs nothing on the command line.
+        (None, _) if p.key.source == KeySource::Flag("--pushKey") => p.key.value.clone(),
+        _ => None,
+    };
+    if let Some(k) = push_key {
+        if !crate::protocol::is_key_shaped(&k) {
+            bail!("the server issued a push key that is not a key; it was not stored");
+        }
+        if p.key.source.is_admin() && Some(&k) == p.key.value.as_ref() {
+            bail!("the server returned the Account Admin key as a push key; refusing to store it");
+        }
+        secrets.upsert(SecretEntry {
+            path,
+            server: p.server.clone(),
+            replica_id: replica_id.unwrap_or_default().to_string(),
+            remote_path: remote_path.to_string(),
+            push_key: k,
+            last_push: config::toml_now(),
+            other: Default::default(),
+        });
+        secrets.save(&dir)?;
+        printer.verbose(&format!(
+            "stored the push key in {}",
+            Secrets::path(&dir).display()
+        ));
+    }
+    if let Some(pull) = &cfg.new_pull_key {
+        if !crate::protocol::is_key_shaped(pull) {
+            bail!("the server issued a pull key that is not a key; it was not stored");
+        }
+        let dash = DashFile {
+            remote_path: remote_path.to_string(),
+            replica_id: replica_id.map(str::to_string),
+            pull_key: Some(pull.clone()),
+            server: Some(p.server.clone()),
+        };
+        let at = dash.save_for(&p.local)?;
+        printer.verbose(&format!("wrote {}", at.display()));
+    }
+    Ok(())
+}

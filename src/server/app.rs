@@ -1,0 +1,217 @@
+//! The HTTP side: shared state, routes, limits, TLS and graceful shutdown.
+//!
+//! [`run`] serves on an already bound listener until `shutdown` resolves
+//! (mini-redis style), so tests and the CLI bind port 0 and print the real
+//! address. Shutdown stops accepting, tells every session (a `watch`
+//! channel), and waits for them: each session holds a permit of the
+//! session semaphore, so taking all permits back means all have finished.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use super::keys::{self, KeyRecord};
+use super::store::Store;
+use super::{names, pull, push, subscribe, web};
+use crate::protocol::headers;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where everything is stored.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain and key for https/wss.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Most concurrent websocket sessions; more get 503.
+    pub max_sessions: usize,
+    /// Largest websocket frame/message accepted, in bytes.
+    pub max_frame: usize,
+    /// zstd level for stored pages (0: none).
+    pub compression: i32,
+}
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<Store>,
+    /// Session permits: the connection limit and the shutdown wait.
+    pub sessions: Arc<Semaphore>,
+    /// Becomes true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Limits and options.
+    pub config: Arc<ServeConfig>,
+}
+
+impl AppState {
+    /// A session permit, or 503 when the server is full or stopping.
+    pub fn session_permit(&self) -> Result<OwnedSemaphorePermit, Response> {
+        if *self.shutdown.borrow() {
+            return Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is shutting down",
+            ));
+        }
+        self.sessions.clone().try_acquire_owned().map_err(|_| {
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections; try again shortly",
+            )
+        })
+    }
+
+    /// The key in the Authorization header, looked up; Err(401) for a key
+    /// that is given but unknown or revoked.
+    pub fn presented_key(&self, h: &HeaderMap) -> Result<Option<KeyRecord>, Response> {
+        let Some(raw) = h
+            .get(headers::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        else {
+            return Ok(None);
+        };
+        // Tolerate a scheme word some proxies or clients add.
+        let raw = raw
+            .strip_prefix("Bearer ")
+            .or_else(|| raw.strip_prefix("bearer "))
+            .unwrap_or(raw)
+            .trim();
+        match self.store.with_meta(|c| keys::lookup(c, raw)) {
+            Ok(Some(k)) => Ok(Some(k)),
+            Ok(None) => {
+                tracing::warn!("refused an unknown or revoked key");
+                Err(refuse(StatusCode::UNAUTHORIZED, "unknown or revoked key"))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+}
+
+/// Resolves once the server is shutting down.
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// A refusal: HTTP status and a short plain-text body (PROTOCOL.md 2).
+pub fn refuse(status: StatusCode, body: &str) -> Response {
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+pub fn internal(e: anyhow::Error) -> Response {
+    tracing::error!(error = %format!("{e:#}"), "internal error");
+    refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+}
+
+/// The remote path after `prefix` in a request path, validated.
+pub fn remote_path<'a>(raw_path: &'a str, prefix: &str) -> Result<&'a str, Response> {
+    let rest = raw_path.strip_prefix(prefix).unwrap_or("");
+    if rest.contains('%') || names::has_encoded_separator(rest) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid path: percent-escapes are not allowed in replica paths",
+        ));
+    }
+    names::validate_path(rest)
+        .map(|_| rest)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &format!("invalid path: {e}")))
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/sapi/push", get(push::handler))
+        .route("/sapi/push/", get(push::handler))
+        .route("/sapi/push/{*path}", get(push::handler))
+        .route("/sapi/pull/{*path}", get(pull::handler))
+        .route("/sapi/subscribe/{*path}", get(subscribe::handler))
+        .route("/", get(web::home))
+        .route("/{*path}", get(web::page_route))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains sessions.
+pub async fn run(
+    listener: std::net::TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    let compression = config.compression;
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, compression))
+        .await
+        .context("opening the store")??;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let max = config.max_sessions;
+    let state = AppState {
+        store: Arc::new(store),
+        sessions: Arc::new(Semaphore::new(max)),
+        shutdown: stop_rx,
+        config: Arc::new(config.clone()),
+    };
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections, finishing sessions");
+            let _ = stop_tx.send(true);
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+            // Keep the sender alive so receivers never see a closed channel
+            // before the server has stopped.
+            std::future::pending::<()>().await;
+        });
+    }
+    listener.set_nonblocking(true)?;
+    match &config.tls {
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle)
+                .serve(app)
+                .await?;
+        }
+        None => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(app)
+                .await?;
+        }
+    }
+    // Every session holds a permit; getting them all back means all ended.
+    let drained = tokio::time::timeout(
+        Duration::from_secs(15),
+        state.sessions.acquire_many(max as u32),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some sessions did not finish in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! `sqlrsync-server` command line: serve, namespace, keys, verify.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use super::app::{ServeConfig, run};
+use super::keys::{self, KeyKind};
+use super::names;
+use super::store::{self, Store, meta};
+
+/// A self-hosted SQLRsync server: keeps every version of the SQLite
+/// databases that `sqlrsync` clients push, storing each changed page once,
+/// and serves pulls, subscriptions and web pages.
+///
+/// Quick start:
+///
+///   sqlrsync-server namespace create acme --data-dir ./data   # prints an admin key
+///   sqlrsync-server serve --data-dir ./data --listen 127.0.0.1:8462
+///   SQLRSYNC_ADMIN_KEY=<key> sqlrsync ./app.db acme/app.db --server ws://127.0.0.1:8462
+#[derive(Debug, Parser)]
+#[command(name = "sqlrsync-server", version, about, verbatim_doc_comment)]
+pub struct ServerCli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the websocket API (/sapi/push, /sapi/pull, /sapi/subscribe) and the web pages.
+    ///
+    /// Prints `sqlrsync-server listening on ADDR` on stdout once it accepts
+    /// connections (port 0 picks a free port). Logs go to stderr (set
+    /// SQLRSYNC_LOG or RUST_LOG, e.g. `debug`). SIGTERM or Ctrl-C stops it
+    /// gracefully: running pushes are aborted without storing anything,
+    /// pulls are closed, and the store stays consistent.
+    Serve(ServeArgs),
+    /// Manage namespaces (each has its own Account Admin keys).
+    #[command(subcommand)]
+    Namespace(NamespaceCmd),
+    /// List, create and revoke keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Re-read the whole store: every stored page against its checksum and
+    /// every version against its versionHash. Exits non-zero on any damage.
+    Verify(DataDirArg),
+}
+
+#[derive(Debug, Args)]
+pub struct DataDirArg {
+    /// Directory holding everything the server stores.
+    #[arg(long, env = "SQLRSYNC_DATA_DIR", value_name = "DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataDirArg,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8462", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain: serve https:// and wss:// (needs --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Most concurrent websocket sessions; more are refused with 503.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_connections: usize,
+    /// Largest websocket frame accepted, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
+    pub max_frame: usize,
+    /// zstd level for stored pages (0 stores them uncompressed).
+    #[arg(long, default_value_t = store::DEFAULT_COMPRESSION, value_name = "LEVEL",
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub compression: i32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCmd {
+    /// Create a namespace; prints its new Account Admin key alone on the last line.
+    Create {
+        /// Namespace name: letters, digits, '_' and '-'.
+        name: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// List namespaces with their replica counts.
+    List {
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// List the keys of a namespace (ids and kinds; keys themselves are never stored).
+    List {
+        /// The namespace.
+        namespace: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Create a key; prints it alone on the last line.
+    Create {
+        /// The namespace.
+        namespace: String,
+        /// admin, account-pull, replica-push or replica-pull.
+        #[arg(long, value_name = "KIND")]
+        kind: String,
+        /// Remote path of the replica (for replica-push and replica-pull).
+        #[arg(long, value_name = "PATH")]
+        replica: Option<String>,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Revoke a key, by the id `keys list` shows or by the key itself.
+    Revoke {
+        /// The namespace.
+        namespace: String,
+        /// Key id or key.
+        key: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = ServerCli::parse();
+    init_logging();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sqlrsync-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = std::env::var("SQLRSYNC_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn dispatch(cli: ServerCli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Namespace(NamespaceCmd::Create { name, data }) => {
+            names::validate_namespace(&name).map_err(anyhow::Error::msg)?;
+            let c = Store::open_meta(&data.data_dir)?;
+            let tx = c.unchecked_transaction()?;
+            if meta::namespace_exists(&tx, &name)? {
+                bail!("namespace {name} already exists");
+            }
+            tx.execute(
+                "INSERT INTO namespaces(name, created) VALUES (?1, ?2)",
+                rusqlite::params![name, meta::now()],
+            )?;
+            let key = keys::create(&tx, KeyKind::Admin, &name, None)?;
+            tx.commit()?;
+            println!(
+                "created namespace {name}; its Account Admin key (shown once, keep it secret):"
+            );
+            println!("{key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Namespace(NamespaceCmd::List { data }) => {
+            let c = Store::open_meta(&data.data_dir)?;
+            let mut st = c.prepare(
+                "SELECT n.name, n.created, (SELECT count(*) FROM replicas r WHERE r.namespace=n.name) FROM namespaces n ORDER BY n.name",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (n, created, count) = row?;
+                println!("{n}\t{count} replicas\tcreated {created}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCmd::List { namespace, data }) => {
+            let c = Store::open_meta(&data.data_dir)?;
+            ensure_namespace(&c, &namespace)?;
+            println!("ID\tKIND\tREPLICA\tCREATED\tSTATUS");
+            for (k, path) in keys::list(&c, &namespace)? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.kind.as_str(),
+                    path.as_deref().unwrap_or("-"),
+                    k.created,
+                    k.revoked
+                        .map_or("active".to_string(), |t| format!("revoked {t}"))
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCmd::Create {
+            namespace,
+            kind,
+            replica,
+            data,
+        }) => {
+            let kind = KeyKind::parse(&kind).with_context(|| {
+                format!("unknown key kind {kind:?}: use admin, account-pull, replica-push or replica-pull")
+            })?;
+            let c = Store::open_meta(&data.data_dir)?;
+            ensure_namespace(&c, &namespace)?;
+            let replica_id = match (kind, replica) {
+                (KeyKind::ReplicaPush | KeyKind::ReplicaPull, Some(p)) => {
+                    let r = meta::replica_by_path(&c, &p)?
+                        .with_context(|| format!("no replica {p}"))?;
+                    if r.namespace != namespace {
+                        bail!("replica {p} is not in namespace {namespace}");
+                    }
+                    Some(r.id)
+                }
+                (KeyKind::ReplicaPush | KeyKind::ReplicaPull, None) => {
+                    bail!("a {} key needs --replica PATH", kind.as_str())
+                }
+                (_, Some(_)) => bail!("--replica is only for replica-push and replica-pull keys"),
+                (_, None) => None,
+            };
+            let key = keys::create(&c, kind, &namespace, replica_id)?;
+            println!("new {} key for {namespace} (shown once):", kind.as_str());
+            println!("{key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCmd::Revoke {
+            namespace,
+            key,
+            data,
+        }) => {
+            let c = Store::open_meta(&data.data_dir)?;
+            ensure_namespace(&c, &namespace)?;
+            let id = match key.parse::<i64>() {
+                Ok(id) => id,
+                Err(_) => keys::id_of(&c, &key)?.context("no such key")?,
+            };
+            keys::revoke(&c, &namespace, id)?;
+            println!("revoked key {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(d) => {
+            if !d.data_dir.join("meta.db").exists() {
+                bail!("{} holds no sqlrsync-server store", d.data_dir.display());
+            }
+            let store = Store::open(&d.data_dir, store::DEFAULT_COMPRESSION)?;
+            let (damage, counts) = store.verify()?;
+            for line in &damage {
+                println!("DAMAGE: {line}");
+            }
+            println!(
+                "checked {} stored pages, {} replicas, {} versions: {}",
+                counts.pages,
+                counts.replicas,
+                counts.versions,
+                if damage.is_empty() {
+                    "no damage".to_string()
+                } else {
+                    format!("{} problems", damage.len())
+                }
+            );
+            Ok(if damage.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn ensure_namespace(c: &rusqlite::Connection, ns: &str) -> Result<()> {
+    if !meta::namespace_exists(c, ns)? {
+        bail!("no namespace {ns}");
+    }
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        // Extract the helper now, so a broken install fails at start, not mid-push.
+        crate::helper::path().context("extracting the embedded sqlite3_rsync helper")?;
+        let listener = std::net::TcpListener::bind(a.listen)
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        let addr = listener.local_addr()?;
+        let tls = a.tls_cert.zip(a.tls_key);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let config = ServeConfig {
+            data_dir: a.data.data_dir,
+            tls,
+            max_sessions: a.max_connections.max(1),
+            max_frame: a.max_frame.max(64 * 1024),
+            compression: a.compression,
+        };
+        let server = tokio::spawn(run(listener, config, shutdown_signal()?));
+        // Announce only once the store opened and the server is running.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if server.is_finished() {
+            return server.await?.map(|_| ExitCode::FAILURE);
+        }
+        println!("sqlrsync-server listening on {scheme}://{addr}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        server.await??;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM or Ctrl-C. The handlers are installed before this returns (not
+/// on first poll), so a signal right after the "listening" line is caught.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
+}

@@ -1,0 +1,297 @@
+//! `/sapi/pull/<path>`: our ORIGIN (a stored version) against the client's
+//! REPLICA.
+//!
+//! The version named by `X-ReplicaVersion` is pinned (a commit or cache
+//! clean-up never removes a file a pull reads) and, when older than the
+//! latest, materialised on demand. The helper `--origin` runs on it; its
+//! stream is carried to the client as read, never buffered whole.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::app::{AppState, internal, refuse, remote_path};
+use super::keys::{self, KeyKind, KeyRecord};
+use super::session::{
+    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, spawn_writer,
+};
+use super::store::VersionFile;
+use super::store::meta::{self, ReplicaRow, VersionRow};
+use crate::helper::Side;
+use crate::protocol::{
+    ClientControl, Direction, OriginSummary, ServerConfig, StreamParser, VersionRef, Visibility,
+    headers, is_control_byte,
+};
+
+/// Who may read `r` with `key` (None: anonymous). Private replicas and
+/// unknown paths must look the same to outsiders, so callers answer 404
+/// for both.
+pub fn may_read(r: &ReplicaRow, key: Option<&KeyRecord>) -> bool {
+    match key {
+        Some(k) => keys::may_pull(k, r) || r.visibility != Visibility::Private.as_str(),
+        None => r.visibility != Visibility::Private.as_str(),
+    }
+}
+
+/// Resolves path + key + version for pull and subscribe.
+pub fn authorise_read(
+    st: &AppState,
+    path: &str,
+    key: Option<&KeyRecord>,
+) -> Result<ReplicaRow, Response> {
+    let not_found = || {
+        refuse(
+            StatusCode::NOT_FOUND,
+            "no such replica (or no access to it)",
+        )
+    };
+    match st.store.with_meta(|c| meta::replica_by_path(c, path)) {
+        Ok(Some(r)) if may_read(&r, key) => Ok(r),
+        Ok(_) => {
+            tracing::warn!(path, "refused read: unknown, private or wrong key");
+            Err(not_found())
+        }
+        Err(e) => Err(internal(e)),
+    }
+}
+
+struct PullContext {
+    /// The replica.
+    replica: ReplicaRow,
+    /// The version being pulled.
+    version: VersionRow,
+    /// The key used (may ask for a pull key), if any.
+    key: Option<KeyRecord>,
+    /// Connection-limit permit.
+    _permit: OwnedSemaphorePermit,
+}
+
+pub async fn handler(
+    State(st): State<AppState>,
+    uri: Uri,
+    h: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let permit = match st.session_permit() {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let path = match remote_path(uri.path(), "/sapi/pull/") {
+        Ok(p) => p.to_string(),
+        Err(r) => return r,
+    };
+    let key = match st.presented_key(&h) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let replica = match authorise_read(&st, &path, key.as_ref()) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let vref = match VersionRef::parse_header(
+        h.get(headers::REPLICA_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    ) {
+        Ok(v) => v,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
+    };
+    let latest = st
+        .store
+        .replica_state(&replica)
+        .latest()
+        .map_or(0, |f| f.number);
+    let Some(number) = vref.resolve(latest) else {
+        let msg = if latest == 0 {
+            "the replica has no versions yet".to_string()
+        } else {
+            format!("no version {vref} (latest is {latest})")
+        };
+        return refuse(StatusCode::NOT_FOUND, &msg);
+    };
+    let version = match st.store.with_meta(|c| meta::version(c, replica.id, number)) {
+        Ok(Some(v)) => v,
+        Ok(None) => return refuse(StatusCode::NOT_FOUND, "no such version"),
+        Err(e) => return internal(e),
+    };
+    let ctx = PullContext {
+        replica,
+        version,
+        key,
+        _permit: permit,
+    };
+    ws.max_frame_size(st.config.max_frame)
+        .max_message_size(st.config.max_frame)
+        .on_upgrade(move |socket| session(socket, st, ctx))
+}
+
+async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
+    let (sink, mut stream) = socket.split();
+    let (out, writer) = spawn_writer(sink);
+    let started = std::time::Instant::now();
+    match run(&mut stream, &out, &st, &ctx).await {
+        Ok(pages) => {
+            tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
+                secs = started.elapsed().as_secs_f64(), "pull served");
+            let _ = out.send(Out::Close(CLOSE_NORMAL, "done".into())).await;
+        }
+        Err(a) => {
+            tracing::warn!(path = %ctx.replica.path, reason = %a.reason(), "pull ended early");
+            a.send(&out).await;
+        }
+    }
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    drain_until_closed(&mut stream).await;
+}
+
+fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
+    ServerConfig {
+        replica_id: Some(ctx.replica.uid.clone()),
+        replica_path: Some(ctx.replica.path.clone()),
+        committed_version_id: Some(ctx.version.number.to_string()),
+        new_pull_key,
+        new_push_key: None,
+        version_hash: Some(ctx.version.version_hash.clone()),
+    }
+}
+
+async fn run(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    out: &OutTx,
+    st: &AppState,
+    ctx: &PullContext,
+) -> Result<u64, Abort> {
+    let store = st.store.clone();
+    let r = ctx.replica.clone();
+    let n = ctx.version.number;
+    let file: Arc<VersionFile> = tokio::task::spawn_blocking(move || store.version_file(&r, n))
+        .await
+        .map_err(|e| Abort::Server(format!("materialise task failed: {e}")))?
+        .map_err(|e| Abort::Server(format!("cannot read version {n}: {e:#}")))?;
+    let _ = out.send(config_text(config(ctx, None))).await;
+    let mut helper = HelperProcess::spawn(Side::Origin, &file.path, &ctx.replica.path)
+        .map_err(|e| Abort::Server(format!("cannot start the helper: {e:#}")))?;
+    let stdout = helper.stdout.take().expect("piped stdout");
+    let (ended_tx, mut ended_rx) = oneshot::channel::<()>();
+    let mut pump = tokio::spawn(pump_origin(stdout, out.clone(), ended_tx));
+    let mut stdin = helper.stdin.take();
+    let mut parser = StreamParser::new(Direction::FromReplica);
+    let mut pull_key: Option<String> = None;
+    let mut shutdown = st.shutdown.clone();
+    let mut origin_ended = false;
+    let summary = loop {
+        tokio::select! {
+            res = &mut pump => {
+                break res.map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
+            }
+            _ = &mut ended_rx, if !origin_ended => {
+                // ORIGIN_END sent: the helper waits for the replica's EOF,
+                // which the client never sends; give it ours.
+                origin_ended = true;
+                stdin = None;
+            }
+            _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
+            frame = stream.next() => {
+                let data = match frame {
+                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => {
+                        if origin_ended {
+                            // The client has everything; wait for the helper.
+                            stdin = None;
+                            break tokio::time::timeout(Duration::from_secs(30), &mut pump).await
+                                .map_err(|_| Abort::Cut("helper did not finish".into()))?
+                                .map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
+                        }
+                        return Err(Abort::Cut("client left before the pull finished".into()));
+                    }
+                    Some(Ok(WsMessage::Binary(b))) => b,
+                    Some(Ok(_)) => continue,
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if parser.at_boundary() && is_control_byte(data[0]) {
+                    match ClientControl::parse(&data) {
+                        Ok(ClientControl::Config) => {
+                            let _ = out.send(config_text(config(ctx, pull_key.clone()))).await;
+                        }
+                        Ok(ClientControl::KeyRequest) => {
+                            // Only someone who may already pull with a key
+                            // gets a Replica Pull key to keep.
+                            if let Some(k) = &ctx.key && pull_key.is_none() {
+                                let _ = k;
+                                let r = &ctx.replica;
+                                pull_key = st
+                                    .store
+                                    .with_meta(|c| keys::create(c, KeyKind::ReplicaPull, &r.namespace, Some(r.id)))
+                                    .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))
+                                    .map(Some)?;
+                            }
+                            let _ = out.send(config_text(config(ctx, pull_key.clone()))).await;
+                        }
+                        Ok(ClientControl::CommitMessage(_)) => {
+                            return Err(Abort::Client("COMMITMESSAGE is for pushes".into()));
+                        }
+                        Err(e) => return Err(Abort::Client(format!("bad control frame: {e}"))),
+                    }
+                    continue;
+                }
+                parser
+                    .feed(&data, |_| {})
+                    .map_err(|e| Abort::Client(format!("not a sqlite3_rsync stream: {e}")))?;
+                if let Some(s) = stdin.as_mut()
+                    && s.write_all(&data).await.is_err()
+                {
+                    stdin = None;
+                }
+            }
+        }
+    };
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(10), helper.child.wait()).await;
+    drop(file);
+    if let Some(e) = summary.errors.first() {
+        return Err(Abort::Server(format!("origin error: {e}")));
+    }
+    if !summary.complete() {
+        return Err(Abort::Server("the origin side stopped early".into()));
+    }
+    Ok(summary.pages_sent)
+}
+
+/// Carries the helper's ORIGIN stream to the client, reporting ORIGIN_END.
+async fn pump_origin(
+    mut stdout: tokio::process::ChildStdout,
+    out: OutTx,
+    ended: oneshot::Sender<()>,
+) -> OriginSummary {
+    let mut parser = StreamParser::new(Direction::FromOrigin);
+    let mut summary = OriginSummary::default();
+    let mut ended = Some(ended);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stdout.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Err(e) = parser.feed(&buf[..n], |m| summary.observe(&m)) {
+            summary.errors.push(format!("helper stream: {e}"));
+        }
+        if out.send(Out::Binary(buf[..n].to_vec())).await.is_err() {
+            break;
+        }
+        if parser.ended()
+            && let Some(tx) = ended.take()
+        {
+            let _ = tx.send(());
+        }
+    }
+    summary
+}

@@ -1,0 +1,748 @@
+//! Versioned replica storage: every version kept, each stored page once.
+//!
+//! Layout under DATA_DIR:
+//!
+//! - `meta.db`: namespaces, hashed keys, replicas, versions, page index
+//!   ([`meta`]).
+//! - `packs/pack-NNNNNN.dat`: content-addressed pages ([`packs`]).
+//! - `replicas/<replica id>/v<N>.db`: the latest version N, materialised as
+//!   an ordinary rollback-journal SQLite file for the helper to read.
+//! - `staging/`: copies being written by push sessions (deleted on start).
+//! - `cache/`: older versions materialised on demand for pulls (deleted when
+//!   their last reader finishes, and on start).
+//!
+//! The latest file *is* the store of the latest version's pages (its per-page
+//! SHA-256 checksums are kept in `replicas.latest_sums`). Every older version
+//! N is stored as a back delta: the pages in which it differs from N+1, as
+//! (page number, page hash) records plus its page count, with the page bytes
+//! in the packs. A version therefore costs only the pages its successor
+//! changed, and the whole store is about `db size + sum of changed pages`.
+//! Version N is rebuilt by copying the latest file and applying the back
+//! deltas from the newest down to N.
+//!
+//! A commit writes the old contents of the changed pages to a pack (fsync),
+//! fsyncs the new file and renames it to `v<N+1>.db` (fsync of the folder),
+//! and then commits one metadata transaction (new version row, back delta of
+//! N, new checksums, page index). That transaction is the commit point: a
+//! crash before it leaves `v<N>.db` and the metadata of N untouched, and
+//! start-up removes the orphan `v<N+1>.db` and cuts unreferenced pack tails;
+//! a crash after it leaves `v<N>.db` as an orphan that start-up removes.
+
+pub mod meta;
+pub mod packs;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use anyhow::{Context, Result, bail, ensure};
+use rusqlite::{Connection, params};
+use tokio::sync::broadcast;
+
+use meta::{ReplicaRow, VersionRow};
+use packs::{BlobLocation, BlobStore, PackStore, PageHash, page_hash, sync_dir};
+
+use crate::protocol::VersionHasher;
+
+/// A materialised version file that sessions read. Pulls hold an `Arc` for
+/// as long as their helper runs, so a commit (or cache clean-up) never
+/// removes a file under a reader: the file goes when the last holder drops.
+#[derive(Debug)]
+pub struct VersionFile {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// Which version it holds.
+    pub number: u64,
+    /// Set when the file is no longer the latest (or is a cache file): the
+    /// last holder deletes it.
+    obsolete: AtomicBool,
+}
+
+impl VersionFile {
+    fn new(path: PathBuf, number: u64, obsolete: bool) -> Arc<VersionFile> {
+        Arc::new(VersionFile {
+            path,
+            number,
+            obsolete: AtomicBool::new(obsolete),
+        })
+    }
+}
+
+impl Drop for VersionFile {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Live state of one replica, shared by its sessions.
+pub struct ReplicaState {
+    /// Held by a push for its whole session: pushes to one replica are
+    /// serialised, so none is lost and each builds on the previous one.
+    pub push_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The latest version's file (None before the first commit).
+    latest: Mutex<Option<Arc<VersionFile>>>,
+    /// New versions, for subscribers.
+    pub notify: broadcast::Sender<VersionNotice>,
+    /// Older versions currently materialised, shared by concurrent pulls.
+    older: Mutex<HashMap<u64, Weak<VersionFile>>>,
+    /// One materialisation at a time per replica.
+    materialising: Mutex<()>,
+}
+
+impl ReplicaState {
+    pub fn latest(&self) -> Option<Arc<VersionFile>> {
+        lock(&self.latest).clone()
+    }
+}
+
+/// A committed version, as told to subscribers.
+#[derive(Debug, Clone)]
+pub struct VersionNotice {
+    /// The new version number.
+    pub number: u64,
+    /// When its metadata transaction committed (RFC 3339, microseconds), so
+    /// subscribers can measure notification latency.
+    pub committed_at: String,
+}
+
+/// What a finished push amounted to.
+#[derive(Debug)]
+pub enum CommitOutcome {
+    /// The pushed database equals the latest version: nothing stored.
+    NoChange(Option<VersionRow>),
+    /// A new version.
+    Committed(VersionRow),
+}
+
+/// The store: metadata, packs and materialised files under one data dir.
+pub struct Store {
+    /// DATA_DIR.
+    pub data_dir: PathBuf,
+    /// The metadata connection (short statements and commit transactions).
+    meta: Mutex<Connection>,
+    /// The page packs (appends are serialised).
+    packs: Mutex<PackStore>,
+    /// Live replica states by replica row id.
+    replicas: Mutex<HashMap<i64, Arc<ReplicaState>>>,
+}
+
+/// Locks a std mutex, surviving poisoning (a panicked holder leaves data
+/// that is still consistent here: every update is a single assignment).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Default zstd level for stored pages.
+pub const DEFAULT_COMPRESSION: i32 = 3;
+
+impl Store {
+    /// Opens (creating) the store and recovers from any crash: removes
+    /// staging and cache files, orphan version files and unreferenced pack
+    /// tails, and checks every latest file is present and whole.
+    pub fn open(data_dir: &Path, compress_level: i32) -> Result<Store> {
+        for d in ["", "packs", "replicas", "staging", "cache"] {
+            std::fs::create_dir_all(data_dir.join(d))
+                .with_context(|| format!("creating {}", data_dir.join(d).display()))?;
+        }
+        let conn = meta::open(&data_dir.join("meta.db"))?;
+        let packs = PackStore::open(&data_dir.join("packs"), compress_level, |p| {
+            meta::pack_end(&conn, p)
+        })?;
+        let store = Store {
+            data_dir: data_dir.to_path_buf(),
+            meta: Mutex::new(conn),
+            packs: Mutex::new(packs),
+            replicas: Mutex::new(HashMap::new()),
+        };
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// Opens only the metadata (for the key and namespace commands, which
+    /// may run next to a live server).
+    pub fn open_meta(data_dir: &Path) -> Result<Connection> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        meta::open(&data_dir.join("meta.db"))
+    }
+
+    fn recover(&self) -> Result<()> {
+        for d in ["staging", "cache"] {
+            for e in std::fs::read_dir(self.data_dir.join(d))? {
+                let p = e?.path();
+                tracing::info!(file = %p.display(), "removing leftover file");
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        let replicas = self.with_meta(meta::all_replicas)?;
+        for r in replicas {
+            let dir = self.replica_dir(&r);
+            std::fs::create_dir_all(&dir)?;
+            let keep = (r.latest > 0).then(|| self.version_path(&r, r.latest));
+            for e in std::fs::read_dir(&dir)? {
+                let p = e?.path();
+                if Some(&p) != keep.as_ref() {
+                    tracing::info!(file = %p.display(), "removing orphan file");
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+            if let Some(path) = keep {
+                let v = self.with_meta(|c| meta::version(c, r.id, r.latest))?;
+                let len = std::fs::metadata(&path).map(|m| m.len()).ok();
+                if v.as_ref().map(|v| v.size()) != len {
+                    tracing::error!(replica = %r.path, file = %path.display(),
+                        "latest version file is missing or has the wrong size; run `sqlrsync-server verify`");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the metadata connection.
+    pub fn with_meta<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        f(&lock(&self.meta))
+    }
+
+    pub fn replica_dir(&self, r: &ReplicaRow) -> PathBuf {
+        self.data_dir.join("replicas").join(&r.uid)
+    }
+
+    fn version_path(&self, r: &ReplicaRow, n: u64) -> PathBuf {
+        self.replica_dir(r).join(format!("v{n}.db"))
+    }
+
+    /// A fresh staging path for a push to `r`.
+    pub fn staging_path(&self, r: &ReplicaRow) -> PathBuf {
+        self.data_dir.join("staging").join(format!(
+            "{}-{}.db",
+            r.uid,
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    /// The live state of a replica (created on first use).
+    pub fn replica_state(&self, r: &ReplicaRow) -> Arc<ReplicaState> {
+        let mut map = lock(&self.replicas);
+        map.entry(r.id)
+            .or_insert_with(|| {
+                // Read the latest number now: the state is created once,
+                // and later commits update it in place.
+                let latest = self
+                    .with_meta(|c| Ok(meta::replica_by_id(c, r.id)?.map(|r| r.latest)))
+                    .ok()
+                    .flatten()
+                    .unwrap_or(r.latest);
+                let file = (latest > 0)
+                    .then(|| VersionFile::new(self.version_path(r, latest), latest, false));
+                Arc::new(ReplicaState {
+                    push_lock: Arc::new(tokio::sync::Mutex::new(())),
+                    latest: Mutex::new(file),
+                    notify: broadcast::channel(16).0,
+                    older: Mutex::new(HashMap::new()),
+                    materialising: Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// The file of version `number` (blocking: may materialise it).
+    pub fn version_file(&self, r: &ReplicaRow, number: u64) -> Result<Arc<VersionFile>> {
+        let state = self.replica_state(r);
+        let latest = state.latest().context("the replica has no versions yet")?;
+        ensure!(
+            number >= 1 && number <= latest.number,
+            "no version {number}"
+        );
+        if number == latest.number {
+            return Ok(latest);
+        }
+        let _one_at_a_time = lock(&state.materialising);
+        if let Some(f) = lock(&state.older).get(&number).and_then(Weak::upgrade) {
+            return Ok(f);
+        }
+        let final_path = self.data_dir.join("cache").join(format!(
+            "{}-v{number}-{}.db",
+            r.uid,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let tmp = final_path.with_extension("tmp");
+        let result = self.materialise(r, &latest, number, &tmp);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &final_path)?;
+        let f = VersionFile::new(final_path, number, true);
+        let mut older = lock(&state.older);
+        older.retain(|_, w| w.strong_count() > 0);
+        older.insert(number, Arc::downgrade(&f));
+        Ok(f)
+    }
+
+    /// Rebuilds version `number` into `out` from the latest file and the
+    /// back deltas, and checks it against its versionHash.
+    fn materialise(
+        &self,
+        r: &ReplicaRow,
+        latest: &VersionFile,
+        number: u64,
+        out: &Path,
+    ) -> Result<VersionRow> {
+        std::fs::copy(&latest.path, out)
+            .with_context(|| format!("copying {}", latest.path.display()))?;
+        let f = OpenOptions::new().read(true).write(true).open(out)?;
+        let mut row = None;
+        for k in (number..latest.number).rev() {
+            let (v, delta) = self.with_meta(|c| {
+                Ok((
+                    meta::version(c, r.id, k)?.context("version row missing")?,
+                    meta::back_delta(c, r.id, k)?,
+                ))
+            })?;
+            for (pgno, hash) in delta {
+                let data = self.read_page(&hash)?;
+                ensure!(
+                    data.len() == v.page_size as usize,
+                    "stored page has the wrong size"
+                );
+                f.write_all_at(&data, (pgno as u64 - 1) * v.page_size as u64)?;
+            }
+            f.set_len(v.size())?;
+            row = Some(v);
+        }
+        let row = row.context("nothing to materialise")?;
+        f.sync_all()?;
+        let h = hash_file(out, row.page_size, row.page_count)?;
+        ensure!(
+            h == row.version_hash,
+            "version {number} of {} rebuilt with the wrong hash: the store is damaged",
+            r.path
+        );
+        Ok(row)
+    }
+
+    /// Reads one stored page by hash, checking its checksum.
+    pub fn read_page(&self, hash: &PageHash) -> Result<Vec<u8>> {
+        let loc = self
+            .with_meta(|c| meta::blob(c, hash))?
+            .with_context(|| format!("page {} is not in the store", hex::encode(&hash[..8])))?;
+        lock(&self.packs).read(hash, &loc)
+    }
+
+    /// Records the staging file of a finished push as the next version of
+    /// `r` (blocking). `sent_pages` are the page numbers the push's stream
+    /// carried and `final_count` its ORIGIN_TXN size; pages whose bytes
+    /// did not really change are not counted.
+    pub fn commit(
+        &self,
+        r: &ReplicaRow,
+        staging: &Path,
+        sent_pages: &BTreeSet<u32>,
+        final_count: u32,
+        message: &str,
+    ) -> Result<CommitOutcome> {
+        let result = self.commit_inner(r, staging, sent_pages, final_count, message);
+        let _ = std::fs::remove_file(staging);
+        result
+    }
+
+    fn commit_inner(
+        &self,
+        r: &ReplicaRow,
+        staging: &Path,
+        sent_pages: &BTreeSet<u32>,
+        final_count: u32,
+        message: &str,
+    ) -> Result<CommitOutcome> {
+        ensure!(final_count > 0, "the pushed database is empty");
+        normalise_journal_mode(staging)?;
+        let page_size = header_page_size(staging)?;
+        let len = std::fs::metadata(staging)?.len();
+        ensure!(
+            len == page_size as u64 * final_count as u64,
+            "replica file is {len} bytes, expected {final_count} pages of {page_size}"
+        );
+        let state = self.replica_state(r);
+        let prev = state.latest();
+        let (prev_row, prev_sums) = match &prev {
+            Some(p) => self.with_meta(|c| {
+                Ok((
+                    meta::version(c, r.id, p.number)?,
+                    meta::latest_sums(c, r.id)?,
+                ))
+            })?,
+            None => (None, Vec::new()),
+        };
+        let same_geometry = prev_row.as_ref().is_some_and(|p| p.page_size == page_size)
+            && prev_sums.len() as u64 == prev_row.as_ref().map_or(0, |p| p.page_count as u64);
+
+        // New checksums and the pages that really changed.
+        let staging_file = File::open(staging)?;
+        let mut buf = vec![0u8; page_size as usize];
+        let mut read_page = |pgno: u32| -> Result<PageHash> {
+            staging_file.read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)?;
+            Ok(page_hash(&buf))
+        };
+        let mut sums: Vec<PageHash>;
+        let mut changed: Vec<u32> = Vec::new();
+        let prev_count = prev_row.as_ref().map_or(0, |p| p.page_count);
+        if same_geometry {
+            sums = prev_sums.clone();
+            sums.resize(final_count as usize, [0u8; 32]);
+            let mut candidates: BTreeSet<u32> = sent_pages.clone();
+            candidates.insert(1); // journal-mode normalisation may rewrite page 1
+            candidates.extend(prev_count + 1..=final_count);
+            for pgno in candidates
+                .into_iter()
+                .filter(|p| *p >= 1 && *p <= final_count)
+            {
+                let h = read_page(pgno)?;
+                if pgno > prev_count || h != prev_sums[pgno as usize - 1] {
+                    changed.push(pgno);
+                }
+                sums[pgno as usize - 1] = h;
+            }
+            if changed.is_empty() && final_count == prev_count {
+                return Ok(CommitOutcome::NoChange(prev_row));
+            }
+        } else {
+            sums = Vec::with_capacity(final_count as usize);
+            for pgno in 1..=final_count {
+                sums.push(read_page(pgno)?);
+            }
+            changed = (1..=final_count).collect();
+        }
+        let version_hash = hash_file(staging, page_size, final_count)?;
+        if let Some(p) = &prev_row
+            && p.version_hash == version_hash
+            && p.page_size == page_size
+            && p.page_count == final_count
+        {
+            return Ok(CommitOutcome::NoChange(prev_row));
+        }
+
+        // Back delta of the previous version: its contents of every page the
+        // new version changed or dropped (all of it if the page size changed).
+        let mut back: Vec<(u32, PageHash)> = Vec::new();
+        let mut new_blobs: Vec<(PageHash, BlobLocation)> = Vec::new();
+        if let (Some(prev_file), Some(prow)) = (&prev, &prev_row) {
+            let pages: Vec<u32> = if same_geometry {
+                changed
+                    .iter()
+                    .copied()
+                    .filter(|p| *p <= prev_count)
+                    .chain(final_count + 1..=prev_count)
+                    .collect()
+            } else {
+                (1..=prow.page_count).collect()
+            };
+            let old = File::open(&prev_file.path)
+                .with_context(|| format!("opening {}", prev_file.path.display()))?;
+            let mut obuf = vec![0u8; prow.page_size as usize];
+            let mut packs = lock(&self.packs);
+            let mut seen: BTreeSet<PageHash> = BTreeSet::new();
+            for pgno in pages {
+                old.read_exact_at(&mut obuf, (pgno as u64 - 1) * prow.page_size as u64)?;
+                let h = page_hash(&obuf);
+                if let Some(expected) = prev_sums.get(pgno as usize - 1) {
+                    ensure!(
+                        *expected == h,
+                        "page {pgno} of the latest version of {} fails its checksum",
+                        r.path
+                    );
+                }
+                back.push((pgno, h));
+                if seen.insert(h) && self.with_meta(|c| meta::blob(c, &h))?.is_none() {
+                    new_blobs.push((h, packs.append(&obuf)?));
+                }
+            }
+            packs.sync()?;
+        }
+
+        // The new latest file, durable before the metadata points at it.
+        let number = prev.as_ref().map_or(0, |p| p.number) + 1;
+        drop(staging_file);
+        File::open(staging)?.sync_all()?;
+        let dir = self.replica_dir(r);
+        std::fs::create_dir_all(&dir)?;
+        let path = self.version_path(r, number);
+        std::fs::rename(staging, &path)?;
+        sync_dir(&dir)?;
+
+        let row = VersionRow {
+            number,
+            created: meta::now(),
+            page_size,
+            page_count: final_count,
+            changed_pages: changed.len() as u32,
+            message: message.to_string(),
+            version_hash,
+        };
+        let sums_blob: Vec<u8> = sums.iter().flatten().copied().collect();
+        let txn = self.with_meta(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut ins = tx.prepare(
+                    "INSERT OR IGNORE INTO blobs(hash, pack, offset, stored_len, compressed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (h, loc) in &new_blobs {
+                    ins.execute(params![
+                        &h[..],
+                        loc.pack,
+                        loc.offset as i64,
+                        loc.stored_len,
+                        loc.compressed
+                    ])?;
+                }
+            }
+            if number > 1 {
+                tx.execute(
+                    "UPDATE versions SET back_delta=?3 WHERE replica=?1 AND number=?2",
+                    params![r.id, (number - 1) as i64, meta::encode_delta(&back)],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO versions(replica, number, created, page_size, page_count, changed_pages, message, version_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    r.id,
+                    number as i64,
+                    row.created,
+                    row.page_size,
+                    row.page_count,
+                    row.changed_pages,
+                    row.message,
+                    row.version_hash
+                ],
+            )?;
+            let n = tx.execute(
+                "UPDATE replicas SET latest=?2, latest_sums=?3 WHERE id=?1 AND latest=?4",
+                params![r.id, number as i64, sums_blob, (number - 1) as i64],
+            )?;
+            ensure!(n == 1, "the replica changed under a serialised push");
+            tx.commit()?;
+            // Keep the metadata WAL from growing between idle periods; a
+            // busy reader just makes this a no-op.
+            let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            Ok(())
+        });
+        if let Err(e) = txn {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let new_file = VersionFile::new(path, number, false);
+        if let Some(old) = lock(&state.latest).replace(new_file) {
+            old.obsolete.store(true, Ordering::SeqCst);
+        }
+        let _ = state.notify.send(VersionNotice {
+            number,
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        });
+        Ok(CommitOutcome::Committed(row))
+    }
+
+    /// Re-reads the whole store; returns one line per problem found.
+    pub fn verify(&self) -> Result<(Vec<String>, VerifyCounts)> {
+        let mut damage = Vec::new();
+        let mut counts = VerifyCounts::default();
+        // Every stored page against its checksum.
+        let blobs: Vec<(PageHash, BlobLocation)> = self.with_meta(|c| {
+            let mut st =
+                c.prepare("SELECT hash, pack, offset, stored_len, compressed FROM blobs")?;
+            let rows = st.query_map([], |r| {
+                let h: Vec<u8> = r.get(0)?;
+                let mut hash = [0u8; 32];
+                if h.len() == 32 {
+                    hash.copy_from_slice(&h);
+                }
+                Ok((
+                    hash,
+                    BlobLocation {
+                        pack: r.get(1)?,
+                        offset: r.get::<_, i64>(2)? as u64,
+                        stored_len: r.get(3)?,
+                        compressed: r.get(4)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })?;
+        for (h, loc) in &blobs {
+            counts.pages += 1;
+            if let Err(e) = lock(&self.packs).read(h, loc) {
+                damage.push(format!("{e:#}"));
+            }
+        }
+        // Every version of every replica against its versionHash.
+        for r in self.with_meta(meta::all_replicas)? {
+            if r.latest == 0 {
+                continue;
+            }
+            counts.replicas += 1;
+            let Some(latest) = self.replica_state(&r).latest() else {
+                continue;
+            };
+            let lrow = self.with_meta(|c| meta::version(c, r.id, r.latest))?;
+            let Some(lrow) = lrow else {
+                damage.push(format!("{}: latest version row missing", r.path));
+                continue;
+            };
+            counts.versions += 1;
+            match std::fs::metadata(&latest.path) {
+                Err(_) => {
+                    damage.push(format!(
+                        "{} v{}: file {} is missing",
+                        r.path,
+                        r.latest,
+                        latest.path.display()
+                    ));
+                    continue;
+                }
+                Ok(m) if m.len() != lrow.size() => {
+                    damage.push(format!(
+                        "{} v{}: file is {} bytes, expected {}",
+                        r.path,
+                        r.latest,
+                        m.len(),
+                        lrow.size()
+                    ));
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            match self.check_latest(&r, &latest.path, &lrow) {
+                Ok(bad) => damage.extend(bad),
+                Err(e) => damage.push(format!("{} v{}: {e:#}", r.path, r.latest)),
+            }
+            for n in (1..r.latest).rev() {
+                counts.versions += 1;
+                let tmp = self
+                    .data_dir
+                    .join("cache")
+                    .join(format!("verify-{}-v{n}.tmp", r.uid));
+                if let Err(e) = self.materialise(&r, &latest, n, &tmp) {
+                    damage.push(format!("{} v{n}: {e:#}", r.path));
+                }
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Ok((damage, counts))
+    }
+
+    fn check_latest(&self, r: &ReplicaRow, path: &Path, row: &VersionRow) -> Result<Vec<String>> {
+        let mut bad = Vec::new();
+        let sums = self.with_meta(|c| meta::latest_sums(c, r.id))?;
+        if sums.len() != row.page_count as usize {
+            bad.push(format!(
+                "{} v{}: page checksums missing",
+                r.path, row.number
+            ));
+        }
+        let mut f = File::open(path)?;
+        let mut buf = vec![0u8; row.page_size as usize];
+        for (i, s) in sums.iter().enumerate() {
+            f.seek(SeekFrom::Start(i as u64 * row.page_size as u64))?;
+            f.read_exact(&mut buf)?;
+            if page_hash(&buf) != *s {
+                bad.push(format!(
+                    "{} v{}: page {} fails its checksum",
+                    r.path,
+                    row.number,
+                    i + 1
+                ));
+            }
+        }
+        if hash_file(path, row.page_size, row.page_count)? != row.version_hash {
+            bad.push(format!(
+                "{} v{}: versionHash does not match",
+                r.path, row.number
+            ));
+        }
+        Ok(bad)
+    }
+}
+
+/// What `verify` looked at.
+#[derive(Debug, Default)]
+pub struct VerifyCounts {
+    /// Stored pages checked.
+    pub pages: u64,
+    /// Replicas with versions.
+    pub replicas: u64,
+    /// Versions rebuilt and hashed.
+    pub versions: u64,
+}
+
+/// The versionHash of a rollback-journal database file, read page by page.
+pub fn hash_file(path: &Path, page_size: u32, page_count: u32) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = VersionHasher::new();
+    let mut buf = vec![0u8; page_size as usize];
+    for pgno in 1..=page_count {
+        f.read_exact(&mut buf)
+            .with_context(|| format!("reading page {pgno} of {}", path.display()))?;
+        h.page(pgno, &buf);
+    }
+    Ok(h.finish())
+}
+
+/// Page size from the database header (offset 16, 1 meaning 65536).
+pub fn header_page_size(path: &Path) -> Result<u32> {
+    let mut hdr = [0u8; 100];
+    File::open(path)?.read_exact(&mut hdr)?;
+    ensure!(
+        &hdr[..16] == b"SQLite format 3\0",
+        "the replica file is not an SQLite database"
+    );
+    let raw = u16::from_be_bytes([hdr[16], hdr[17]]) as u32;
+    let ps = if raw == 1 { 65536 } else { raw };
+    ensure!(
+        ps.is_power_of_two() && (512..=65536).contains(&ps),
+        "bad page size {ps}"
+    );
+    Ok(ps)
+}
+
+/// Puts a database written by the helper back in rollback (DELETE) mode: a
+/// pushed WAL-mode origin leaves page 1 saying WAL, and a WAL-mode file must
+/// never be renamed away from its -wal/-shm. Afterwards neither exists.
+pub fn normalise_journal_mode(path: &Path) -> Result<()> {
+    let mut hdr = [0u8; 20];
+    File::open(path)?.read_exact(&mut hdr)?;
+    if hdr[18] == 1 && hdr[19] == 1 {
+        return Ok(());
+    }
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mode: String = c.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))?;
+    drop(c);
+    if !mode.eq_ignore_ascii_case("delete") {
+        bail!("could not put the replica in rollback mode (got {mode})");
+    }
+    for ext in ["-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(ext);
+        ensure!(
+            !Path::new(&p).exists(),
+            "{} left behind",
+            Path::new(&p).display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically (temp, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)?;
+    sync_dir(dir)
+}

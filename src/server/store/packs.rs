@@ -1,0 +1,201 @@
+//! Content-addressed page blobs in append-only pack files.
+//!
+//! A page is stored once, under the SHA-256 of its bytes, in the current pack
+//! file `packs/pack-NNNNNN.dat`; its index row (pack, offset, length,
+//! compression) lives in the metadata database and is written in the same
+//! transaction as the version that needs it. Bytes appended by a commit that
+//! then failed or crashed are unreferenced tails, cut off at start-up. The
+//! SHA-256 address doubles as the page's checksum: a read re-hashes what it
+//! decompressed and refuses a mismatch.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a page: its address and checksum.
+pub type PageHash = [u8; 32];
+
+/// Packs are closed and a new one started past this size, so no single file
+/// grows without bound.
+const PACK_ROLLOVER: u64 = 256 * 1024 * 1024;
+
+/// Where one stored blob lives (the metadata index row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// Pack file number.
+    pub pack: u32,
+    /// Byte offset in the pack.
+    pub offset: u64,
+    /// Bytes stored (compressed or not).
+    pub stored_len: u32,
+    /// True when the stored bytes are zstd-compressed.
+    pub compressed: bool,
+}
+
+/// The page store behind one trait, so another backend (an object store)
+/// can replace the pack files without touching the version logic.
+pub trait BlobStore: Send {
+    /// Appends `data` (not yet durable) and says where it went.
+    fn append(&mut self, data: &[u8]) -> Result<BlobLocation>;
+    /// Makes everything appended so far durable.
+    fn sync(&mut self) -> Result<()>;
+    /// Reads and checks the page stored at `loc` under `hash`.
+    fn read(&self, hash: &PageHash, loc: &BlobLocation) -> Result<Vec<u8>>;
+}
+
+/// The pack-file implementation of [`BlobStore`].
+pub struct PackStore {
+    /// `DATA_DIR/packs`.
+    dir: PathBuf,
+    /// Number of the pack being appended to.
+    current: u32,
+    /// Open handle of the current pack, positioned at its end.
+    file: File,
+    /// Length of the current pack.
+    len: u64,
+    /// zstd level for new pages; 0 stores them raw.
+    compress_level: i32,
+    /// True when appends happened since the last sync.
+    dirty: bool,
+}
+
+pub fn pack_path(dir: &Path, pack: u32) -> PathBuf {
+    dir.join(format!("pack-{pack:06}.dat"))
+}
+
+impl PackStore {
+    /// Opens the store, cutting every pack back to `referenced_end(pack)`:
+    /// bytes past the last indexed blob belong to commits that never landed.
+    pub fn open(
+        dir: &Path,
+        compress_level: i32,
+        referenced_end: impl Fn(u32) -> Result<u64>,
+    ) -> Result<PackStore> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut packs: Vec<u32> = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let name = e?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(n) = name
+                .strip_prefix("pack-")
+                .and_then(|s| s.strip_suffix(".dat"))
+                .and_then(|s| s.parse::<u32>().ok())
+            {
+                packs.push(n);
+            }
+        }
+        packs.sort_unstable();
+        for &p in &packs {
+            let end = referenced_end(p)?;
+            let path = pack_path(dir, p);
+            let len = std::fs::metadata(&path)?.len();
+            if len > end {
+                tracing::warn!(
+                    pack = p,
+                    bytes = len - end,
+                    "cutting unreferenced pack tail"
+                );
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(end)?;
+                f.sync_all()?;
+            }
+        }
+        let current = packs.last().copied().unwrap_or(1);
+        let path = pack_path(dir, current);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata()?.len();
+        Ok(PackStore {
+            dir: dir.to_path_buf(),
+            current,
+            file,
+            len,
+            compress_level,
+            dirty: false,
+        })
+    }
+
+    fn roll_over(&mut self) -> Result<()> {
+        self.sync()?;
+        self.current += 1;
+        let path = pack_path(&self.dir, self.current);
+        self.file = OpenOptions::new().create(true).append(true).open(&path)?;
+        self.len = self.file.metadata()?.len();
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+}
+
+impl BlobStore for PackStore {
+    fn append(&mut self, data: &[u8]) -> Result<BlobLocation> {
+        if self.len >= PACK_ROLLOVER {
+            self.roll_over()?;
+        }
+        let compressed = if self.compress_level > 0 {
+            zstd::bulk::compress(data, self.compress_level)
+                .ok()
+                .filter(|c| c.len() + 64 < data.len())
+        } else {
+            None
+        };
+        let bytes: &[u8] = compressed.as_deref().unwrap_or(data);
+        self.file.write_all(bytes)?;
+        let loc = BlobLocation {
+            pack: self.current,
+            offset: self.len,
+            stored_len: bytes.len() as u32,
+            compressed: compressed.is_some(),
+        };
+        self.len += bytes.len() as u64;
+        self.dirty = true;
+        Ok(loc)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if self.dirty {
+            self.file.sync_data()?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn read(&self, hash: &PageHash, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let path = pack_path(&self.dir, loc.pack);
+        let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        f.seek(SeekFrom::Start(loc.offset))?;
+        let mut buf = vec![0u8; loc.stored_len as usize];
+        f.read_exact(&mut buf)
+            .with_context(|| format!("reading {} at {}", path.display(), loc.offset))?;
+        let data = if loc.compressed {
+            zstd::bulk::decompress(&buf, 1 << 17).context("decompressing a page")?
+        } else {
+            buf
+        };
+        if &page_hash(&data) != hash {
+            bail!(
+                "page {} in {} at offset {} fails its checksum",
+                hex::encode(&hash[..8]),
+                path.display(),
+                loc.offset
+            );
+        }
+        Ok(data)
+    }
+}
+
+pub fn page_hash(data: &[u8]) -> PageHash {
+    Sha256::digest(data).into()
+}
+
+/// fsync a directory so a rename or new file in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}

@@ -1,0 +1,144 @@
+//! `/sapi/subscribe/<path>`: LATEST_VERSION to every subscriber of a replica
+//! when a version commits (PROTOCOL.md section 5).
+//!
+//! Each replica has a tokio broadcast channel that the commit sends the new
+//! version number on; every subscriber session receives it. A subscriber that
+//! falls behind gets the newest number (it pulls the latest anyway).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::app::{AppState, remote_path};
+use super::pull::authorise_read;
+use super::session::{CLOSE_GOING_AWAY, CLOSE_NORMAL};
+use super::store::meta::ReplicaRow;
+use crate::protocol::SubscribeMessage;
+
+/// Longest text frame a subscriber may send.
+const MAX_SUBSCRIBER_TEXT: usize = 4096;
+
+pub async fn handler(
+    State(st): State<AppState>,
+    uri: Uri,
+    h: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let permit = match st.session_permit() {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let path = match remote_path(uri.path(), "/sapi/subscribe/") {
+        Ok(p) => p.to_string(),
+        Err(r) => return r,
+    };
+    let key = match st.presented_key(&h) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let replica = match authorise_read(&st, &path, key.as_ref()) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    ws.max_frame_size(64 * 1024)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| async move {
+            session(socket, st, replica).await;
+            drop(permit);
+        })
+}
+
+fn text(kind: &str, data: serde_json::Value) -> WsMessage {
+    WsMessage::Text(SubscribeMessage::new(kind, data).to_text().into())
+}
+
+async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
+    let state = st.store.replica_state(&r);
+    let mut updates = state.notify.subscribe();
+    let mut shutdown = st.shutdown.clone();
+    let (mut tx, mut rx) = socket.split();
+    tracing::info!(path = %r.path, "subscriber connected");
+    // Idle sockets are pinged so dead peers are noticed.
+    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    keepalive.tick().await;
+    let close = |code: u16, why: &str| {
+        WsMessage::Close(Some(axum::extract::ws::CloseFrame {
+            code,
+            reason: why.to_string().into(),
+        }))
+    };
+    loop {
+        tokio::select! {
+            _ = super::app::stopped(&mut shutdown) => {
+                let _ = tx.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                break;
+            }
+            _ = keepalive.tick() => {
+                if tx.send(WsMessage::Ping(Vec::new().into())).await.is_err() { break; }
+            }
+            v = updates.recv() => {
+                let (version, committed_at) = match v {
+                    Ok(v) => (v.number, Some(v.committed_at)),
+                    Err(RecvError::Lagged(_)) => (state.latest().map_or(0, |f| f.number), None),
+                    Err(RecvError::Closed) => break,
+                };
+                let msg = text("LATEST_VERSION", json!({
+                    "version": version.to_string(),
+                    "replicaID": r.uid,
+                    "replicaPath": r.path,
+                    "committedAt": committed_at,
+                }));
+                if tx.send(msg).await.is_err() { break; }
+            }
+            frame = rx.next() => {
+                let t = match frame {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue,
+                };
+                if t.len() > MAX_SUBSCRIBER_TEXT {
+                    let _ = tx.send(text("ERROR", json!({"message": "frame too long"}))).await;
+                    continue;
+                }
+                let t = t.as_str().trim();
+                if t.eq_ignore_ascii_case("PING") {
+                    if tx.send(WsMessage::Text("PONG".into())).await.is_err() { break; }
+                    continue;
+                }
+                let reply = match serde_json::from_str::<SubscribeMessage>(t) {
+                    Ok(m) => match m.kind.as_str() {
+                        "SUBSCRIBE" => {
+                            let latest = state.latest().map_or(0, |f| f.number);
+                            Some(text("SUBSCRIBED", json!({
+                                "replicaID": r.uid,
+                                "replicaPath": r.path,
+                                "version": latest.to_string(),
+                            })))
+                        }
+                        "UNSUBSCRIBE" => {
+                            let _ = tx.send(close(CLOSE_NORMAL, "unsubscribed")).await;
+                            break;
+                        }
+                        "PING" => Some(text("PONG", json!({}))),
+                        "PONG" => None,
+                        other => Some(text("ERROR", json!({"message": format!("unknown message type {other:?}")}))),
+                    },
+                    Err(_) if t.eq_ignore_ascii_case("PONG") => None,
+                    Err(e) => Some(text("ERROR", json!({"message": format!("not a subscribe message: {e}")}))),
+                };
+                if let Some(m) = reply
+                    && tx.send(m).await.is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(path = %r.path, "subscriber left");
+}

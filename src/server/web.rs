@@ -1,0 +1,237 @@
+//! The web pages: a namespace's public replicas, one replica's versions with
+//! its pull command, and downloads of any version as a file.
+//!
+//! Private replicas and unknown paths answer the same 404, so a page never
+//! tells an outsider that a private replica exists.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use tokio::io::AsyncReadExt;
+
+use super::app::{AppState, internal, refuse};
+use super::names;
+use super::store::VersionFile;
+use super::store::meta::{self, ReplicaRow};
+use crate::printer::human_bytes;
+use crate::protocol::{VersionRef, Visibility};
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '&' => o.push_str("&amp;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn page(title: &str, body: &str) -> Response {
+    Html(format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{t} · sqlrsync</title><style>\
+body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}}\
+table{{border-collapse:collapse;width:100%}}th,td{{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}}\
+td.num{{text-align:right;font-variant-numeric:tabular-nums}}code,pre{{background:#f4f4f4;padding:.2rem .4rem;border-radius:4px}}\
+</style></head><body><h1>{t}</h1>\n{body}\n<footer><p><small>served by sqlrsync-server {v}</small></p></footer></body></html>\n",
+        t = esc(title),
+        v = env!("CARGO_PKG_VERSION"),
+    ))
+    .into_response()
+}
+
+fn not_found() -> Response {
+    refuse(StatusCode::NOT_FOUND, "not found")
+}
+
+pub async fn home() -> Response {
+    page(
+        "sqlrsync server",
+        "<p>This server keeps versioned SQLite replicas pushed with \
+<a href=\"https://sqlrsync.com\">sqlrsync</a>. Open <code>/&lt;namespace&gt;</code> to list a \
+namespace's public replicas.</p>",
+    )
+}
+
+/// `GET /<namespace>`, `GET /<namespace>/<path>`, `GET /<namespace>/<path>@<version>`.
+pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap) -> Response {
+    let raw = uri.path().trim_start_matches('/');
+    if raw.contains('%') || raw.len() > names::MAX_PATH + 32 {
+        return refuse(StatusCode::BAD_REQUEST, "invalid path");
+    }
+    let raw = raw.trim_end_matches('/');
+    if !raw.contains('/') {
+        if names::validate_namespace(raw).is_err() {
+            return not_found();
+        }
+        return namespace_page(&st, raw);
+    }
+    let (path, version) = match raw.rsplit_once('@') {
+        Some((p, v)) => match VersionRef::parse_user(v) {
+            Ok(v) => (p, Some(v)),
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
+        },
+        None => (raw, None),
+    };
+    if names::validate_path(path).is_err() {
+        return not_found();
+    }
+    let replica = match st.store.with_meta(|c| meta::replica_by_path(c, path)) {
+        Ok(Some(r)) if r.visibility != Visibility::Private.as_str() => r,
+        Ok(_) => return not_found(),
+        Err(e) => return internal(e),
+    };
+    match version {
+        Some(v) => download(&st, replica, v).await,
+        None => replica_page(&st, &replica, &h),
+    }
+}
+
+pub async fn page_route(State(st): State<AppState>, uri: Uri, h: HeaderMap) -> Response {
+    page_handler(st, uri, h).await
+}
+
+fn namespace_page(st: &AppState, ns: &str) -> Response {
+    let (exists, replicas) = match st
+        .store
+        .with_meta(|c| Ok((meta::namespace_exists(c, ns)?, meta::replicas_of(c, ns)?)))
+    {
+        Ok(x) => x,
+        Err(e) => return internal(e),
+    };
+    if !exists {
+        return not_found();
+    }
+    let public: Vec<&ReplicaRow> = replicas
+        .iter()
+        .filter(|r| r.visibility == Visibility::Public.as_str() && r.latest > 0)
+        .collect();
+    let mut body = String::new();
+    if public.is_empty() {
+        body.push_str("<p>No public replicas.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"replicas\"><thead><tr><th>Replica</th><th>Latest version</th></tr></thead><tbody>\n",
+        );
+        for r in public {
+            body.push_str(&format!(
+                "<tr><td><a href=\"/{p}\">{p}</a></td><td class=\"num\">{v}</td></tr>\n",
+                p = esc(&r.path),
+                v = r.latest
+            ));
+        }
+        body.push_str("</tbody></table>");
+    }
+    page(ns, &body)
+}
+
+fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
+    let versions = match st.store.with_meta(|c| meta::versions(c, r.id)) {
+        Ok(v) => v,
+        Err(e) => return internal(e),
+    };
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    let scheme = if st.config.tls.is_some() { "wss" } else { "ws" };
+    let name = r.path.rsplit('/').next().unwrap_or("replica.db");
+    let mut body = format!(
+        "<p>Visibility: <strong>{vis}</strong>. Pull the latest version with:</p>\n\
+<pre id=\"pull-command\">sqlrsync {p} {n} --server {scheme}://{host}</pre>\n",
+        vis = esc(&r.visibility),
+        p = esc(&r.path),
+        n = esc(name),
+        host = esc(host),
+    );
+    if versions.is_empty() {
+        body.push_str("<p>No versions yet.</p>");
+    } else {
+        body.push_str(
+            "<table id=\"versions\"><thead><tr><th>Version</th><th>Time (UTC)</th><th>Size</th>\
+<th>Pages changed</th><th>Message</th><th>Download</th></tr></thead><tbody>\n",
+        );
+        for v in &versions {
+            body.push_str(&format!(
+                "<tr><td class=\"num\">{n}</td><td>{t}</td><td class=\"num\">{s}</td>\
+<td class=\"num\">{c} of {pc}</td><td>{m}</td><td><a href=\"/{p}@{n}\">{file}@{n}</a></td></tr>\n",
+                n = v.number,
+                t = esc(&v
+                    .created
+                    .replace('T', " ")
+                    .trim_end_matches('Z')
+                    .to_string()),
+                s = esc(&human_bytes(v.size())),
+                c = v.changed_pages,
+                pc = v.page_count,
+                m = esc(&v.message),
+                p = esc(&r.path),
+                file = esc(name),
+            ));
+        }
+        body.push_str("</tbody></table>");
+    }
+    page(&r.path, &body)
+}
+
+async fn download(st: &AppState, r: ReplicaRow, v: VersionRef) -> Response {
+    let latest = st.store.replica_state(&r).latest().map_or(0, |f| f.number);
+    let Some(n) = v.resolve(latest) else {
+        return not_found();
+    };
+    let store = st.store.clone();
+    let rr = r.clone();
+    let file: Arc<VersionFile> =
+        match tokio::task::spawn_blocking(move || store.version_file(&rr, n)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return internal(e),
+            Err(e) => return internal(e.into()),
+        };
+    let f = match tokio::fs::File::open(&file.path).await {
+        Ok(f) => f,
+        Err(e) => return internal(e.into()),
+    };
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    // Stream the file; the pinned VersionFile lives as long as the body.
+    let stream = futures_util::stream::unfold((f, file), |(mut f, file)| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(k) => {
+                buf.truncate(k);
+                Some((Ok::<_, std::io::Error>(buf), (f, file)))
+            }
+            Err(e) => Some((Err(e), (f, file))),
+        }
+    });
+    let name = r.path.rsplit('/').next().unwrap_or("replica.db");
+    let stem = name.strip_suffix(".db").unwrap_or(name);
+    (
+        [
+            (header::CONTENT_TYPE, "application/vnd.sqlite3".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"{}-v{n}.db\"",
+                    names::sanitise_part(stem)
+                ),
+            ),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

@@ -1,0 +1,357 @@
+//! Test-side websocket peer for the server tests: the real sqlite3_rsync
+//! helper (embedded in our library) on one side, bridged to the server's
+//! websocket by a small driver, like the `sqlrsync` client does.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use sqlrsync::protocol::{ClientControl, ServerConfig, ServerText};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// What a session came to.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// HTTP status when the upgrade was refused.
+    pub http_status: Option<u16>,
+    /// Body of the refusal.
+    pub http_body: String,
+    /// Every CONFIG received, in order.
+    pub configs: Vec<ServerConfig>,
+    /// MESSAGE texts.
+    pub messages: Vec<String>,
+    /// ABORT reason, if any.
+    pub abort: Option<String>,
+    /// Close code from the server.
+    pub close_code: Option<u16>,
+    /// Binary bytes received.
+    pub bytes_in: u64,
+    /// Why the driver stopped, when not by a close frame (diagnostics).
+    pub ended_by: Option<String>,
+}
+
+impl Outcome {
+    /// Merged CONFIG fields (later frames win).
+    pub fn config(&self) -> ServerConfig {
+        let mut c = ServerConfig::default();
+        for x in &self.configs {
+            macro_rules! take {
+                ($f:ident) => {
+                    if x.$f.is_some() {
+                        c.$f = x.$f.clone();
+                    }
+                };
+            }
+            take!(replica_id);
+            take!(replica_path);
+            take!(committed_version_id);
+            take!(new_pull_key);
+            take!(new_push_key);
+            take!(version_hash);
+        }
+        c
+    }
+
+    pub fn ok(&self) -> bool {
+        self.http_status.is_none() && self.abort.is_none() && self.close_code == Some(1000)
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) {
+        assert!(self.ok(), "session failed: {self:#?}");
+    }
+
+    pub fn version(&self) -> u64 {
+        self.config()
+            .committed_version_id
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Options of a session.
+#[derive(Debug, Default, Clone)]
+pub struct Opts {
+    pub key: Option<String>,
+    /// `X-Visibility`.
+    pub visibility: Option<&'static str>,
+    pub message: Option<String>,
+    pub key_request: bool,
+    /// `X-ReplicaVersion` (pull).
+    pub version: Option<String>,
+    pub hostname: Option<String>,
+    pub abs_path: Option<String>,
+    /// Cut the connection (no close frame) after sending this many stream bytes.
+    pub cut_after: Option<u64>,
+}
+
+fn request(url: &str, opts: &Opts) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = url.into_client_request().unwrap();
+    let h = req.headers_mut();
+    if let Some(k) = &opts.key {
+        h.insert("Authorization", k.parse().unwrap());
+    }
+    if let Some(v) = opts.visibility {
+        h.insert("X-Visibility", v.parse().unwrap());
+    }
+    if let Some(v) = &opts.version {
+        h.insert("X-ReplicaVersion", v.parse().unwrap());
+    }
+    if let Some(v) = &opts.hostname {
+        h.insert("X-LocalHostname", v.parse().unwrap());
+    }
+    if let Some(v) = &opts.abs_path {
+        h.insert("X-LocalAbsolutePath", v.parse().unwrap());
+    }
+    h.insert("X-ClientVersion", "server-tests".parse().unwrap());
+    req
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str, opts: &Opts) -> Result<Ws, Outcome> {
+    match tokio_tungstenite::connect_async(request(url, opts)).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(Outcome {
+            http_status: Some(resp.status().as_u16()),
+            http_body: resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+            ..Default::default()
+        }),
+        Err(e) => panic!("websocket connect to {url} failed: {e}"),
+    }
+}
+
+fn note_text(out: &mut Outcome, t: &str) {
+    match ServerText::parse(t) {
+        Ok(ServerText::Config(c)) => out.configs.push(c),
+        Ok(ServerText::Message(m)) => out.messages.push(m),
+        Ok(ServerText::Abort(a)) => out.abort = Some(a),
+        Err(_) => out.messages.push(t.to_string()),
+    }
+}
+
+fn helper() -> &'static Path {
+    sqlrsync::helper::path().unwrap()
+}
+
+/// Pushes `db` to `server/sapi/push/<path>` with the real helper as ORIGIN.
+pub async fn push(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcome {
+    let url = format!("{server_ws}/sapi/push/{path}");
+    let ws = match connect(&url, opts).await {
+        Ok(ws) => ws,
+        Err(o) => return o,
+    };
+    let mut child = Command::new(helper())
+        .arg("--origin")
+        .arg(db)
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut controls = Vec::new();
+    if let Some(m) = &opts.message {
+        controls.push(ClientControl::CommitMessage(m.clone()).encode());
+    }
+    bridge(ws, &mut child, controls, opts, true).await
+}
+
+/// Pulls `server/sapi/pull/<path>` into `db` with the real helper as REPLICA.
+pub async fn pull(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcome {
+    let url = format!("{server_ws}/sapi/pull/{path}");
+    let ws = match connect(&url, opts).await {
+        Ok(ws) => ws,
+        Err(o) => return o,
+    };
+    let mut child = Command::new(helper())
+        .arg("--replica")
+        .arg(path)
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    bridge(ws, &mut child, Vec::new(), opts, false).await
+}
+
+async fn bridge(
+    ws: Ws,
+    child: &mut tokio::process::Child,
+    pre: Vec<Vec<u8>>,
+    opts: &Opts,
+    is_push: bool,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let (mut tx, mut rx) = ws.split();
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().unwrap();
+    for f in pre {
+        tx.send(Message::Binary(f.into())).await.unwrap();
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut sent: u64 = 0;
+    let mut first = true;
+    let mut stdout_open = true;
+    let deadline = tokio::time::sleep(Duration::from_secs(120));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => panic!("session timed out: {out:#?}"),
+            n = stdout.read(&mut buf), if stdout_open => {
+                let n = n.unwrap_or(0);
+                if n == 0 { stdout_open = false; continue; }
+                if let Some(limit) = opts.cut_after && sent + n as u64 > limit {
+                    // Vanish without a close frame, like a dead network.
+                    let _ = child.start_kill();
+                    drop(tx);
+                    drop(rx);
+                    return out;
+                }
+                sent += n as u64;
+                if let Err(e) = tx.send(Message::Binary(buf[..n].to_vec().into())).await {
+                    out.ended_by = Some(format!("send: {e}"));
+                    break;
+                }
+                if first {
+                    first = false;
+                    if let Err(e) = tx.send(Message::Binary(ClientControl::Config.encode().into())).await {
+                        out.ended_by = Some(format!("send config: {e}"));
+                        break;
+                    }
+                    if opts.key_request
+                        && tx.send(Message::Binary(ClientControl::KeyRequest.encode().into())).await.is_err() { break; }
+                }
+            }
+            m = rx.next() => {
+                match m {
+                    Some(Ok(Message::Binary(b))) => {
+                        out.bytes_in += b.len() as u64;
+                        if let Some(s) = stdin.as_mut() && s.write_all(&b).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                    Some(Ok(Message::Text(t))) => note_text(&mut out, t.as_str()),
+                    Some(Ok(Message::Close(c))) => {
+                        out.close_code = Some(c.map_or(1005, |c| u16::from(c.code)));
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    None => { out.ended_by = Some("stream ended".into()); break; }
+                    Some(Err(e)) => { out.ended_by = Some(format!("recv: {e}")); break; }
+                }
+            }
+        }
+    }
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let _ = is_push;
+    let _ = tx.close().await;
+    out
+}
+
+/// Opens a session and sends raw frames (for hostile-input tests); returns
+/// what the server said.
+pub async fn raw(
+    server_ws: &str,
+    endpoint_and_path: &str,
+    opts: &Opts,
+    frames: Vec<Message>,
+) -> Outcome {
+    let url = format!("{server_ws}{endpoint_and_path}");
+    let ws = match connect(&url, opts).await {
+        Ok(ws) => ws,
+        Err(o) => return o,
+    };
+    let (mut tx, mut rx) = ws.split();
+    let mut out = Outcome::default();
+    for f in frames {
+        if tx.send(f).await.is_err() {
+            break;
+        }
+    }
+    let read = async {
+        while let Some(m) = rx.next().await {
+            match m {
+                Ok(Message::Text(t)) => note_text(&mut out, t.as_str()),
+                Ok(Message::Close(c)) => {
+                    out.close_code = Some(c.map_or(1005, |c| u16::from(c.code)));
+                    break;
+                }
+                Ok(Message::Binary(b)) => out.bytes_in += b.len() as u64,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+    let _ = CloseCode::Normal;
+    out
+}
+
+/// A plain HTTP GET on loopback: (status, headers text, body bytes).
+pub fn http_get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http head");
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut body = all[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
