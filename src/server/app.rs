@@ -191,13 +191,19 @@ pub async fn run(
                         key.display()
                     )
                 })?;
-            axum_server::from_tcp_rustls(listener, tls)
+            // TCP_NODELAY: protocol 2 is a ping-pong of small frames, which
+            // Nagle + delayed ACKs would stall by tens of milliseconds a round.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            axum_server::from_tcp(listener)
+                .acceptor(acceptor)
                 .handle(handle)
                 .serve(app)
                 .await?;
         }
         None => {
             axum_server::from_tcp(listener)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new())
                 .handle(handle)
                 .serve(app)
                 .await?;
