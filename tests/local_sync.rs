@@ -115,7 +115,8 @@ fn protocol_two_on_request_gives_the_same_result() {
         .arg(&origin)
         .arg(&replica)
         .args(["--protocol", "3"]));
-    assert!(!o.status.success());
+    assert_one_line_error(&o, "--protocol");
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
 }
 
 #[test]

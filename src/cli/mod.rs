@@ -228,7 +228,10 @@ pub fn main() -> ExitCode {
     {
         return crate::dropin::exec_helper(&args[1..]);
     }
-    let cli = Cli::parse_from(&args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     if cli.version {
         println!(
             "sqlrsync {} ({})",
@@ -254,6 +257,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Mode::Local { origin, replica } => crate::local::run(&cli, &origin, &replica),
         Mode::Push { .. } | Mode::Pull { .. } => crate::client::run(&cli, mode),
     }
+}
+
+/// clap's help and version go out as clap prints them; a usage error is
+/// one line (clap's own first line, without its usage block) and exit 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    let first = first.trim().trim_start_matches("error:").trim();
+    eprintln!("sqlrsync: error: {first} (see 'sqlrsync --help')");
+    ExitCode::from(2)
 }
 
 /// Errors are one line: newlines from nested causes become "; ".
