@@ -41,6 +41,36 @@ pub fn may_read(r: &ReplicaRow, key: Option<&KeyRecord>) -> bool {
 }
 
 /// Resolves path + key + version for pull and subscribe.
+/// What a read-side session (pull or subscribe) holds once admitted.
+pub struct Reader {
+    /// Connection-limit permit, held for the session's life.
+    pub permit: OwnedSemaphorePermit,
+    /// The key presented, if any (a pull may ask to issue a pull key).
+    pub key: Option<KeyRecord>,
+    /// The replica the key may read.
+    pub replica: ReplicaRow,
+}
+
+/// Admits a read-side upgrade: a connection slot, a valid path under
+/// `prefix`, a known key if one was presented, and read access to the
+/// replica. Every refusal is the HTTP response to send.
+pub fn admit_reader(
+    st: &AppState,
+    uri: &Uri,
+    h: &HeaderMap,
+    prefix: &str,
+) -> Result<Reader, Response> {
+    let permit = st.session_permit()?;
+    let path = remote_path(uri.path(), prefix)?.to_string();
+    let key = st.presented_key(h)?;
+    let replica = authorise_read(st, &path, key.as_ref())?;
+    Ok(Reader {
+        permit,
+        key,
+        replica,
+    })
+}
+
 pub fn authorise_read(
     st: &AppState,
     path: &str,
@@ -79,19 +109,11 @@ pub async fn handler(
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let permit = match st.session_permit() {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let path = match remote_path(uri.path(), "/sapi/pull/") {
-        Ok(p) => p.to_string(),
-        Err(r) => return r,
-    };
-    let key = match st.presented_key(&h) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let replica = match authorise_read(&st, &path, key.as_ref()) {
+    let Reader {
+        permit,
+        key,
+        replica,
+    } = match admit_reader(&st, &uri, &h, "/sapi/pull/") {
         Ok(r) => r,
         Err(r) => return r,
     };

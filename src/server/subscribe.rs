@@ -15,8 +15,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::app::{AppState, remote_path};
-use super::pull::authorise_read;
+use super::app::AppState;
+use super::pull::{Reader, admit_reader};
 use super::session::{CLOSE_GOING_AWAY, CLOSE_NORMAL};
 use super::store::meta::ReplicaRow;
 use crate::protocol::SubscribeMessage;
@@ -30,19 +30,9 @@ pub async fn handler(
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let permit = match st.session_permit() {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let path = match remote_path(uri.path(), "/sapi/subscribe/") {
-        Ok(p) => p.to_string(),
-        Err(r) => return r,
-    };
-    let key = match st.presented_key(&h) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let replica = match authorise_read(&st, &path, key.as_ref()) {
+    let Reader {
+        permit, replica, ..
+    } = match admit_reader(&st, &uri, &h, "/sapi/subscribe/") {
         Ok(r) => r,
         Err(r) => return r,
     };
