@@ -519,13 +519,18 @@ impl Report {
             Some(true) => ", verified",
             _ => "",
         };
+        // "12.3x less than a full copy" says something only when it is more
+        // than one; a first copy is simply a full copy.
+        let speedup = match self.speedup() {
+            s if s >= 1.1 => format!("{s:.1}x less than a full copy"),
+            _ => "a full copy".to_string(),
+        };
         printer.note(&format!(
-            "{} {arrow}: {version}, {} of {} pages sent, {} on the wire, {:.1}x less than a full copy, {:.1}s{verified}",
+            "{} {arrow}: {version}, {} of {} pages sent, {} on the wire, {speedup}, {:.1}s{verified}",
             self.mode,
             self.pages_sent,
             self.page_count,
             human_bytes(self.wire_bytes()),
-            self.speedup(),
             self.seconds,
         ));
         printer.verbose(&format!(
