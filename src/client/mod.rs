@@ -558,6 +558,23 @@ pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Exit code for a finished command: 130 after Ctrl-C.
+/// The last lines of a `--dry` report, the same for push and pull: what
+/// would be written next to the database.
+fn print_dry_writes(dash: &std::path::Path, key_request: bool) {
+    if key_request {
+        println!(
+            "writes:     {} when the server issues a pull key",
+            dash.display()
+        );
+    } else {
+        println!(
+            "writes:     nothing new next to the database ({} exists)",
+            dash.display()
+        );
+    }
+    println!("dry run:    nothing was sent and nothing was written");
+}
+
 pub fn interrupted_exit() -> ExitCode {
     ExitCode::from(EXIT_INTERRUPTED)
 }

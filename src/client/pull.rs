@@ -154,18 +154,7 @@ fn print_dry(p: &Plan, printer: &Printer, subscribe: bool) {
         p.key.source.describe()
     );
     println!("visibility: decided by the replica's owner");
-    if p.key_request {
-        println!(
-            "writes:     {} if the server issues a pull key",
-            dash.display()
-        );
-    } else {
-        println!(
-            "writes:     nothing new next to the database ({} exists)",
-            dash.display()
-        );
-    }
-    println!("dry run:    nothing was sent and nothing was written");
+    super::print_dry_writes(&dash, p.key_request);
 }
 
 /// Runs one pull (no subscribe).

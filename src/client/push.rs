@@ -186,18 +186,7 @@ fn print_dry(p: &Plan, printer: &Printer) {
     if let Some(m) = &p.message {
         println!("message:    {m}");
     }
-    if p.key_request {
-        println!(
-            "writes:     {} when the server issues a pull key",
-            dash.display()
-        );
-    } else {
-        println!(
-            "writes:     nothing new next to the database ({} exists)",
-            dash.display()
-        );
-    }
-    println!("dry run:    nothing was sent and nothing was written");
+    super::print_dry_writes(&dash, p.key_request);
 }
 
 /// Runs a push.
