@@ -235,3 +235,31 @@ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out lea
         content_digest(&env.path("a.db"))
     );
 }
+
+#[test]
+fn dry_push_without_any_key_reports_it_and_writes_nothing() {
+    let env = TestEnv::new();
+    let db = env.path("a.db");
+    make_db(
+        &db,
+        DbSpec {
+            rows: 10,
+            ..Default::default()
+        },
+    );
+    let before = file_sha256(&db);
+    let o =
+        run(env
+            .sqlrsync()
+            .arg(&db)
+            .arg("ns/a.db")
+            .args(["--dry", "--server", "ws://127.0.0.1:9"]));
+    assert_ok(&o);
+    assert!(stdout(&o).contains("the push would fail"), "{}", stdout(&o));
+    assert_eq!(file_sha256(&db), before);
+    assert!(
+        !env.home().join(".config/sqlrsync").exists(),
+        "--dry wrote client files"
+    );
+    assert!(!env.path("a.db-sqlrsync").exists());
+}

@@ -31,6 +31,8 @@ pub enum KeySource {
     Prompt,
     /// No key: an anonymous pull.
     Anonymous,
+    /// No key and no way to ask: only `--dry` gets this far, to say so.
+    Missing,
 }
 
 impl KeySource {
@@ -46,6 +48,9 @@ impl KeySource {
             KeySource::Anonymous => {
                 "none (anonymous pull: public or unlisted replicas only)".into()
             }
+            KeySource::Missing => "nowhere: no key is set and there is no terminal to ask; \
+                                   the push would fail (set SQLRSYNC_ADMIN_KEY or pass --adminKey/--pushKey)"
+                .into(),
         }
     }
 

@@ -118,7 +118,16 @@ pub fn plan(
         },
         true,
         "the first push of this database",
-    )?;
+    );
+    // --dry reports a missing key instead of failing on it: saying what
+    // would happen is its whole job.
+    let key = match key {
+        Err(_) if cli.dry => keys::Key {
+            value: None,
+            source: KeySource::Missing,
+        },
+        k => k?,
+    };
     let replica_id = cli.replica_id.clone().or_else(|| {
         entry
             .map(|e| e.replica_id.clone())
