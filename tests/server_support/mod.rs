@@ -145,6 +145,25 @@ fn helper() -> &'static Path {
     sqlrsync::helper::path().unwrap()
 }
 
+/// The real helper in `--origin`/`--replica` form on piped stdio, killed
+/// if the test drops it.
+fn spawn_helper(
+    side: &str,
+    origin: &std::ffi::OsStr,
+    replica: &std::ffi::OsStr,
+) -> tokio::process::Child {
+    Command::new(helper())
+        .arg(side)
+        .arg(origin)
+        .arg(replica)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// Pushes `db` to `server/sapi/push/<path>` with the real helper as ORIGIN.
 pub async fn push(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcome {
     let url = format!("{server_ws}/sapi/push/{path}");
@@ -152,16 +171,7 @@ pub async fn push(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcom
         Ok(ws) => ws,
         Err(o) => return o,
     };
-    let mut child = Command::new(helper())
-        .arg("--origin")
-        .arg(db)
-        .arg(path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_helper("--origin", db.as_os_str(), path.as_ref());
     let mut controls = Vec::new();
     if let Some(m) = &opts.message {
         controls.push(ClientControl::CommitMessage(m.clone()).encode());
@@ -176,16 +186,7 @@ pub async fn pull(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcom
         Ok(ws) => ws,
         Err(o) => return o,
     };
-    let mut child = Command::new(helper())
-        .arg("--replica")
-        .arg(path)
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_helper("--replica", path.as_ref(), db.as_os_str());
     bridge(ws, &mut child, Vec::new(), opts, false).await
 }
 
