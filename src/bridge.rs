@@ -378,12 +378,19 @@ fn spawn_helper(helper: &Path, args: &[OsString]) -> anyhow::Result<tokio::proce
     // close its input and let an unfinished replica roll back cleanly.
     cmd.process_group(0);
     tracing::debug!(?helper, ?args, "starting helper");
-    cmd.spawn().map_err(|e| {
+    let child = cmd.spawn().map_err(|e| {
         anyhow::anyhow!(
             "cannot start the sqlite3_rsync helper {}: {e}",
             helper.display()
         )
-    })
+    })?;
+    if let Some(i) = &child.stdin {
+        crate::helper::widen_pipe(i);
+    }
+    if let Some(o) = &child.stdout {
+        crate::helper::widen_pipe(o);
+    }
+    Ok(child)
 }
 
 /// What the stdout pump saw.

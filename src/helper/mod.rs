@@ -48,3 +48,24 @@ pub fn version_line() -> String {
         info::TOOL_VERSION
     )
 }
+
+/// Capacity asked for the pipes to and from a helper (Linux caps it at
+/// `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+const PIPE_CAPACITY: libc::c_int = 1 << 20;
+
+/// Widens a pipe to the helper from the default 64 KiB to 1 MiB. With the
+/// default, a helper streaming 4 KiB pages fills the pipe after 16 of them
+/// and sleeps until the bridge reads; every page then costs context switches
+/// on both ends, and measured over loopback those switches, not the copying,
+/// were most of what a remote sync cost beyond a LOCAL one. Failure (another
+/// OS, a lower system limit) only costs speed, so it is ignored.
+pub fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own changes only its buffer
+    // size; a non-pipe or a refused size just returns -1.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_CAPACITY);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}

@@ -153,6 +153,12 @@ impl HelperProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn()?;
+        if let Some(i) = &child.stdin {
+            crate::helper::widen_pipe(i);
+        }
+        if let Some(o) = &child.stdout {
+            crate::helper::widen_pipe(o);
+        }
         if let Some(err) = child.stderr.take() {
             // The helper's own diagnostics go to our log, line by line.
             tokio::spawn(async move {
