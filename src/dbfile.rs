@@ -408,16 +408,29 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 
 /// The `versionHash` of the database at `path` as SQLite reads it (WAL
 /// content included), see [`crate::protocol::VersionHasher`].
+///
+/// Everything happens inside one read transaction, so the pages are one
+/// consistent snapshot. A database in rollback-journal mode (what a pull
+/// leaves unless the replica was WAL) is then read straight from the file,
+/// its pages hashed on every core: the SHARED lock the transaction holds
+/// keeps writers out of the file, and without a WAL the file's bytes are
+/// exactly what SQLite would return. A WAL database goes through
+/// `sqlite_dbpage`, because its newest pages may live in the WAL.
 pub fn version_hash(path: &Path) -> anyhow::Result<String> {
     let c = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     c.busy_timeout(std::time::Duration::from_secs(10))?;
-    // One read transaction, so the pages are one consistent snapshot.
     c.execute_batch("BEGIN")?;
-    let mut hasher = crate::protocol::VersionHasher::new();
-    {
+    // BEGIN is deferred: reading page 1 is what takes the lock (and rolls
+    // back a hot journal first), before anything is measured.
+    c.query_row("SELECT 1 FROM sqlite_dbpage WHERE pgno = 1", [], |_| Ok(()))?;
+    let page_size: u32 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let page_count: u32 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    let hash = if mode.eq_ignore_ascii_case("wal") {
+        let mut hasher = crate::protocol::VersionHasher::new();
         let mut st = c.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
@@ -425,8 +438,65 @@ pub fn version_hash(path: &Path) -> anyhow::Result<String> {
             let data = r.get_ref(1)?.as_blob()?;
             hasher.page(pgno, data);
         }
-    }
+        hasher.finish()
+    } else {
+        hash_file_pages(path, page_size, page_count)?
+    };
     c.execute_batch("COMMIT")?;
+    Ok(hash)
+}
+
+/// The `versionHash` of pages 1..`page_count` of the file at `path`, read
+/// directly and hashed on up to four threads. The caller makes sure the
+/// file does not change meanwhile.
+pub fn hash_file_pages(path: &Path, page_size: u32, page_count: u32) -> anyhow::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let need = page_size as u64 * page_count as u64;
+    let have = file.metadata()?.len();
+    anyhow::ensure!(
+        have >= need,
+        "{} is {have} bytes, shorter than its {page_count} pages of {page_size}",
+        path.display()
+    );
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let mut digests = vec![[0u8; 32]; page_count as usize];
+    // Contiguous slices, one per thread; each reads 1 MiB at a time.
+    let per = (page_count as usize).div_ceil(threads).max(1);
+    let batch = ((1 << 20) / page_size as usize).max(1);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut jobs = Vec::new();
+        for (t, out) in digests.chunks_mut(per).enumerate() {
+            let file = &file;
+            jobs.push(scope.spawn(move || -> io::Result<()> {
+                let first = (t * per) as u64; // zero-based page index
+                let mut buf = vec![0u8; batch * page_size as usize];
+                for (b, outs) in out.chunks_mut(batch).enumerate() {
+                    let start = first + (b * batch) as u64;
+                    let bytes = &mut buf[..outs.len() * page_size as usize];
+                    file.read_exact_at(bytes, start * page_size as u64)?;
+                    for (k, (d, page)) in outs
+                        .iter_mut()
+                        .zip(bytes.chunks_exact(page_size as usize))
+                        .enumerate()
+                    {
+                        *d = crate::protocol::page_digest((start + k as u64 + 1) as u32, page);
+                    }
+                }
+                Ok(())
+            }));
+        }
+        for j in jobs {
+            j.join().expect("hashing thread panicked")?;
+        }
+        Ok(())
+    })?;
+    let mut hasher = crate::protocol::VersionHasher::new();
+    for (i, d) in digests.iter().enumerate() {
+        hasher.digest(i as u32 + 1, d);
+    }
     Ok(hasher.finish())
 }
 
@@ -456,6 +526,42 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn version_hash_reads_wal_and_rollback_files_alike() {
+        // The direct multi-threaded read (rollback mode) and the
+        // sqlite_dbpage read (WAL mode, pages still in the WAL) must agree
+        // on equal content, across many pages and thread boundaries.
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.db");
+        let c = Connection::open(&a).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(x); WITH RECURSIVE s(i) AS (VALUES(1) UNION ALL SELECT i+1 FROM s WHERE i<3000) INSERT INTO t SELECT zeroblob(900) || i FROM s;",
+        )
+        .unwrap();
+        drop(c);
+        let b = dir.path().join("b.db");
+        std::fs::copy(&a, &b).unwrap();
+        let wal = Connection::open(&b).unwrap();
+        wal.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0;")
+            .unwrap();
+        assert_eq!(version_hash(&a).unwrap(), version_hash(&b).unwrap());
+        let change = "UPDATE t SET x = zeroblob(900) || 'changed' WHERE rowid % 97 = 0;";
+        Connection::open(&a).unwrap().execute_batch(change).unwrap();
+        wal.execute_batch(change).unwrap();
+        assert!(dir.path().join("b.db-wal").metadata().unwrap().len() > 0);
+        let (ha, hb) = (version_hash(&a).unwrap(), version_hash(&b).unwrap());
+        assert_eq!(ha, hb);
+        // And the direct read sees a change on the last page.
+        let n: u32 = Connection::open(&a)
+            .unwrap()
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"x", n as u64 * 4096 - 1).unwrap();
+        assert_ne!(version_hash(&a).unwrap(), ha);
     }
 
     #[test]

@@ -552,19 +552,52 @@ impl ServerText {
 pub const VERSION_HASH_MASKED_HEADER_BYTES: [usize; 14] =
     [18, 19, 24, 25, 26, 27, 92, 93, 94, 95, 96, 97, 98, 99];
 
-/// Hashes a database version page by page: SHA-256 over pages 1..N in
-/// order, with the header bytes of [`VERSION_HASH_MASKED_HEADER_BYTES`]
-/// hashed as zeros: bytes 18 and 19 (WAL or rollback mode), because
-/// sqlite3_rsync itself keeps a WAL replica in WAL mode whatever the origin
-/// is, and the change counters and writer version, because every commit of
-/// a replica rewrites them. The server sends the result in CONFIG as
-/// `versionHash`.
+/// Hashes a database version page by page. The `versionHash` is
+/// SHA-256 over the concatenated SHA-256 digests of pages 1..N in order
+/// ([`page_digest`]), with the header bytes of
+/// [`VERSION_HASH_MASKED_HEADER_BYTES`] hashed as zeros: bytes 18 and 19
+/// (WAL or rollback mode), because sqlite3_rsync itself keeps a WAL replica
+/// in WAL mode whatever the origin is, and the change counters and writer
+/// version, because every commit of a replica rewrites them. The server
+/// sends the result in CONFIG as `versionHash`.
+///
+/// Why two levels rather than one SHA-256 over the whole file: the server
+/// already keeps every page's SHA-256 (its dedup key), so it can hash a new
+/// version by hashing only the pages that changed; and a client can hash
+/// the pages of a 100 MB replica on several cores at once, which is what
+/// makes verifying a pull cheap next to the pull itself.
 #[derive(Debug, Default, Clone)]
 pub struct VersionHasher {
-    /// Running digest.
+    /// Running digest over the page digests.
     hasher: sha2::Sha256,
     /// Next page number expected; pages must come in order.
     next_pgno: u32,
+}
+
+/// SHA-256 digest of one page as [`VersionHasher`] counts it: the page's
+/// bytes, except that page 1's masked header bytes count as zeros. For
+/// every other page it is the plain SHA-256 of the page.
+pub fn page_digest(pgno: u32, data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    if pgno != 1 {
+        return sha2::Sha256::digest(data).into();
+    }
+    let mut h = sha2::Sha256::new();
+    // Header fields that record who wrote last rather than what the
+    // database holds: bytes 18-19 (journal mode), 24-27 (file change
+    // counter), 92-95 (version-valid-for) and 96-99 (SQLite version of the
+    // last writer). sqlite3_rsync's replica commits with its own SQLite,
+    // which bumps these on every copy, so an exact copy never has them
+    // equal to its origin.
+    let head = data.len().min(100);
+    let mut header = [0u8; 100];
+    header[..head].copy_from_slice(&data[..head]);
+    for i in VERSION_HASH_MASKED_HEADER_BYTES {
+        header[i] = 0;
+    }
+    h.update(&header[..head]);
+    h.update(&data[head..]);
+    h.finalize().into()
 }
 
 impl VersionHasher {
@@ -577,33 +610,19 @@ impl VersionHasher {
 
     /// Adds page `pgno`; panics on out-of-order use (a programming error).
     pub fn page(&mut self, pgno: u32, data: &[u8]) {
+        self.digest(pgno, &page_digest(pgno, data));
+    }
+
+    /// Adds the [`page_digest`] of page `pgno`, computed elsewhere (another
+    /// thread, or the server's page index); panics on out-of-order use.
+    pub fn digest(&mut self, pgno: u32, digest: &[u8; 32]) {
         use sha2::Digest;
         assert_eq!(
             pgno, self.next_pgno,
             "version hash pages must come in order"
         );
         self.next_pgno += 1;
-        if pgno == 1 && data.len() >= 100 {
-            // Header fields that record who wrote last rather than what the
-            // database holds: bytes 18-19 (journal mode), 24-27 (file change
-            // counter), 92-95 (version-valid-for) and 96-99 (SQLite version
-            // of the last writer). sqlite3_rsync's replica commits with its
-            // own SQLite, which bumps these on every copy, so an exact copy
-            // never has them equal to its origin.
-            let mut header = [0u8; 100];
-            header.copy_from_slice(&data[..100]);
-            for i in VERSION_HASH_MASKED_HEADER_BYTES {
-                header[i] = 0;
-            }
-            self.hasher.update(header);
-            self.hasher.update(&data[100..]);
-        } else if pgno == 1 && data.len() >= 20 {
-            self.hasher.update(&data[..18]);
-            self.hasher.update([0u8, 0u8]);
-            self.hasher.update(&data[20..]);
-        } else {
-            self.hasher.update(data);
-        }
+        self.hasher.update(digest);
     }
 
     /// Lowercase hex digest.

@@ -46,7 +46,7 @@ use tokio::sync::broadcast;
 use meta::{ReplicaRow, VersionRow};
 use packs::{BlobLocation, BlobStore, PackStore, PageHash, page_hash, sync_dir};
 
-use crate::protocol::VersionHasher;
+use crate::protocol::{VersionHasher, page_digest};
 
 /// A materialised version file that sessions read. Pulls hold an `Arc` for
 /// as long as their helper runs, so a commit (or cache clean-up) never
@@ -418,7 +418,18 @@ impl Store {
             }
             changed = (1..=final_count).collect();
         }
-        let version_hash = hash_file(staging, page_size, final_count)?;
+        // The versionHash from the page digests already at hand: only page
+        // 1 needs its own, with the header counters masked.
+        let version_hash = {
+            let mut page1 = vec![0u8; page_size as usize];
+            staging_file.read_exact_at(&mut page1, 0)?;
+            let mut h = VersionHasher::new();
+            h.digest(1, &page_digest(1, &page1));
+            for (i, d) in sums.iter().enumerate().skip(1) {
+                h.digest(i as u32 + 1, d);
+            }
+            h.finish()
+        };
         if let Some(p) = &prev_row
             && p.version_hash == version_hash
             && p.page_size == page_size
@@ -681,15 +692,8 @@ pub struct VerifyCounts {
 
 /// The versionHash of a rollback-journal database file, read page by page.
 pub fn hash_file(path: &Path, page_size: u32, page_count: u32) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = VersionHasher::new();
-    let mut buf = vec![0u8; page_size as usize];
-    for pgno in 1..=page_count {
-        f.read_exact(&mut buf)
-            .with_context(|| format!("reading page {pgno} of {}", path.display()))?;
-        h.page(pgno, &buf);
-    }
-    Ok(h.finish())
+    crate::dbfile::hash_file_pages(path, page_size, page_count)
+        .with_context(|| format!("hashing {}", path.display()))
 }
 
 /// Page size from the database header (offset 16, 1 meaning 65536).
