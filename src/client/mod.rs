@@ -12,6 +12,7 @@ pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod subscribe;
+pub mod unchanged;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -442,6 +443,9 @@ pub struct Report {
     /// Some(true) when checked against versionHash; None when the server
     /// sent none (or on a push).
     pub verified: Option<bool>,
+    /// A push that found the server's latest version equal to the local
+    /// database and sent nothing (see unchanged.rs).
+    pub unchanged: bool,
     pub messages: Vec<String>,
 }
 
@@ -463,6 +467,7 @@ impl Report {
             seconds: started.elapsed().as_secs_f64(),
             verify_seconds: 0.0,
             verified: None,
+            unchanged: false,
             messages: Vec::new(),
         }
     }
@@ -500,6 +505,7 @@ impl Report {
                 "seconds": (self.seconds * 1000.0).round() / 1000.0,
                 "verifySeconds": (self.verify_seconds * 1000.0).round() / 1000.0,
                 "verified": self.verified,
+                "unchanged": self.unchanged,
                 "messages": self.messages,
             });
             println!("{v}");
@@ -525,6 +531,15 @@ impl Report {
             s if s >= 1.1 => format!("{s:.1}x less than a full copy"),
             _ => "a full copy".to_string(),
         };
+        if self.unchanged {
+            printer.note(&format!(
+                "{} {arrow}: {version} unchanged, no pages sent, {} on the wire, {:.1}s",
+                self.mode,
+                human_bytes(self.wire_bytes()),
+                self.seconds,
+            ));
+            return;
+        }
         printer.note(&format!(
             "{} {arrow}: {version}, {} of {} pages sent, {} on the wire, {speedup}, {:.1}s{verified}",
             self.mode,

@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 
 use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
+use super::unchanged;
 use crate::bridge;
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
@@ -241,14 +242,60 @@ pub async fn run(
         p.key.source.describe()
     ));
     let started = Instant::now();
+    // A database unchanged since its last push from here is worth checking
+    // before syncing (see unchanged.rs); the hash runs while we connect.
+    let fingerprint = unchanged::fingerprint(&p.local);
+    let probe_hash = fingerprint
+        .as_deref()
+        .filter(|_| !p.first_push && !p.key_request)
+        .and_then(|f| unchanged::matching_record(&p.server, &p.local, f))
+        .map(|_| {
+            let db = p.local.clone();
+            tokio::task::spawn_blocking(move || dbfile::version_hash(&db))
+        });
     let mut stop = interrupt.clone();
-    let ws = tokio::select! {
+    let mut ws = tokio::select! {
         ws = super::connect(&url, &hdrs) => ws?,
         _ = super::wait_true(&mut stop) => {
             eprintln!("sqlrsync: interrupted; nothing was sent");
             return Ok(super::interrupted_exit());
         }
     };
+
+    if let Some(local_hash) = probe_hash
+        && let unchanged::Probe::Unchanged { config, wire_bytes } =
+            unchanged::probe(&mut ws, local_hash).await?
+    {
+        let version = config.committed_version_id.clone();
+        printer.note(&format!(
+            "no changes: version {} on the server already holds this database; nothing sent",
+            version.as_deref().unwrap_or("?")
+        ));
+        if let (Some(f), Some(h)) = (&fingerprint, &config.version_hash) {
+            unchanged::save_record(
+                &p.server,
+                &p.local,
+                &unchanged::PushRecord {
+                    fingerprint: f.clone(),
+                    version_hash: h.clone(),
+                },
+            );
+        }
+        let stats = bridge::Stats::default();
+        let mut report = super::Report::new("PUSH", &stats, started);
+        report.local = p.local.display().to_string();
+        report.remote = config
+            .replica_path
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(p.remote_path.clone());
+        report.server = p.server.clone();
+        report.version = version;
+        report.wire_received = wire_bytes;
+        report.unchanged = true;
+        report.print(&printer);
+        return Ok(ExitCode::SUCCESS);
+    }
 
     let name = if p.remote_path.is_empty() {
         p.local
@@ -299,6 +346,16 @@ pub async fn run(
         .unwrap_or(p.remote_path.clone());
     let replica_id = cfg.replica_id.clone().or(p.replica_id.clone());
     keep_keys(&p, &cfg, &remote_path, replica_id.as_deref(), &printer)?;
+    if let (Some(f), Some(h)) = (&fingerprint, &cfg.version_hash) {
+        unchanged::save_record(
+            &p.server,
+            &p.local,
+            &unchanged::PushRecord {
+                fingerprint: f.clone(),
+                version_hash: h.clone(),
+            },
+        );
+    }
 
     let mut report = super::Report::new("PUSH", &stats, started);
     report.local = p.local.display().to_string();

@@ -185,6 +185,9 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
                         .await;
                     let _ = out.send(config_text(cfg.clone())).await;
                 }
+                PushEnd::Withdrawn => {
+                    tracing::info!(path = %path, "client closed before sending a stream; nothing to do");
+                }
             }
             let _ = out.send(Out::Close(CLOSE_NORMAL, "done".into())).await;
         }
@@ -201,6 +204,8 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
 enum PushEnd {
     Committed(ServerConfig, meta::VersionRow),
     NoChange(ServerConfig, u64),
+    /// The client closed before sending any stream: nothing to do.
+    Withdrawn,
 }
 
 /// Removes the staging file unless the commit took it.
@@ -273,6 +278,11 @@ async fn run(
                 return Err(Abort::Cut(
                     "connection closed before the push finished".into(),
                 ));
+            }
+            Some(Ok(WsMessage::Close(_))) if first_message && prefix.is_empty() => {
+                // Closed before any stream data: the client learnt from
+                // CONFIG that it has nothing to push (or changed its mind).
+                return Ok(PushEnd::Withdrawn);
             }
             Some(Ok(WsMessage::Close(_))) => {
                 return Err(Abort::Cut("client closed before the push finished".into()));
@@ -476,6 +486,17 @@ fn config_for(
         });
         res.map_err(|e| Abort::Server(format!("issuing keys: {e:#}")))?;
     }
+    // The hash of the version named: before the push it is the latest, so
+    // a client holding exactly that content can stop here (see
+    // client::push's "unchanged" check) instead of syncing to no effect.
+    let version_hash = if version > 0 {
+        st.store
+            .with_meta(|c| meta::version(c, r.id, version))
+            .map_err(|e| Abort::Server(format!("reading version {version}: {e:#}")))?
+            .map(|v| v.version_hash)
+    } else {
+        None
+    };
     Ok(ServerConfig {
         replica_id: Some(r.uid.clone()),
         replica_path: Some(r.path.clone()),
@@ -490,7 +511,7 @@ fn config_for(
         } else {
             None
         },
-        version_hash: None,
+        version_hash,
     })
 }
 
