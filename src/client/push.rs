@@ -346,12 +346,15 @@ pub async fn run(
         .unwrap_or(p.remote_path.clone());
     let replica_id = cfg.replica_id.clone().or(p.replica_id.clone());
     keep_keys(&p, &cfg, &remote_path, replica_id.as_deref(), &printer)?;
-    if let (Some(f), Some(h)) = (&fingerprint, &cfg.version_hash) {
+    // The fingerprint after the push, not before: reading a WAL database
+    // may checkpoint it on close. Taking it late is safe because the record
+    // only decides whether to hash next time, never whether to skip.
+    if let (Some(f), Some(h)) = (unchanged::fingerprint(&p.local), &cfg.version_hash) {
         unchanged::save_record(
             &p.server,
             &p.local,
             &unchanged::PushRecord {
-                fingerprint: f.clone(),
+                fingerprint: f,
                 version_hash: h.clone(),
             },
         );
