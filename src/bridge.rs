@@ -401,8 +401,8 @@ struct PumpResult {
 }
 
 /// Helper stdout -> binary frames, with our control frames at boundaries.
-async fn pump_stdout(
-    mut stdout: tokio::process::ChildStdout,
+async fn pump_stdout<R: AsyncRead + Unpin>(
+    mut stdout: R,
     mut parser: StreamParser,
     tx: mpsc::Sender<Out>,
     before: Vec<Vec<u8>>,
@@ -740,5 +740,117 @@ mod tests {
         drop(a);
         let (n, eof) = read_coalesced(&mut b, &mut buf).await.unwrap();
         assert_eq!((n, eof), (0, true));
+    }
+
+    /// An ORIGIN stream as the helper writes it: BEGIN, `pages` pages of
+    /// 4 KiB, TXN, END.
+    fn origin_stream(pages: u32) -> Vec<u8> {
+        let mut s = vec![0x41, 2, 12];
+        s.extend_from_slice(&pages.to_be_bytes());
+        for p in 1..=pages {
+            s.push(0x44);
+            s.extend_from_slice(&p.to_be_bytes());
+            s.extend(std::iter::repeat_n((p % 251) as u8, 4096));
+        }
+        s.push(0x45);
+        s.extend_from_slice(&pages.to_be_bytes());
+        s.push(0x42);
+        s
+    }
+
+    /// A pipe that hands out the stream in uneven pieces and is now and
+    /// then "empty" (Pending), like a helper writing while we read.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+        polls: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.polls += 1;
+            if self.polls % 3 == 0 {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            // Piece sizes cycle through awkward values: 1 byte, a header,
+            // less than a page, more than a frame.
+            const SIZES: [usize; 7] = [1, 5, 4101, 3, 70_000, 9, 12_345];
+            self.step += 1;
+            let want = SIZES[self.step % SIZES.len()];
+            let n = want.min(buf.remaining()).min(self.data.len() - self.pos);
+            let pos = self.pos;
+            buf.put_slice(&self.data[pos..pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn control_frames_only_at_message_boundaries() {
+        use crate::protocol::ClientControl;
+        struct Quiet;
+        impl Observer for Quiet {
+            fn progress(&self, _: &Stats) {}
+            fn message(&self, _: &str) {}
+            fn helper_line(&self, _: &str) {}
+        }
+        let stream = origin_stream(60);
+        let reader = Trickle {
+            data: stream.clone(),
+            pos: 0,
+            step: 0,
+            polls: 0,
+        };
+        let before = vec![ClientControl::CommitMessage("m".into()).encode()];
+        let after = vec![
+            ClientControl::Config.encode(),
+            ClientControl::KeyRequest.encode(),
+        ];
+        let (tx, mut rx) = mpsc::channel::<Out>(1024);
+        let res = pump_stdout(
+            reader,
+            StreamParser::new(Direction::FromOrigin),
+            tx,
+            before.clone(),
+            after.clone(),
+            Arc::new(Stats::default()),
+            Arc::new(Quiet),
+        )
+        .await;
+        assert!(res.error.is_none(), "{:?}", res.error);
+        assert!(res.origin.complete());
+
+        let mut data = Vec::new();
+        let mut controls = Vec::new();
+        let mut stream_frames = 0;
+        while let Ok(Out::Frame(WsMessage::Binary(f))) = rx.try_recv() {
+            assert!(
+                !f.is_empty() && f.len() <= MAX_FRAME,
+                "frame of {}",
+                f.len()
+            );
+            let mut p = StreamParser::new(Direction::FromOrigin);
+            p.feed(&data, |_| {}).unwrap();
+            if p.at_boundary() && is_control_byte(f[0]) {
+                // Where a receiver tracking boundaries would see it.
+                controls.push((data.len(), f.to_vec()));
+            } else {
+                data.extend_from_slice(&f);
+                stream_frames += 1;
+            }
+        }
+        assert_eq!(data, stream, "the stream arrives whole and in order");
+        assert!(stream_frames > 3, "{stream_frames} frames");
+        assert_eq!(controls.len(), 3, "{controls:?}");
+        assert_eq!((controls[0].0, &controls[0].1), (0, &before[0]));
+        assert!(controls[1].0 > 0, "CONFIG after the first stream frame");
+        assert_eq!(controls[1].1, after[0]);
+        assert_eq!(controls[2].1, after[1]);
     }
 }
