@@ -146,21 +146,47 @@ pub async fn run(
                             printer
                                 .verbose(&format!("new version {}", v.as_deref().unwrap_or("?")));
                             backoff = BACKOFF_START;
-                            // Pull now, keeping the subscription open.
-                            match pull::pull_once(cli, printer, &mut plan, &env, interrupt.clone())
-                                .await
-                            {
-                                Ok(report) => {
-                                    last_version = report.version.clone().or(v);
-                                    report.print(&printer);
+                            // Pull now, keeping the subscription open and
+                            // answered; again while versions keep coming.
+                            let mut wanted = v;
+                            let mut lost = false;
+                            while !lost {
+                                let pull = pull::pull_once(
+                                    cli,
+                                    printer,
+                                    &mut plan,
+                                    &env,
+                                    interrupt.clone(),
+                                );
+                                let (res, newest, gone) = pull_listening(&mut ws, pull).await;
+                                lost = gone;
+                                match res {
+                                    Ok(report) => {
+                                        last_version = report.version.clone().or(wanted);
+                                        report.print(&printer);
+                                    }
+                                    Err(PullError::Interrupted(_)) => {
+                                        return Ok(stopped(&printer));
+                                    }
+                                    Err(PullError::Failed(e)) if !retryable(&e) => return Err(e),
+                                    Err(PullError::Failed(e)) => {
+                                        printer.note(&format!(
+                                            "sqlrsync: pull failed: {e:#}; will retry"
+                                        ));
+                                        lost = true;
+                                        break;
+                                    }
                                 }
-                                Err(PullError::Interrupted(_)) => return Ok(stopped(&printer)),
-                                Err(PullError::Failed(e)) if !retryable(&e) => return Err(e),
-                                Err(PullError::Failed(e)) => {
-                                    printer
-                                        .note(&format!("sqlrsync: pull failed: {e:#}; will retry"));
-                                    break;
+                                match newest {
+                                    Some(n) if Some(&n) != last_version.as_ref() => {
+                                        wanted = Some(n)
+                                    }
+                                    _ => break,
                                 }
+                            }
+                            if lost {
+                                // Reconnecting pulls first: nothing is missed.
+                                break;
                             }
                         }
                         "ERROR" => {
@@ -189,6 +215,41 @@ pub async fn run(
                 }
                 Some(Ok(_)) => {}
             }
+        }
+    }
+}
+
+/// Runs `pull` while still reading the subscription: PINGs are answered
+/// (a long pull must not look like a dead subscriber) and the newest
+/// LATEST_VERSION announced meanwhile is returned, so the caller pulls
+/// again rather than miss it. The flag says the subscription socket ended.
+async fn pull_listening<F>(
+    ws: &mut super::Socket,
+    pull: F,
+) -> (Result<super::Report, PullError>, Option<String>, bool)
+where
+    F: std::future::Future<Output = Result<super::Report, PullError>>,
+{
+    tokio::pin!(pull);
+    let mut newest = None;
+    let mut lost = false;
+    loop {
+        tokio::select! {
+            r = &mut pull => return (r, newest, lost),
+            m = ws.next(), if !lost => match m {
+                Some(Ok(WsMessage::Text(t))) => {
+                    if t.as_str() == "PING" {
+                        let _ = ws.send(WsMessage::Text("PONG".into())).await;
+                    } else if let Ok(m) = serde_json::from_str::<SubscribeMessage>(t.as_str())
+                        && m.kind == "LATEST_VERSION"
+                    {
+                        newest = version_of(&m.data).or(newest);
+                    }
+                }
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => lost = true,
+                // Websocket pings are answered by the library as it reads.
+                Some(Ok(_)) => {}
+            },
         }
     }
 }
