@@ -151,6 +151,7 @@ pub async fn run(
     listener: std::net::TcpListener,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: tokio::sync::oneshot::Sender<SocketAddr>,
 ) -> Result<()> {
     let data_dir = config.data_dir.clone();
     let compression = config.compression;
@@ -177,6 +178,16 @@ pub async fn run(
             // Keep the sender alive so receivers never see a closed channel
             // before the server has stopped.
             std::future::pending::<()>().await;
+        });
+    }
+    {
+        // Tell the caller once the server really accepts connections (the
+        // store is open, TLS loaded), so "listening" is never premature.
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Some(addr) = handle.listening().await {
+                let _ = ready.send(addr);
+            }
         });
     }
     listener.set_nonblocking(true)?;

@@ -313,11 +313,15 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_frame: a.max_frame.max(64 * 1024),
             compression: a.compression,
         };
-        let server = tokio::spawn(run(listener, config, shutdown_signal()?));
-        // Announce only once the store opened and the server is running.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        if server.is_finished() {
-            return server.await?.map(|_| ExitCode::FAILURE);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut server = tokio::spawn(run(listener, config, shutdown_signal()?, ready_tx));
+        // Announce only once the store opened and the server accepts.
+        tokio::select! {
+            r = ready_rx => if r.is_err() {
+                // Dropped without a word: the server stopped; say why.
+                return server.await?.map(|_| ExitCode::FAILURE);
+            },
+            r = &mut server => return r?.map(|_| ExitCode::FAILURE),
         }
         println!("sqlrsync-server listening on {scheme}://{addr}");
         use std::io::Write;
