@@ -110,6 +110,9 @@ fn versions_round_trip_and_dedup() {
             },
         ));
         o.assert_ok();
+        // NEWREPLICAVERSION comes exactly when the version served is not
+        // the latest.
+        assert_eq!(o.newer_version, version.is_some(), "pull of {version:?}");
         assert_eq!(&content_digest(&out), digest, "pull of {version:?}");
         assert_integrity(&out);
         assert_eq!(o.config().version_hash.unwrap(), version_hash(&out));

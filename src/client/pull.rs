@@ -348,6 +348,11 @@ pub async fn pull_once(
     for l in &outcome.helper_stderr {
         printer.verbose(&format!("sqlite3_rsync: {l}"));
     }
+    // Only news when the latest was asked for: it moved on during the pull.
+    if outcome.newer_version && p.version == VersionRef::Latest && !cli.subscribe {
+        printer
+            .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
+    }
     let mut report = super::Report::new("PULL", &stats, started);
     report.local = p.local.display().to_string();
     report.remote = format!("{}@{}", p.remote_path, p.version);

@@ -26,8 +26,8 @@ use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
 use crate::helper::Side;
 use crate::protocol::{
-    ClientControl, Direction, OriginSummary, ServerConfig, StreamParser, VersionRef, Visibility,
-    headers, is_control_byte,
+    CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, StreamParser,
+    VersionRef, Visibility, headers, is_control_byte,
 };
 
 /// Who may read `r` with `key` (None: anonymous). Private replicas and
@@ -203,7 +203,11 @@ async fn run(
         .map_err(|e| Abort::Server(format!("cannot start the helper: {e:#}")))?;
     let stdout = helper.stdout.take().expect("piped stdout");
     let (ended_tx, mut ended_rx) = oneshot::channel::<()>();
-    let mut pump = tokio::spawn(pump_origin(stdout, out.clone(), ended_tx));
+    let newer = NewerCheck {
+        state: st.store.replica_state(&ctx.replica),
+        pulled: n,
+    };
+    let mut pump = tokio::spawn(pump_origin(stdout, out.clone(), ended_tx, newer));
     let mut stdin = helper.stdin.take();
     let mut parser = StreamParser::new(Direction::FromReplica);
     let mut pull_key: Option<String> = None;
@@ -289,10 +293,19 @@ async fn run(
 }
 
 /// Carries the helper's ORIGIN stream to the client, reporting ORIGIN_END.
+/// What the pump needs to tell the client that a newer version exists.
+struct NewerCheck {
+    /// The replica's live state (its latest version moves on commits).
+    state: Arc<crate::server::store::ReplicaState>,
+    /// The version this pull serves.
+    pulled: u64,
+}
+
 async fn pump_origin(
     mut stdout: tokio::process::ChildStdout,
     out: OutTx,
     ended: oneshot::Sender<()>,
+    newer: NewerCheck,
 ) -> OriginSummary {
     let mut parser = StreamParser::new(Direction::FromOrigin);
     let mut summary = OriginSummary::default();
@@ -312,6 +325,16 @@ async fn pump_origin(
         if parser.ended()
             && let Some(tx) = ended.take()
         {
+            // The stream is whole, so this is a message boundary: the one
+            // place a control frame may go. Say if the pulled version is no
+            // longer the latest (one was committed, or an older one asked).
+            if newer
+                .state
+                .latest()
+                .is_some_and(|l| l.number > newer.pulled)
+            {
+                let _ = out.send(Out::Binary(vec![CTRL_NEWREPLICAVERSION])).await;
+            }
             let _ = tx.send(());
         }
     }

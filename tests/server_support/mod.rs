@@ -32,6 +32,8 @@ pub struct Outcome {
     pub close_code: Option<u16>,
     /// Binary bytes received.
     pub bytes_in: u64,
+    /// The server sent NEWREPLICAVERSION (after the stream ended).
+    pub newer_version: bool,
     /// Why the driver stopped, when not by a close frame (diagnostics).
     pub ended_by: Option<String>,
 }
@@ -240,6 +242,7 @@ async fn bridge(
             }
             m = rx.next() => {
                 match m {
+                    Some(Ok(Message::Binary(b))) if b[..] == [0x52] => out.newer_version = true,
                     Some(Ok(Message::Binary(b))) => {
                         out.bytes_in += b.len() as u64;
                         if let Some(s) = stdin.as_mut() && s.write_all(&b).await.is_err() {
