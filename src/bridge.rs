@@ -79,6 +79,9 @@ pub struct Spec {
     /// Print the helper's stderr as it comes (-vv); otherwise it is
     /// collected and reported with the result.
     pub live_stderr: bool,
+    /// Keep the digest of every page received (a pull that will be
+    /// verified): see [`crate::dbfile::version_hash_with`].
+    pub digest_received: bool,
 }
 
 /// Byte counts of one connection, shared by the tasks.
@@ -161,6 +164,8 @@ pub struct Outcome {
     pub interrupted: bool,
     /// The server said a newer version exists (NEWREPLICAVERSION).
     pub newer_version: bool,
+    /// Digests of the pages received, when [`Spec::digest_received`].
+    pub received: Option<crate::dbfile::ReceivedPages>,
 }
 
 /// State the reader task shares with the coordinator.
@@ -218,6 +223,7 @@ where
         shared.clone(),
         config_seen.clone(),
         cancel_rx,
+        spec.digest_received,
     ));
     let mut pump = tokio::spawn(pump_stdout(
         stdout,
@@ -342,6 +348,7 @@ where
         out.connection_error = rr.connection_error.or(pump_result.error);
     }
     out.abort = rr.abort;
+    out.received = rr.received;
     out.close = rr.close;
     out.protocol_error = rr.protocol_error;
     let sh = std::mem::take(&mut *shared.lock().await);
@@ -573,6 +580,7 @@ struct ReaderResult {
     close: Option<(u16, String)>,
     connection_error: Option<String>,
     protocol_error: Option<String>,
+    received: Option<crate::dbfile::ReceivedPages>,
 }
 
 /// Binary frames -> helper stdin; text frames acted on. Returns when the
@@ -588,6 +596,7 @@ async fn read_socket<S>(
     shared: Arc<Mutex<Shared>>,
     config_seen: Arc<Notify>,
     mut cancel: watch::Receiver<bool>,
+    digest_received: bool,
 ) -> ReaderResult
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -636,6 +645,11 @@ where
                 }
                 let fed = parser.feed(&data, |m| {
                     note_message(&m, &stats);
+                    if let (Message::OriginPage { pgno, data }, Some(r)) =
+                        (&m, res.received.as_mut())
+                    {
+                        r.add(*pgno, data);
+                    }
                     res.origin.observe(&m);
                     res.replica.observe(&m);
                 });
@@ -669,6 +683,11 @@ where
                     .fetch_add(frame_len(t.len(), false), Ordering::Relaxed);
                 match ServerText::parse(t.as_str()) {
                     Ok(ServerText::Config(c)) => {
+                        // Digest pages only once there is a hash to check
+                        // them against; pages before that are read back.
+                        if digest_received && c.version_hash.is_some() && res.received.is_none() {
+                            res.received = Some(Default::default());
+                        }
                         let mut sh = shared.lock().await;
                         sh.config = Some(merge_config(sh.config.take(), c));
                         drop(sh);

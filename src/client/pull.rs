@@ -274,6 +274,7 @@ pub async fn pull_once(
         after_first: after,
         want_config: true,
         live_stderr: printer.verbose >= 2,
+        digest_received: true,
     };
     let (stats, progress) = super::observer(printer);
     let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await;
@@ -299,8 +300,11 @@ pub async fn pull_once(
     let verified = match &cfg.version_hash {
         Some(want) => {
             let hashing = Instant::now();
-            let got = dbfile::version_hash(&p.local)
-                .with_context(|| format!("cannot hash {} to verify it", p.local.display()))?;
+            let got = match &outcome.received {
+                Some(received) => dbfile::version_hash_with(&p.local, received),
+                None => dbfile::version_hash(&p.local),
+            }
+            .with_context(|| format!("cannot hash {} to verify it", p.local.display()))?;
             if !got.eq_ignore_ascii_case(want) {
                 return Err(PullError::Failed(anyhow::anyhow!(
                     "VERIFICATION FAILED: {} does not match the server's version (hash {} expected, {} found); do not trust this copy",

@@ -326,6 +326,7 @@ pub async fn run(
         after_first: after,
         want_config: false,
         live_stderr: printer.verbose >= 2,
+        digest_received: false,
     };
     let (stats, progress) = super::observer(printer);
     let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await?;
