@@ -551,3 +551,44 @@ fn writer_commits_to_a_wal_origin_through_pushes() {
 fn writer_commits_to_a_rollback_journal_origin_through_pushes() {
     writer_through_pushes(false);
 }
+
+/// `sqlrsync-server verify` run next to a live server while pushes commit:
+/// it must only read (not clean up staging files, cut pack tails or remove
+/// version files of the live server), and must not report damage that is
+/// only a commit in progress.
+#[test]
+fn verify_next_to_a_live_server_disturbs_nothing() {
+    let f = Fixture::start(&[]);
+    let states = two_states(&f.env);
+    let origin = f.path("origin.db");
+    install(&states[0].path, &origin);
+    assert_ok(&push(&f, &origin));
+    let rounds = trials(3, 20);
+    for round in 0..rounds {
+        let next = (round + 1) % 2;
+        install(&states[next].path, &origin);
+        let args = push_args(&origin);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = spawn_captured(&mut f.cmd(&args));
+        let mut verifies = 0;
+        while child.try_wait().unwrap().is_none() {
+            let v = run(f
+                .env
+                .command(SERVER)
+                .args(["verify", "--data-dir"])
+                .arg(&f.data));
+            assert_ok(&v);
+            verifies += 1;
+        }
+        let o = wait_output(child, Duration::from_secs(60));
+        assert_ok(&o);
+        assert!(verifies > 0);
+        let meta = f.meta("team/big.db");
+        assert_eq!(meta.latest_hash(), Some(states[next].hash.as_str()));
+        assert_eq!(meta.versions, round as u64 + 2);
+    }
+    let check = f.path("check.db");
+    assert_ok(&run(&mut f.cmd(&["team/big.db", check.to_str().unwrap()])));
+    assert_eq!(content_digest(&check), states[rounds % 2].digest);
+    f.verify_store();
+}

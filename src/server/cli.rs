@@ -262,7 +262,8 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             if !d.data_dir.join("meta.db").exists() {
                 bail!("{} holds no sqlrsync-server store", d.data_dir.display());
             }
-            let store = Store::open(&d.data_dir, store::DEFAULT_COMPRESSION)?;
+            // Read-only: verify may run next to a live server.
+            let store = Store::open_read_only(&d.data_dir)?;
             let (damage, counts) = store.verify()?;
             for line in &damage {
                 println!("DAMAGE: {line}");
