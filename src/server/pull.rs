@@ -27,7 +27,7 @@ use super::store::meta::{self, ReplicaRow, VersionRow};
 use crate::helper::Side;
 use crate::protocol::{
     ClientControl, Direction, OriginSummary, ServerConfig, StreamParser, VersionRef, Visibility,
-    headers, is_control_byte,
+    headers, is_control_byte, keepalive_interval,
 };
 
 /// Who may read `r` with `key` (None: anonymous). Private replicas and
@@ -156,7 +156,7 @@ pub async fn handler(
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = spawn_writer(sink);
+    let (out, writer) = spawn_writer(sink, keepalive_interval(st.config.idle_timeout));
     let started = std::time::Instant::now();
     match run(&mut stream, &out, &st, &ctx).await {
         Ok(pages) => {
@@ -221,7 +221,14 @@ async fn run(
                 stdin = None;
             }
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
-            frame = stream.next() => {
+            frame = tokio::time::timeout(st.config.idle_timeout, stream.next()) => {
+                // A client that sends nothing at all (its keepalives
+                // included) for the idle timeout has stalled; without this
+                // the session, its helper and the pinned version would wait
+                // for it forever.
+                let Ok(frame) = frame else {
+                    return Err(super::push::idle_abort(st));
+                };
                 let data = match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => {
                         if origin_ended {

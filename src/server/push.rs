@@ -27,15 +27,14 @@ use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::names;
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, IDLE_TIMEOUT, Out, OutTx, config_text, drain_until_closed,
-    spawn_writer,
+    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, spawn_writer,
 };
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
 use crate::helper::Side;
 use crate::protocol::{
     ClientControl, Direction, Message, OriginSummary, ReplicaSummary, ServerConfig, ServerText,
-    StreamParser, Visibility, headers, is_control_byte,
+    StreamParser, Visibility, headers, is_control_byte, keepalive_interval,
 };
 
 /// Everything a push session needs, settled at the upgrade.
@@ -153,7 +152,7 @@ pub async fn handler(
 
 async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = spawn_writer(sink);
+    let (out, writer) = spawn_writer(sink, keepalive_interval(st.config.idle_timeout));
     let path = ctx.replica.path.clone();
     let started = std::time::Instant::now();
     match run(&mut stream, &out, &st, &ctx).await {
@@ -253,9 +252,9 @@ async fn run(
 
     loop {
         let frame = tokio::select! {
-            f = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => match f {
+            f = tokio::time::timeout(st.config.idle_timeout, stream.next()) => match f {
                 Ok(f) => f,
-                Err(_) => return Err(Abort::Client("no data from the client for too long".into())),
+                Err(_) => return Err(idle_abort(st)),
             },
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
             res = async { pump.as_mut().unwrap().await }, if pump.is_some() => {
@@ -431,6 +430,14 @@ async fn run(
             Ok(PushEnd::NoChange(cfg, n))
         }
     }
+}
+
+/// Why a session ended after `--idle-timeout` of silence from the client.
+pub fn idle_abort(st: &AppState) -> Abort {
+    Abort::Client(format!(
+        "no data from the client for {}s (the connection stalled)",
+        st.config.idle_timeout.as_secs_f64()
+    ))
 }
 
 fn latest_number(state: &ReplicaState) -> u64 {

@@ -28,11 +28,12 @@ pub const CLOSE_INTERNAL: u16 = 1011;
 /// holds back its helper (pipe backpressure) instead of server memory.
 const OUT_QUEUE: usize = 8;
 
-/// A push whose client sends nothing for this long is ended (a silent
-/// pusher must not hold a replica's push lock forever). Generous, because
-/// the client legitimately waits while our helper hashes a large staging
-/// copy.
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Default of `serve --idle-timeout`: a push or pull whose client sends
+/// nothing for this long is ended (a silent peer must not hold a replica's
+/// push lock, a pinned version or a session slot forever). Generous,
+/// because a client that sends no keepalives is legitimately silent while
+/// its helper hashes a large database.
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A frame for the writer task.
 #[derive(Debug)]
@@ -48,12 +49,26 @@ pub type OutTx = mpsc::Sender<Out>;
 /// Owns the socket's sending half: every task that talks to the client goes
 /// through this one queue, so frames keep their order (stream bytes, then
 /// CONFIG, then the close).
+///
+/// While nothing is queued for `keepalive`, it sends a Ping, so the client
+/// can tell a busy server (hashing, committing) from a dead connection.
 pub fn spawn_writer(
     mut sink: SplitSink<WebSocket, Message>,
+    keepalive: std::time::Duration,
 ) -> (OutTx, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let task = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
+        loop {
+            let out = match tokio::time::timeout(keepalive, rx.recv()).await {
+                Ok(Some(out)) => out,
+                Ok(None) => break,
+                Err(_) => {
+                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let (msg, last) = match out {
                 Out::Binary(b) => (Message::Binary(b.into()), false),
                 Out::Text(t) => (Message::Text(t.into()), false),
