@@ -243,7 +243,7 @@ pub async fn run(
     let started = Instant::now();
     let mut stop = interrupt.clone();
     let ws = tokio::select! {
-        ws = super::connect(&url, &hdrs) => ws?,
+        ws = super::connect(&url, &hdrs, super::idle_timeout(cli)) => ws?,
         _ = super::wait_true(&mut stop) => {
             eprintln!("sqlrsync: interrupted; nothing was sent");
             return Ok(super::interrupted_exit());
@@ -278,6 +278,7 @@ pub async fn run(
         before_stream: before,
         after_first: after,
         want_config: false,
+        idle_timeout: super::idle_timeout(cli),
         live_stderr: printer.verbose >= 2,
     };
     let (stats, progress) = super::observer(printer);
