@@ -20,7 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, spawn_writer,
+    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, finish,
+    spawn_writer,
 };
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
@@ -158,19 +159,18 @@ async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     let (sink, mut stream) = socket.split();
     let (out, writer) = spawn_writer(sink, keepalive_interval(st.config.idle_timeout));
     let started = std::time::Instant::now();
-    match run(&mut stream, &out, &st, &ctx).await {
+    let last = match run(&mut stream, &out, &st, &ctx).await {
         Ok(pages) => {
             tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
                 secs = started.elapsed().as_secs_f64(), "pull served");
-            let _ = out.send(Out::Close(CLOSE_NORMAL, "done".into())).await;
+            vec![Out::Close(CLOSE_NORMAL, "done".into())]
         }
         Err(a) => {
             tracing::warn!(path = %ctx.replica.path, reason = %a.reason(), "pull ended early");
-            a.send(&out).await;
+            a.frames()
         }
-    }
-    drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    };
+    finish(out, writer, last, st.config.idle_timeout).await;
     drain_until_closed(&mut stream).await;
 }
 

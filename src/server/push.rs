@@ -27,7 +27,8 @@ use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::names;
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, spawn_writer,
+    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, finish,
+    spawn_writer,
 };
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
@@ -155,45 +156,41 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
     let (out, writer) = spawn_writer(sink, keepalive_interval(st.config.idle_timeout));
     let path = ctx.replica.path.clone();
     let started = std::time::Instant::now();
-    match run(&mut stream, &out, &st, &ctx).await {
-        Ok(end) => {
-            match &end {
-                PushEnd::Committed(cfg, row) => {
-                    tracing::info!(path = %path, version = row.number, changed = row.changed_pages,
-                        pages = row.page_count, secs = started.elapsed().as_secs_f64(), "push committed");
-                    let _ = out
-                        .send(Out::Text(
-                            ServerText::Message(format!(
-                                "version {} committed: {} of {} pages changed",
-                                row.number, row.changed_pages, row.page_count
-                            ))
-                            .encode(),
-                        ))
-                        .await;
-                    let _ = out.send(config_text(cfg.clone())).await;
-                }
-                PushEnd::NoChange(cfg, latest) => {
-                    tracing::info!(path = %path, "push changed nothing");
-                    let _ = out
-                        .send(Out::Text(
-                            ServerText::Message(format!(
-                                "no changes: version {latest} is still the latest; no new version stored"
-                            ))
-                            .encode(),
-                        ))
-                        .await;
-                    let _ = out.send(config_text(cfg.clone())).await;
-                }
-            }
-            let _ = out.send(Out::Close(CLOSE_NORMAL, "done".into())).await;
+    let last = match run(&mut stream, &out, &st, &ctx).await {
+        Ok(PushEnd::Committed(cfg, row)) => {
+            tracing::info!(path = %path, version = row.number, changed = row.changed_pages,
+                pages = row.page_count, secs = started.elapsed().as_secs_f64(), "push committed");
+            vec![
+                Out::Text(
+                    ServerText::Message(format!(
+                        "version {} committed: {} of {} pages changed",
+                        row.number, row.changed_pages, row.page_count
+                    ))
+                    .encode(),
+                ),
+                config_text(cfg),
+                Out::Close(CLOSE_NORMAL, "done".into()),
+            ]
+        }
+        Ok(PushEnd::NoChange(cfg, latest)) => {
+            tracing::info!(path = %path, "push changed nothing");
+            vec![
+                Out::Text(
+                    ServerText::Message(format!(
+                        "no changes: version {latest} is still the latest; no new version stored"
+                    ))
+                    .encode(),
+                ),
+                config_text(cfg),
+                Out::Close(CLOSE_NORMAL, "done".into()),
+            ]
         }
         Err(abort) => {
             tracing::warn!(path = %path, reason = %abort.reason(), "push aborted; nothing stored");
-            abort.send(&out).await;
+            abort.frames()
         }
-    }
-    drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    };
+    finish(out, writer, last, st.config.idle_timeout).await;
     drain_until_closed(&mut stream).await;
 }
 

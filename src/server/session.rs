@@ -126,19 +126,51 @@ impl Abort {
         }
     }
 
-    /// Sends ABORT and the matching close (unless the socket is gone).
-    pub async fn send(&self, out: &OutTx) {
+    /// ABORT and the matching close (nothing when the socket is gone).
+    pub fn frames(&self) -> Vec<Out> {
         let code = match self {
             Abort::Client(_) => CLOSE_POLICY,
             Abort::Server(_) => CLOSE_INTERNAL,
             Abort::Shutdown => CLOSE_GOING_AWAY,
-            Abort::Cut(_) => return,
+            Abort::Cut(_) => return Vec::new(),
         };
         let reason = self.reason();
-        let _ = out
-            .send(Out::Text(ServerText::Abort(reason.clone()).encode()))
-            .await;
-        let _ = out.send(Out::Close(code, reason)).await;
+        vec![
+            Out::Text(ServerText::Abort(reason.clone()).encode()),
+            Out::Close(code, reason),
+        ]
+    }
+}
+
+/// How long the end of a session may take: queueing its last frames, then
+/// the writer flushing them (or the idle timeout, when that is shorter).
+const END_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends a session: queues `last` (MESSAGE, CONFIG and the close, or ABORT
+/// and the close) and lets the writer flush, each bounded by END_GRACE. A
+/// client that stopped reading leaves the writer stuck on a full socket;
+/// without the bound the session (its connection slot, push lock or pinned
+/// version) would wait for it forever. A writer still stuck is aborted,
+/// which drops its half of the socket and fails the pumps still feeding it.
+pub async fn finish(
+    out: OutTx,
+    mut writer: tokio::task::JoinHandle<()>,
+    last: Vec<Out>,
+    idle: std::time::Duration,
+) {
+    let grace = END_GRACE.min(idle);
+    let queued = tokio::time::timeout(grace, async {
+        for frame in last {
+            if out.send(frame).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(out);
+    if queued.is_err() || tokio::time::timeout(grace, &mut writer).await.is_err() {
+        tracing::warn!("the client is not reading; dropping the connection");
+        writer.abort();
     }
 }
 
