@@ -336,3 +336,86 @@ fn stalled_connections_end_with_one_error_instead_of_hanging() {
         net.flip();
     }
 }
+
+/// Opens a pull session by hand and then never reads: the server's writes
+/// back up (socket buffers full) while the peer stays connected and silent,
+/// like a client whose machine froze.
+fn frozen_pull(addr: &str, path: &str, key: &str) -> std::net::TcpStream {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /sapi/pull/{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: {key}\r\n\
+         X-ReplicaVersion: \r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    assert!(status.contains(" 101 "), "upgrade refused: {status}");
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // One masked binary frame: a REPLICA_HASH that matches nothing and
+    // REPLICA_READY, so the origin sends every page.
+    let mut payload = vec![0x64u8];
+    payload.extend_from_slice(&[0u8; 20]);
+    payload.push(0x65);
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x82, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).unwrap();
+    s
+}
+
+/// A client that stops reading (and sending) must not hold its session
+/// forever: after the idle timeout the server gives up on it, even though
+/// its writes to that client are stuck, and the slot is free again.
+#[test]
+fn a_client_that_stops_reading_is_let_go() {
+    let f = Fixture::start(&["--idle-timeout", IDLE_SECS, "--max-connections", "1"]);
+    let db = f.path("big.db");
+    make_db(
+        &db,
+        DbSpec {
+            rows: 3000,
+            row_bytes: 4000,
+            ..DbSpec::default()
+        },
+    );
+    assert_ok(&run(&mut f.cmd(&[db.to_str().unwrap(), "team/big.db"])));
+    let frozen = frozen_pull(&f.server().addr, "team/big.db", &f.admin);
+    // The frozen session holds the only slot for now...
+    std::thread::sleep(Duration::from_millis(300));
+    let copy = f.path("copy.db");
+    let busy = run(&mut f.cmd(&["team/big.db", copy.to_str().unwrap()]));
+    assert!(
+        !busy.status.success(),
+        "the frozen client should hold the slot"
+    );
+    assert!(stderr(&busy).contains("503"), "{}", stderr(&busy));
+    // ...but not for longer than the idle timeout and the closing grace.
+    let t = Instant::now();
+    loop {
+        let o = run(&mut f.cmd(&["team/big.db", copy.to_str().unwrap(), "--json"]));
+        if o.status.success() {
+            // The client checked the copy against the versionHash.
+            assert_eq!(json_of(&o)["verified"], true);
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the frozen client still holds its session: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(frozen);
+}
