@@ -337,6 +337,32 @@ fn stalled_connections_end_with_one_error_instead_of_hanging() {
     }
 }
 
+#[test]
+fn connections_gone_silent_towards_the_client_end_with_one_error() {
+    let mut net = Net::start();
+    let ((_, push_down), (_, pull_down)) = net.measure();
+    // The server's answers stop: in the upgrade answer, in the hashes.
+    for at in [40, push_down / 2] {
+        let line = net.failed_push(Fault::StallDownstreamAfter(at));
+        eprintln!("push silent at {at}: {line}");
+        assert!(
+            line.contains("no answer within") || line.contains("no data from the server"),
+            "{line}"
+        );
+    }
+    // The pages stop half-way.
+    let replica = net.stale_replica("replica.db");
+    for at in [40, pull_down / 2] {
+        let line = net.failed_pull(Fault::StallDownstreamAfter(at), &replica);
+        eprintln!("pull silent at {at}: {line}");
+        assert!(
+            line.contains("no answer within") || line.contains("no data from the server"),
+            "{line}"
+        );
+        net.flip();
+    }
+}
+
 /// Opens a pull session by hand and then never reads: the server's writes
 /// back up (socket buffers full) while the peer stays connected and silent,
 /// like a client whose machine froze.

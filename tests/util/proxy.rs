@@ -30,6 +30,8 @@ pub enum Fault {
     /// Stop forwarding (keep the sockets open, silent) after this many
     /// upstream bytes.
     StallUpstreamAfter(u64),
+    /// Same, server to client: the client hears nothing more.
+    StallDownstreamAfter(u64),
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -136,7 +138,9 @@ fn pump(
             (Fault::CutUpstreamAfter(l), true) | (Fault::CutDownstreamAfter(l), false) => {
                 Some((l, true))
             }
-            (Fault::StallUpstreamAfter(l), true) => Some((l, false)),
+            (Fault::StallUpstreamAfter(l), true) | (Fault::StallDownstreamAfter(l), false) => {
+                Some((l, false))
+            }
             _ => None,
         };
         if let Some((limit, is_cut)) = limit
