@@ -248,16 +248,59 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
     for trial in 0..n {
         let pushing = trial % 2 == 0;
         let before = f.meta("team/big.db");
-        let child = if pushing {
+        // Pulls mostly take the latest; every other one an older version,
+        // which the server first rebuilds in its cache.
+        let target = if !pushing && trial % 4 == 3 {
+            rng.random_range(1..versions.len())
+        } else {
+            versions.len()
+        };
+        let mut child = if pushing {
             next_state(&origin, versions.len());
             let args = push_args(&origin);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             spawn_captured(&mut f.cmd(&args))
         } else {
-            spawn_captured(&mut f.cmd(&["team/big.db", pulled.to_str().unwrap(), "--json"]))
+            let at = format!("team/big.db@{target}");
+            spawn_captured(&mut f.cmd(&[&at, pulled.to_str().unwrap(), "--json"]))
+        };
+        // Kill moments: seeded-random over the transfer, or (two of the
+        // pushes) the moment the commit starts writing pages to the packs,
+        // and the moment the new version file appears (between the rename
+        // and the metadata transaction, or just after it).
+        let replica_dir = f.data.join("replicas");
+        let packs_dir = f.data.join("packs");
+        let new_file = format!("v{}.db", before.latest + 1);
+        let packs_before = files_with_sizes(&packs_dir)
+            .iter()
+            .map(|(_, l)| l)
+            .sum::<u64>();
+        let event: Option<Box<dyn Fn() -> bool>> = match trial {
+            4 => Some(Box::new(|| {
+                files_with_sizes(&packs_dir)
+                    .iter()
+                    .map(|(_, l)| l)
+                    .sum::<u64>()
+                    > packs_before
+            })),
+            8 => Some(Box::new(|| {
+                files_with_sizes(&replica_dir)
+                    .iter()
+                    .any(|(p, _)| p.ends_with(&new_file))
+            })),
+            _ => None,
         };
         let span = if pushing { push_time } else { pull_time };
-        thread::sleep(span.mul_f64(rng.random_range(0.0..1.0)));
+        let draw = rng.random_range(0.0..1.0);
+        match event {
+            Some(happened) => {
+                let end = Instant::now() + Duration::from_secs(30);
+                while !happened() && child.try_wait().unwrap().is_none() && Instant::now() < end {
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+            None => thread::sleep(span.mul_f64(draw)),
+        }
         f.kill_server();
         let o = wait_output(child, Duration::from_secs(60));
         if !o.status.success() {
@@ -278,6 +321,7 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
         if pushing {
             let new = Snapshot::of(&origin);
             let landed = after.latest_hash() == Some(new.hash.as_str());
+            eprintln!("trial {trial}: push stored before the kill: {landed}");
             assert!(
                 landed || after == before,
                 "trial {trial}: latest is neither the previous version nor the new one"
@@ -305,14 +349,14 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
             // The local replica is its old self or the latest, whole.
             assert_integrity(&pulled);
             let d = content_digest(&pulled);
-            let latest = versions.len();
             assert!(
-                d == versions[pulled_state - 1].digest || d == versions[latest - 1].digest,
+                d == versions[pulled_state - 1].digest || d == versions[target - 1].digest,
                 "trial {trial}: the replica is neither its old version nor the new one"
             );
-            assert_ok(&run(&mut f.cmd(&["team/big.db", pulled.to_str().unwrap()])));
-            assert_eq!(content_digest(&pulled), versions[latest - 1].digest);
-            pulled_state = latest;
+            let at = format!("team/big.db@{target}");
+            assert_ok(&run(&mut f.cmd(&[&at, pulled.to_str().unwrap()])));
+            assert_eq!(content_digest(&pulled), versions[target - 1].digest);
+            pulled_state = target;
         }
     }
     eprintln!("{n} server kills: {failed} interrupted a transfer");
