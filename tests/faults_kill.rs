@@ -220,7 +220,7 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
     make_db(
         &origin,
         DbSpec {
-            rows: 4000,
+            rows: 2500,
             row_bytes: 1000,
             ..DbSpec::default()
         },
@@ -446,9 +446,9 @@ fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
         .map(|r| Reader::start(r, counters))
         .collect();
     // How long a pull from one version to the other takes, with the
-    // readers running: the fastest of four.
+    // readers running: the faster of two.
     let mut pull_time = Duration::MAX;
-    for (i, v) in [(0, 2), (1, 2), (0, 1), (1, 1)] {
+    for (i, v) in [(0, 2), (0, 1)] {
         let t = Instant::now();
         let at = format!("team/ledger.db@{v}");
         assert_ok(&run(&mut f.cmd(&[&at, replicas[i].to_str().unwrap()])));

@@ -227,7 +227,7 @@ async fn run(
                 // the session, its helper and the pinned version would wait
                 // for it forever.
                 let Ok(frame) = frame else {
-                    return Err(super::push::idle_abort(st));
+                    return Err(Abort::idle(st.config.idle_timeout));
                 };
                 let data = match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => {

@@ -251,7 +251,7 @@ async fn run(
         let frame = tokio::select! {
             f = tokio::time::timeout(st.config.idle_timeout, stream.next()) => match f {
                 Ok(f) => f,
-                Err(_) => return Err(idle_abort(st)),
+                Err(_) => return Err(Abort::idle(st.config.idle_timeout)),
             },
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
             res = async { pump.as_mut().unwrap().await }, if pump.is_some() => {
@@ -427,14 +427,6 @@ async fn run(
             Ok(PushEnd::NoChange(cfg, n))
         }
     }
-}
-
-/// Why a session ended after `--idle-timeout` of silence from the client.
-pub fn idle_abort(st: &AppState) -> Abort {
-    Abort::Client(format!(
-        "no data from the client for {}s (the connection stalled)",
-        st.config.idle_timeout.as_secs_f64()
-    ))
 }
 
 fn latest_number(state: &ReplicaState) -> u64 {

@@ -126,6 +126,14 @@ impl Abort {
         }
     }
 
+    /// Why a session ended after `idle` of silence from the client.
+    pub fn idle(idle: std::time::Duration) -> Abort {
+        Abort::Client(format!(
+            "no data from the client for {}s (the connection stalled)",
+            idle.as_secs_f64()
+        ))
+    }
+
     /// ABORT and the matching close (nothing when the socket is gone).
     pub fn frames(&self) -> Vec<Out> {
         let code = match self {
