@@ -4,6 +4,8 @@
 //! (silent with the socket open), delayed, and sliced into 1-byte writes,
 //! for pushes and pulls.
 //!
+//! `SQLRSYNC_LONG_TESTS=1` sweeps many more cut offsets.
+//!
 //! Slicing and delay must not matter. A cut must give one clear error line,
 //! a non-zero exit, no new version on the server and an unchanged local
 //! replica; a stall must end (both sides have an idle timeout, short here)
@@ -225,7 +227,7 @@ fn cut_pushes_store_nothing() {
     let ((up, down), _) = net.measure();
     // Upstream carries the HTTP request and the pages; downstream the
     // upgrade answer, the replica's hashes and the final messages.
-    let cuts = [
+    let mut cuts = vec![
         Fault::CutUpstreamAfter(60),
         Fault::CutUpstreamAfter(2_000),
         Fault::CutUpstreamAfter(up / 3),
@@ -234,6 +236,12 @@ fn cut_pushes_store_nothing() {
         Fault::CutDownstreamAfter(300),
         Fault::CutDownstreamAfter(down / 2),
     ];
+    if long_tests() {
+        // A sweep: every tenth of the upstream, every fifth of the
+        // downstream short of its final messages.
+        cuts.extend((1..10).map(|k| Fault::CutUpstreamAfter(up * k / 10)));
+        cuts.extend((1..5).map(|k| Fault::CutDownstreamAfter((down - 400) * k / 5)));
+    }
     for fault in cuts {
         let line = net.failed_push(fault);
         eprintln!("{fault:?}: {line}");
@@ -289,7 +297,7 @@ fn cut_pulls_leave_the_replica_unchanged() {
     let mut net = Net::start();
     let (_, (up, down)) = net.measure();
     let replica = net.stale_replica("replica.db");
-    let cuts = [
+    let mut cuts = vec![
         Fault::CutUpstreamAfter(60),
         Fault::CutUpstreamAfter(up / 2),
         Fault::CutUpstreamAfter(up * 9 / 10),
@@ -298,6 +306,10 @@ fn cut_pulls_leave_the_replica_unchanged() {
         Fault::CutDownstreamAfter(down / 3),
         Fault::CutDownstreamAfter(down * 9 / 10),
     ];
+    if long_tests() {
+        cuts.extend((1..5).map(|k| Fault::CutUpstreamAfter(up * k / 5)));
+        cuts.extend((1..10).map(|k| Fault::CutDownstreamAfter(down * k / 10)));
+    }
     for fault in cuts {
         let line = net.failed_pull(fault, &replica);
         eprintln!("{fault:?}: {line}");
