@@ -96,16 +96,21 @@ fn client_killed_at_random_moments_of_a_large_push() {
         let next = 1 - current;
         install(&states[next].path, &origin);
         // Spread over the push and past its end; the first trial kills
-        // before the handshake, the second after the end.
+        // before the handshake, the second only once the push has ended.
         let at = match trial {
             0 => Duration::ZERO,
-            1 => push_time * 2,
             _ => push_time.mul_f64(rng.random_range(0.0..1.15)),
         };
         let args = push_args(&origin);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut child = spawn_captured(&mut f.cmd(&args));
-        thread::sleep(at);
+        if trial == 1 {
+            wait_until("the push to end", Duration::from_secs(60), || {
+                child.try_wait().unwrap().is_some()
+            });
+        } else {
+            thread::sleep(at);
+        }
         sigkill(&mut child);
         let o = wait_output(child, Duration::from_secs(60));
         wait_helpers_gone(&origin);
@@ -291,7 +296,12 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
             _ => None,
         };
         let span = if pushing { push_time } else { pull_time };
-        let draw = rng.random_range(0.0..1.0);
+        // The first kill comes at once (the client is still connecting).
+        let draw = if trial == 0 {
+            0.0
+        } else {
+            rng.random_range(0.0..1.0)
+        };
         match event {
             Some(happened) => {
                 let end = Instant::now() + Duration::from_secs(30);
@@ -464,7 +474,16 @@ fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
         let want = 1 - state[i];
         let at = format!("team/ledger.db@{}", want + 1);
         let mut child = spawn_captured(&mut f.cmd(&[&at, replica.to_str().unwrap()]));
-        thread::sleep(pull_time.mul_f64(rng.random_range(0.0..1.2)));
+        // Seeded-random over the pull and past its end; the first trial
+        // kills at once, the second only once the pull has ended.
+        let draw = rng.random_range(0.0..1.2);
+        match trial {
+            0 => {}
+            1 => wait_until("the pull to end", Duration::from_secs(60), || {
+                child.try_wait().unwrap().is_some()
+            }),
+            _ => thread::sleep(pull_time.mul_f64(draw)),
+        }
         sigkill(&mut child);
         let o = wait_output(child, Duration::from_secs(60));
         wait_helpers_gone(replica);

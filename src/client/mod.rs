@@ -38,7 +38,7 @@ pub const REMOTE_DEFAULT_PROTOCOL: u8 = 2;
 /// idle timeout, when that is shorter).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Default of `--idle-timeout`: a live server (ours pings every 15 s, and
+/// Default of `--idle-timeout`: a live server (ours pings every 5 s, and
 /// any server answers our own keepalive pings) is never silent this long.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
