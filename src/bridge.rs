@@ -41,7 +41,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::helper::Side;
 use crate::protocol::{
     CTRL_NEWREPLICAVERSION, Direction, Message, OriginSummary, ReplicaSummary, ServerConfig,
-    ServerText, StreamParser, is_control_byte,
+    ServerText, StreamParser, is_control_byte, keepalive_interval,
 };
 
 /// Largest binary frame we send: what is ready on the helper's stdout is
@@ -82,6 +82,11 @@ pub struct Spec {
     /// Keep the digest of every page received (a pull that will be
     /// verified): see [`crate::dbfile::version_hash_with`].
     pub digest_received: bool,
+    /// Give up when the server sends nothing (not even a keepalive) for
+    /// this long: a stalled connection must not hang the sync forever. We
+    /// send a Ping ourselves whenever we have been quiet for a quarter of
+    /// it, which any live server answers.
+    pub idle_timeout: Duration,
 }
 
 /// Byte counts of one connection, shared by the tasks.
@@ -162,6 +167,9 @@ pub struct Outcome {
     pub helper_killed: bool,
     /// Ctrl-C stopped the sync.
     pub interrupted: bool,
+    /// Every frame we queued was handed to the socket. False: what the
+    /// server received was cut short (so a push cannot have been stored).
+    pub stream_sent: bool,
     /// The server said a newer version exists (NEWREPLICAVERSION).
     pub newer_version: bool,
     /// Digests of the pages received, when [`Spec::digest_received`].
@@ -213,7 +221,12 @@ where
     let config_seen = Arc::new(Notify::new());
     let (cancel_tx, cancel_rx) = watch::channel(false);
 
-    let writer = tokio::spawn(write_socket(ws_tx, rx, stats.clone()));
+    let writer = tokio::spawn(write_socket(
+        ws_tx,
+        rx,
+        stats.clone(),
+        keepalive_interval(spec.idle_timeout),
+    ));
     let reader = tokio::spawn(read_socket(
         ws_rx,
         stdin,
@@ -224,6 +237,7 @@ where
         config_seen.clone(),
         cancel_rx,
         spec.digest_received,
+        spec.idle_timeout,
     ));
     let mut pump = tokio::spawn(pump_stdout(
         stdout,
@@ -329,7 +343,10 @@ where
         }
     }
     drop(tx);
-    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+    out.stream_sent = matches!(
+        tokio::time::timeout(CLOSE_GRACE, writer).await,
+        Ok(Ok(true))
+    );
     let rr = reader_done.expect("reader finished");
     out.helper_stderr = stderr_task.await.unwrap_or_default();
 
@@ -530,17 +547,37 @@ fn note_message(m: &Message<'_>, stats: &Stats) {
 }
 
 /// Owns the socket's sending half; after a close (or a send error) it keeps
-/// draining the queue so the stdout pump never blocks.
+/// draining the queue so the stdout pump never blocks. While nothing is
+/// queued for `keepalive` it sends a Ping: the server answers (and our
+/// server counts it as a sign of life while our helper is busy hashing).
+/// Returns true when every frame queued was handed to the socket: false
+/// means the peer got a stream cut short.
 async fn write_socket<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, WsMessage>,
     mut rx: mpsc::Receiver<Out>,
     stats: Arc<Stats>,
-) where
+    keepalive: Duration,
+) -> bool
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut open = true;
-    while let Some(item) = rx.recv().await {
+    let mut all_sent = true;
+    loop {
+        let item = match tokio::time::timeout(keepalive, rx.recv()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(_) => {
+                if open && sink.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                    open = false;
+                }
+                continue;
+            }
+        };
         if !open {
+            if matches!(item, Out::Frame(_)) {
+                all_sent = false;
+            }
             continue;
         }
         match item {
@@ -552,6 +589,7 @@ async fn write_socket<S>(
                 };
                 if sink.send(m).await.is_err() {
                     open = false;
+                    all_sent = false;
                 } else {
                     stats
                         .wire_out
@@ -569,6 +607,7 @@ async fn write_socket<S>(
         }
     }
     let _ = sink.close().await;
+    all_sent
 }
 
 /// What the socket reader saw.
@@ -597,6 +636,7 @@ async fn read_socket<S>(
     config_seen: Arc<Notify>,
     mut cancel: watch::Receiver<bool>,
     digest_received: bool,
+    idle: Duration,
 ) -> ReaderResult
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -605,7 +645,16 @@ where
     let mut stdin = Some(stdin);
     loop {
         let msg = tokio::select! {
-            m = stream.next() => m,
+            m = tokio::time::timeout(idle, stream.next()) => match m {
+                Ok(m) => m,
+                Err(_) => {
+                    res.connection_error = Some(format!(
+                        "no data from the server for {}s (the connection stalled)",
+                        idle.as_secs_f64()
+                    ));
+                    break;
+                }
+            },
             _ = wait_true(&mut cancel) => break,
         };
         let msg = match msg {

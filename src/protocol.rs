@@ -409,6 +409,19 @@ pub const CTRL_COMMITMESSAGE: u8 = 0x54;
 /// Longest commit message, in bytes.
 pub const MAX_COMMIT_MESSAGE: usize = 4096;
 
+/// How often a side that has nothing to send sends a websocket Ping: a
+/// quarter of its idle timeout (so a peer with the same timeout never takes
+/// our silence, e.g. a long hash or commit, for a dead connection), between
+/// 0.1 s and 5 s (a few bytes every 5 s is nothing, and it keeps a peer's
+/// idle timeout as short as 10 s safe). Both our client and our server do
+/// this.
+pub fn keepalive_interval(idle: std::time::Duration) -> std::time::Duration {
+    (idle / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    )
+}
+
 /// True for a first byte that only sqlrsync control frames use.
 pub fn is_control_byte(b: u8) -> bool {
     (CTRL_CONFIG..=CTRL_COMMITMESSAGE).contains(&b)

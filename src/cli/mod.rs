@@ -112,6 +112,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=2), help_heading = "Common")]
     pub protocol: Option<u8>,
 
+    /// Give up on a PUSH or PULL when the server has sent nothing, not even
+    /// a keepalive, for this many seconds [default: 120]
+    #[arg(long = "idle-timeout", env = "SQLRSYNC_IDLE_TIMEOUT", value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = "Remote")]
+    pub idle_timeout: Option<u64>,
+
     /// Do not sync unless both databases are in WAL mode
     #[arg(long = "wal-only", help_heading = "Common")]
     pub wal_only: bool,

@@ -35,8 +35,20 @@ use crate::protocol::{MAX_COMMIT_MESSAGE, headers};
 /// sqlite3_rsync protocol for remote modes: fewest bytes on the wire.
 pub const REMOTE_DEFAULT_PROTOCOL: u8 = 2;
 
-/// Longest wait for the TCP connection and the websocket upgrade.
+/// Longest wait for the TCP connection and the websocket upgrade (or the
+/// idle timeout, when that is shorter).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default of `--idle-timeout`: a live server (ours pings every 5 s, and
+/// any server answers our own keepalive pings) is never silent this long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long the server may stay completely silent before a sync gives up.
+pub fn idle_timeout(cli: &Cli) -> Duration {
+    cli.idle_timeout
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+}
 
 /// Largest websocket message accepted from a server: far above any frame a
 /// server sends, far below what would threaten the memory bound.
@@ -232,7 +244,11 @@ pub fn client_id() -> anyhow::Result<String> {
 /// Opens the websocket with `headers`. Every failure is one line: the
 /// server unreachable, TLS refused, or the upgrade refused with its HTTP
 /// status and body.
-pub async fn connect(url: &str, hdrs: &[(&'static str, String)]) -> anyhow::Result<Socket> {
+pub async fn connect(
+    url: &str,
+    hdrs: &[(&'static str, String)],
+    idle: Duration,
+) -> anyhow::Result<Socket> {
     let mut req = url
         .into_client_request()
         .with_context(|| format!("invalid server URL {url}"))?;
@@ -248,10 +264,11 @@ pub async fn connect(url: &str, hdrs: &[(&'static str, String)]) -> anyhow::Resu
     cfg.write_buffer_size = 0;
     let host = host_of(url);
     let attempt = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
-    let (ws, _resp) = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+    let wait = CONNECT_TIMEOUT.min(idle);
+    let (ws, _resp) = match tokio::time::timeout(wait, attempt).await {
         Err(_) => bail!(
             "cannot reach the server {host}: no answer within {}s",
-            CONNECT_TIMEOUT.as_secs()
+            wait.as_secs_f64()
         ),
         Ok(Err(e)) => return Err(describe_connect_error(&host, e)),
         Ok(Ok(x)) => x,
@@ -386,6 +403,17 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
                 };
                 bail!("the server closed the connection with code {code}{why}; {unchanged}")
             }
+            // Once the whole origin stream went out, the server needs
+            // nothing more from us: it may commit after the connection broke
+            // (or have committed just before), so "nothing was stored"
+            // would be a guess, and sometimes a false one. (When a send
+            // failed, the server got a cut stream and cannot commit it.)
+            None if complete && o.stream_sent => bail!(
+                "{} after the whole database was sent, before the server confirmed the push; \
+                 it may or may not have been stored as a new version (push again: an unchanged \
+                 push says which version is the latest)",
+                o.connection_error.as_deref().unwrap_or("connection lost")
+            ),
             None => bail!(
                 "{} before the server confirmed the push; {unchanged}",
                 o.connection_error.as_deref().unwrap_or("connection lost")

@@ -227,7 +227,7 @@ pub async fn pull_once(
     let mut stop = interrupt.clone();
     let first_headers = headers_for(p);
     let connected = tokio::select! {
-        r = super::connect(&url, &first_headers) => r,
+        r = super::connect(&url, &first_headers, super::idle_timeout(cli)) => r,
         _ = super::wait_true(&mut stop) => {
             return Err(PullError::Interrupted(anyhow::anyhow!("interrupted; the local database is unchanged")));
         }
@@ -247,7 +247,7 @@ pub async fn pull_once(
                 )?),
                 source: KeySource::Prompt,
             };
-            super::connect(&url, &headers_for(p)).await?
+            super::connect(&url, &headers_for(p), super::idle_timeout(cli)).await?
         }
         Err(e) if p.key.source == KeySource::Anonymous && e.to_string().contains("HTTP 401") => {
             return Err(PullError::Failed(anyhow::anyhow!(
@@ -273,6 +273,7 @@ pub async fn pull_once(
         before_stream: Vec::new(),
         after_first: after,
         want_config: true,
+        idle_timeout: super::idle_timeout(cli),
         live_stderr: printer.verbose >= 2,
         digest_received: true,
     };

@@ -255,7 +255,7 @@ pub async fn run(
         });
     let mut stop = interrupt.clone();
     let mut ws = tokio::select! {
-        ws = super::connect(&url, &hdrs) => ws?,
+        ws = super::connect(&url, &hdrs, super::idle_timeout(cli)) => ws?,
         _ = super::wait_true(&mut stop) => {
             eprintln!("sqlrsync: interrupted; nothing was sent");
             return Ok(super::interrupted_exit());
@@ -325,6 +325,7 @@ pub async fn run(
         before_stream: before,
         after_first: after,
         want_config: false,
+        idle_timeout: super::idle_timeout(cli),
         live_stderr: printer.verbose >= 2,
         digest_received: false,
     };

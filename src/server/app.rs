@@ -37,6 +37,10 @@ pub struct ServeConfig {
     pub max_frame: usize,
     /// zstd level for stored pages (0: none).
     pub compression: i32,
+    /// A push or pull whose client sends nothing (not even a keepalive)
+    /// for this long is ended, so a stalled connection cannot hold a push
+    /// lock or a session slot forever.
+    pub idle_timeout: Duration,
 }
 
 /// State shared by every handler.

@@ -79,6 +79,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = store::DEFAULT_COMPRESSION, value_name = "LEVEL",
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,
+    /// End a push or pull whose client has sent nothing, not even a
+    /// keepalive, for this many seconds (a stalled connection must not hold
+    /// a replica's push lock forever). sqlrsync clients send keepalives;
+    /// others may be silent while they hash a large database.
+    #[arg(long, env = "SQLRSYNC_SERVER_IDLE_TIMEOUT", value_name = "SECS",
+          default_value_t = super::session::DEFAULT_IDLE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,7 +270,8 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             if !d.data_dir.join("meta.db").exists() {
                 bail!("{} holds no sqlrsync-server store", d.data_dir.display());
             }
-            let store = Store::open(&d.data_dir, store::DEFAULT_COMPRESSION)?;
+            // Read-only: verify may run next to a live server.
+            let store = Store::open_read_only(&d.data_dir)?;
             let (damage, counts) = store.verify()?;
             for line in &damage {
                 println!("DAMAGE: {line}");
@@ -312,6 +321,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_sessions: a.max_connections.max(1),
             max_frame: a.max_frame.max(64 * 1024),
             compression: a.compression,
+            idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut server = tokio::spawn(run(listener, config, shutdown_signal()?, ready_tx));

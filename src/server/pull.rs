@@ -20,14 +20,15 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, spawn_writer,
+    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, finish,
+    spawn_writer,
 };
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
 use crate::helper::Side;
 use crate::protocol::{
     CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, StreamParser,
-    VersionRef, Visibility, headers, is_control_byte,
+    VersionRef, Visibility, headers, is_control_byte, keepalive_interval,
 };
 
 /// Who may read `r` with `key` (None: anonymous). Private replicas and
@@ -156,21 +157,20 @@ pub async fn handler(
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = spawn_writer(sink);
+    let (out, writer) = spawn_writer(sink, keepalive_interval(st.config.idle_timeout));
     let started = std::time::Instant::now();
-    match run(&mut stream, &out, &st, &ctx).await {
+    let last = match run(&mut stream, &out, &st, &ctx).await {
         Ok(pages) => {
             tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
                 secs = started.elapsed().as_secs_f64(), "pull served");
-            let _ = out.send(Out::Close(CLOSE_NORMAL, "done".into())).await;
+            vec![Out::Close(CLOSE_NORMAL, "done".into())]
         }
         Err(a) => {
             tracing::warn!(path = %ctx.replica.path, reason = %a.reason(), "pull ended early");
-            a.send(&out).await;
+            a.frames()
         }
-    }
-    drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    };
+    finish(out, writer, last, st.config.idle_timeout).await;
     drain_until_closed(&mut stream).await;
 }
 
@@ -225,7 +225,14 @@ async fn run(
                 stdin = None;
             }
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
-            frame = stream.next() => {
+            frame = tokio::time::timeout(st.config.idle_timeout, stream.next()) => {
+                // A client that sends nothing at all (its keepalives
+                // included) for the idle timeout has stalled; without this
+                // the session, its helper and the pinned version would wait
+                // for it forever.
+                let Ok(frame) = frame else {
+                    return Err(Abort::idle(st.config.idle_timeout));
+                };
                 let data = match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => {
                         if origin_ended {

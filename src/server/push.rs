@@ -27,7 +27,7 @@ use super::app::{AppState, internal, refuse, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::names;
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, IDLE_TIMEOUT, Out, OutTx, config_text, drain_until_closed,
+    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, finish,
     spawn_writer,
 };
 use super::store::meta::{self, ReplicaRow};
@@ -35,7 +35,7 @@ use super::store::{CommitOutcome, ReplicaState};
 use crate::helper::Side;
 use crate::protocol::{
     ClientControl, Direction, Message, OriginSummary, ReplicaSummary, ServerConfig, ServerText,
-    StreamParser, Visibility, headers, is_control_byte,
+    StreamParser, Visibility, headers, is_control_byte, keepalive_interval,
 };
 
 /// Everything a push session needs, settled at the upgrade.
@@ -153,51 +153,48 @@ pub async fn handler(
 
 async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = spawn_writer(sink);
+    let (out, writer) = spawn_writer(sink, keepalive_interval(st.config.idle_timeout));
     let path = ctx.replica.path.clone();
     let started = std::time::Instant::now();
-    match run(&mut stream, &out, &st, &ctx).await {
-        Ok(end) => {
-            match &end {
-                PushEnd::Committed(cfg, row) => {
-                    tracing::info!(path = %path, version = row.number, changed = row.changed_pages,
-                        pages = row.page_count, secs = started.elapsed().as_secs_f64(), "push committed");
-                    let _ = out
-                        .send(Out::Text(
-                            ServerText::Message(format!(
-                                "version {} committed: {} of {} pages changed",
-                                row.number, row.changed_pages, row.page_count
-                            ))
-                            .encode(),
-                        ))
-                        .await;
-                    let _ = out.send(config_text(cfg.clone())).await;
-                }
-                PushEnd::NoChange(cfg, latest) => {
-                    tracing::info!(path = %path, "push changed nothing");
-                    let _ = out
-                        .send(Out::Text(
-                            ServerText::Message(format!(
-                                "no changes: version {latest} is still the latest; no new version stored"
-                            ))
-                            .encode(),
-                        ))
-                        .await;
-                    let _ = out.send(config_text(cfg.clone())).await;
-                }
-                PushEnd::Withdrawn => {
-                    tracing::info!(path = %path, "client closed before sending a stream; nothing to do");
-                }
-            }
-            let _ = out.send(Out::Close(CLOSE_NORMAL, "done".into())).await;
+    let last = match run(&mut stream, &out, &st, &ctx).await {
+        Ok(PushEnd::Committed(cfg, row)) => {
+            tracing::info!(path = %path, version = row.number, changed = row.changed_pages,
+                pages = row.page_count, secs = started.elapsed().as_secs_f64(), "push committed");
+            vec![
+                Out::Text(
+                    ServerText::Message(format!(
+                        "version {} committed: {} of {} pages changed",
+                        row.number, row.changed_pages, row.page_count
+                    ))
+                    .encode(),
+                ),
+                config_text(cfg),
+                Out::Close(CLOSE_NORMAL, "done".into()),
+            ]
+        }
+        Ok(PushEnd::NoChange(cfg, latest)) => {
+            tracing::info!(path = %path, "push changed nothing");
+            vec![
+                Out::Text(
+                    ServerText::Message(format!(
+                        "no changes: version {latest} is still the latest; no new version stored"
+                    ))
+                    .encode(),
+                ),
+                config_text(cfg),
+                Out::Close(CLOSE_NORMAL, "done".into()),
+            ]
+        }
+        Ok(PushEnd::Withdrawn) => {
+            tracing::info!(path = %path, "client closed before sending a stream; nothing to do");
+            vec![Out::Close(CLOSE_NORMAL, "done".into())]
         }
         Err(abort) => {
             tracing::warn!(path = %path, reason = %abort.reason(), "push aborted; nothing stored");
-            abort.send(&out).await;
+            abort.frames()
         }
-    }
-    drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    };
+    finish(out, writer, last, st.config.idle_timeout).await;
     drain_until_closed(&mut stream).await;
 }
 
@@ -258,9 +255,9 @@ async fn run(
 
     loop {
         let frame = tokio::select! {
-            f = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => match f {
+            f = tokio::time::timeout(st.config.idle_timeout, stream.next()) => match f {
                 Ok(f) => f,
-                Err(_) => return Err(Abort::Client("no data from the client for too long".into())),
+                Err(_) => return Err(Abort::idle(st.config.idle_timeout)),
             },
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
             res = async { pump.as_mut().unwrap().await }, if pump.is_some() => {

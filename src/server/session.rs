@@ -28,11 +28,12 @@ pub const CLOSE_INTERNAL: u16 = 1011;
 /// holds back its helper (pipe backpressure) instead of server memory.
 const OUT_QUEUE: usize = 8;
 
-/// A push whose client sends nothing for this long is ended (a silent
-/// pusher must not hold a replica's push lock forever). Generous, because
-/// the client legitimately waits while our helper hashes a large staging
-/// copy.
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// Default of `serve --idle-timeout`: a push or pull whose client sends
+/// nothing for this long is ended (a silent peer must not hold a replica's
+/// push lock, a pinned version or a session slot forever). Generous,
+/// because a client that sends no keepalives is legitimately silent while
+/// its helper hashes a large database.
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A frame for the writer task.
 #[derive(Debug)]
@@ -48,12 +49,26 @@ pub type OutTx = mpsc::Sender<Out>;
 /// Owns the socket's sending half: every task that talks to the client goes
 /// through this one queue, so frames keep their order (stream bytes, then
 /// CONFIG, then the close).
+///
+/// While nothing is queued for `keepalive`, it sends a Ping, so the client
+/// can tell a busy server (hashing, committing) from a dead connection.
 pub fn spawn_writer(
     mut sink: SplitSink<WebSocket, Message>,
+    keepalive: std::time::Duration,
 ) -> (OutTx, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let task = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
+        loop {
+            let out = match tokio::time::timeout(keepalive, rx.recv()).await {
+                Ok(Some(out)) => out,
+                Ok(None) => break,
+                Err(_) => {
+                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
             let (msg, last) = match out {
                 Out::Binary(b) => (Message::Binary(b.into()), false),
                 Out::Text(t) => (Message::Text(t.into()), false),
@@ -111,19 +126,59 @@ impl Abort {
         }
     }
 
-    /// Sends ABORT and the matching close (unless the socket is gone).
-    pub async fn send(&self, out: &OutTx) {
+    /// Why a session ended after `idle` of silence from the client.
+    pub fn idle(idle: std::time::Duration) -> Abort {
+        Abort::Client(format!(
+            "no data from the client for {}s (the connection stalled)",
+            idle.as_secs_f64()
+        ))
+    }
+
+    /// ABORT and the matching close (nothing when the socket is gone).
+    pub fn frames(&self) -> Vec<Out> {
         let code = match self {
             Abort::Client(_) => CLOSE_POLICY,
             Abort::Server(_) => CLOSE_INTERNAL,
             Abort::Shutdown => CLOSE_GOING_AWAY,
-            Abort::Cut(_) => return,
+            Abort::Cut(_) => return Vec::new(),
         };
         let reason = self.reason();
-        let _ = out
-            .send(Out::Text(ServerText::Abort(reason.clone()).encode()))
-            .await;
-        let _ = out.send(Out::Close(code, reason)).await;
+        vec![
+            Out::Text(ServerText::Abort(reason.clone()).encode()),
+            Out::Close(code, reason),
+        ]
+    }
+}
+
+/// How long the end of a session may take: queueing its last frames, then
+/// the writer flushing them (or the idle timeout, when that is shorter).
+const END_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends a session: queues `last` (MESSAGE, CONFIG and the close, or ABORT
+/// and the close) and lets the writer flush, each bounded by END_GRACE. A
+/// client that stopped reading leaves the writer stuck on a full socket;
+/// without the bound the session (its connection slot, push lock or pinned
+/// version) would wait for it forever. A writer still stuck is aborted,
+/// which drops its half of the socket and fails the pumps still feeding it.
+pub async fn finish(
+    out: OutTx,
+    mut writer: tokio::task::JoinHandle<()>,
+    last: Vec<Out>,
+    idle: std::time::Duration,
+) {
+    let grace = END_GRACE.min(idle);
+    let queued = tokio::time::timeout(grace, async {
+        for frame in last {
+            if out.send(frame).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(out);
+    if queued.is_err() || tokio::time::timeout(grace, &mut writer).await.is_err() {
+        tracing::warn!("the client is not reading; dropping the connection");
+        writer.abort();
     }
 }
 

@@ -30,6 +30,8 @@ pub enum Fault {
     /// Stop forwarding (keep the sockets open, silent) after this many
     /// upstream bytes.
     StallUpstreamAfter(u64),
+    /// Same, server to client: the client hears nothing more.
+    StallDownstreamAfter(u64),
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -38,6 +40,9 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     /// Connections accepted so far.
     pub connections: Arc<AtomicU64>,
+    /// Bytes forwarded client to server and server to client, over all
+    /// connections (so a test can aim a fault at a share of a transfer).
+    pub forwarded: Arc<[AtomicU64; 2]>,
 }
 
 impl FaultProxy {
@@ -48,7 +53,9 @@ impl FaultProxy {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicU64::new(0));
+        let forwarded = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let (stop2, conns2, target) = (stop.clone(), connections.clone(), target.to_string());
+        let fwd2 = forwarded.clone();
         thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -60,7 +67,7 @@ impl FaultProxy {
                         };
                         let _ = client.set_nodelay(true);
                         let _ = server.set_nodelay(true);
-                        start_pair(client, server, fault);
+                        start_pair(client, server, fault, fwd2.clone());
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
@@ -70,11 +77,20 @@ impl FaultProxy {
             addr,
             stop,
             connections,
+            forwarded,
         }
     }
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// Bytes forwarded so far: (upstream, downstream).
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.forwarded[0].load(Ordering::Relaxed),
+            self.forwarded[1].load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -84,12 +100,13 @@ impl Drop for FaultProxy {
     }
 }
 
-fn start_pair(client: TcpStream, server: TcpStream, fault: Fault) {
+fn start_pair(client: TcpStream, server: TcpStream, fault: Fault, fwd: Arc<[AtomicU64; 2]>) {
     let cut = Arc::new(AtomicBool::new(false));
     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let cut2 = cut.clone();
-    thread::spawn(move || pump(client, server, fault, true, cut));
-    thread::spawn(move || pump(s2, c2, fault, false, cut2));
+    let fwd2 = fwd.clone();
+    thread::spawn(move || pump(client, server, fault, true, cut, fwd));
+    thread::spawn(move || pump(s2, c2, fault, false, cut2, fwd2));
 }
 
 /// Copies `from` to `to`, applying the fault for this direction.
@@ -99,7 +116,9 @@ fn pump(
     fault: Fault,
     upstream: bool,
     cut: Arc<AtomicBool>,
+    fwd: Arc<[AtomicU64; 2]>,
 ) {
+    let counter = &fwd[if upstream { 0 } else { 1 }];
     let mut buf = [0u8; 16384];
     let mut total: u64 = 0;
     let mut stalled = false;
@@ -119,14 +138,18 @@ fn pump(
             (Fault::CutUpstreamAfter(l), true) | (Fault::CutDownstreamAfter(l), false) => {
                 Some((l, true))
             }
-            (Fault::StallUpstreamAfter(l), true) => Some((l, false)),
+            (Fault::StallUpstreamAfter(l), true) | (Fault::StallDownstreamAfter(l), false) => {
+                Some((l, false))
+            }
             _ => None,
         };
         if let Some((limit, is_cut)) = limit
             && total + chunk.len() as u64 >= limit
         {
             chunk = &chunk[..(limit - total) as usize];
-            let _ = to.write_all(chunk);
+            if to.write_all(chunk).is_ok() {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
             if is_cut {
                 cut.store(true, Ordering::Relaxed);
                 let _ = from.shutdown(Shutdown::Both);
@@ -151,6 +174,7 @@ fn pump(
         if !ok {
             break;
         }
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     }
     if !stalled {
         let _ = to.shutdown(Shutdown::Write);

@@ -164,6 +164,23 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the store to read it only, for `verify`, which may run next to
+    /// a live server: no crash recovery. Recovery would delete a live
+    /// push's staging file, cut pack bytes that a live commit has appended
+    /// but not yet indexed, and remove a version file it has just renamed
+    /// into place, destroying the commit in flight.
+    pub fn open_read_only(data_dir: &Path) -> Result<Store> {
+        let conn = meta::open(&data_dir.join("meta.db"))?;
+        // u64::MAX as every pack's referenced end: never cut anything.
+        let packs = PackStore::open(&data_dir.join("packs"), 0, |_| Ok(u64::MAX))?;
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+            meta: Mutex::new(conn),
+            packs: Mutex::new(packs),
+            replicas: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// Opens only the metadata (for the key and namespace commands, which
     /// may run next to a live server).
     pub fn open_meta(data_dir: &Path) -> Result<Connection> {
@@ -272,7 +289,9 @@ impl Store {
             uuid::Uuid::new_v4().simple()
         ));
         let tmp = final_path.with_extension("tmp");
-        let result = self.materialise(r, &latest, number, &tmp);
+        let result = File::open(&latest.path)
+            .with_context(|| format!("opening {}", latest.path.display()))
+            .and_then(|src| self.materialise(r, &src, latest.number, number, &tmp));
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -285,20 +304,29 @@ impl Store {
         Ok(f)
     }
 
-    /// Rebuilds version `number` into `out` from the latest file and the
-    /// back deltas, and checks it against its versionHash.
+    /// Rebuilds version `number` into `out` from `latest` (the open file of
+    /// version `latest_number`) and the back deltas, and checks it against
+    /// its versionHash.
     fn materialise(
         &self,
         r: &ReplicaRow,
-        latest: &VersionFile,
+        latest: &File,
+        latest_number: u64,
         number: u64,
         out: &Path,
     ) -> Result<VersionRow> {
-        std::fs::copy(&latest.path, out)
-            .with_context(|| format!("copying {}", latest.path.display()))?;
-        let f = OpenOptions::new().read(true).write(true).open(out)?;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(out)
+            .with_context(|| format!("creating {}", out.display()))?;
+        let mut src = latest;
+        src.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut src, &mut f).context("copying the latest version")?;
         let mut row = None;
-        for k in (number..latest.number).rev() {
+        for k in (number..latest_number).rev() {
             let (v, delta) = self.with_meta(|c| {
                 Ok((
                     meta::version(c, r.id, k)?.context("version row missing")?,
@@ -596,80 +624,181 @@ impl Store {
                 continue;
             }
             counts.replicas += 1;
-            let Some(latest) = self.replica_state(&r).latest() else {
-                continue;
-            };
-            let lrow = self.with_meta(|c| meta::version(c, r.id, r.latest))?;
-            let Some(lrow) = lrow else {
-                damage.push(format!("{}: latest version row missing", r.path));
-                continue;
-            };
-            counts.versions += 1;
-            match std::fs::metadata(&latest.path) {
-                Err(_) => {
-                    damage.push(format!(
-                        "{} v{}: file {} is missing",
-                        r.path,
-                        r.latest,
-                        latest.path.display()
-                    ));
-                    continue;
+            match self.verify_replica(&r) {
+                Ok((bad, versions)) => {
+                    damage.extend(bad);
+                    counts.versions += versions;
                 }
-                Ok(m) if m.len() != lrow.size() => {
-                    damage.push(format!(
-                        "{} v{}: file is {} bytes, expected {}",
-                        r.path,
-                        r.latest,
-                        m.len(),
-                        lrow.size()
-                    ));
-                    continue;
-                }
-                Ok(_) => {}
-            }
-            match self.check_latest(&r, &latest.path, &lrow) {
-                Ok(bad) => damage.extend(bad),
-                Err(e) => damage.push(format!("{} v{}: {e:#}", r.path, r.latest)),
-            }
-            for n in (1..r.latest).rev() {
-                counts.versions += 1;
-                let tmp = self
-                    .data_dir
-                    .join("cache")
-                    .join(format!("verify-{}-v{n}.tmp", r.uid));
-                if let Err(e) = self.materialise(&r, &latest, n, &tmp) {
-                    damage.push(format!("{} v{n}: {e:#}", r.path));
-                }
-                let _ = std::fs::remove_file(&tmp);
+                Err(e) => damage.push(format!("{}: {e:#}", r.path)),
             }
         }
         Ok((damage, counts))
     }
 
-    fn check_latest(&self, r: &ReplicaRow, path: &Path, row: &VersionRow) -> Result<Vec<String>> {
+    /// Checks every version of `r`; returns the damage found and how many
+    /// versions were checked.
+    ///
+    /// `verify` may run next to a live server, whose commits replace the
+    /// latest file (and delete the old one) and its checksums. So the
+    /// latest version's metadata is read in one transaction, its file is
+    /// opened (an open file stays readable even once a commit deletes it;
+    /// the server never rewrites it in place), and if a commit moved the
+    /// latest in between, the snapshot is taken again. Older versions never
+    /// change once their successor exists.
+    fn verify_replica(&self, r: &ReplicaRow) -> Result<(Vec<String>, u64)> {
+        let mut attempts = 0;
+        let (latest, row, sums, file) = loop {
+            attempts += 1;
+            let (latest, row, sums) = self.with_meta(|c| {
+                let tx = c.unchecked_transaction()?;
+                let latest = meta::replica_by_id(&tx, r.id)?
+                    .context("replica row missing")?
+                    .latest;
+                let row = meta::version(&tx, r.id, latest)?;
+                let sums = meta::latest_sums(&tx, r.id)?;
+                tx.commit()?;
+                Ok((latest, row, sums))
+            })?;
+            let Some(row) = row else {
+                return Ok((vec![format!("{}: latest version row missing", r.path)], 0));
+            };
+            let path = self.version_path(r, latest);
+            match File::open(&path) {
+                Ok(f) => break (latest, row, sums, f),
+                // A commit replaced the file after the snapshot: take it again.
+                Err(_)
+                    if attempts < 20
+                        && self.with_meta(|c| {
+                            Ok(meta::replica_by_id(c, r.id)?.map(|x| x.latest) != Some(latest))
+                        })? =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    return Ok((
+                        vec![format!(
+                            "{} v{latest}: file {} cannot be opened: {e}",
+                            r.path,
+                            path.display()
+                        )],
+                        1,
+                    ));
+                }
+            }
+        };
         let mut bad = Vec::new();
-        let sums = self.with_meta(|c| meta::latest_sums(c, r.id))?;
+        let len = file.metadata()?.len();
+        if len != row.size() {
+            bad.push(format!(
+                "{} v{latest}: file is {len} bytes, expected {}",
+                r.path,
+                row.size()
+            ));
+            return Ok((bad, 1));
+        }
+        bad.extend(self.check_latest(r, &file, &row, &sums)?);
+        // Older versions: rebuild them one after the other, newest first,
+        // applying one back delta at a time to a single copy.
+        let tmp = self.data_dir.join("cache").join(format!(
+            "verify-{}-{}.tmp",
+            r.uid,
+            uuid::Uuid::new_v4().simple()
+        ));
+        let older = self.verify_older(r, &file, latest, &tmp);
+        let _ = std::fs::remove_file(&tmp);
+        match older {
+            Ok(more) => bad.extend(more),
+            Err(e) => bad.push(format!("{}: older versions: {e:#}", r.path)),
+        }
+        Ok((bad, latest))
+    }
+
+    /// Rebuilds versions `latest-1` down to 1 of `r` in `tmp`, checking each
+    /// against its versionHash. A version that cannot be rebuilt makes every
+    /// older one unreachable too; each is reported.
+    fn verify_older(
+        &self,
+        r: &ReplicaRow,
+        latest: &File,
+        latest_number: u64,
+        tmp: &Path,
+    ) -> Result<Vec<String>> {
+        let mut bad = Vec::new();
+        if latest_number < 2 {
+            return Ok(bad);
+        }
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut src = latest;
+        src.seek(SeekFrom::Start(0))?;
+        std::io::copy(&mut src, &mut f).context("copying the latest version")?;
+        for k in (1..latest_number).rev() {
+            let step = (|| -> Result<()> {
+                let (v, delta) = self.with_meta(|c| {
+                    Ok((
+                        meta::version(c, r.id, k)?.context("version row missing")?,
+                        meta::back_delta(c, r.id, k)?,
+                    ))
+                })?;
+                for (pgno, hash) in delta {
+                    let data = self.read_page(&hash)?;
+                    ensure!(
+                        data.len() == v.page_size as usize,
+                        "stored page has the wrong size"
+                    );
+                    f.write_all_at(&data, (pgno as u64 - 1) * v.page_size as u64)?;
+                }
+                f.set_len(v.size())?;
+                ensure!(
+                    hash_file(tmp, v.page_size, v.page_count)? == v.version_hash,
+                    "rebuilt with the wrong hash: the store is damaged"
+                );
+                Ok(())
+            })();
+            if let Err(e) = step {
+                for n in (1..=k).rev() {
+                    bad.push(format!("{} v{n}: {e:#}", r.path));
+                }
+                break;
+            }
+        }
+        Ok(bad)
+    }
+
+    fn check_latest(
+        &self,
+        r: &ReplicaRow,
+        file: &File,
+        row: &VersionRow,
+        sums: &[PageHash],
+    ) -> Result<Vec<String>> {
+        let mut bad = Vec::new();
         if sums.len() != row.page_count as usize {
             bad.push(format!(
                 "{} v{}: page checksums missing",
                 r.path, row.number
             ));
         }
-        let mut f = File::open(path)?;
         let mut buf = vec![0u8; row.page_size as usize];
-        for (i, s) in sums.iter().enumerate() {
-            f.seek(SeekFrom::Start(i as u64 * row.page_size as u64))?;
-            f.read_exact(&mut buf)?;
-            if page_hash(&buf) != *s {
+        let mut hasher = VersionHasher::new();
+        for pgno in 1..=row.page_count {
+            file.read_exact_at(&mut buf, (pgno as u64 - 1) * row.page_size as u64)?;
+            if let Some(s) = sums.get(pgno as usize - 1)
+                && page_hash(&buf) != *s
+            {
                 bad.push(format!(
-                    "{} v{}: page {} fails its checksum",
-                    r.path,
-                    row.number,
-                    i + 1
+                    "{} v{}: page {pgno} fails its checksum",
+                    r.path, row.number
                 ));
             }
+            hasher.page(pgno, &buf);
         }
-        if hash_file(path, row.page_size, row.page_count)? != row.version_hash {
+        if hasher.finish() != row.version_hash {
             bad.push(format!(
                 "{} v{}: versionHash does not match",
                 r.path, row.number
