@@ -18,16 +18,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::app::{AppState, internal, refuse, remote_path};
-use super::keys::{self, KeyKind, KeyRecord};
+use super::frames::{Frame, PullAction, PullFrames};
+use super::keys::{self, KeyKind, KeyRecord, PendingKey};
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, spawn_writer,
+    Abort, Activity, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed,
+    finish_writer, send_out, spawn_writer,
 };
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
 use crate::helper::Side;
 use crate::protocol::{
     ClientControl, Direction, OriginSummary, ServerConfig, StreamParser, VersionRef, Visibility,
-    headers, is_control_byte,
+    headers,
 };
 
 /// Who may read `r` with `key` (None: anonymous). Private replicas and
@@ -156,13 +158,14 @@ pub async fn handler(
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = spawn_writer(sink);
+    let activity = Activity::new();
+    let (out, writer) = spawn_writer(sink, activity.clone());
     let started = std::time::Instant::now();
-    match run(&mut stream, &out, &st, &ctx).await {
+    match run(&mut stream, &out, &activity, &st, &ctx).await {
         Ok(pages) => {
             tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
                 secs = started.elapsed().as_secs_f64(), "pull served");
-            let _ = out.send(Out::Close(CLOSE_NORMAL, "done".into())).await;
+            send_out(&out, Out::Close(CLOSE_NORMAL, "done".into())).await;
         }
         Err(a) => {
             tracing::warn!(path = %ctx.replica.path, reason = %a.reason(), "pull ended early");
@@ -170,7 +173,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
         }
     }
     drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    finish_writer(writer).await;
     drain_until_closed(&mut stream).await;
 }
 
@@ -185,9 +188,39 @@ fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
     }
 }
 
+/// The Replica Pull key a puller asked for: made at once (the client
+/// needs it in CONFIG), stored only once our side of the pull completed.
+#[derive(Default)]
+struct PullKey {
+    /// The key, once made.
+    key: Option<PendingKey>,
+    /// Stored already.
+    stored: bool,
+}
+
+impl PullKey {
+    fn shown(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.key.clone())
+    }
+
+    /// Stores the key if there is one and it is not stored yet.
+    fn store(&mut self, st: &AppState) -> Result<(), Abort> {
+        if let Some(k) = &self.key
+            && !self.stored
+        {
+            st.store
+                .with_meta(|c| k.store(c))
+                .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))?;
+            self.stored = true;
+        }
+        Ok(())
+    }
+}
+
 async fn run(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &OutTx,
+    activity: &Activity,
     st: &AppState,
     ctx: &PullContext,
 ) -> Result<u64, Abort> {
@@ -198,15 +231,19 @@ async fn run(
         .await
         .map_err(|e| Abort::Server(format!("materialise task failed: {e}")))?
         .map_err(|e| Abort::Server(format!("cannot read version {n}: {e:#}")))?;
-    let _ = out.send(config_text(config(ctx, None))).await;
+    send_out(out, config_text(config(ctx, None))).await;
     let mut helper = HelperProcess::spawn(Side::Origin, &file.path, &ctx.replica.path)
         .map_err(|e| Abort::Server(format!("cannot start the helper: {e:#}")))?;
     let stdout = helper.stdout.take().expect("piped stdout");
     let (ended_tx, mut ended_rx) = oneshot::channel::<()>();
     let mut pump = tokio::spawn(pump_origin(stdout, out.clone(), ended_tx));
     let mut stdin = helper.stdin.take();
-    let mut parser = StreamParser::new(Direction::FromReplica);
-    let mut pull_key: Option<String> = None;
+    let mut frames = PullFrames::new(
+        st.config.stream_limits(),
+        ctx.version.page_count,
+        ctx.version.page_size,
+    );
+    let mut pull_key = PullKey::default();
     let mut shutdown = st.shutdown.clone();
     let mut origin_ended = false;
     let summary = loop {
@@ -216,14 +253,19 @@ async fn run(
             }
             _ = &mut ended_rx, if !origin_ended => {
                 // ORIGIN_END sent: the helper waits for the replica's EOF,
-                // which the client never sends; give it ours.
+                // which the client never sends; give it ours. Our side is
+                // complete, so a key the client asked for is now kept.
                 origin_ended = true;
                 stdin = None;
+                pull_key.store(st)?;
             }
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
+            _ = activity.idle(st.config.idle_timeout) => {
+                return Err(Abort::Client("no data from the client for too long".into()));
+            }
             frame = stream.next() => {
-                let data = match frame {
-                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => {
+                let msg = match frame {
+                    None | Some(Ok(WsMessage::Close(_))) => {
                         if origin_ended {
                             // The client has everything; wait for the helper.
                             stdin = None;
@@ -233,45 +275,36 @@ async fn run(
                         }
                         return Err(Abort::Cut("client left before the pull finished".into()));
                     }
-                    Some(Ok(WsMessage::Binary(b))) => b,
-                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(Abort::from_read_error(e, st.config.max_frame)),
+                    Some(Ok(m)) => m,
                 };
-                if data.is_empty() {
-                    continue;
-                }
-                if parser.at_boundary() && is_control_byte(data[0]) {
-                    match ClientControl::parse(&data) {
-                        Ok(ClientControl::Config) => {
-                            let _ = out.send(config_text(config(ctx, pull_key.clone()))).await;
-                        }
-                        Ok(ClientControl::KeyRequest) => {
-                            // Only someone who may already pull with a key
-                            // gets a Replica Pull key to keep.
-                            if let Some(k) = &ctx.key && pull_key.is_none() {
-                                let _ = k;
-                                let r = &ctx.replica;
-                                pull_key = st
-                                    .store
-                                    .with_meta(|c| keys::create(c, KeyKind::ReplicaPull, &r.namespace, Some(r.id)))
-                                    .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))
-                                    .map(Some)?;
+                activity.touch();
+                let action = match &msg {
+                    WsMessage::Binary(b) => frames.frame(Frame::Binary(b)),
+                    WsMessage::Text(t) => frames.frame(Frame::Text(t.as_str())),
+                    _ => continue,
+                };
+                match action.map_err(|e| Abort::Client(e.0))? {
+                    PullAction::Skip => {}
+                    PullAction::Control(c) => {
+                        // Only someone who may already pull with a key gets
+                        // a Replica Pull key to keep.
+                        if c == ClientControl::KeyRequest && ctx.key.is_some() && pull_key.key.is_none() {
+                            let r = &ctx.replica;
+                            pull_key.key = Some(PendingKey::new(KeyKind::ReplicaPull, &r.namespace, Some(r.id)));
+                            if origin_ended {
+                                pull_key.store(st)?;
                             }
-                            let _ = out.send(config_text(config(ctx, pull_key.clone()))).await;
                         }
-                        Ok(ClientControl::CommitMessage(_)) => {
-                            return Err(Abort::Client("COMMITMESSAGE is for pushes".into()));
-                        }
-                        Err(e) => return Err(Abort::Client(format!("bad control frame: {e}"))),
+                        send_out(out, config_text(config(ctx, pull_key.shown()))).await;
                     }
-                    continue;
-                }
-                parser
-                    .feed(&data, |_| {})
-                    .map_err(|e| Abort::Client(format!("not a sqlite3_rsync stream: {e}")))?;
-                if let Some(s) = stdin.as_mut()
-                    && s.write_all(&data).await.is_err()
-                {
-                    stdin = None;
+                    PullAction::Forward => {
+                        if let (Some(s), WsMessage::Binary(b)) = (stdin.as_mut(), &msg)
+                            && s.write_all(b).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
                 }
             }
         }
@@ -285,6 +318,7 @@ async fn run(
     if !summary.complete() {
         return Err(Abort::Server("the origin side stopped early".into()));
     }
+    pull_key.store(st)?;
     Ok(summary.pages_sent)
 }
 

@@ -1,8 +1,12 @@
 //! What push and pull sessions share: the socket writer task, the helper
-//! process, and the way a session ends (normal close or ABORT).
+//! process, the idle clock, and the way a session ends (normal close or
+//! ABORT).
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
@@ -23,16 +27,67 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 /// The server failed.
 pub const CLOSE_INTERNAL: u16 = 1011;
+/// A frame was larger than the server takes.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Frames queued for the socket per session: small, so a slow client
 /// holds back its helper (pipe backpressure) instead of server memory.
 const OUT_QUEUE: usize = 8;
 
-/// A push whose client sends nothing for this long is ended (a silent
-/// pusher must not hold a replica's push lock forever). Generous, because
-/// the client legitimately waits while our helper hashes a large staging
-/// copy.
-pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long queuing the last frames of a session (ABORT, close) may wait
+/// for a client that reads nothing before the session gives up on it.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When a session last moved a frame in either direction. A session is
+/// idle (and ended after `--idle-timeout`) only when neither side sent
+/// anything: a pull client legitimately says nothing while our helper
+/// sends pages, and a pusher waits while our helper hashes.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    /// The clock's zero.
+    start: Instant,
+    /// Milliseconds after `start` of the last frame.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records a frame now.
+    pub fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last frame.
+    pub fn idle_for(&self) -> Duration {
+        let ms = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(ms.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Resolves once nothing moved for `limit`: checked a few times per
+    /// `limit`, so the cut comes at most a quarter late.
+    pub async fn idle(&self, limit: Duration) {
+        loop {
+            let idle = self.idle_for();
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep((limit - idle).max(limit / 4)).await;
+        }
+    }
+}
 
 /// A frame for the writer task.
 #[derive(Debug)]
@@ -50,6 +105,7 @@ pub type OutTx = mpsc::Sender<Out>;
 /// CONFIG, then the close).
 pub fn spawn_writer(
     mut sink: SplitSink<WebSocket, Message>,
+    activity: Activity,
 ) -> (OutTx, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let task = tokio::spawn(async move {
@@ -68,10 +124,25 @@ pub fn spawn_writer(
             if sink.send(msg).await.is_err() || last {
                 break;
             }
+            activity.touch();
         }
         let _ = sink.close().await;
     });
     (tx, task)
+}
+
+/// Waits for the writer to send what is queued; a client that reads
+/// nothing would block it forever, holding the socket, so it is then
+/// stopped.
+pub async fn finish_writer(writer: tokio::task::JoinHandle<()>) {
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(FAREWELL_TIMEOUT, writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the client stopped reading; dropping its connection");
+        abort.abort();
+    }
 }
 
 /// Completes the closing handshake after our close frame went out: reads
@@ -101,30 +172,57 @@ pub enum Abort {
     Shutdown,
     /// The connection is gone: nothing to send.
     Cut(String),
+    /// The client sent a frame larger than the limit: ABORT=reason, 1009.
+    TooBig(String),
 }
 
 impl Abort {
     pub fn reason(&self) -> String {
         match self {
-            Abort::Client(r) | Abort::Server(r) | Abort::Cut(r) => r.clone(),
+            Abort::Client(r) | Abort::Server(r) | Abort::Cut(r) | Abort::TooBig(r) => r.clone(),
             Abort::Shutdown => "the server is shutting down".into(),
         }
     }
 
-    /// Sends ABORT and the matching close (unless the socket is gone).
+    /// Sends ABORT and the matching close (unless the socket is gone). A
+    /// client that reads nothing cannot hold the session here: queuing
+    /// gives up after a few seconds.
     pub async fn send(&self, out: &OutTx) {
         let code = match self {
             Abort::Client(_) => CLOSE_POLICY,
             Abort::Server(_) => CLOSE_INTERNAL,
             Abort::Shutdown => CLOSE_GOING_AWAY,
+            Abort::TooBig(_) => CLOSE_TOO_BIG,
             Abort::Cut(_) => return,
         };
         let reason = self.reason();
-        let _ = out
-            .send(Out::Text(ServerText::Abort(reason.clone()).encode()))
-            .await;
-        let _ = out.send(Out::Close(code, reason)).await;
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+            let _ = out
+                .send(Out::Text(ServerText::Abort(reason.clone()).encode()))
+                .await;
+            let _ = out.send(Out::Close(code, reason)).await;
+        })
+        .await;
     }
+
+    /// The abort for a frame the websocket layer could not read: too large
+    /// (1009, with a reason), or a broken connection.
+    pub fn from_read_error(e: axum::Error, max_frame: usize) -> Abort {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let inner = e.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => Abort::TooBig(format!(
+                "frame larger than this server's limit of {max_frame} bytes"
+            )),
+            _ => Abort::Cut(format!("connection failed: {inner}")),
+        }
+    }
+}
+
+/// Queues a frame for the client unless the client has stopped reading
+/// for [`FAREWELL_TIMEOUT`] (then the session ends on its own clock).
+pub async fn send_out(out: &OutTx, frame: Out) {
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, out.send(frame)).await;
 }
 
 pub fn config_text(cfg: ServerConfig) -> Out {

@@ -338,7 +338,10 @@ impl Store {
     /// Records the staging file of a finished push as the next version of
     /// `r` (blocking). `sent_pages` are the page numbers the push's stream
     /// carried and `final_count` its ORIGIN_TXN size; pages whose bytes
-    /// did not really change are not counted.
+    /// did not really change are not counted. `also` runs inside the
+    /// version's metadata transaction (the push's new keys), so it happens
+    /// if and only if the version is recorded; it does not run for
+    /// [`CommitOutcome::NoChange`].
     pub fn commit(
         &self,
         r: &ReplicaRow,
@@ -346,8 +349,9 @@ impl Store {
         sent_pages: &BTreeSet<u32>,
         final_count: u32,
         message: &str,
+        also: &dyn Fn(&Connection) -> Result<()>,
     ) -> Result<CommitOutcome> {
-        let result = self.commit_inner(r, staging, sent_pages, final_count, message);
+        let result = self.commit_inner(r, staging, sent_pages, final_count, message, also);
         let _ = std::fs::remove_file(staging);
         result
     }
@@ -359,6 +363,7 @@ impl Store {
         sent_pages: &BTreeSet<u32>,
         final_count: u32,
         message: &str,
+        also: &dyn Fn(&Connection) -> Result<()>,
     ) -> Result<CommitOutcome> {
         ensure!(final_count > 0, "the pushed database is empty");
         normalise_journal_mode(staging)?;
@@ -526,6 +531,7 @@ impl Store {
                 params![r.id, number as i64, sums_blob, (number - 1) as i64],
             )?;
             ensure!(n == 1, "the replica changed under a serialised push");
+            also(&tx)?;
             tx.commit()?;
             // Keep the metadata WAL from growing between idle periods; a
             // busy reader just makes this a no-op.
