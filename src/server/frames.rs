@@ -318,10 +318,20 @@ impl PushFrames {
     /// gap means a client that announces a large database, sends a few
     /// pages and commits the rest as zeros.
     pub fn missing_page(&self, base_pages: u32, page_size: u32) -> Option<u32> {
-        let final_count = self.summary.txn_page_count?;
-        let lock_byte_page = ((1u64 << 30) / page_size.max(1) as u64 + 1) as u32;
-        (base_pages.saturating_add(1)..=final_count)
-            .find(|p| *p != lock_byte_page && !self.sent_pages.contains(p))
+        let final_count = self.summary.txn_page_count? as u64;
+        let lock_byte_page = (1u64 << 30) / page_size.max(1) as u64 + 1;
+        let skip_lock = |n: u64| if n == lock_byte_page { n + 1 } else { n };
+        // One pass over the sent pages beyond the base, in order: the
+        // first number not there is the gap.
+        let mut next = skip_lock(base_pages as u64 + 1);
+        for &p in self.sent_pages.range(next.min(u32::MAX as u64) as u32..) {
+            let p = p as u64;
+            if next > final_count || p > next {
+                break;
+            }
+            next = skip_lock(p + 1);
+        }
+        (next <= final_count).then_some(next as u32)
     }
 
     /// True once ORIGIN_END was seen: the session stops reading.
@@ -538,6 +548,44 @@ mod tests {
         let mut long_msg = vec![0x46, 0, 0, 8, 0];
         long_msg.extend([b'x'; 2048]);
         assert!(refusal(&[long_msg]).contains("no ORIGIN_BEGIN"));
+    }
+
+    #[test]
+    fn missing_pages() {
+        let pushed = |pages: &[u32], final_count: u32| {
+            let mut p = PushFrames::new(small());
+            let mut s = begin(9, 2000);
+            for &n in pages {
+                s.extend(page(n));
+            }
+            s.push(0x45);
+            s.extend(final_count.to_be_bytes());
+            s.push(0x42);
+            p.frame(Frame::Binary(&s)).unwrap();
+            p
+        };
+        assert_eq!(pushed(&[3, 4, 5], 5).missing_page(2, 512), None);
+        assert_eq!(pushed(&[3, 5], 5).missing_page(2, 512), Some(4));
+        assert_eq!(pushed(&[3, 4], 6).missing_page(2, 512), Some(5));
+        assert_eq!(pushed(&[], 2).missing_page(2, 512), None);
+        assert_eq!(pushed(&[1, 2], 1000).missing_page(0, 512), Some(3));
+        // The lock-byte page (at 1 GiB) is never sent: not a gap.
+        let lock = (1u32 << 30) / 65536 + 1;
+        let mut p = PushFrames::new(StreamLimits {
+            max_db_bytes: 1 << 40,
+            max_prefix: 1024,
+        });
+        let mut s = begin(16, lock + 1);
+        for n in [lock - 1, lock + 1] {
+            s.push(0x44);
+            s.extend(n.to_be_bytes());
+            s.extend(vec![0u8; 65536]);
+        }
+        s.push(0x45);
+        s.extend((lock + 1).to_be_bytes());
+        s.push(0x42);
+        p.frame(Frame::Binary(&s)).unwrap();
+        assert_eq!(p.missing_page(lock - 2, 65536), None);
     }
 
     #[test]
