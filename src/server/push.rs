@@ -186,6 +186,20 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
         }
         Err(abort) => {
             tracing::warn!(path = %path, reason = %abort.reason(), "push aborted; nothing stored");
+            // A failed first push must not leave an empty replica behind
+            // (it would be listed, and would fix the visibility). Before
+            // the ABORT goes out, so the client never sees it still there.
+            let (store, r) = (st.store.clone(), ctx.replica.clone());
+            match tokio::task::spawn_blocking(move || store.forget_if_empty(&r)).await {
+                Ok(Ok(true)) => tracing::info!(path = %path, "removed the empty replica"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path, error = %format!("{e:#}"), "could not remove the empty replica")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path, error = %e, "could not remove the empty replica")
+                }
+            }
             abort.send(&out).await;
         }
     }

@@ -251,6 +251,30 @@ impl Store {
             .clone()
     }
 
+    /// Removes replica `r` if it has no version, no key and no live
+    /// session (blocking): what a failed first push created. Returns true
+    /// when it was removed. Takes the replica map before the metadata, as
+    /// [`Store::replica_state`] does, so a session cannot pick the replica
+    /// up in between.
+    pub fn forget_if_empty(&self, r: &ReplicaRow) -> Result<bool> {
+        let mut map = lock(&self.replicas);
+        if map.get(&r.id).is_some_and(|s| Arc::strong_count(s) > 1) {
+            return Ok(false);
+        }
+        let n = self.with_meta(|c| {
+            Ok(c.execute(
+                "DELETE FROM replicas WHERE id=?1 AND latest=0
+                   AND NOT EXISTS (SELECT 1 FROM versions WHERE replica=?1)
+                   AND NOT EXISTS (SELECT 1 FROM keys WHERE replica=?1)",
+                [r.id],
+            )?)
+        })?;
+        if n == 1 {
+            map.remove(&r.id);
+        }
+        Ok(n == 1)
+    }
+
     /// The file of version `number` (blocking: may materialise it).
     pub fn version_file(&self, r: &ReplicaRow, number: u64) -> Result<Arc<VersionFile>> {
         let state = self.replica_state(r);
