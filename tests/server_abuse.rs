@@ -122,6 +122,21 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// Replicas of `ns`, as `namespace list` counts them.
+    fn replicas(&self, env: &TestEnv, ns: &str) -> usize {
+        let o = run(env
+            .command(SERVER)
+            .args(["namespace", "list", "--data-dir"])
+            .arg(&self.data));
+        assert_ok(&o);
+        stdout(&o)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{ns}\t")))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("namespace listed")
+    }
+
     fn keys(&self, env: &TestEnv, ns: &str) -> usize {
         let o = run(env
             .command(SERVER)
@@ -597,6 +612,12 @@ fn garbage_truncated_and_absurd_streams() {
     );
 
     assert_no_version(&rt, &server, &acme, "acme/abuse.db");
+    // Failed first pushes leave no (empty) replica behind.
+    assert_eq!(
+        server.replicas(&env, "acme"),
+        1,
+        "only the background replica"
+    );
     server.assert_healthy();
     drop(server);
     assert_ok(&run(env
@@ -732,6 +753,11 @@ fn endless_streams_are_cut_at_the_limits() {
     assert!(bg.finish() >= 1);
     assert_no_version(&rt, &server, &acme, "acme/endless.db");
     assert_no_version(&rt, &server, &acme, "acme/big.db");
+    assert_eq!(
+        server.replicas(&env, "acme"),
+        1,
+        "only the background replica"
+    );
     server.assert_healthy();
 }
 
@@ -828,9 +854,52 @@ fn oversized_frames_and_out_of_place_frames() {
         .assert_ok();
     assert_eq!(content_digest(&pulled), content_digest(&db));
 
-    // Pull connections: COMMITMESSAGE is refused, CONFIG twice is answered
-    // twice, KEYREQUEST from an anonymous puller of a private replica
-    // never gets that far (404).
+    // Pull connections: CONFIG twice is answered twice, KEYREQUEST twice
+    // gives the same key (stored once the pull completes, so here never),
+    // COMMITMESSAGE is refused, KEYREQUEST from an anonymous puller of a
+    // private replica never gets that far (404).
+    let configs = rt.block_on(async {
+        let mut w = connect(&format!("{ws}/sapi/pull/acme/x.db"), Some(&acme))
+            .await
+            .unwrap();
+        for c in [
+            ClientControl::Config,
+            ClientControl::Config,
+            ClientControl::KeyRequest,
+            ClientControl::KeyRequest,
+        ] {
+            w.send(ctrl(c)).await.unwrap();
+        }
+        let mut configs = Vec::new();
+        let read = async {
+            while let Some(Ok(m)) = w.next().await {
+                if let Message::Text(t) = m
+                    && let Ok(ServerText::Config(c)) = ServerText::parse(t.as_str())
+                {
+                    configs.push(c);
+                    if configs.len() == 5 {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+        let _ = w.close(None).await;
+        configs
+    });
+    let o = Outcome {
+        configs,
+        ..Default::default()
+    };
+    // The server's CONFIG at the start, then one per control frame.
+    assert_eq!(o.configs.len(), 5, "{o:#?}");
+    let k1 = o.configs[3].new_pull_key.clone().expect("a pull key");
+    assert_eq!(o.configs[4].new_pull_key.as_ref(), Some(&k1));
+    assert_eq!(
+        server.keys(&env, "acme"),
+        keys_before,
+        "an unfinished pull stored its key"
+    );
     let o = rt.block_on(raw(
         &ws,
         "/sapi/pull/acme/x.db",
@@ -909,6 +978,11 @@ fn close_frames_at_odd_moments() {
     }
 
     assert_no_version(&rt, &server, &acme, "acme/c.db");
+    assert_eq!(
+        server.replicas(&env, "acme"),
+        1,
+        "only the background replica"
+    );
     assert_eq!(server.keys(&env, "acme"), keys_before);
     assert!(bg.finish() >= 1);
     server.assert_healthy();
@@ -996,6 +1070,8 @@ fn a_thousand_idle_connections() {
     // 2. 300 upgraded websockets (push, pull, subscribe) that then say
     // nothing and read nothing: at most --max-connections get in, the rest
     // get 503, and the idle timeout frees the slots.
+    // Half the subscribers subscribe first and then ignore the server's
+    // pings; the others never subscribe.
     let (held, refused) = rt.block_on(async {
         let mut held = Vec::new();
         let mut refused = 0;
@@ -1006,7 +1082,13 @@ fn a_thousand_idle_connections() {
                 _ => format!("{ws}/sapi/subscribe/acme/seed.db"),
             };
             match connect(&url, Some(&acme)).await {
-                Ok(w) => held.push(w),
+                Ok(mut w) => {
+                    if i % 6 == 2 {
+                        let sub = r#"{"type":"SUBSCRIBE","data":{},"timestamp":""}"#;
+                        w.send(Message::Text(sub.into())).await.unwrap();
+                    }
+                    held.push(w)
+                }
                 Err(503) => refused += 1,
                 Err(s) => panic!("{url}: HTTP {s}"),
             }
@@ -1050,6 +1132,11 @@ fn a_thousand_idle_connections() {
     for i in (0..300).step_by(3) {
         assert_no_version(&rt, &server, &acme, &format!("acme/idle{i}.db"));
     }
+    assert_eq!(
+        server.replicas(&env, "acme"),
+        2,
+        "idle pushes left replicas"
+    );
     server.assert_healthy();
 }
 
@@ -1224,6 +1311,7 @@ fn path_abuse_is_refused_everywhere() {
         long.as_bytes(),
         long_part.as_bytes(),
     ];
+    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
     let (good_status, _) = http(&server.addr, b"/acme/pub.db", &[]);
     assert_eq!(good_status, 200);
     for p in &bad {
@@ -1268,7 +1356,8 @@ fn path_abuse_is_refused_everywhere() {
         .command(SERVER)
         .args(["namespace", "list", "--data-dir"])
         .arg(&server.data));
-    assert!(stdout(&o).contains("acme\t1 replicas"), "{}", stdout(&o));
+    assert!(bg.finish() >= 1);
+    assert!(stdout(&o).contains("acme\t2 replicas"), "{}", stdout(&o));
     server.assert_healthy();
 }
 
@@ -1313,6 +1402,7 @@ fn key_abuse_is_refused_everywhere() {
         .args(["keys", "revoke", "acme", &revoked, "--data-dir"])
         .arg(&server.data)));
     let keys_before = server.keys(&env, "acme");
+    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
 
     let flip = |k: &str| {
         let mut b = k.as_bytes().to_vec();
@@ -1429,6 +1519,7 @@ fn key_abuse_is_refused_everywhere() {
         },
     ));
     assert_eq!(o.http_status, Some(404), "a second version appeared");
+    assert!(bg.finish() >= 1);
     server.assert_healthy();
 }
 
