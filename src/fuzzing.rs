@@ -58,3 +58,118 @@ pub fn check_frames(data: &[u8]) {
         assert_eq!(ServerText::parse(&t.encode()), Ok(t.clone()));
     }
 }
+
+/// The server's handling of client frames ([`crate::server::frames`]).
+/// Layout: byte 0 picks push or pull (bit 0), the size limit (bits 1-2)
+/// and the staging copy's page count for the final gap check (bits 3-7);
+/// then frames, each a header byte (bit 7: text frame; bits 0-6 and the
+/// next byte: length) and its bytes. Whatever the frames, the session's
+/// logic must never panic, must hand the replica side exactly the stream
+/// bytes it accepted, in order, and must keep every limit on every frame
+/// it accepts.
+pub fn check_server_frames(data: &[u8]) {
+    use crate::protocol::MAX_COMMIT_MESSAGE;
+    use crate::server::frames::{
+        Frame, OVERHEAD_BASE, PullAction, PullFrames, PushAction, PushFrames, StreamLimits,
+    };
+
+    let Some((&head, mut rest)) = data.split_first() else {
+        return;
+    };
+    let limits = StreamLimits {
+        max_db_bytes: [4096, 1 << 16, 1 << 20, 1 << 30][((head >> 1) & 3) as usize],
+        max_prefix: 1024,
+    };
+    let mut frames: Vec<(bool, &[u8])> = Vec::new();
+    while rest.len() >= 2 {
+        let len = (((rest[0] & 0x7f) as usize) << 8 | rest[1] as usize).min(rest.len() - 2);
+        frames.push((rest[0] & 0x80 != 0, &rest[2..2 + len]));
+        rest = &rest[2 + len..];
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    if head & 1 == 0 {
+        let mut push = PushFrames::new(limits);
+        // Stream bytes accepted so far, and what the replica side got.
+        let mut accepted: Vec<u8> = Vec::new();
+        let mut forwarded: Vec<u8> = Vec::new();
+        let mut started = false;
+        for (is_text, bytes) in frames {
+            let t = text(bytes);
+            let frame = if is_text {
+                Frame::Text(&t)
+            } else {
+                Frame::Binary(bytes)
+            };
+            let Ok(action) = push.frame(frame) else {
+                return;
+            };
+            assert!(!is_text, "a text frame was accepted on a push");
+            match action {
+                PushAction::Skip | PushAction::Control(_) => {
+                    assert!(bytes.is_empty() || crate::protocol::is_control_byte(bytes[0]));
+                }
+                PushAction::Buffered => {
+                    assert!(!started);
+                    accepted.extend_from_slice(bytes);
+                }
+                PushAction::Start {
+                    page_size,
+                    bytes: b,
+                } => {
+                    assert!(!started, "started twice");
+                    started = true;
+                    assert!(page_size.is_power_of_two() && (512..=65536).contains(&page_size));
+                    accepted.extend_from_slice(bytes);
+                    forwarded.extend_from_slice(&b);
+                }
+                PushAction::Forward => {
+                    assert!(started, "forwarded before the replica side started");
+                    accepted.extend_from_slice(bytes);
+                    forwarded.extend_from_slice(bytes);
+                }
+            }
+            if started {
+                assert_eq!(forwarded, accepted, "the replica side got other bytes");
+            }
+            assert!(push.pages() <= push.max_pages() as u64);
+            assert!(push.message().len() <= MAX_COMMIT_MESSAGE);
+            let s = push.summary();
+            assert!(s.page_size as u64 * s.page_count as u64 <= limits.max_db_bytes);
+            assert!(
+                push.sent_pages()
+                    .iter()
+                    .all(|p| *p >= 1 && *p <= push.max_pages())
+            );
+            if push.ended() {
+                let base = (head >> 3) as u32;
+                if let Some(p) = push.missing_page(base, s.page_size.max(512)) {
+                    assert!(p > base && !push.sent_pages().contains(&p));
+                }
+                return;
+            }
+        }
+    } else {
+        let mut pull = PullFrames::new(limits, 8, 4096);
+        assert!(pull.budget() >= OVERHEAD_BASE);
+        for (is_text, bytes) in frames {
+            let t = text(bytes);
+            let frame = if is_text {
+                Frame::Text(&t)
+            } else {
+                Frame::Binary(bytes)
+            };
+            let Ok(action) = pull.frame(frame) else {
+                return;
+            };
+            assert!(!is_text, "a text frame was accepted on a pull");
+            assert!(pull.received() <= pull.budget());
+            if let PullAction::Control(c) = action {
+                assert!(!matches!(
+                    c,
+                    crate::protocol::ClientControl::CommitMessage(_)
+                ));
+            }
+        }
+    }
+}

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
+use super::conn::DeadlineAcceptor;
 use super::keys::{self, KeyRecord};
 use super::store::Store;
 use super::{names, pull, push, subscribe, web};
@@ -37,10 +38,40 @@ pub struct ServeConfig {
     pub max_frame: usize,
     /// zstd level for stored pages (0: none).
     pub compression: i32,
-    /// A push or pull whose client sends nothing (not even a keepalive)
-    /// for this long is ended, so a stalled connection cannot hold a push
-    /// lock or a session slot forever.
+    /// Largest database a push may announce; also scales how much a pull
+    /// client may send ([`super::frames`]).
+    pub max_db_bytes: u64,
+    /// A push or pull with no frame in either direction, or a subscriber
+    /// that sent nothing (not even a pong), for this long is ended: an
+    /// idle client must not hold a session slot (or a push lock) forever.
     pub idle_timeout: Duration,
+    /// A connection must send its HTTP request head, and a push its first
+    /// frame, within this long ([`super::conn`]).
+    pub handshake_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults of `sqlrsync-server serve` for `data_dir`.
+    pub fn new(data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            data_dir,
+            tls: None,
+            max_sessions: 256,
+            max_frame: 1024 * 1024,
+            compression: super::store::DEFAULT_COMPRESSION,
+            max_db_bytes: super::frames::DEFAULT_MAX_DB_BYTES,
+            idle_timeout: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// What a session's client may send.
+    pub fn stream_limits(&self) -> super::frames::StreamLimits {
+        super::frames::StreamLimits {
+            max_db_bytes: self.max_db_bytes,
+            ..Default::default()
+        }
+    }
 }
 
 /// State shared by every handler.
@@ -150,6 +181,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// hyper's header timeout (it needs a timer) bounds reading a request
+/// head, and how long an idle keep-alive connection waits for its next
+/// request; HTTP/2 connections are pinged so dead peers go away.
+fn configure_http<A>(server: &mut axum_server::Server<A>, handshake: Duration) {
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(handshake);
+    server
+        .http_builder()
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains sessions.
 pub async fn run(
     listener: std::net::TcpListener,
@@ -195,6 +243,7 @@ pub async fn run(
         });
     }
     listener.set_nonblocking(true)?;
+    let handshake = config.handshake_timeout;
     match &config.tls {
         Some((cert, key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
@@ -209,19 +258,23 @@ pub async fn run(
             // TCP_NODELAY: protocol 2 is a ping-pong of small frames, which
             // Nagle + delayed ACKs would stall by tens of milliseconds a round.
             let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .handshake_timeout(handshake)
                 .acceptor(axum_server::accept::NoDelayAcceptor::new());
-            axum_server::from_tcp(listener)
-                .acceptor(acceptor)
-                .handle(handle)
-                .serve(app)
-                .await?;
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(DeadlineAcceptor::new(acceptor, handshake))
+                .handle(handle);
+            configure_http(&mut server, handshake);
+            server.serve(app).await?;
         }
         None => {
-            axum_server::from_tcp(listener)
-                .acceptor(axum_server::accept::NoDelayAcceptor::new())
-                .handle(handle)
-                .serve(app)
-                .await?;
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(DeadlineAcceptor::new(
+                    axum_server::accept::NoDelayAcceptor::new(),
+                    handshake,
+                ))
+                .handle(handle);
+            configure_http(&mut server, handshake);
+            server.serve(app).await?;
         }
     }
     // Every session holds a permit; getting them all back means all ended.

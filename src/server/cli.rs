@@ -79,14 +79,69 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = store::DEFAULT_COMPRESSION, value_name = "LEVEL",
           value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,
-    /// End a push or pull whose client has sent nothing, not even a
-    /// keepalive, for this many seconds (a stalled connection must not hold
-    /// a replica's push lock forever). sqlrsync clients send keepalives;
-    /// others may be silent while they hash a large database.
-    #[arg(long, env = "SQLRSYNC_SERVER_IDLE_TIMEOUT", value_name = "SECS",
-          default_value_t = super::session::DEFAULT_IDLE_TIMEOUT.as_secs(),
+    /// Largest database a client may push (page size x page count), in
+    /// bytes or with a binary unit: 512MiB, 64GiB, 1TiB. Larger pushes are
+    /// refused when they announce themselves, before any page is stored.
+    #[arg(long, default_value = "64GiB", value_name = "SIZE", value_parser = parse_size)]
+    pub max_db_size: u64,
+    /// Seconds a push or pull may go without a frame in either direction
+    /// (and a subscriber without answering the pings) before it is ended.
+    #[arg(long, env = "SQLRSYNC_SERVER_IDLE_TIMEOUT", default_value_t = 600, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
+    /// Seconds a new connection has to send its HTTP request (and a push
+    /// its first frame) before it is closed.
+    #[arg(long, default_value_t = 30, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout: u64,
+}
+
+/// A size in bytes: digits with an optional K, M, G or T (binary units;
+/// `KiB`, `KB` and `K` all mean 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (use e.g. 1048576, 512MiB, 64GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("unknown unit in {s:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection
+/// is a descriptor, and the common soft limit of 1024 would let a few
+/// hundred idle sockets stop the server from opening its own files.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls with a valid, initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                tracing::debug!(
+                    from = lim.rlim_cur,
+                    to = lim.rlim_max,
+                    "raised the open-file limit"
+                );
+            }
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,13 +370,16 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         let addr = listener.local_addr()?;
         let tls = a.tls_cert.zip(a.tls_key);
         let scheme = if tls.is_some() { "https" } else { "http" };
+        raise_open_file_limit();
         let config = ServeConfig {
-            data_dir: a.data.data_dir,
             tls,
             max_sessions: a.max_connections.max(1),
             max_frame: a.max_frame.max(64 * 1024),
             compression: a.compression,
+            max_db_bytes: a.max_db_size,
             idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
+            handshake_timeout: std::time::Duration::from_secs(a.handshake_timeout),
+            ..ServeConfig::new(a.data.data_dir)
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut server = tokio::spawn(run(listener, config, shutdown_signal()?, ready_tx));

@@ -64,25 +64,59 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
-/// Creates a key and returns it in clear (the only time it exists so).
+/// A key made for a session and sent to its client, stored only once the
+/// session succeeded: a push that fails (or a pull that never finished)
+/// must leave no working key behind.
+#[derive(Debug, Clone)]
+pub struct PendingKey {
+    /// What it will allow.
+    pub kind: KeyKind,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its replica (replica keys).
+    pub replica: Option<i64>,
+    /// The key in clear, as sent to the client.
+    pub key: String,
+}
+
+impl PendingKey {
+    /// A new random key, not stored yet.
+    pub fn new(kind: KeyKind, namespace: &str, replica: Option<i64>) -> PendingKey {
+        PendingKey {
+            kind,
+            namespace: namespace.to_string(),
+            replica,
+            key: protocol::new_key(),
+        }
+    }
+
+    /// Stores its hash (use inside the transaction that makes the session
+    /// count).
+    pub fn store(&self, c: &Connection) -> Result<()> {
+        c.execute(
+            "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                &hash_key(&self.key)[..],
+                self.kind.as_str(),
+                self.namespace,
+                self.replica,
+                meta::now()
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Creates and stores a key; returns it in clear (the only time it exists so).
 pub fn create(
     c: &Connection,
     kind: KeyKind,
     namespace: &str,
     replica: Option<i64>,
 ) -> Result<String> {
-    let key = protocol::new_key();
-    c.execute(
-        "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            &hash_key(&key)[..],
-            kind.as_str(),
-            namespace,
-            replica,
-            meta::now()
-        ],
-    )?;
-    Ok(key)
+    let k = PendingKey::new(kind, namespace, replica);
+    k.store(c)?;
+    Ok(k.key)
 }
 
 /// Looks a presented key up; None for unknown, malformed or revoked keys.

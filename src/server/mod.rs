@@ -7,9 +7,14 @@
 //! - [`web`]: the HTML pages and downloads.
 //! - [`store`]: metadata, content-addressed pages and materialised versions.
 //! - [`keys`], [`names`]: key hashing and checks, path validation.
+//! - [`frames`]: what a session does with each client frame, and the
+//!   stream limits; [`conn`]: the deadline for connections that never
+//!   send a request.
 
 pub mod app;
 pub mod cli;
+pub mod conn;
+pub mod frames;
 pub mod keys;
 pub mod names;
 pub mod pull;

@@ -18,17 +18,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::app::{AppState, internal, refuse, remote_path};
-use super::keys::{self, KeyKind, KeyRecord};
+use super::frames::{Frame, PullAction, PullFrames};
+use super::keys::{self, KeyKind, KeyRecord, PendingKey};
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, finish,
-    spawn_writer,
+    Abort, Activity, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed,
+    finish_writer, send_out, spawn_writer,
 };
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
 use crate::helper::Side;
 use crate::protocol::{
     CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, StreamParser,
-    VersionRef, Visibility, headers, is_control_byte, keepalive_interval,
+    VersionRef, Visibility, headers, keepalive_interval,
 };
 
 /// Who may read `r` with `key` (None: anonymous). Private replicas and
@@ -157,20 +158,26 @@ pub async fn handler(
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = spawn_writer(sink, keepalive_interval(st.config.idle_timeout));
+    let activity = Activity::new();
+    let (out, writer) = spawn_writer(
+        sink,
+        activity.clone(),
+        keepalive_interval(st.config.idle_timeout),
+    );
     let started = std::time::Instant::now();
-    let last = match run(&mut stream, &out, &st, &ctx).await {
+    match run(&mut stream, &out, &activity, &st, &ctx).await {
         Ok(pages) => {
             tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
                 secs = started.elapsed().as_secs_f64(), "pull served");
-            vec![Out::Close(CLOSE_NORMAL, "done".into())]
+            send_out(&out, Out::Close(CLOSE_NORMAL, "done".into())).await;
         }
         Err(a) => {
             tracing::warn!(path = %ctx.replica.path, reason = %a.reason(), "pull ended early");
-            a.frames()
+            a.send(&out).await;
         }
-    };
-    finish(out, writer, last, st.config.idle_timeout).await;
+    }
+    drop(out);
+    finish_writer(writer).await;
     drain_until_closed(&mut stream).await;
 }
 
@@ -185,9 +192,39 @@ fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
     }
 }
 
+/// The Replica Pull key a puller asked for: made at once (the client
+/// needs it in CONFIG), stored only once our side of the pull completed.
+#[derive(Default)]
+struct PullKey {
+    /// The key, once made.
+    key: Option<PendingKey>,
+    /// Stored already.
+    stored: bool,
+}
+
+impl PullKey {
+    fn shown(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.key.clone())
+    }
+
+    /// Stores the key if there is one and it is not stored yet.
+    fn store(&mut self, st: &AppState) -> Result<(), Abort> {
+        if let Some(k) = &self.key
+            && !self.stored
+        {
+            st.store
+                .with_meta(|c| k.store(c))
+                .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))?;
+            self.stored = true;
+        }
+        Ok(())
+    }
+}
+
 async fn run(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     out: &OutTx,
+    activity: &Activity,
     st: &AppState,
     ctx: &PullContext,
 ) -> Result<u64, Abort> {
@@ -198,7 +235,7 @@ async fn run(
         .await
         .map_err(|e| Abort::Server(format!("materialise task failed: {e}")))?
         .map_err(|e| Abort::Server(format!("cannot read version {n}: {e:#}")))?;
-    let _ = out.send(config_text(config(ctx, None))).await;
+    send_out(out, config_text(config(ctx, None))).await;
     let mut helper = HelperProcess::spawn(Side::Origin, &file.path, &ctx.replica.path)
         .map_err(|e| Abort::Server(format!("cannot start the helper: {e:#}")))?;
     let stdout = helper.stdout.take().expect("piped stdout");
@@ -209,8 +246,12 @@ async fn run(
     };
     let mut pump = tokio::spawn(pump_origin(stdout, out.clone(), ended_tx, newer));
     let mut stdin = helper.stdin.take();
-    let mut parser = StreamParser::new(Direction::FromReplica);
-    let mut pull_key: Option<String> = None;
+    let mut frames = PullFrames::new(
+        st.config.stream_limits(),
+        ctx.version.page_count,
+        ctx.version.page_size,
+    );
+    let mut pull_key = PullKey::default();
     let mut shutdown = st.shutdown.clone();
     let mut origin_ended = false;
     let summary = loop {
@@ -220,21 +261,19 @@ async fn run(
             }
             _ = &mut ended_rx, if !origin_ended => {
                 // ORIGIN_END sent: the helper waits for the replica's EOF,
-                // which the client never sends; give it ours.
+                // which the client never sends; give it ours. Our side is
+                // complete, so a key the client asked for is now kept.
                 origin_ended = true;
                 stdin = None;
+                pull_key.store(st)?;
             }
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
-            frame = tokio::time::timeout(st.config.idle_timeout, stream.next()) => {
-                // A client that sends nothing at all (its keepalives
-                // included) for the idle timeout has stalled; without this
-                // the session, its helper and the pinned version would wait
-                // for it forever.
-                let Ok(frame) = frame else {
-                    return Err(Abort::idle(st.config.idle_timeout));
-                };
-                let data = match frame {
-                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => {
+            _ = activity.idle(st.config.idle_timeout) => {
+                return Err(Abort::Client("no data from the client for too long".into()));
+            }
+            frame = stream.next() => {
+                let msg = match frame {
+                    None | Some(Ok(WsMessage::Close(_))) => {
                         if origin_ended {
                             // The client has everything; wait for the helper.
                             stdin = None;
@@ -244,45 +283,41 @@ async fn run(
                         }
                         return Err(Abort::Cut("client left before the pull finished".into()));
                     }
-                    Some(Ok(WsMessage::Binary(b))) => b,
-                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(Abort::from_read_error(e, st.config.max_frame)),
+                    Some(Ok(m)) => m,
                 };
-                if data.is_empty() {
-                    continue;
+                // A Pong is the websocket library answering our keepalive, not
+                // the client doing anything: a client stuck mid-stream that
+                // still pongs must still time out. Its own Pings do count.
+                if !matches!(msg, WsMessage::Pong(_)) {
+                    activity.touch();
                 }
-                if parser.at_boundary() && is_control_byte(data[0]) {
-                    match ClientControl::parse(&data) {
-                        Ok(ClientControl::Config) => {
-                            let _ = out.send(config_text(config(ctx, pull_key.clone()))).await;
-                        }
-                        Ok(ClientControl::KeyRequest) => {
-                            // Only someone who may already pull with a key
-                            // gets a Replica Pull key to keep.
-                            if let Some(k) = &ctx.key && pull_key.is_none() {
-                                let _ = k;
-                                let r = &ctx.replica;
-                                pull_key = st
-                                    .store
-                                    .with_meta(|c| keys::create(c, KeyKind::ReplicaPull, &r.namespace, Some(r.id)))
-                                    .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))
-                                    .map(Some)?;
+                let action = match &msg {
+                    WsMessage::Binary(b) => frames.frame(Frame::Binary(b)),
+                    WsMessage::Text(t) => frames.frame(Frame::Text(t.as_str())),
+                    _ => continue,
+                };
+                match action.map_err(|e| Abort::Client(e.0))? {
+                    PullAction::Skip => {}
+                    PullAction::Control(c) => {
+                        // Only someone who may already pull with a key gets
+                        // a Replica Pull key to keep.
+                        if c == ClientControl::KeyRequest && ctx.key.is_some() && pull_key.key.is_none() {
+                            let r = &ctx.replica;
+                            pull_key.key = Some(PendingKey::new(KeyKind::ReplicaPull, &r.namespace, Some(r.id)));
+                            if origin_ended {
+                                pull_key.store(st)?;
                             }
-                            let _ = out.send(config_text(config(ctx, pull_key.clone()))).await;
                         }
-                        Ok(ClientControl::CommitMessage(_)) => {
-                            return Err(Abort::Client("COMMITMESSAGE is for pushes".into()));
-                        }
-                        Err(e) => return Err(Abort::Client(format!("bad control frame: {e}"))),
+                        send_out(out, config_text(config(ctx, pull_key.shown()))).await;
                     }
-                    continue;
-                }
-                parser
-                    .feed(&data, |_| {})
-                    .map_err(|e| Abort::Client(format!("not a sqlite3_rsync stream: {e}")))?;
-                if let Some(s) = stdin.as_mut()
-                    && s.write_all(&data).await.is_err()
-                {
-                    stdin = None;
+                    PullAction::Forward => {
+                        if let (Some(s), WsMessage::Binary(b)) = (stdin.as_mut(), &msg)
+                            && s.write_all(b).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
                 }
             }
         }
@@ -296,6 +331,7 @@ async fn run(
     if !summary.complete() {
         return Err(Abort::Server("the origin side stopped early".into()));
     }
+    pull_key.store(st)?;
     Ok(summary.pages_sent)
 }
 

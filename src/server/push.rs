@@ -2,15 +2,17 @@
 //! version.
 //!
 //! The key is checked at the upgrade. The session then takes the replica's
-//! push lock, reads the client's stream with a [`StreamParser`] (which finds
-//! message boundaries, so control frames can be told apart, and records the
-//! pages sent and the final size), starts the helper `--replica` on a
-//! staging copy of the latest version once ORIGIN_BEGIN has told the page
-//! size, and bridges the two. A version is committed only when the origin's
-//! stream ended cleanly (ORIGIN_TXN, ORIGIN_END, no ORIGIN_ERROR), the
-//! helper's own stream carried no REPLICA_ERROR, and the helper exited.
+//! push lock, judges the client's frames with [`PushFrames`] (which finds
+//! message boundaries, so control frames can be told apart, applies the
+//! stream limits, and records the pages sent and the final size), starts
+//! the helper `--replica` on a staging copy of the latest version once
+//! ORIGIN_BEGIN has told the page size, and bridges the two. A version is
+//! committed only when the origin's stream ended cleanly (ORIGIN_TXN,
+//! ORIGIN_END, no ORIGIN_ERROR), the helper's own stream carried no
+//! REPLICA_ERROR, the helper exited, and every page of the result was
+//! either sent or already in the previous version. Keys issued on
+//! KEYREQUEST are stored in the same transaction as the version.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,18 +26,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::app::{AppState, internal, refuse, remote_path};
-use super::keys::{self, KeyKind, KeyRecord};
+use super::frames::{Frame, PushAction, PushFrames};
+use super::keys::{self, KeyKind, KeyRecord, PendingKey};
 use super::names;
 use super::session::{
-    Abort, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed, finish,
-    spawn_writer,
+    Abort, Activity, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed,
+    finish_writer, send_out, spawn_writer,
 };
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
 use crate::helper::Side;
 use crate::protocol::{
-    ClientControl, Direction, Message, OriginSummary, ReplicaSummary, ServerConfig, ServerText,
-    StreamParser, Visibility, headers, is_control_byte, keepalive_interval,
+    ClientControl, Direction, ReplicaSummary, ServerConfig, ServerText, StreamParser, Visibility,
+    headers, keepalive_interval,
 };
 
 /// Everything a push session needs, settled at the upgrade.
@@ -153,48 +156,65 @@ pub async fn handler(
 
 async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
     let (sink, mut stream) = socket.split();
-    let (out, writer) = spawn_writer(sink, keepalive_interval(st.config.idle_timeout));
+    let activity = Activity::new();
+    let (out, writer) = spawn_writer(
+        sink,
+        activity.clone(),
+        keepalive_interval(st.config.idle_timeout),
+    );
     let path = ctx.replica.path.clone();
     let started = std::time::Instant::now();
-    let last = match run(&mut stream, &out, &st, &ctx).await {
-        Ok(PushEnd::Committed(cfg, row)) => {
-            tracing::info!(path = %path, version = row.number, changed = row.changed_pages,
-                pages = row.page_count, secs = started.elapsed().as_secs_f64(), "push committed");
-            vec![
-                Out::Text(
-                    ServerText::Message(format!(
+    match run(&mut stream, &out, &activity, &st, &ctx).await {
+        Ok(end) => {
+            match &end {
+                PushEnd::Committed(cfg, row) => {
+                    tracing::info!(path = %path, version = row.number, changed = row.changed_pages,
+                        pages = row.page_count, secs = started.elapsed().as_secs_f64(), "push committed");
+                    let text = ServerText::Message(format!(
                         "version {} committed: {} of {} pages changed",
                         row.number, row.changed_pages, row.page_count
-                    ))
-                    .encode(),
-                ),
-                config_text(cfg),
-                Out::Close(CLOSE_NORMAL, "done".into()),
-            ]
-        }
-        Ok(PushEnd::NoChange(cfg, latest)) => {
-            tracing::info!(path = %path, "push changed nothing");
-            vec![
-                Out::Text(
-                    ServerText::Message(format!(
+                    ));
+                    send_out(&out, Out::Text(text.encode())).await;
+                    send_out(&out, config_text(cfg.clone())).await;
+                }
+                PushEnd::NoChange(cfg, latest) => {
+                    tracing::info!(path = %path, "push changed nothing");
+                    let text = ServerText::Message(format!(
                         "no changes: version {latest} is still the latest; no new version stored"
-                    ))
-                    .encode(),
-                ),
-                config_text(cfg),
-                Out::Close(CLOSE_NORMAL, "done".into()),
-            ]
-        }
-        Ok(PushEnd::Withdrawn) => {
-            tracing::info!(path = %path, "client closed before sending a stream; nothing to do");
-            vec![Out::Close(CLOSE_NORMAL, "done".into())]
+                    ));
+                    send_out(&out, Out::Text(text.encode())).await;
+                    send_out(&out, config_text(cfg.clone())).await;
+                }
+                PushEnd::Withdrawn => {
+                    tracing::info!(path = %path, "client closed before sending a stream; nothing to do");
+                    // As after a failed first push: no empty replica left.
+                    let (store, r) = (st.store.clone(), ctx.replica.clone());
+                    let _ = tokio::task::spawn_blocking(move || store.forget_if_empty(&r)).await;
+                }
+            }
+            send_out(&out, Out::Close(CLOSE_NORMAL, "done".into())).await;
         }
         Err(abort) => {
             tracing::warn!(path = %path, reason = %abort.reason(), "push aborted; nothing stored");
-            abort.frames()
+            // A failed first push must not leave an empty replica behind
+            // (it would be listed, and would fix the visibility). Before
+            // the ABORT goes out, so the client never sees it still there.
+            let (store, r) = (st.store.clone(), ctx.replica.clone());
+            match tokio::task::spawn_blocking(move || store.forget_if_empty(&r)).await {
+                Ok(Ok(true)) => tracing::info!(path = %path, "removed the empty replica"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path, error = %format!("{e:#}"), "could not remove the empty replica")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path, error = %e, "could not remove the empty replica")
+                }
+            }
+            abort.send(&out).await;
         }
-    };
-    finish(out, writer, last, st.config.idle_timeout).await;
+    }
+    drop(out);
+    finish_writer(writer).await;
     drain_until_closed(&mut stream).await;
 }
 
@@ -218,9 +238,6 @@ impl Drop for StagingGuard {
     }
 }
 
-/// Largest stream prefix buffered before ORIGIN_BEGIN completes.
-const MAX_PREFIX: usize = 64 * 1024;
-
 /// How the helper's stdout pump ended.
 struct PumpResult {
     replica: ReplicaSummary,
@@ -230,6 +247,7 @@ struct PumpResult {
 async fn run(
     stream: &mut SplitStream<WebSocket>,
     out: &OutTx,
+    activity: &Activity,
     st: &AppState,
     ctx: &PushContext,
 ) -> Result<PushEnd, Abort> {
@@ -240,25 +258,36 @@ async fn run(
         g = state.push_lock.clone().lock_owned() => g,
         _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
     };
+    // Waiting for another push to this replica is not the client's idling.
+    activity.touch();
     let latest = state.latest();
     let mut keys_issued = KeysIssued::default();
-    let mut parser = StreamParser::new(Direction::FromOrigin);
-    let mut summary = OriginSummary::default();
-    let mut sent_pages: BTreeSet<u32> = BTreeSet::new();
-    let mut prefix: Vec<u8> = Vec::new();
+    let mut frames = PushFrames::new(st.config.stream_limits());
     let mut helper: Option<HelperProcess> = None;
     let mut pump: Option<tokio::task::JoinHandle<PumpResult>> = None;
     let mut staging: Option<StagingGuard> = None;
-    let mut message = String::new();
-    let mut first_message = true;
-    let mut bad_start = false;
+    // Pages the staging copy started with (a copy of the latest version).
+    let mut base_pages = 0u32;
+    let mut first_frame = true;
 
     loop {
+        // The first frame comes at once from a real client (its origin
+        // opens the database and speaks); later, the client may wait
+        // while our helper hashes, so the clock counts both directions.
+        let (wait, why) = if first_frame {
+            (
+                st.config.handshake_timeout,
+                "no data from the client after the upgrade",
+            )
+        } else {
+            (
+                st.config.idle_timeout,
+                "no data from the client for too long",
+            )
+        };
         let frame = tokio::select! {
-            f = tokio::time::timeout(st.config.idle_timeout, stream.next()) => match f {
-                Ok(f) => f,
-                Err(_) => return Err(Abort::idle(st.config.idle_timeout)),
-            },
+            biased;
+            f = stream.next() => f,
             _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
             res = async { pump.as_mut().unwrap().await }, if pump.is_some() => {
                 // The helper stopped before the origin finished: it failed.
@@ -269,14 +298,16 @@ async fn run(
                 };
                 return Err(Abort::Server(format!("replica side failed: {why}")));
             }
+            _ = activity.idle(wait) => return Err(Abort::Client(why.into())),
         };
-        let data = match frame {
-            None | Some(Err(_)) => {
+        let msg = match frame {
+            None => {
                 return Err(Abort::Cut(
                     "connection closed before the push finished".into(),
                 ));
             }
-            Some(Ok(WsMessage::Close(_))) if first_message && prefix.is_empty() => {
+            Some(Err(e)) => return Err(Abort::from_read_error(e, st.config.max_frame)),
+            Some(Ok(WsMessage::Close(_))) if !frames.stream_begun() => {
                 // Closed before any stream data: the client learnt from
                 // CONFIG that it has nothing to push (or changed its mind).
                 return Ok(PushEnd::Withdrawn);
@@ -284,104 +315,55 @@ async fn run(
             Some(Ok(WsMessage::Close(_))) => {
                 return Err(Abort::Cut("client closed before the push finished".into()));
             }
-            Some(Ok(WsMessage::Text(t))) => {
-                tracing::debug!(text = %t.as_str(), "ignoring text frame on a push");
-                continue;
-            }
-            Some(Ok(WsMessage::Binary(b))) => b,
-            Some(Ok(_)) => continue,
+            Some(Ok(m)) => m,
         };
-        if data.is_empty() {
-            continue;
+        // A Pong is the websocket library answering our keepalive, not
+        // the client doing anything: a client stuck mid-stream that
+        // still pongs must still time out. Its own Pings do count.
+        if !matches!(msg, WsMessage::Pong(_)) {
+            activity.touch();
         }
-        if parser.at_boundary() && is_control_byte(data[0]) {
-            match ClientControl::parse(&data) {
-                Ok(ClientControl::Config) => {
-                    let cfg = config_for(st, ctx, latest_number(&state), false, &mut keys_issued)?;
-                    let _ = out.send(config_text(cfg)).await;
-                }
-                Ok(ClientControl::KeyRequest) => {
-                    let cfg = config_for(st, ctx, latest_number(&state), true, &mut keys_issued)?;
-                    let _ = out.send(config_text(cfg)).await;
-                }
-                Ok(ClientControl::CommitMessage(m)) => {
-                    if helper.is_some() || !prefix.is_empty() {
-                        return Err(Abort::Client(
-                            "COMMITMESSAGE must come before ORIGIN_BEGIN".into(),
-                        ));
-                    }
-                    message = m;
-                }
-                Err(e) => return Err(Abort::Client(format!("bad control frame: {e}"))),
+        let action = match &msg {
+            WsMessage::Binary(b) => frames.frame(Frame::Binary(b)),
+            WsMessage::Text(t) => frames.frame(Frame::Text(t.as_str())),
+            _ => continue, // ping/pong: the websocket layer answers pings
+        };
+        first_frame = false;
+        match action.map_err(|e| Abort::Client(e.0))? {
+            PushAction::Skip | PushAction::Buffered => {}
+            PushAction::Control(c) => {
+                let key_request = c == ClientControl::KeyRequest;
+                let mut cfg = config_for(ctx, latest_number(&state), key_request, &mut keys_issued);
+                // The latest version's hash: a client holding exactly that
+                // content can stop here (client::unchanged) instead of
+                // syncing to no effect.
+                cfg.version_hash = latest_hash(st, r, latest_number(&state))?;
+                send_out(out, config_text(cfg)).await;
             }
-            continue;
-        }
-        if parser.ended() {
-            return Err(Abort::Client("data after ORIGIN_END".into()));
-        }
-        let mut begin_page_size = None;
-        parser
-            .feed(&data, |m| {
-                if first_message {
-                    first_message = false;
-                    // An origin that cannot even open its database says so
-                    // with ORIGIN_ERROR before any ORIGIN_BEGIN.
-                    if !matches!(
-                        m,
-                        Message::OriginBegin { .. }
-                            | Message::OriginError(_)
-                            | Message::OriginMsg(_)
-                    ) {
-                        bad_start = true;
-                    }
-                }
-                summary.observe(&m);
-                match m {
-                    Message::OriginBegin { page_size, .. } => begin_page_size = Some(page_size),
-                    Message::OriginPage { pgno, .. } => {
-                        sent_pages.insert(pgno);
-                    }
-                    _ => {}
-                }
-            })
-            .map_err(|e| Abort::Client(format!("not a sqlite3_rsync stream: {e}")))?;
-        if bad_start {
-            return Err(Abort::Client(
-                "not a sqlite3_rsync stream: it must start with ORIGIN_BEGIN".into(),
-            ));
-        }
-        if helper.is_none() {
-            prefix.extend_from_slice(&data);
-            if let Some(page_size) = begin_page_size {
+            PushAction::Start { page_size, bytes } => {
                 let guard = StagingGuard(st.store.staging_path(r));
-                prepare_staging(st, r, latest.as_deref(), &guard.0, page_size).await?;
+                base_pages = prepare_staging(st, r, latest.as_deref(), &guard.0, page_size).await?;
                 let mut h = HelperProcess::spawn(Side::Replica, &guard.0, &r.path)
                     .map_err(|e| Abort::Server(format!("cannot start the helper: {e:#}")))?;
                 let stdout = h.stdout.take().expect("piped stdout");
                 pump = Some(tokio::spawn(pump_replica(stdout, out.clone())));
                 staging = Some(guard);
-                let input = std::mem::take(&mut prefix);
-                write_helper(&mut h, &input).await;
+                write_helper(&mut h, &bytes).await;
                 helper = Some(h);
-            } else if parser.ended() {
-                // ORIGIN_ERROR / ORIGIN_END without ever beginning.
-                let why = summary.errors.first().cloned().unwrap_or_default();
-                return Err(Abort::Client(format!("the origin failed: {why}")));
-            } else if prefix.len() > MAX_PREFIX {
-                return Err(Abort::Client(
-                    "not a sqlite3_rsync stream: no ORIGIN_BEGIN".into(),
-                ));
             }
-        } else if let Some(h) = helper.as_mut() {
-            write_helper(h, &data).await;
+            PushAction::Forward => {
+                if let (Some(h), WsMessage::Binary(b)) = (helper.as_mut(), &msg) {
+                    write_helper(h, b).await;
+                }
+            }
         }
-        if parser.ended() {
+        if frames.ended() {
             break;
         }
     }
 
     // ORIGIN_END is in: let the replica finish, then judge.
-    let mut h = helper.expect("helper started before ORIGIN_END");
+    let mut h = helper.ok_or_else(|| Abort::Server("replica side missing".into()))?;
     h.stdin = None;
     let pumped = match pump.take() {
         Some(p) => tokio::time::timeout(Duration::from_secs(600), p)
@@ -402,6 +384,7 @@ async fn run(
             "the replica side refused the push: {e}"
         )));
     }
+    let summary = frames.summary();
     if let Some(e) = summary.errors.first() {
         return Err(Abort::Client(format!("the origin reported an error: {e}")));
     }
@@ -411,11 +394,47 @@ async fn run(
         ));
     }
     let final_count = summary.txn_page_count.unwrap_or(0);
+    if let Some(p) = frames.missing_page(base_pages, summary.page_size) {
+        return Err(Abort::Client(format!(
+            "the origin committed {final_count} pages but never sent page {p}"
+        )));
+    }
+    let sent_pages = frames.take_sent_pages();
+    let message = frames.message().to_string();
+    let new_keys = keys_issued.pending();
     let store = st.store.clone();
     let replica = r.clone();
-    let staging = staging.expect("staging with helper");
+    let staging = staging.ok_or_else(|| Abort::Server("staging file missing".into()))?;
     let outcome = tokio::task::spawn_blocking(move || {
-        let res = store.commit(&replica, &staging.0, &sent_pages, final_count, &message);
+        // The keys sent on KEYREQUEST are stored with the version, in its
+        // transaction: a push that fails leaves none behind.
+        let store_keys = |c: &rusqlite::Connection| -> anyhow::Result<()> {
+            for k in &new_keys {
+                k.store(c)?;
+            }
+            Ok(())
+        };
+        let res = store
+            .commit(
+                &replica,
+                &staging.0,
+                &sent_pages,
+                final_count,
+                &message,
+                &store_keys,
+            )
+            .and_then(|o| {
+                if matches!(o, CommitOutcome::NoChange(_)) && !new_keys.is_empty() {
+                    // An unchanged push succeeded too: keep its keys.
+                    store.with_meta(|c| {
+                        let tx = c.unchecked_transaction()?;
+                        store_keys(&tx)?;
+                        tx.commit()?;
+                        Ok(())
+                    })?;
+                }
+                Ok(o)
+            });
         drop(staging);
         res
     })
@@ -427,13 +446,13 @@ async fn run(
     })?;
     match outcome {
         CommitOutcome::Committed(row) => {
-            let mut cfg = config_for(st, ctx, row.number, false, &mut keys_issued)?;
+            let mut cfg = config_for(ctx, row.number, false, &mut keys_issued);
             cfg.version_hash = Some(row.version_hash.clone());
             Ok(PushEnd::Committed(cfg, row))
         }
         CommitOutcome::NoChange(row) => {
             let n = row.as_ref().map_or(0, |r| r.number);
-            let mut cfg = config_for(st, ctx, n, false, &mut keys_issued)?;
+            let mut cfg = config_for(ctx, n, false, &mut keys_issued);
             cfg.version_hash = row.map(|r| r.version_hash);
             Ok(PushEnd::NoChange(cfg, n))
         }
@@ -444,98 +463,94 @@ fn latest_number(state: &ReplicaState) -> u64 {
     state.latest().map_or(0, |f| f.number)
 }
 
-/// Keys already issued in this session (each kind at most once).
+/// Keys made for this session on KEYREQUEST (each kind at most once),
+/// stored only when the push succeeds.
 #[derive(Default)]
 struct KeysIssued {
-    pull: Option<String>,
-    push: Option<String>,
+    pull: Option<PendingKey>,
+    push: Option<PendingKey>,
+}
+
+impl KeysIssued {
+    fn pending(&self) -> Vec<PendingKey> {
+        self.pull.iter().chain(&self.push).cloned().collect()
+    }
+}
+
+/// The versionHash of `version` (none before the first).
+fn latest_hash(st: &AppState, r: &ReplicaRow, version: u64) -> Result<Option<String>, Abort> {
+    if version == 0 {
+        return Ok(None);
+    }
+    st.store
+        .with_meta(|c| meta::version(c, r.id, version))
+        .map(|v| v.map(|v| v.version_hash))
+        .map_err(|e| Abort::Server(format!("reading version {version}: {e:#}")))
 }
 
 /// The CONFIG answer; on KEYREQUEST a new Replica Pull key, and for a push
-/// authorised by the Account Admin key a new Replica Push key.
+/// authorised by the Account Admin key a new Replica Push key (made now,
+/// stored with the version).
 fn config_for(
-    st: &AppState,
     ctx: &PushContext,
     version: u64,
     key_request: bool,
     issued: &mut KeysIssued,
-) -> Result<ServerConfig, Abort> {
+) -> ServerConfig {
     let r = &ctx.replica;
     if key_request {
-        let res = st.store.with_meta(|c| {
-            if issued.pull.is_none() {
-                issued.pull = Some(keys::create(
-                    c,
-                    KeyKind::ReplicaPull,
-                    &r.namespace,
-                    Some(r.id),
-                )?);
-            }
-            if ctx.key.kind == KeyKind::Admin && issued.push.is_none() {
-                issued.push = Some(keys::create(
-                    c,
-                    KeyKind::ReplicaPush,
-                    &r.namespace,
-                    Some(r.id),
-                )?);
-            }
-            Ok(())
-        });
-        res.map_err(|e| Abort::Server(format!("issuing keys: {e:#}")))?;
+        issued
+            .pull
+            .get_or_insert_with(|| PendingKey::new(KeyKind::ReplicaPull, &r.namespace, Some(r.id)));
+        if ctx.key.kind == KeyKind::Admin {
+            issued.push.get_or_insert_with(|| {
+                PendingKey::new(KeyKind::ReplicaPush, &r.namespace, Some(r.id))
+            });
+        }
     }
-    // The hash of the version named: before the push it is the latest, so
-    // a client holding exactly that content can stop here (see
-    // client::push's "unchanged" check) instead of syncing to no effect.
-    let version_hash = if version > 0 {
-        st.store
-            .with_meta(|c| meta::version(c, r.id, version))
-            .map_err(|e| Abort::Server(format!("reading version {version}: {e:#}")))?
-            .map(|v| v.version_hash)
-    } else {
-        None
+    let shown = |k: &Option<PendingKey>| {
+        if key_request {
+            k.as_ref().map(|k| k.key.clone())
+        } else {
+            None
+        }
     };
-    Ok(ServerConfig {
+    ServerConfig {
         replica_id: Some(r.uid.clone()),
         replica_path: Some(r.path.clone()),
         committed_version_id: Some(version.to_string()),
-        new_pull_key: if key_request {
-            issued.pull.clone()
-        } else {
-            None
-        },
-        new_push_key: if key_request {
-            issued.push.clone()
-        } else {
-            None
-        },
-        version_hash,
-    })
+        new_pull_key: shown(&issued.pull),
+        new_push_key: shown(&issued.push),
+        version_hash: None,
+    }
 }
 
 /// The staging file: a copy of the latest version when the page size
 /// matches (so only changed pages travel), otherwise a new empty database.
+/// Returns the pages it starts with.
 async fn prepare_staging(
     st: &AppState,
     r: &ReplicaRow,
     latest: Option<&super::store::VersionFile>,
     staging: &Path,
     page_size: u32,
-) -> Result<(), Abort> {
-    let Some(latest) = latest else { return Ok(()) };
+) -> Result<u32, Abort> {
+    let Some(latest) = latest else { return Ok(0) };
     let src = latest.path.clone();
     let dst = staging.to_path_buf();
     let store = st.store.clone();
     let number = latest.number;
     let rr = r.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<u32> {
         let v = store
             .with_meta(|c| meta::version(c, rr.id, number))?
             .ok_or_else(|| anyhow::anyhow!("latest version row missing"))?;
         if v.page_size == page_size {
             std::fs::copy(&src, &dst)?;
             start_writeback(&dst);
+            return Ok(v.page_count);
         }
-        Ok(())
+        Ok(0)
     })
     .await
     .map_err(|e| Abort::Server(format!("staging task failed: {e}")))?

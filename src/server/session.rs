@@ -1,8 +1,12 @@
 //! What push and pull sessions share: the socket writer task, the helper
-//! process, and the way a session ends (normal close or ABORT).
+//! process, the idle clock, and the way a session ends (normal close or
+//! ABORT).
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
@@ -23,17 +27,67 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 /// The server failed.
 pub const CLOSE_INTERNAL: u16 = 1011;
+/// A frame was larger than the server takes.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Frames queued for the socket per session: small, so a slow client
 /// holds back its helper (pipe backpressure) instead of server memory.
 const OUT_QUEUE: usize = 8;
 
-/// Default of `serve --idle-timeout`: a push or pull whose client sends
-/// nothing for this long is ended (a silent peer must not hold a replica's
-/// push lock, a pinned version or a session slot forever). Generous,
-/// because a client that sends no keepalives is legitimately silent while
-/// its helper hashes a large database.
-pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long queuing the last frames of a session (ABORT, close) may wait
+/// for a client that reads nothing before the session gives up on it.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When a session last moved a frame in either direction. A session is
+/// idle (and ended after `--idle-timeout`) only when neither side sent
+/// anything: a pull client legitimately says nothing while our helper
+/// sends pages, and a pusher waits while our helper hashes.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    /// The clock's zero.
+    start: Instant,
+    /// Milliseconds after `start` of the last frame.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records a frame now.
+    pub fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last frame.
+    pub fn idle_for(&self) -> Duration {
+        let ms = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(ms.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Resolves once nothing moved for `limit`: checked a few times per
+    /// `limit`, so the cut comes at most a quarter late.
+    pub async fn idle(&self, limit: Duration) {
+        loop {
+            let idle = self.idle_for();
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep((limit - idle).max(limit / 4)).await;
+        }
+    }
+}
 
 /// A frame for the writer task.
 #[derive(Debug)]
@@ -54,7 +108,8 @@ pub type OutTx = mpsc::Sender<Out>;
 /// can tell a busy server (hashing, committing) from a dead connection.
 pub fn spawn_writer(
     mut sink: SplitSink<WebSocket, Message>,
-    keepalive: std::time::Duration,
+    activity: Activity,
+    keepalive: Duration,
 ) -> (OutTx, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let task = tokio::spawn(async move {
@@ -63,6 +118,8 @@ pub fn spawn_writer(
                 Ok(Some(out)) => out,
                 Ok(None) => break,
                 Err(_) => {
+                    // Not activity: our own pings must not keep a session
+                    // with a vanished client alive.
                     if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
                         break;
                     }
@@ -83,10 +140,25 @@ pub fn spawn_writer(
             if sink.send(msg).await.is_err() || last {
                 break;
             }
+            activity.touch();
         }
         let _ = sink.close().await;
     });
     (tx, task)
+}
+
+/// Waits for the writer to send what is queued; a client that reads
+/// nothing would block it forever, holding the socket, so it is then
+/// stopped.
+pub async fn finish_writer(writer: tokio::task::JoinHandle<()>) {
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(FAREWELL_TIMEOUT, writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the client stopped reading; dropping its connection");
+        abort.abort();
+    }
 }
 
 /// Completes the closing handshake after our close frame went out: reads
@@ -116,70 +188,57 @@ pub enum Abort {
     Shutdown,
     /// The connection is gone: nothing to send.
     Cut(String),
+    /// The client sent a frame larger than the limit: ABORT=reason, 1009.
+    TooBig(String),
 }
 
 impl Abort {
     pub fn reason(&self) -> String {
         match self {
-            Abort::Client(r) | Abort::Server(r) | Abort::Cut(r) => r.clone(),
+            Abort::Client(r) | Abort::Server(r) | Abort::Cut(r) | Abort::TooBig(r) => r.clone(),
             Abort::Shutdown => "the server is shutting down".into(),
         }
     }
 
-    /// Why a session ended after `idle` of silence from the client.
-    pub fn idle(idle: std::time::Duration) -> Abort {
-        Abort::Client(format!(
-            "no data from the client for {}s (the connection stalled)",
-            idle.as_secs_f64()
-        ))
-    }
-
-    /// ABORT and the matching close (nothing when the socket is gone).
-    pub fn frames(&self) -> Vec<Out> {
+    /// Sends ABORT and the matching close (unless the socket is gone). A
+    /// client that reads nothing cannot hold the session here: queuing
+    /// gives up after a few seconds.
+    pub async fn send(&self, out: &OutTx) {
         let code = match self {
             Abort::Client(_) => CLOSE_POLICY,
             Abort::Server(_) => CLOSE_INTERNAL,
             Abort::Shutdown => CLOSE_GOING_AWAY,
-            Abort::Cut(_) => return Vec::new(),
+            Abort::TooBig(_) => CLOSE_TOO_BIG,
+            Abort::Cut(_) => return,
         };
         let reason = self.reason();
-        vec![
-            Out::Text(ServerText::Abort(reason.clone()).encode()),
-            Out::Close(code, reason),
-        ]
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+            let _ = out
+                .send(Out::Text(ServerText::Abort(reason.clone()).encode()))
+                .await;
+            let _ = out.send(Out::Close(code, reason)).await;
+        })
+        .await;
+    }
+
+    /// The abort for a frame the websocket layer could not read: too large
+    /// (1009, with a reason), or a broken connection.
+    pub fn from_read_error(e: axum::Error, max_frame: usize) -> Abort {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let inner = e.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => Abort::TooBig(format!(
+                "frame larger than this server's limit of {max_frame} bytes"
+            )),
+            _ => Abort::Cut(format!("connection failed: {inner}")),
+        }
     }
 }
 
-/// How long the end of a session may take: queueing its last frames, then
-/// the writer flushing them (or the idle timeout, when that is shorter).
-const END_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Ends a session: queues `last` (MESSAGE, CONFIG and the close, or ABORT
-/// and the close) and lets the writer flush, each bounded by END_GRACE. A
-/// client that stopped reading leaves the writer stuck on a full socket;
-/// without the bound the session (its connection slot, push lock or pinned
-/// version) would wait for it forever. A writer still stuck is aborted,
-/// which drops its half of the socket and fails the pumps still feeding it.
-pub async fn finish(
-    out: OutTx,
-    mut writer: tokio::task::JoinHandle<()>,
-    last: Vec<Out>,
-    idle: std::time::Duration,
-) {
-    let grace = END_GRACE.min(idle);
-    let queued = tokio::time::timeout(grace, async {
-        for frame in last {
-            if out.send(frame).await.is_err() {
-                break;
-            }
-        }
-    })
-    .await;
-    drop(out);
-    if queued.is_err() || tokio::time::timeout(grace, &mut writer).await.is_err() {
-        tracing::warn!("the client is not reading; dropping the connection");
-        writer.abort();
-    }
+/// Queues a frame for the client unless the client has stopped reading
+/// for [`FAREWELL_TIMEOUT`] (then the session ends on its own clock).
+pub async fn send_out(out: &OutTx, frame: Out) {
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, out.send(frame)).await;
 }
 
 pub fn config_text(cfg: ServerConfig) -> Out {

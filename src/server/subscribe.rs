@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::app::AppState;
 use super::pull::{Reader, admit_reader};
-use super::session::{CLOSE_GOING_AWAY, CLOSE_NORMAL};
+use super::session::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
 use super::store::meta::ReplicaRow;
 use crate::protocol::SubscribeMessage;
 
@@ -48,15 +48,35 @@ fn text(kind: &str, data: serde_json::Value) -> WsMessage {
     WsMessage::Text(SubscribeMessage::new(kind, data).to_text().into())
 }
 
+/// Sends one frame unless the subscriber has stopped reading (its socket
+/// buffers are full) for several seconds; false ends the session.
+async fn send(
+    tx: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
+    m: WsMessage,
+) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), tx.send(m)).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
     let state = st.store.replica_state(&r);
     let mut updates = state.notify.subscribe();
     let mut shutdown = st.shutdown.clone();
     let (mut tx, mut rx) = socket.split();
     tracing::info!(path = %r.path, "subscriber connected");
-    // Idle sockets are pinged so dead peers are noticed.
-    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    // Idle sockets are pinged so dead peers are noticed: a subscriber that
+    // sends nothing (not even the pong its websocket library answers a
+    // ping with) for the idle timeout is gone or hostile, and must not keep
+    // its session slot; one that never subscribes within the handshake
+    // timeout likewise.
+    let idle_limit = st.config.idle_timeout;
+    let every = (idle_limit / 3).min(Duration::from_secs(30));
+    let mut keepalive = tokio::time::interval(every);
     keepalive.tick().await;
+    let mut last_inbound = tokio::time::Instant::now();
+    let mut subscribed = false;
     let close = |code: u16, why: &str| {
         WsMessage::Close(Some(axum::extract::ws::CloseFrame {
             code,
@@ -64,13 +84,23 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
         }))
     };
     loop {
+        let limit = if subscribed {
+            idle_limit
+        } else {
+            st.config.handshake_timeout
+        };
         tokio::select! {
             _ = super::app::stopped(&mut shutdown) => {
-                let _ = tx.send(close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                let _ = send(&mut tx, close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                break;
+            }
+            _ = tokio::time::sleep_until(last_inbound + limit) => {
+                tracing::info!(path = %r.path, "subscriber silent for too long; closing");
+                let _ = send(&mut tx, close(CLOSE_POLICY, "no data from the client for too long")).await;
                 break;
             }
             _ = keepalive.tick() => {
-                if tx.send(WsMessage::Ping(Vec::new().into())).await.is_err() { break; }
+                if !send(&mut tx, WsMessage::Ping(Vec::new().into())).await { break; }
             }
             v = updates.recv() => {
                 let (version, committed_at) = match v {
@@ -84,26 +114,28 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
                     "replicaPath": r.path,
                     "committedAt": committed_at,
                 }));
-                if tx.send(msg).await.is_err() { break; }
+                if !send(&mut tx, msg).await { break; }
             }
             frame = rx.next() => {
+                last_inbound = tokio::time::Instant::now();
                 let t = match frame {
                     Some(Ok(WsMessage::Text(t))) => t,
                     Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => continue,
                 };
                 if t.len() > MAX_SUBSCRIBER_TEXT {
-                    let _ = tx.send(text("ERROR", json!({"message": "frame too long"}))).await;
+                    if !send(&mut tx, text("ERROR", json!({"message": "frame too long"}))).await { break; }
                     continue;
                 }
                 let t = t.as_str().trim();
                 if t.eq_ignore_ascii_case("PING") {
-                    if tx.send(WsMessage::Text("PONG".into())).await.is_err() { break; }
+                    if !send(&mut tx, WsMessage::Text("PONG".into())).await { break; }
                     continue;
                 }
                 let reply = match serde_json::from_str::<SubscribeMessage>(t) {
                     Ok(m) => match m.kind.as_str() {
                         "SUBSCRIBE" => {
+                            subscribed = true;
                             let latest = state.latest().map_or(0, |f| f.number);
                             Some(text("SUBSCRIBED", json!({
                                 "replicaID": r.uid,
@@ -112,7 +144,7 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
                             })))
                         }
                         "UNSUBSCRIBE" => {
-                            let _ = tx.send(close(CLOSE_NORMAL, "unsubscribed")).await;
+                            let _ = send(&mut tx, close(CLOSE_NORMAL, "unsubscribed")).await;
                             break;
                         }
                         "PING" => Some(text("PONG", json!({}))),
@@ -123,7 +155,7 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
                     Err(e) => Some(text("ERROR", json!({"message": format!("not a subscribe message: {e}")}))),
                 };
                 if let Some(m) = reply
-                    && tx.send(m).await.is_err()
+                    && !send(&mut tx, m).await
                 {
                     break;
                 }

@@ -268,6 +268,30 @@ impl Store {
             .clone()
     }
 
+    /// Removes replica `r` if it has no version, no key and no live
+    /// session (blocking): what a failed first push created. Returns true
+    /// when it was removed. Takes the replica map before the metadata, as
+    /// [`Store::replica_state`] does, so a session cannot pick the replica
+    /// up in between.
+    pub fn forget_if_empty(&self, r: &ReplicaRow) -> Result<bool> {
+        let mut map = lock(&self.replicas);
+        if map.get(&r.id).is_some_and(|s| Arc::strong_count(s) > 1) {
+            return Ok(false);
+        }
+        let n = self.with_meta(|c| {
+            Ok(c.execute(
+                "DELETE FROM replicas WHERE id=?1 AND latest=0
+                   AND NOT EXISTS (SELECT 1 FROM versions WHERE replica=?1)
+                   AND NOT EXISTS (SELECT 1 FROM keys WHERE replica=?1)",
+                [r.id],
+            )?)
+        })?;
+        if n == 1 {
+            map.remove(&r.id);
+        }
+        Ok(n == 1)
+    }
+
     /// The file of version `number` (blocking: may materialise it).
     pub fn version_file(&self, r: &ReplicaRow, number: u64) -> Result<Arc<VersionFile>> {
         let state = self.replica_state(r);
@@ -366,7 +390,10 @@ impl Store {
     /// Records the staging file of a finished push as the next version of
     /// `r` (blocking). `sent_pages` are the page numbers the push's stream
     /// carried and `final_count` its ORIGIN_TXN size; pages whose bytes
-    /// did not really change are not counted.
+    /// did not really change are not counted. `also` runs inside the
+    /// version's metadata transaction (the push's new keys), so it happens
+    /// if and only if the version is recorded; it does not run for
+    /// [`CommitOutcome::NoChange`].
     pub fn commit(
         &self,
         r: &ReplicaRow,
@@ -374,8 +401,9 @@ impl Store {
         sent_pages: &BTreeSet<u32>,
         final_count: u32,
         message: &str,
+        also: &dyn Fn(&Connection) -> Result<()>,
     ) -> Result<CommitOutcome> {
-        let result = self.commit_inner(r, staging, sent_pages, final_count, message);
+        let result = self.commit_inner(r, staging, sent_pages, final_count, message, also);
         let _ = std::fs::remove_file(staging);
         result
     }
@@ -387,6 +415,7 @@ impl Store {
         sent_pages: &BTreeSet<u32>,
         final_count: u32,
         message: &str,
+        also: &dyn Fn(&Connection) -> Result<()>,
     ) -> Result<CommitOutcome> {
         ensure!(final_count > 0, "the pushed database is empty");
         normalise_journal_mode(staging)?;
@@ -565,6 +594,7 @@ impl Store {
                 params![r.id, number as i64, sums_blob, (number - 1) as i64],
             )?;
             ensure!(n == 1, "the replica changed under a serialised push");
+            also(&tx)?;
             tx.commit()?;
             // Keep the metadata WAL from growing between idle periods; a
             // busy reader just makes this a no-op.
