@@ -339,7 +339,11 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
         bail!("interrupted; {unchanged}");
     }
     if let Some(reason) = &o.abort {
-        bail!("the server aborted: {reason}");
+        // Say what it means for the user's data, as every other failure does.
+        bail!(
+            "the server aborted: {}; {unchanged}",
+            crate::cli::one_line(reason)
+        );
     }
     let errs: Vec<&String> = o
         .origin
