@@ -21,7 +21,15 @@
 //! [`Outcome`] carries all of them to the caller.
 //!
 //! Memory stays bounded whatever the database size: at most a few frames
-//! are in flight (a small channel) and the parsers keep at most one page.
+//! are in flight (a small channel) and the parsers keep at most one page;
+//! an endless stream is a protocol error once it exceeds what it announced
+//! (see [`StreamParser`]).
+//!
+//! On a pull, the [`CommitGate`] holds ORIGIN_TXN back until the stream is
+//! complete (and, when the server sent a versionHash, verified), so a pull
+//! that fails in any way leaves the local database untouched. A server that
+//! goes silent is given up on after the idle timeout (`--timeout`): no
+//! frame either way for that long.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -38,6 +46,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::commit_gate::{CommitGate, GateConfig};
 use crate::helper::Side;
 use crate::protocol::{
     CTRL_NEWREPLICAVERSION, Direction, Message, OriginSummary, ReplicaSummary, ServerConfig,
@@ -79,6 +88,11 @@ pub struct Spec {
     /// Print the helper's stderr as it comes (-vv); otherwise it is
     /// collected and reported with the result.
     pub live_stderr: bool,
+    /// On a pull: hold the commit until the stream is complete and
+    /// verified (see [`CommitGate`]).
+    pub commit_gate: Option<GateConfig>,
+    /// Give up when no frame moved either way for this long (None: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Byte counts of one connection, shared by the tasks.
@@ -102,6 +116,9 @@ pub struct Stats {
     pub page_count: AtomicU64,
     /// Page size announced by ORIGIN_BEGIN.
     pub page_size: AtomicU64,
+    /// Frames sent or received, of any kind (pings included): the idle
+    /// timeout watches it move.
+    pub activity: AtomicU64,
 }
 
 impl Stats {
@@ -161,6 +178,14 @@ pub struct Outcome {
     pub interrupted: bool,
     /// The server said a newer version exists (NEWREPLICAVERSION).
     pub newer_version: bool,
+    /// The commit gate refused the version (it does not match its
+    /// versionHash); the local database was not touched.
+    pub verify_failure: Option<String>,
+    /// The commit gate checked the version against its versionHash before
+    /// letting the commit through.
+    pub pre_verified: bool,
+    /// Nothing moved for this long, so the sync was given up.
+    pub timed_out: Option<Duration>,
 }
 
 /// State the reader task shares with the coordinator.
@@ -209,10 +234,15 @@ where
     let (cancel_tx, cancel_rx) = watch::channel(false);
 
     let writer = tokio::spawn(write_socket(ws_tx, rx, stats.clone()));
+    let gate = match spec.side {
+        Side::Replica => spec.commit_gate.clone().map(CommitGate::new),
+        Side::Origin => None,
+    };
     let reader = tokio::spawn(read_socket(
         ws_rx,
         stdin,
         StreamParser::new(in_dir),
+        gate,
         stats.clone(),
         observer.clone(),
         shared.clone(),
@@ -255,15 +285,21 @@ where
         _ = wait_true(&mut interrupt) => {
             out.interrupted = true;
         }
+        t = idle(&stats, spec.idle_timeout) => {
+            out.timed_out = Some(t);
+        }
     }
 
-    if out.interrupted {
+    if out.interrupted || out.timed_out.is_some() {
         // Close the helper's input so an unfinished replica rolls back,
         // then tell the server.
         let _ = cancel_tx.send(true);
-        let _ = tx
-            .send(Out::Close(CloseCode::Normal, "interrupted".into()))
-            .await;
+        let (code, why) = if out.interrupted {
+            (CloseCode::Normal, "interrupted")
+        } else {
+            (CloseCode::Away, "timed out")
+        };
+        let _ = tx.send(Out::Close(code, why.into())).await;
     }
 
     // Phase 2: the helper's stdout must end (it exits once its input ends).
@@ -290,7 +326,10 @@ where
     // Phase 3: the socket. On a pull that finished, wait for CONFIG, then
     // close normally; on anything that went wrong, close with an error.
     if reader_done.is_none() {
-        let in_ok = !out.interrupted && pump_result.error.is_none() && helper_ok(&out);
+        let in_ok = !out.interrupted
+            && out.timed_out.is_none()
+            && pump_result.error.is_none()
+            && helper_ok(&out);
         if in_ok && spec.want_config && shared.lock().await.config.is_none() {
             let waited = tokio::time::timeout(CONFIG_GRACE, async {
                 tokio::select! {
@@ -344,11 +383,34 @@ where
     out.abort = rr.abort;
     out.close = rr.close;
     out.protocol_error = rr.protocol_error;
+    out.verify_failure = rr.verify_failure;
+    out.pre_verified = rr.pre_verified;
     let sh = std::mem::take(&mut *shared.lock().await);
     out.config = sh.config;
     out.messages = sh.messages;
     out.newer_version = sh.newer_version;
     Ok(out)
+}
+
+/// Resolves (with the timeout) once `stats.activity` has not moved for
+/// `timeout`; never when there is no timeout.
+async fn idle(stats: &Stats, timeout: Option<Duration>) -> Duration {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    let step = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut seen = Stats::get(&stats.activity);
+    let mut quiet_since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(step).await;
+        let now = Stats::get(&stats.activity);
+        if now != seen {
+            seen = now;
+            quiet_since = tokio::time::Instant::now();
+        } else if quiet_since.elapsed() >= timeout {
+            return timeout;
+        }
+    }
 }
 
 fn helper_ok(out: &Outcome) -> bool {
@@ -542,6 +604,7 @@ async fn write_socket<S>(
                     stats
                         .wire_out
                         .fetch_add(frame_len(len, true), Ordering::Relaxed);
+                    stats.activity.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Out::Close(code, reason) => {
@@ -566,6 +629,8 @@ struct ReaderResult {
     close: Option<(u16, String)>,
     connection_error: Option<String>,
     protocol_error: Option<String>,
+    verify_failure: Option<String>,
+    pre_verified: bool,
 }
 
 /// Binary frames -> helper stdin; text frames acted on. Returns when the
@@ -576,6 +641,7 @@ async fn read_socket<S>(
     mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
     stdin: tokio::process::ChildStdin,
     mut parser: StreamParser,
+    mut gate: Option<CommitGate>,
     stats: Arc<Stats>,
     observer: Arc<dyn Observer>,
     shared: Arc<Mutex<Shared>>,
@@ -587,6 +653,8 @@ where
 {
     let mut res = ReaderResult::default();
     let mut stdin = Some(stdin);
+    // The versionHash the server announced so far (for the commit gate).
+    let mut expected_hash: Option<String> = None;
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
@@ -604,6 +672,7 @@ where
             }
             Some(Ok(m)) => m,
         };
+        stats.activity.fetch_add(1, Ordering::Relaxed);
         match msg {
             WsMessage::Binary(data) => {
                 stats
@@ -616,7 +685,9 @@ where
                     if data[0] == CTRL_NEWREPLICAVERSION && data.len() == 1 {
                         shared.lock().await.newer_version = true;
                     } else {
-                        tracing::warn!(
+                        // Debug, not warn: a newer server's frame is no
+                        // reason for a second line on the user's terminal.
+                        tracing::debug!(
                             byte = data[0],
                             len = data.len(),
                             "ignoring an unknown control frame"
@@ -624,13 +695,17 @@ where
                     }
                     continue;
                 }
-                if res.protocol_error.is_some() {
-                    continue;
-                }
+                let start = parser.bytes();
+                let mut end = parser.consumed();
+                let hash_known = expected_hash.is_some();
                 let fed = parser.feed(&data, |m| {
+                    end += m.wire_len() as u64;
                     note_message(&m, &stats);
                     res.origin.observe(&m);
                     res.replica.observe(&m);
+                    if let Some(g) = gate.as_mut() {
+                        g.observe(&m, end, hash_known);
+                    }
                 });
                 if let Err(e) = fed {
                     // Stop feeding the helper: it would only be confused,
@@ -638,19 +713,41 @@ where
                     res.protocol_error = Some(format!(
                         "the server sent a stream that is not sqlite3_rsync: {e}"
                     ));
-                    stdin = None;
-                    continue;
+                    break;
                 }
                 stats
                     .stream_in
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 observer.progress(&stats);
-                if let Some(w) = stdin.as_mut()
-                    && w.write_all(&data).await.is_err()
-                {
-                    // The helper stopped reading (it finished or died); the
-                    // coordinator learns which from its exit.
-                    stdin = None;
+                let (now, complete) = match gate.as_mut().map(|g| g.split(&data, start)) {
+                    None => (&data[..], false),
+                    Some(Ok(split)) => (split.now, split.complete),
+                    Some(Err(e)) => {
+                        res.protocol_error = Some(format!(
+                            "the server sent a stream that is not sqlite3_rsync: {e}"
+                        ));
+                        break;
+                    }
+                };
+                feed_helper(&mut stdin, now).await;
+                if complete && let Some(g) = gate.as_mut() {
+                    // ORIGIN_END is in: let the commit through only for a
+                    // version that matches its versionHash.
+                    let check = g.finish(expected_hash.clone());
+                    match tokio::task::spawn_blocking(move || check.run()).await {
+                        Ok(Ok((held, verified))) => {
+                            res.pre_verified = verified;
+                            feed_helper(&mut stdin, &held).await;
+                        }
+                        Ok(Err(why)) => {
+                            res.verify_failure = Some(why);
+                            break;
+                        }
+                        Err(e) => {
+                            res.verify_failure = Some(format!("verification task failed: {e}"));
+                            break;
+                        }
+                    }
                 }
             }
             WsMessage::Text(t) => {
@@ -662,6 +759,16 @@ where
                     .fetch_add(frame_len(t.len(), false), Ordering::Relaxed);
                 match ServerText::parse(t.as_str()) {
                     Ok(ServerText::Config(c)) => {
+                        // What we will store or act on must be sane; a
+                        // server that sends otherwise is not trusted with
+                        // the rest of the sync either.
+                        if let Err(e) = c.check() {
+                            res.protocol_error = Some(format!("the server sent a bad CONFIG: {e}"));
+                            break;
+                        }
+                        if c.version_hash.is_some() {
+                            expected_hash = c.version_hash.clone();
+                        }
                         let mut sh = shared.lock().await;
                         sh.config = Some(merge_config(sh.config.take(), c));
                         drop(sh);
@@ -675,7 +782,13 @@ where
                         res.abort = Some(reason);
                         break;
                     }
-                    Err(e) => tracing::warn!("{e}"),
+                    Err(e) if t.as_str().starts_with("CONFIG=") => {
+                        res.protocol_error = Some(crate::cli::one_line(&e));
+                        break;
+                    }
+                    // Unknown kinds of text frame may come from newer
+                    // servers: not an error.
+                    Err(e) => tracing::debug!("{e}"),
                 }
             }
             WsMessage::Close(frame) => {
@@ -692,6 +805,19 @@ where
         let _ = w.shutdown().await;
     }
     res
+}
+
+/// Writes stream bytes to the helper; a failure means it stopped reading
+/// (it finished or died), which the coordinator learns from its exit.
+async fn feed_helper(stdin: &mut Option<tokio::process::ChildStdin>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    if let Some(w) = stdin.as_mut()
+        && w.write_all(data).await.is_err()
+    {
+        *stdin = None;
+    }
 }
 
 /// Later CONFIG fields win; fields a later frame omits are kept.

@@ -112,6 +112,7 @@ fn mutate(db: &Path, round: u64, fraction: f64) {
 
 /// One pusher: creates `remote` with the admin key, then pushes `db` again
 /// and again (stored push key) until `stop`.
+#[allow(clippy::too_many_arguments)]
 fn pusher(
     env: &TestEnv,
     server: &TestServer,

@@ -116,6 +116,17 @@ pub struct Cli {
     #[arg(long = "wal-only", help_heading = "Common")]
     pub wal_only: bool,
 
+    /// Give up on a server that sends nothing (and takes nothing) for this
+    /// many seconds; 0 waits forever. Also bounds connecting.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "SQLRSYNC_TIMEOUT",
+        default_value_t = crate::client::DEFAULT_TIMEOUT_SECS,
+        help_heading = "Remote"
+    )]
+    pub timeout: u64,
+
     /// Replica Pull key (or an Account Pull key) for this pull
     #[arg(long = "pullKey", value_name = "KEY", help_heading = "Keys")]
     pub pull_key: Option<String>,

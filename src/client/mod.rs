@@ -37,6 +37,17 @@ pub const REMOTE_DEFAULT_PROTOCOL: u8 = 2;
 /// Longest wait for the TCP connection and the websocket upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default of `--timeout`: how long a sync may see no frame either way
+/// before it gives up. Our server pings every 20 s while it works (copying
+/// or hashing a large version), so this only trips on a server or network
+/// that is really gone.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
+
+/// `--timeout` as a duration; None for 0 (wait forever).
+pub fn idle_timeout(cli: &Cli) -> Option<Duration> {
+    (cli.timeout > 0).then(|| Duration::from_secs(cli.timeout))
+}
+
 /// Largest websocket message accepted from a server: far above any frame a
 /// server sends, far below what would threaten the memory bound.
 const MAX_INCOMING_MESSAGE: usize = 4 * 1024 * 1024;
@@ -231,7 +242,12 @@ pub fn client_id() -> anyhow::Result<String> {
 /// Opens the websocket with `headers`. Every failure is one line: the
 /// server unreachable, TLS refused, or the upgrade refused with its HTTP
 /// status and body.
-pub async fn connect(url: &str, hdrs: &[(&'static str, String)]) -> anyhow::Result<Socket> {
+pub async fn connect(
+    url: &str,
+    hdrs: &[(&'static str, String)],
+    idle: Option<Duration>,
+) -> anyhow::Result<Socket> {
+    let limit = idle.map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT));
     let mut req = url
         .into_client_request()
         .with_context(|| format!("invalid server URL {url}"))?;
@@ -247,10 +263,10 @@ pub async fn connect(url: &str, hdrs: &[(&'static str, String)]) -> anyhow::Resu
     cfg.write_buffer_size = 0;
     let host = host_of(url);
     let attempt = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
-    let (ws, _resp) = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+    let (ws, _resp) = match tokio::time::timeout(limit, attempt).await {
         Err(_) => bail!(
             "cannot reach the server {host}: no answer within {}s",
-            CONNECT_TIMEOUT.as_secs()
+            limit.as_secs_f64()
         ),
         Ok(Err(e)) => return Err(describe_connect_error(&host, e)),
         Ok(Ok(x)) => x,
@@ -286,6 +302,16 @@ fn describe_connect_error(host: &str, e: tokio_tungstenite::tungstenite::Error) 
         ),
         E::Io(io) => anyhow::anyhow!("cannot reach the server {host}: {io}"),
         E::Tls(t) => anyhow::anyhow!("TLS with {host} failed: {t}"),
+        E::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::HandshakeIncomplete) => {
+            anyhow::anyhow!(
+                "cannot reach the server {host}: it closed the connection without answering"
+            )
+        }
+        E::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::HttparseError(e)) => {
+            anyhow::anyhow!(
+                "websocket handshake with {host} failed: the answer is not HTTP ({e}); is this an SQLRsync server?"
+            )
+        }
         other => anyhow::anyhow!("websocket handshake with {host} failed: {other}"),
     }
 }
@@ -338,12 +364,26 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
     if o.interrupted {
         bail!("interrupted; {unchanged}");
     }
+    if let Some(t) = o.timed_out {
+        bail!(
+            "the server sent nothing for {}s (see --timeout); {unchanged}",
+            t.as_secs_f64()
+        );
+    }
+    if let Some(why) = &o.verify_failure {
+        bail!("{why}; {unchanged}");
+    }
     if let Some(reason) = &o.abort {
         // Say what it means for the user's data, as every other failure does.
         bail!(
             "the server aborted: {}; {unchanged}",
             crate::cli::one_line(reason)
         );
+    }
+    if let Some(p) = &o.protocol_error {
+        // The cause; whatever the helper said after its input was cut is
+        // only a consequence.
+        bail!("{p}; {unchanged}");
     }
     let errs: Vec<&String> = o
         .origin
@@ -359,9 +399,6 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
         };
         let text: Vec<String> = errs.iter().map(|e| crate::cli::one_line(e)).collect();
         bail!("sync failed ({side}): {}; {unchanged}", text.join("; "));
-    }
-    if let Some(p) = &o.protocol_error {
-        bail!("{p}; {unchanged}");
     }
     let helper_ok = o.helper_status.is_some_and(|s| s.success()) && !o.helper_killed;
     if !helper_ok {

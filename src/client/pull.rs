@@ -19,6 +19,7 @@ use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
 use crate::bridge;
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
+use crate::commit_gate::GateConfig;
 use crate::config::DashFile;
 use crate::dbfile::{self, FileState};
 use crate::helper::Side;
@@ -227,7 +228,7 @@ pub async fn pull_once(
     let mut stop = interrupt.clone();
     let first_headers = headers_for(p);
     let connected = tokio::select! {
-        r = super::connect(&url, &first_headers) => r,
+        r = super::connect(&url, &first_headers, super::idle_timeout(cli)) => r,
         _ = super::wait_true(&mut stop) => {
             return Err(PullError::Interrupted(anyhow::anyhow!("interrupted; the local database is unchanged")));
         }
@@ -247,7 +248,7 @@ pub async fn pull_once(
                 )?),
                 source: KeySource::Prompt,
             };
-            super::connect(&url, &headers_for(p)).await?
+            super::connect(&url, &headers_for(p), super::idle_timeout(cli)).await?
         }
         Err(e) if p.key.source == KeySource::Anonymous && e.to_string().contains("HTTP 401") => {
             return Err(PullError::Failed(anyhow::anyhow!(
@@ -274,6 +275,15 @@ pub async fn pull_once(
         after_first: after,
         want_config: true,
         live_stderr: printer.verbose >= 2,
+        commit_gate: Some(GateConfig {
+            replica: p.local.clone(),
+            existed: p.local_existed,
+            wal: matches!(
+                dbfile::inspect(&p.local),
+                Ok(FileState::Database(dbfile::Header { wal: true, .. }))
+            ),
+        }),
+        idle_timeout: super::idle_timeout(cli),
     };
     let (stats, progress) = super::observer(printer);
     let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await;
@@ -297,6 +307,8 @@ pub async fn pull_once(
     let cfg = outcome.config.clone().unwrap_or_default();
     let mut verify_seconds = 0.0;
     let verified = match &cfg.version_hash {
+        // Checked before the commit was let through (see commit_gate).
+        Some(_) if outcome.pre_verified => Some(true),
         Some(want) => {
             let hashing = Instant::now();
             let got = dbfile::version_hash(&p.local)

@@ -243,7 +243,7 @@ pub async fn run(
     let started = Instant::now();
     let mut stop = interrupt.clone();
     let ws = tokio::select! {
-        ws = super::connect(&url, &hdrs) => ws?,
+        ws = super::connect(&url, &hdrs, super::idle_timeout(cli)) => ws?,
         _ = super::wait_true(&mut stop) => {
             eprintln!("sqlrsync: interrupted; nothing was sent");
             return Ok(super::interrupted_exit());
@@ -279,6 +279,8 @@ pub async fn run(
         after_first: after,
         want_config: false,
         live_stderr: printer.verbose >= 2,
+        commit_gate: None,
+        idle_timeout: super::idle_timeout(cli),
     };
     let (stats, progress) = super::observer(printer);
     let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await?;

@@ -90,7 +90,7 @@ pub async fn run(
             plan.replica_id.as_deref(),
         );
         let ws = tokio::select! {
-            r = super::connect(&url, &hdrs) => r,
+            r = super::connect(&url, &hdrs, super::idle_timeout(cli)) => r,
             _ = wait_true(&mut interrupt) => return Ok(stopped(&printer)),
         };
         let mut ws = match ws {

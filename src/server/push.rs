@@ -251,9 +251,12 @@ async fn run(
     let mut first_message = true;
     let mut bad_start = false;
 
+    // Only data counts as activity: pongs answering our keepalive pings
+    // must not let a silent pusher hold the push lock forever.
+    let mut idle_deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
     loop {
         let frame = tokio::select! {
-            f = tokio::time::timeout(IDLE_TIMEOUT, stream.next()) => match f {
+            f = tokio::time::timeout_at(idle_deadline, stream.next()) => match f {
                 Ok(f) => f,
                 Err(_) => return Err(Abort::Client("no data from the client for too long".into())),
             },
@@ -278,10 +281,14 @@ async fn run(
                 return Err(Abort::Cut("client closed before the push finished".into()));
             }
             Some(Ok(WsMessage::Text(t))) => {
+                idle_deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
                 tracing::debug!(text = %t.as_str(), "ignoring text frame on a push");
                 continue;
             }
-            Some(Ok(WsMessage::Binary(b))) => b,
+            Some(Ok(WsMessage::Binary(b))) => {
+                idle_deadline = tokio::time::Instant::now() + IDLE_TIMEOUT;
+                b
+            }
             Some(Ok(_)) => continue,
         };
         if data.is_empty() {

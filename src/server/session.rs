@@ -34,6 +34,11 @@ const OUT_QUEUE: usize = 8;
 /// copy.
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// A session that has sent nothing for this long sends a websocket ping,
+/// so that a client waiting while the server copies, hashes or commits a
+/// large version knows it is alive (`sqlrsync --timeout`, default 120 s).
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A frame for the writer task.
 #[derive(Debug)]
 pub enum Out {
@@ -53,7 +58,21 @@ pub fn spawn_writer(
 ) -> (OutTx, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let task = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
+        let idle = tokio::time::sleep(KEEPALIVE);
+        tokio::pin!(idle);
+        loop {
+            let out = tokio::select! {
+                out = rx.recv() => out,
+                _ = &mut idle => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
+                    continue;
+                }
+            };
+            let Some(out) = out else { break };
+            idle.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
             let (msg, last) = match out {
                 Out::Binary(b) => (Message::Binary(b.into()), false),
                 Out::Text(t) => (Message::Text(t.into()), false),
