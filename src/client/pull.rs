@@ -51,11 +51,19 @@ pub struct Plan {
 
 /// Builds the plan; refuses bad input with one line.
 pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow::Result<Plan> {
-    let local = std::path::absolute(local).context("cannot resolve the database path")?;
+    let given = std::path::absolute(local).context("cannot resolve the database path")?;
+    // A symbolic link is followed: the pull writes the file it names, and
+    // the -sqlrsync file goes next to that file (where SQLite keeps the
+    // -journal and -wal), whichever link was used.
+    let local = match dbfile::resolve_links(&given) {
+        Ok(p) => p,
+        Err(e) => bail!("cannot use {}: {}", given.display(), dbfile::io_reason(&e)),
+    };
+    let note = dbfile::link_note(&given, &local);
     let dir = dbfile::parent_dir(&local);
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
-        _ => bail!("the directory {} does not exist", dir.display()),
+        _ => bail!("the directory {} does not exist{note}", dir.display()),
     }
     let state = dbfile::inspect(&local).map_err(|e| match e {
         dbfile::DbFileError::NotADatabase(p) => anyhow::anyhow!(

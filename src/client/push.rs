@@ -59,9 +59,12 @@ pub fn plan(
     remote: Option<&RemoteRef>,
     env: &KeyEnv,
 ) -> anyhow::Result<Plan> {
-    let abs = std::path::absolute(local).context("cannot resolve the database path")?;
+    let given = std::path::absolute(local).context("cannot resolve the database path")?;
+    // A symbolic link is followed (a loop is reported by `inspect`).
+    let abs = dbfile::resolve_links(&given).unwrap_or_else(|_| given.clone());
+    let note = dbfile::link_note(&given, &abs);
     match dbfile::inspect(&abs).map_err(|e| anyhow::anyhow!("{e}"))? {
-        FileState::Missing => bail!("{} does not exist; nothing to push", abs.display()),
+        FileState::Missing => bail!("{} does not exist{note}; nothing to push", abs.display()),
         FileState::Empty => bail!(
             "{} is empty (0 bytes), not an SQLite database",
             abs.display()
