@@ -272,6 +272,20 @@ impl DashFile {
                 out.server = Some(v);
             }
         }
+        // The file may have been edited by hand (or written by something
+        // else): values are taken literally (nothing here runs a shell), but
+        // one that could split a line or a header is refused.
+        for (name, v) in [
+            ("the replica", Some(&out.remote_path)),
+            ("--replicaID", out.replica_id.as_ref()),
+            ("--server", out.server.as_ref()),
+        ] {
+            if let Some(v) = v
+                && (v.chars().any(char::is_control) || v.len() > 1024)
+            {
+                bail!("{name} value {v:?} is not a valid value");
+            }
+        }
         Ok(out)
     }
 

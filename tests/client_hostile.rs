@@ -11,6 +11,11 @@
 //! unchanged (same content, no -journal or -wal with data, nothing new next
 //! to it: no -sqlrsync file, no temp file) and no local-secrets.toml; for the
 //! endless streams the client stops by itself with its memory bounded.
+//!
+//! Also the `-sqlrsync` file against shell metacharacters: values a hostile
+//! server sends (replicaID, replicaPath) are written quoted, read back
+//! literally, and running the file as a script runs none of them; a
+//! hand-edited file is read literally or refused with one line.
 
 mod util;
 
@@ -26,6 +31,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use util::*;
 
 /// A key-shaped pull key (the fake accepts anything).
@@ -46,6 +53,11 @@ struct Fake {
 
 impl Fake {
     fn start(scenario: Scenario) -> Fake {
+        Self::start_many(vec![scenario])
+    }
+
+    /// Serves the scenarios one connection each, in order.
+    fn start_many(scenarios: Vec<Scenario>) -> Fake {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
         listener.set_nonblocking(true).unwrap();
@@ -56,15 +68,19 @@ impl Fake {
                 .unwrap();
             rt.block_on(async move {
                 let l = tokio::net::TcpListener::from_std(listener).unwrap();
-                let (tcp, _) = tokio::time::timeout(Duration::from_secs(60), l.accept())
-                    .await
-                    .expect("the client connects")
-                    .unwrap();
-                tcp.set_nodelay(true).unwrap();
-                // Whatever the scenario does, it may not outlive the test.
-                tokio::time::timeout(Duration::from_secs(60), scenario(tcp))
-                    .await
-                    .unwrap_or(0)
+                let mut sent = 0;
+                for scenario in scenarios {
+                    let (tcp, _) = tokio::time::timeout(Duration::from_secs(60), l.accept())
+                        .await
+                        .expect("the client connects")
+                        .unwrap();
+                    tcp.set_nodelay(true).unwrap();
+                    // Whatever the scenario does, it may not outlive the test.
+                    sent += tokio::time::timeout(Duration::from_secs(60), scenario(tcp))
+                        .await
+                        .unwrap_or(0);
+                }
+                sent
             })
         });
         Fake { url, thread }
@@ -593,25 +609,40 @@ fn stalls_are_given_up_on_and_pings_keep_a_session_alive() {
 /// A fake that serves `origin` with the real helper, like our server, but
 /// announces `version_hash` in its CONFIG first.
 fn honest_stream_with_hash(origin: PathBuf, version_hash: String) -> Scenario {
-    scenario(move |tcp| async move {
-        let mut ws = upgrade(tcp).await;
-        let cfg = proto::ServerConfig {
+    honest(
+        "--origin",
+        origin,
+        proto::ServerConfig {
             replica_id: Some("r-1".into()),
             replica_path: Some("team/x.db".into()),
             committed_version_id: Some("3".into()),
             new_pull_key: Some(proto::new_key()),
             new_push_key: None,
             version_hash: Some(version_hash),
-        };
-        let _ = ws
-            .send(Message::Text(
-                proto::ServerText::Config(cfg).encode().into(),
-            ))
-            .await;
-        let mut helper = tokio::process::Command::new(sqlrsync::helper::path().unwrap())
-            .arg("--origin")
-            .arg(&origin)
-            .arg("team/x.db")
+        },
+    )
+}
+
+/// A fake that runs the real helper on `db` as `side` (`--origin` for a
+/// pull, `--replica` for a push) and sends `cfg`: first on a pull (as our
+/// server does), after the helper finished on a push, followed by a normal
+/// close (a committed push).
+fn honest(side: &'static str, db: PathBuf, cfg: proto::ServerConfig) -> Scenario {
+    scenario(move |tcp| async move {
+        let mut ws = upgrade(tcp).await;
+        let pull = side == "--origin";
+        let config = Message::Text(proto::ServerText::Config(cfg).encode().into());
+        if pull {
+            let _ = ws.send(config.clone()).await;
+        }
+        let mut cmd = tokio::process::Command::new(sqlrsync::helper::path().unwrap());
+        cmd.arg(side);
+        if pull {
+            cmd.arg(&db).arg("team/x.db");
+        } else {
+            cmd.arg("team/x.db").arg(&db);
+        }
+        let mut helper = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -619,8 +650,13 @@ fn honest_stream_with_hash(origin: PathBuf, version_hash: String) -> Scenario {
             .unwrap();
         let mut stdin = helper.stdin.take();
         let mut stdout = helper.stdout.take().unwrap();
-        let mut from_client = StreamParser::new(Direction::FromReplica);
-        let mut from_helper = StreamParser::new(Direction::FromOrigin);
+        let (theirs, ours) = if pull {
+            (Direction::FromReplica, Direction::FromOrigin)
+        } else {
+            (Direction::FromOrigin, Direction::FromReplica)
+        };
+        let mut from_client = StreamParser::new(theirs);
+        let mut from_helper = StreamParser::new(ours);
         let mut buf = vec![0u8; 65536];
         let mut sent = 0u64;
         let mut stdout_open = true;
@@ -628,11 +664,24 @@ fn honest_stream_with_hash(origin: PathBuf, version_hash: String) -> Scenario {
             tokio::select! {
                 n = stdout.read(&mut buf), if stdout_open => {
                     let n = n.unwrap_or(0);
-                    if n == 0 { stdout_open = false; continue; }
+                    if n == 0 {
+                        stdout_open = false;
+                        if !pull {
+                            // The replica committed: confirm like a server.
+                            let _ = ws.send(config.clone()).await;
+                            let _ = ws
+                                .close(Some(CloseFrame {
+                                    code: CloseCode::Normal,
+                                    reason: "done".into(),
+                                }))
+                                .await;
+                        }
+                        continue;
+                    }
                     from_helper.feed(&buf[..n], |_| {}).unwrap();
                     sent += n as u64;
                     if !send_bin(&mut ws, buf[..n].to_vec()).await { break; }
-                    if from_helper.ended() {
+                    if pull && from_helper.ended() {
                         // The client never sends EOF; give the helper ours.
                         stdin = None;
                     }
@@ -646,6 +695,9 @@ fn honest_stream_with_hash(origin: PathBuf, version_hash: String) -> Scenario {
                         if let Some(s) = stdin.as_mut() {
                             let _ = s.write_all(&b).await;
                         }
+                        if !pull && from_client.ended() {
+                            stdin = None;
+                        }
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => {}
@@ -655,6 +707,39 @@ fn honest_stream_with_hash(origin: PathBuf, version_hash: String) -> Scenario {
         let _ = ws.close(None).await;
         sent
     })
+}
+
+/// A fake that keeps the upgrade request's headers, then aborts.
+fn capture_headers(seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) -> Scenario {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    scenario(move |tcp| async move {
+        let keep = |req: &Request, resp: Response| {
+            let mut v = seen.lock().unwrap();
+            for (k, val) in req.headers() {
+                v.push((
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(val.as_bytes()).into_owned(),
+                ));
+            }
+            Ok(resp)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(tcp, keep)
+            .await
+            .unwrap();
+        let _ = ws.send(Message::Text("ABORT=seen".into())).await;
+        listen(&mut ws, Duration::from_secs(5)).await;
+        0
+    })
+}
+
+/// PATH with the directory of our `sqlrsync` first, for running a
+/// -sqlrsync file as a script.
+fn path_with_sqlrsync() -> String {
+    format!(
+        "{}:{}",
+        Path::new(SQLRSYNC).parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 #[test]
@@ -810,4 +895,169 @@ fn hostile_server_on_a_push() {
         );
         fake.sent();
     }
+}
+
+#[test]
+fn dash_file_from_a_hostile_server_is_quoted_and_read_literally() {
+    let local = Local::new(false);
+    let marks: Vec<PathBuf> = (1..=4)
+        .map(|i| local.env.path(&format!("marker-{i}")))
+        .collect();
+    let hostile_id = format!(
+        "r1'; touch {}; echo '`touch {}`$(touch {}) \"; touch {}",
+        marks[0].display(),
+        marks[1].display(),
+        marks[2].display(),
+        marks[3].display()
+    );
+    let theirs = tempfile::tempdir().unwrap();
+    let origin = theirs.path().join("their.db");
+    make_db(&origin, DbSpec::default());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let fake = Fake::start_many(vec![
+        honest(
+            "--origin",
+            origin.clone(),
+            proto::ServerConfig {
+                replica_id: Some(hostile_id.clone()),
+                replica_path: Some("team/x.db".into()),
+                committed_version_id: Some("1".into()),
+                new_pull_key: Some(KEY.into()),
+                new_push_key: None,
+                version_hash: Some(version_hash(&origin)),
+            },
+        ),
+        capture_headers(seen.clone()),
+    ]);
+    assert_ok(&run(&mut local.pull(&fake.url)));
+    let dash = local.env.path("local.db-sqlrsync");
+    let text = std::fs::read_to_string(&dash).unwrap();
+    // Our reader takes the value literally.
+    let parsed = sqlrsync::config::DashFile::load_for(&local.db)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        parsed.replica_id.as_deref(),
+        Some(hostile_id.as_str()),
+        "{text}"
+    );
+    // Run as a script (a dry run, then for real against the fake, which
+    // records what it was sent): nothing in the value runs.
+    let o = run(local
+        .env
+        .command("bash")
+        .arg(&dash)
+        .arg("--dry")
+        .env("PATH", path_with_sqlrsync()));
+    assert_ok(&o);
+    assert!(stdout(&o).contains("PULL"), "{}", stdout(&o));
+    let o = run(local.env.command(&dash).env("PATH", path_with_sqlrsync()));
+    assert_one_line_error(&o, "the server aborted: seen");
+    fake.sent();
+    let headers = seen.lock().unwrap().clone();
+    let sent_id = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-replicaid"))
+        .map(|(_, v)| v.clone());
+    assert_eq!(sent_id.as_deref(), Some(hostile_id.as_str()));
+    for m in &marks {
+        assert!(
+            !m.exists(),
+            "{} was created: a value ran as a command",
+            m.display()
+        );
+    }
+}
+
+#[test]
+fn hostile_replica_path_on_a_push_is_stored_and_quoted_safely() {
+    let env = TestEnv::new();
+    let db = env.path("mine.db");
+    make_db(&db, DbSpec::default());
+    let marker = env.path("pushed-marker");
+    let hostile_path = format!("team/$(touch {m})`touch {m}`;x.db", m = marker.display());
+    let theirs = tempfile::tempdir().unwrap();
+    let fake = Fake::start(honest(
+        "--replica",
+        theirs.path().join("replica.db"),
+        proto::ServerConfig {
+            replica_id: Some("r-9".into()),
+            replica_path: Some(hostile_path.clone()),
+            committed_version_id: Some("1".into()),
+            new_pull_key: Some(proto::new_key()),
+            new_push_key: Some(proto::new_key()),
+            version_hash: None,
+        },
+    ));
+    let o = run(env
+        .sqlrsync()
+        .args(["mine.db", "--server", &fake.url, "--timeout", TIMEOUT])
+        .env("SQLRSYNC_ADMIN_KEY", KEY));
+    assert_ok(&o);
+    fake.sent();
+    assert_eq!(
+        content_digest(&theirs.path().join("replica.db")),
+        content_digest(&db),
+        "the fake got the push"
+    );
+    let parsed = sqlrsync::config::DashFile::load_for(&db).unwrap().unwrap();
+    assert_eq!(parsed.remote_path, hostile_path);
+    let secrets = sqlrsync::config::Secrets::load(&env.home().join(".config/sqlrsync")).unwrap();
+    assert_eq!(secrets.databases[0].remote_path, hostile_path);
+    let o = run(env
+        .command("bash")
+        .arg(env.path("mine.db-sqlrsync"))
+        .arg("--dry")
+        .env("PATH", path_with_sqlrsync()));
+    assert_ok(&o);
+    assert!(stdout(&o).contains(&hostile_path), "{}", stdout(&o));
+    assert!(!marker.exists(), "a value ran as a command");
+}
+
+#[test]
+fn hand_edited_dash_file_is_read_literally_or_refused() {
+    let local = Local::new(false);
+    let m = local.env.path("hand-marker");
+    let dash = local.env.path("local.db-sqlrsync");
+    let dry = |text: &str| {
+        std::fs::write(&dash, text).unwrap();
+        let o = run(local.env.sqlrsync().args([
+            "team/x.db",
+            "local.db",
+            "--dry",
+            "--json",
+            "--server",
+            "ws://127.0.0.1:9",
+        ]));
+        assert!(!m.exists(), "{text}: a value ran as a command");
+        o
+    };
+    let mk = m.display();
+    // A command substitution where the key goes: read literally, refused
+    // as not being a key.
+    let o = dry(&format!(
+        "sqlrsync team/x.db local.db --pullKey=$(touch {mk}) \"$@\"\n"
+    ));
+    assert_one_line_error(&o, "is not a key");
+    let o = dry(&format!(
+        "sqlrsync team/x.db local.db '--pullKey=`touch {mk}`' \"$@\"\n"
+    ));
+    assert_one_line_error(&o, "is not a key");
+    // Backticks and ';' in the replica id: a literal id, not a command.
+    let o = dry(&format!(
+        "#!/bin/bash\ntouch {mk}\nsqlrsync team/x.db local.db --replicaID=`touch {mk}`; touch {mk} --pullKey={KEY} \"$@\"\n"
+    ));
+    assert_ok(&o);
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        j["keySource"].as_str().map(|s| s.contains("-sqlrsync")),
+        Some(true),
+        "{j}"
+    );
+    // A quote left open (a newline inside a value): a clear refusal.
+    let o = dry(&format!(
+        "sqlrsync team/x.db local.db '--pullKey={KEY}\n' \"$@\"\n"
+    ));
+    assert_one_line_error(&o, "unbalanced quotes");
+    assert_eq!(content_digest(&local.db), local.digest);
 }

@@ -97,6 +97,18 @@ pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow
         .as_ref()
         .and_then(|d| d.pull_key.clone())
         .map(|k| (k, KeySource::DashFile(DashFile::path_for(&local))));
+    // A hand-edited file may hold anything after --pullKey=; it is read
+    // literally, and what is not a key is refused rather than sent.
+    if let Some((k, _)) = &stored
+        && cli.pull_key.is_none()
+        && env.auth_token.is_none()
+        && !crate::protocol::is_key_shaped(k)
+    {
+        bail!(
+            "{}: the --pullKey value {k:?} is not a key (20-25 letters and digits)",
+            DashFile::path_for(&local).display()
+        );
+    }
     let key = keys::resolve(
         env,
         Candidates {
