@@ -517,3 +517,67 @@ fn fifty_pullers_six_pushers_nothing_lost() {
         rss_kb as f64 / 1024.0,
     );
 }
+
+/// Many `sqlrsync` processes on one machine pushing different databases at
+/// once (cron jobs that fire together) all keep their entry in the shared
+/// local-secrets.toml, so every one of them can push again without a key.
+#[test]
+fn concurrent_first_pushes_keep_every_secrets_entry() {
+    const N: usize = 12;
+    let env = TestEnv::new();
+    let data = env.path("server-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = TestServer::start(&env, &data);
+    let admin = server.create_namespace(&env, "team");
+    for i in 0..N {
+        make_db(
+            &env.path(&format!("db{i}.db")),
+            DbSpec {
+                rows: 200,
+                ..DbSpec::default()
+            },
+        );
+    }
+    let first: Vec<std::process::Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..N)
+            .map(|i| {
+                let (env, server, admin) = (&env, &server, &admin);
+                s.spawn(move || {
+                    let name = format!("db{i}.db");
+                    let remote = format!("team/db{i}.db");
+                    run(cli(env, server, &[&name, &remote]).env("SQLRSYNC_ADMIN_KEY", admin))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &first {
+        assert_ok(o);
+    }
+    let secrets = sqlrsync::config::Secrets::load(&env.home().join(".config/sqlrsync")).unwrap();
+    assert_eq!(
+        secrets.databases.len(),
+        N,
+        "entries lost from local-secrets.toml: {:?}",
+        secrets
+            .databases
+            .iter()
+            .map(|e| e.remote_path.clone())
+            .collect::<Vec<_>>()
+    );
+    // And each pushes again on its own, concurrently too.
+    std::thread::scope(|s| {
+        for i in 0..N {
+            let (env, server) = (&env, &server);
+            s.spawn(move || {
+                let name = format!("db{i}.db");
+                mutate(&env.path(&name), 1, 0.1);
+                let o = run(&mut cli(env, server, &[&name]));
+                assert_ok(&o);
+                assert_eq!(json_of(&o)["version"], "2");
+            });
+        }
+    });
+    let secrets = sqlrsync::config::Secrets::load(&env.home().join(".config/sqlrsync")).unwrap();
+    assert_eq!(secrets.databases.len(), N);
+}

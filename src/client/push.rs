@@ -329,22 +329,27 @@ fn keep_keys(
     printer: &Printer,
 ) -> anyhow::Result<()> {
     let dir = config::config_dir()?;
-    let mut secrets = Secrets::load(&dir)?;
     let path = p.local.to_string_lossy().into_owned();
-    let existing = secrets.find(&p.local).cloned();
-    let push_key = match (&cfg.new_push_key, &existing) {
-        (Some(k), _) => Some(k.clone()),
-        (None, Some(e))
-            if !e.push_key.is_empty() && matches!(p.key.source, KeySource::Secrets(_)) =>
-        {
-            Some(e.push_key.clone())
-        }
-        // A Replica Push key the user gave that just worked: keep it, so the
-        // next push (a cron job) needs nothing on the command line.
-        (None, _) if p.key.source == KeySource::Flag("--pushKey") => p.key.value.clone(),
-        _ => None,
-    };
-    if let Some(k) = push_key {
+    // Read, change and write under the file's lock: other sqlrsync
+    // processes (cron jobs firing together) update their own entries in the
+    // same file, and an unlocked read-modify-write loses theirs.
+    let stored = Secrets::update(&dir, |secrets| {
+        let existing = secrets.find(&p.local).cloned();
+        let push_key = match (&cfg.new_push_key, &existing) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(e))
+                if !e.push_key.is_empty() && matches!(p.key.source, KeySource::Secrets(_)) =>
+            {
+                Some(e.push_key.clone())
+            }
+            // A Replica Push key the user gave that just worked: keep it, so
+            // the next push (a cron job) needs nothing on the command line.
+            (None, _) if p.key.source == KeySource::Flag("--pushKey") => p.key.value.clone(),
+            _ => None,
+        };
+        let Some(k) = push_key else {
+            return Ok(false);
+        };
         if !crate::protocol::is_key_shaped(&k) {
             bail!("the server issued a push key that is not a key; it was not stored");
         }
@@ -360,7 +365,9 @@ fn keep_keys(
             last_push: config::toml_now(),
             other: Default::default(),
         });
-        secrets.save(&dir)?;
+        Ok(true)
+    })?;
+    if stored {
         printer.verbose(&format!(
             "stored the push key in {}",
             Secrets::path(&dir).display()
