@@ -713,6 +713,8 @@ fn honest(side: &'static str, db: PathBuf, cfg: proto::ServerConfig) -> Scenario
 }
 
 /// A fake that keeps the upgrade request's headers, then aborts.
+// The callback's error type is tungstenite's own.
+#[allow(clippy::result_large_err)]
 fn capture_headers(seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) -> Scenario {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     scenario(move |tcp| async move {
