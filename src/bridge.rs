@@ -21,7 +21,15 @@
 //! [`Outcome`] carries all of them to the caller.
 //!
 //! Memory stays bounded whatever the database size: at most a few frames
-//! are in flight (a small channel) and the parsers keep at most one page.
+//! are in flight (a small channel) and the parsers keep at most one page;
+//! an endless stream is a protocol error once it exceeds what it announced
+//! (see [`StreamParser`]).
+//!
+//! On a pull, the [`CommitGate`] holds ORIGIN_TXN back until the stream is
+//! complete (and, when the server sent a versionHash, verified), so a pull
+//! that fails in any way leaves the local database untouched. A server that
+//! goes silent is given up on after the idle timeout (`--timeout`): no
+//! frame either way for that long.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -38,6 +46,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::commit_gate::{CommitGate, GateConfig};
 use crate::helper::Side;
 use crate::protocol::{
     CTRL_NEWREPLICAVERSION, Direction, Message, OriginSummary, ReplicaSummary, ServerConfig,
@@ -87,6 +96,9 @@ pub struct Spec {
     /// send a Ping ourselves whenever we have been quiet for a quarter of
     /// it, which any live server answers.
     pub idle_timeout: Duration,
+    /// On a pull: hold the commit until the stream is complete and
+    /// verified (see [`CommitGate`]).
+    pub commit_gate: Option<GateConfig>,
 }
 
 /// Byte counts of one connection, shared by the tasks.
@@ -174,6 +186,12 @@ pub struct Outcome {
     pub newer_version: bool,
     /// Digests of the pages received, when [`Spec::digest_received`].
     pub received: Option<crate::dbfile::ReceivedPages>,
+    /// The commit gate refused the version (it does not match its
+    /// versionHash); the local database was not touched.
+    pub verify_failure: Option<String>,
+    /// The commit gate checked the version against its versionHash before
+    /// letting the commit through.
+    pub pre_verified: bool,
 }
 
 /// State the reader task shares with the coordinator.
@@ -227,10 +245,15 @@ where
         stats.clone(),
         keepalive_interval(spec.idle_timeout),
     ));
+    let gate = match spec.side {
+        Side::Replica => spec.commit_gate.clone().map(CommitGate::new),
+        Side::Origin => None,
+    };
     let reader = tokio::spawn(read_socket(
         ws_rx,
         stdin,
         StreamParser::new(in_dir),
+        gate,
         stats.clone(),
         observer.clone(),
         shared.clone(),
@@ -368,6 +391,8 @@ where
     out.received = rr.received;
     out.close = rr.close;
     out.protocol_error = rr.protocol_error;
+    out.verify_failure = rr.verify_failure;
+    out.pre_verified = rr.pre_verified;
     let sh = std::mem::take(&mut *shared.lock().await);
     out.config = sh.config;
     out.messages = sh.messages;
@@ -620,6 +645,8 @@ struct ReaderResult {
     connection_error: Option<String>,
     protocol_error: Option<String>,
     received: Option<crate::dbfile::ReceivedPages>,
+    verify_failure: Option<String>,
+    pre_verified: bool,
 }
 
 /// Binary frames -> helper stdin; text frames acted on. Returns when the
@@ -630,6 +657,7 @@ async fn read_socket<S>(
     mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
     stdin: tokio::process::ChildStdin,
     mut parser: StreamParser,
+    mut gate: Option<CommitGate>,
     stats: Arc<Stats>,
     observer: Arc<dyn Observer>,
     shared: Arc<Mutex<Shared>>,
@@ -643,6 +671,8 @@ where
 {
     let mut res = ReaderResult::default();
     let mut stdin = Some(stdin);
+    // The versionHash the server announced so far (for the commit gate).
+    let mut expected_hash: Option<String> = None;
     loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(idle, stream.next()) => match m {
@@ -681,7 +711,9 @@ where
                     if data[0] == CTRL_NEWREPLICAVERSION && data.len() == 1 {
                         shared.lock().await.newer_version = true;
                     } else {
-                        tracing::warn!(
+                        // Debug, not warn: a newer server's frame is no
+                        // reason for a second line on the user's terminal.
+                        tracing::debug!(
                             byte = data[0],
                             len = data.len(),
                             "ignoring an unknown control frame"
@@ -689,10 +721,11 @@ where
                     }
                     continue;
                 }
-                if res.protocol_error.is_some() {
-                    continue;
-                }
+                let start = parser.bytes();
+                let mut end = parser.consumed();
+                let hash_known = expected_hash.is_some();
                 let fed = parser.feed(&data, |m| {
+                    end += m.wire_len() as u64;
                     note_message(&m, &stats);
                     if let (Message::OriginPage { pgno, data }, Some(r)) =
                         (&m, res.received.as_mut())
@@ -701,6 +734,9 @@ where
                     }
                     res.origin.observe(&m);
                     res.replica.observe(&m);
+                    if let Some(g) = gate.as_mut() {
+                        g.observe(&m, end, hash_known);
+                    }
                 });
                 if let Err(e) = fed {
                     // Stop feeding the helper: it would only be confused,
@@ -708,19 +744,41 @@ where
                     res.protocol_error = Some(format!(
                         "the server sent a stream that is not sqlite3_rsync: {e}"
                     ));
-                    stdin = None;
-                    continue;
+                    break;
                 }
                 stats
                     .stream_in
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 observer.progress(&stats);
-                if let Some(w) = stdin.as_mut()
-                    && w.write_all(&data).await.is_err()
-                {
-                    // The helper stopped reading (it finished or died); the
-                    // coordinator learns which from its exit.
-                    stdin = None;
+                let (now, complete) = match gate.as_mut().map(|g| g.split(&data, start)) {
+                    None => (&data[..], false),
+                    Some(Ok(split)) => (split.now, split.complete),
+                    Some(Err(e)) => {
+                        res.protocol_error = Some(format!(
+                            "the server sent a stream that is not sqlite3_rsync: {e}"
+                        ));
+                        break;
+                    }
+                };
+                feed_helper(&mut stdin, now).await;
+                if complete && let Some(g) = gate.as_mut() {
+                    // ORIGIN_END is in: let the commit through only for a
+                    // version that matches its versionHash.
+                    let check = g.finish(expected_hash.clone());
+                    match tokio::task::spawn_blocking(move || check.run()).await {
+                        Ok(Ok((held, verified))) => {
+                            res.pre_verified = verified;
+                            feed_helper(&mut stdin, &held).await;
+                        }
+                        Ok(Err(why)) => {
+                            res.verify_failure = Some(why);
+                            break;
+                        }
+                        Err(e) => {
+                            res.verify_failure = Some(format!("verification task failed: {e}"));
+                            break;
+                        }
+                    }
                 }
             }
             WsMessage::Text(t) => {
@@ -732,6 +790,16 @@ where
                     .fetch_add(frame_len(t.len(), false), Ordering::Relaxed);
                 match ServerText::parse(t.as_str()) {
                     Ok(ServerText::Config(c)) => {
+                        // What we will store or act on must be sane; a
+                        // server that sends otherwise is not trusted with
+                        // the rest of the sync either.
+                        if let Err(e) = c.check() {
+                            res.protocol_error = Some(format!("the server sent a bad CONFIG: {e}"));
+                            break;
+                        }
+                        if c.version_hash.is_some() {
+                            expected_hash = c.version_hash.clone();
+                        }
                         // Digest pages only once there is a hash to check
                         // them against; pages before that are read back.
                         if digest_received && c.version_hash.is_some() && res.received.is_none() {
@@ -750,7 +818,13 @@ where
                         res.abort = Some(reason);
                         break;
                     }
-                    Err(e) => tracing::warn!("{e}"),
+                    Err(e) if t.as_str().starts_with("CONFIG=") => {
+                        res.protocol_error = Some(crate::cli::one_line(&e));
+                        break;
+                    }
+                    // Unknown kinds of text frame may come from newer
+                    // servers: not an error.
+                    Err(e) => tracing::debug!("{e}"),
                 }
             }
             WsMessage::Close(frame) => {
@@ -767,6 +841,19 @@ where
         let _ = w.shutdown().await;
     }
     res
+}
+
+/// Writes stream bytes to the helper; a failure means it stopped reading
+/// (it finished or died), which the coordinator learns from its exit.
+async fn feed_helper(stdin: &mut Option<tokio::process::ChildStdin>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    if let Some(w) = stdin.as_mut()
+        && w.write_all(data).await.is_err()
+    {
+        *stdin = None;
+    }
 }
 
 /// Later CONFIG fields win; fields a later frame omits are kept.

@@ -188,6 +188,43 @@ impl Secrets {
         }
     }
 
+    /// Loads the file, lets `change` edit it and, when it returns true,
+    /// saves it, all under an exclusive lock (`local-secrets.toml.lock`,
+    /// flock), so that sqlrsync processes updating their own entries at the
+    /// same time never lose each other's. Returns what `change` returned.
+    pub fn update(
+        dir: &Path,
+        change: impl FnOnce(&mut Secrets) -> anyhow::Result<bool>,
+    ) -> anyhow::Result<bool> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let lock_path = dir.join("local-secrets.toml.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        loop {
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+        }
+        let mut secrets = Self::load(dir)?;
+        let changed = change(&mut secrets)?;
+        if changed {
+            secrets.save(dir)?;
+        }
+        // Closing `lock` releases it.
+        Ok(changed)
+    }
+
     /// Writes the file atomically with mode 0600.
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
         let text = toml::to_string(self).context("cannot encode local-secrets.toml")?;
@@ -270,6 +307,20 @@ impl DashFile {
                 out.pull_key = Some(v);
             } else if let Some(v) = take("--server") {
                 out.server = Some(v);
+            }
+        }
+        // The file may have been edited by hand (or written by something
+        // else): values are taken literally (nothing here runs a shell), but
+        // one that could split a line or a header is refused.
+        for (name, v) in [
+            ("the replica", Some(&out.remote_path)),
+            ("--replicaID", out.replica_id.as_ref()),
+            ("--server", out.server.as_ref()),
+        ] {
+            if let Some(v) = v
+                && (v.chars().any(char::is_control) || v.len() > 1024)
+            {
+                bail!("{name} value {v:?} is not a valid value");
             }
         }
         Ok(out)

@@ -389,6 +389,54 @@ pub fn io_reason(e: &io::Error) -> String {
     }
 }
 
+/// Where a database path really leads: symbolic links are followed to the
+/// file they name, which may not exist yet (a dangling link names the file
+/// a sync will create, as SQLite itself would). SQLite keeps `-journal` and
+/// `-wal` next to that real file, so sqlrsync works on it too and keeps its
+/// `-sqlrsync` file beside it: every link to one database finds the same
+/// files. The result is absolute with its directory canonical when that
+/// exists. A loop is ELOOP.
+pub fn resolve_links(path: &Path) -> io::Result<PathBuf> {
+    let mut p = std::path::absolute(path)?;
+    // Linux gives up after 40 links too.
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&p)?;
+                p = if target.is_absolute() {
+                    target
+                } else {
+                    parent_dir(&p).join(target)
+                };
+            }
+            _ => {
+                if let (Some(dir), Some(name)) = (p.parent(), p.file_name())
+                    && let Ok(dir) = fs::canonicalize(dir)
+                {
+                    return Ok(dir.join(name));
+                }
+                return Ok(p);
+            }
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ELOOP))
+}
+
+/// `" (LINK is a symbolic link to REAL)"` when `given` was resolved to a
+/// different file, for error lines that name the real file; else empty.
+pub fn link_note(given: &Path, real: &Path) -> String {
+    let is_link = fs::symlink_metadata(given).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link {
+        format!(
+            " ({} is a symbolic link to {})",
+            given.display(),
+            real.display()
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// The directory a file lives in ("." for a bare name).
 pub fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {

@@ -9,6 +9,7 @@
 pub mod bridge;
 pub mod cli;
 pub mod client;
+pub mod commit_gate;
 pub mod config;
 pub mod dbfile;
 pub mod dropin;

@@ -41,11 +41,17 @@ pub struct Plan {
 
 /// Checks both sides; every refusal is one line and nothing is touched.
 pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Result<Plan> {
-    let origin = std::path::absolute(origin).context("cannot resolve ORIGIN")?;
-    let replica = std::path::absolute(replica).context("cannot resolve REPLICA")?;
+    let origin_given = std::path::absolute(origin).context("cannot resolve ORIGIN")?;
+    let replica_given = std::path::absolute(replica).context("cannot resolve REPLICA")?;
+    // Symbolic links are followed: the sync reads and writes the files they
+    // name (a loop is reported by `inspect` below, with the path given).
+    let origin = dbfile::resolve_links(&origin_given).unwrap_or_else(|_| origin_given.clone());
+    let replica = dbfile::resolve_links(&replica_given).unwrap_or_else(|_| replica_given.clone());
+    let origin_note = dbfile::link_note(&origin_given, &origin);
+    let replica_note = dbfile::link_note(&replica_given, &replica);
 
     let origin_header = match dbfile::inspect(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))? {
-        FileState::Missing => bail!("ORIGIN {} does not exist", origin.display()),
+        FileState::Missing => bail!("ORIGIN {} does not exist{origin_note}", origin.display()),
         FileState::Empty => bail!(
             "ORIGIN {} is empty (0 bytes), not an SQLite database",
             origin.display()
@@ -57,8 +63,14 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     let dir = dbfile::parent_dir(&replica);
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => bail!("REPLICA's directory {} is not a directory", dir.display()),
-        Err(_) => bail!("REPLICA's directory {} does not exist", dir.display()),
+        Ok(_) => bail!(
+            "REPLICA's directory {} is not a directory{replica_note}",
+            dir.display()
+        ),
+        Err(_) => bail!(
+            "REPLICA's directory {} does not exist{replica_note}",
+            dir.display()
+        ),
     }
     let replica_state = dbfile::inspect(&replica).map_err(|e| match e {
         dbfile::DbFileError::NotADatabase(p) => anyhow!(

@@ -44,6 +44,15 @@ pub const HASH_LEN: usize = 20;
 /// messages are one line; anything near this bound is hostile.
 pub const MAX_TEXT_LEN: u32 = 64 * 1024;
 
+/// Most ORIGIN/REPLICA _MSG and _ERROR messages in one stream. sqlite3_rsync
+/// sends a handful; an endless flood of them is hostile (each one is kept
+/// for the report and printed by the helper).
+pub const MAX_TEXT_MESSAGES: u32 = 1024;
+
+/// Most ORIGIN_BEGIN messages in one stream: one, plus one per protocol
+/// renegotiation (REPLICA_BEGIN).
+pub const MAX_BEGINS: u32 = 8;
+
 /// Smallest and largest SQLite page sizes, as powers of two.
 pub const MIN_PAGE_SIZE_LOG2: u8 = 9;
 pub const MAX_PAGE_SIZE_LOG2: u8 = 16;
@@ -94,6 +103,28 @@ pub enum Message<'a> {
     },
 }
 
+impl Message<'_> {
+    /// Bytes this message takes in the stream, type byte included.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Message::OriginBegin { .. } => 7,
+            Message::OriginEnd
+            | Message::OriginReady
+            | Message::ReplicaEnd
+            | Message::ReplicaReady => 1,
+            Message::OriginError(t)
+            | Message::OriginMsg(t)
+            | Message::ReplicaError(t)
+            | Message::ReplicaMsg(t) => 5 + t.len(),
+            Message::OriginPage { data, .. } => 5 + data.len(),
+            Message::OriginTxn { .. } => 5,
+            Message::OriginDetail { .. } | Message::ReplicaConfig { .. } => 9,
+            Message::ReplicaBegin { .. } => 2,
+            Message::ReplicaHash(h) => 1 + h.len(),
+        }
+    }
+}
+
 /// Why a stream was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
@@ -109,6 +140,12 @@ pub enum StreamError {
     TextTooLong(u32),
     #[error("data after the end of the stream")]
     DataAfterEnd,
+    #[error("more pages than the {page_count} announced by ORIGIN_BEGIN")]
+    TooManyPages { page_count: u32 },
+    #[error("more than {MAX_TEXT_MESSAGES} text messages")]
+    TooManyMessages,
+    #[error("more than {MAX_BEGINS} ORIGIN_BEGIN messages")]
+    TooManyBegins,
 }
 
 /// Incremental parser for one direction of the sqlite3_rsync stream.
@@ -129,6 +166,15 @@ pub struct StreamParser {
     offset: u64,
     /// Set by ORIGIN_END / REPLICA_END: nothing may follow.
     ended: bool,
+    /// ORIGIN_PAGEs since the last ORIGIN_BEGIN. sqlite3_rsync sends each
+    /// page at most once per sync, so more than the announced page count
+    /// is an endless (hostile) stream; stopping it bounds what a peer can
+    /// make the receiver write.
+    pages_since_begin: u64,
+    /// _MSG and _ERROR messages so far (bounded by [`MAX_TEXT_MESSAGES`]).
+    text_messages: u32,
+    /// ORIGIN_BEGIN messages so far (bounded by [`MAX_BEGINS`]).
+    begins: u32,
 }
 
 impl StreamParser {
@@ -140,6 +186,9 @@ impl StreamParser {
             page_count: 0,
             offset: 0,
             ended: false,
+            pages_since_begin: 0,
+            text_messages: 0,
+            begins: 0,
         }
     }
 
@@ -167,6 +216,13 @@ impl StreamParser {
     /// Bytes consumed so far.
     pub fn bytes(&self) -> u64 {
         self.offset + self.pending.len() as u64
+    }
+
+    /// Bytes of the whole messages emitted so far: where the next message
+    /// starts in the stream. With [`Message::wire_len`] a caller can tell
+    /// where in its chunk each message lies.
+    pub fn consumed(&self) -> u64 {
+        self.offset
     }
 
     /// Parses `data`, calling `on_message` for every message completed by it.
@@ -250,8 +306,22 @@ impl StreamParser {
     where
         F: FnMut(Message<'_>),
     {
+        if matches!(
+            m[0],
+            ORIGIN_MSG | ORIGIN_ERROR | REPLICA_MSG | REPLICA_ERROR
+        ) {
+            self.text_messages += 1;
+            if self.text_messages > MAX_TEXT_MESSAGES {
+                return Err(StreamError::TooManyMessages);
+            }
+        }
         let msg = match m[0] {
             ORIGIN_BEGIN if self.direction == Direction::FromOrigin => {
+                self.begins += 1;
+                if self.begins > MAX_BEGINS {
+                    return Err(StreamError::TooManyBegins);
+                }
+                self.pages_since_begin = 0;
                 let log2 = m[2];
                 if !(MIN_PAGE_SIZE_LOG2..=MAX_PAGE_SIZE_LOG2).contains(&log2) {
                     return Err(StreamError::BadPageSize(log2));
@@ -278,6 +348,12 @@ impl StreamParser {
                 if pgno == 0 || pgno > self.page_count {
                     return Err(StreamError::PageOutOfRange {
                         pgno,
+                        page_count: self.page_count,
+                    });
+                }
+                self.pages_since_begin += 1;
+                if self.pages_since_begin > self.page_count as u64 {
+                    return Err(StreamError::TooManyPages {
                         page_count: self.page_count,
                     });
                 }
@@ -519,6 +595,56 @@ pub struct ServerConfig {
     pub version_hash: Option<String>,
 }
 
+/// Longest `replicaID` or `committedVersionID` a client accepts.
+pub const MAX_CONFIG_ID_LEN: usize = 256;
+/// Longest `replicaPath` a client accepts.
+pub const MAX_CONFIG_PATH_LEN: usize = 1024;
+
+impl ServerConfig {
+    /// Checks what a client will store or act on: ids and the path are of
+    /// sane length without control characters (they go into files and
+    /// headers), a path is relative, keys look like keys, and a versionHash
+    /// is 64 hex digits. `Err` names the first bad field, for one line.
+    pub fn check(&self) -> Result<(), String> {
+        let printable = |v: &str| !v.chars().any(char::is_control);
+        let field = |name: &str, v: &Option<String>, max: usize| -> Result<(), String> {
+            match v {
+                Some(v) if v.len() > max => Err(format!("{name} is {} bytes long", v.len())),
+                Some(v) if !printable(v) => Err(format!("{name} holds control characters")),
+                _ => Ok(()),
+            }
+        };
+        field("replicaID", &self.replica_id, MAX_CONFIG_ID_LEN)?;
+        field(
+            "committedVersionID",
+            &self.committed_version_id,
+            MAX_CONFIG_ID_LEN,
+        )?;
+        field("replicaPath", &self.replica_path, MAX_CONFIG_PATH_LEN)?;
+        if let Some(p) = &self.replica_path
+            && (p.starts_with('/') || p.starts_with('.'))
+        {
+            return Err(format!("replicaPath {p:?} is not a replica path"));
+        }
+        for (name, k) in [
+            ("newPullKey", &self.new_pull_key),
+            ("newPushKey", &self.new_push_key),
+        ] {
+            if let Some(k) = k
+                && !is_key_shaped(k)
+            {
+                return Err(format!("{name} is not a key"));
+            }
+        }
+        if let Some(h) = &self.version_hash
+            && (h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err("versionHash is not a SHA-256 in hex".into());
+        }
+        Ok(())
+    }
+}
+
 /// A text frame from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerText {
@@ -533,7 +659,9 @@ impl ServerText {
         if let Some(json) = text.strip_prefix("CONFIG=") {
             serde_json::from_str(json)
                 .map(ServerText::Config)
-                .map_err(|e| format!("server sent CONFIG that is not valid JSON: {e}"))
+                .map_err(|e| {
+                    format!("the server sent a bad CONFIG (not the JSON object expected): {e}")
+                })
         } else if let Some(m) = text.strip_prefix("MESSAGE=") {
             Ok(ServerText::Message(m.to_string()))
         } else if let Some(m) = text.strip_prefix("ABORT=") {
@@ -936,6 +1064,71 @@ mod tests {
             p.feed(&[ORIGIN_BEGIN], |_| {}),
             Err(StreamError::UnknownType { .. })
         ));
+        // An endless stream of valid pages: stopped after the announced count.
+        let mut p = StreamParser::new(Direction::FromOrigin);
+        p.feed(&[ORIGIN_BEGIN, 2, 9, 0, 0, 0, 2], |_| {}).unwrap();
+        let page = |n: u8| {
+            let mut v = vec![ORIGIN_PAGE, 0, 0, 0, n];
+            v.extend(std::iter::repeat_n(0, 512));
+            v
+        };
+        p.feed(&page(1), |_| {}).unwrap();
+        p.feed(&page(2), |_| {}).unwrap();
+        assert_eq!(
+            p.feed(&page(1), |_| {}),
+            Err(StreamError::TooManyPages { page_count: 2 })
+        );
+        // A renegotiation starts the count again.
+        let mut p = StreamParser::new(Direction::FromOrigin);
+        let begin = [ORIGIN_BEGIN, 2, 9, 0, 0, 0, 1];
+        p.feed(&begin, |_| {}).unwrap();
+        p.feed(&page(1), |_| {}).unwrap();
+        p.feed(&begin, |_| {}).unwrap();
+        p.feed(&page(1), |_| {}).unwrap();
+        for _ in 2..MAX_BEGINS {
+            p.feed(&begin, |_| {}).unwrap();
+        }
+        assert_eq!(p.feed(&begin, |_| {}), Err(StreamError::TooManyBegins));
+        // An endless stream of messages.
+        let mut p = StreamParser::new(Direction::FromOrigin);
+        let msg = [ORIGIN_MSG, 0, 0, 0, 1, b'x'];
+        for _ in 0..MAX_TEXT_MESSAGES {
+            p.feed(&msg, |_| {}).unwrap();
+        }
+        assert_eq!(p.feed(&msg, |_| {}), Err(StreamError::TooManyMessages));
+    }
+
+    #[test]
+    fn server_config_checks() {
+        let good = ServerConfig {
+            replica_id: Some("1b4e28ba-2fa1-11d2-883f-0016d3cca427".into()),
+            replica_path: Some("ns/host/it's $(x).db".into()),
+            committed_version_id: Some("7".into()),
+            new_pull_key: Some(new_key()),
+            new_push_key: None,
+            version_hash: Some("ab".repeat(32)),
+        };
+        assert_eq!(good.check(), Ok(()));
+        let bad = |f: fn(&mut ServerConfig)| {
+            let mut c = good.clone();
+            f(&mut c);
+            c.check().unwrap_err()
+        };
+        assert!(bad(|c| c.replica_id = Some("x".repeat(300))).contains("replicaID"));
+        assert!(bad(|c| c.replica_path = Some("ns/a\nb.db".into())).contains("control"));
+        assert!(bad(|c| c.replica_path = Some("/etc/passwd".into())).contains("replicaPath"));
+        assert!(bad(|c| c.new_pull_key = Some("$(touch x)".into())).contains("newPullKey"));
+        assert!(bad(|c| c.version_hash = Some("zz".into())).contains("versionHash"));
+    }
+
+    #[test]
+    fn wire_len_matches_the_stream() {
+        let s = origin_stream(9, &[(1, 7), (2, 8)]);
+        let mut p = StreamParser::new(Direction::FromOrigin);
+        let mut total = 0;
+        p.feed(&s, |m| total += m.wire_len()).unwrap();
+        assert_eq!(total as u64, p.consumed());
+        assert_eq!(p.consumed(), s.len() as u64);
     }
 
     #[test]

@@ -113,8 +113,9 @@ pub struct Cli {
     pub protocol: Option<u8>,
 
     /// Give up on a PUSH or PULL when the server has sent nothing, not even
-    /// a keepalive, for this many seconds [default: 120]
-    #[arg(long = "idle-timeout", env = "SQLRSYNC_IDLE_TIMEOUT", value_name = "SECS",
+    /// a keepalive, for this many seconds; also bounds connecting
+    /// [default: 120; env SQLRSYNC_IDLE_TIMEOUT or SQLRSYNC_TIMEOUT]
+    #[arg(long = "idle-timeout", alias = "timeout", env = "SQLRSYNC_IDLE_TIMEOUT", value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..), help_heading = "Remote")]
     pub idle_timeout: Option<u64>,
 

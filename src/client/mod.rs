@@ -43,9 +43,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// any server answers our own keepalive pings) is never silent this long.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long the server may stay completely silent before a sync gives up.
+/// How long the server may stay completely silent before a sync gives up:
+/// `--idle-timeout` (or `SQLRSYNC_IDLE_TIMEOUT`), else `SQLRSYNC_TIMEOUT`,
+/// else the default.
 pub fn idle_timeout(cli: &Cli) -> Duration {
     cli.idle_timeout
+        .or_else(|| {
+            std::env::var("SQLRSYNC_TIMEOUT")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|s| *s > 0)
+        })
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_IDLE_TIMEOUT)
 }
@@ -304,6 +312,16 @@ fn describe_connect_error(host: &str, e: tokio_tungstenite::tungstenite::Error) 
         ),
         E::Io(io) => anyhow::anyhow!("cannot reach the server {host}: {io}"),
         E::Tls(t) => anyhow::anyhow!("TLS with {host} failed: {t}"),
+        E::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::HandshakeIncomplete) => {
+            anyhow::anyhow!(
+                "cannot reach the server {host}: it closed the connection without answering"
+            )
+        }
+        E::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::HttparseError(e)) => {
+            anyhow::anyhow!(
+                "websocket handshake with {host} failed: the answer is not HTTP ({e}); is this an SQLRsync server?"
+            )
+        }
         other => anyhow::anyhow!("websocket handshake with {host} failed: {other}"),
     }
 }
@@ -356,8 +374,20 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
     if o.interrupted {
         bail!("interrupted; {unchanged}");
     }
+    if let Some(why) = &o.verify_failure {
+        bail!("{why}; {unchanged}");
+    }
     if let Some(reason) = &o.abort {
-        bail!("the server aborted: {reason}");
+        // Say what it means for the user's data, as every other failure does.
+        bail!(
+            "the server aborted: {}; {unchanged}",
+            crate::cli::one_line(reason)
+        );
+    }
+    if let Some(p) = &o.protocol_error {
+        // The cause; whatever the helper said after its input was cut is
+        // only a consequence.
+        bail!("{p}; {unchanged}");
     }
     let errs: Vec<&String> = o
         .origin
@@ -373,9 +403,6 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
         };
         let text: Vec<String> = errs.iter().map(|e| crate::cli::one_line(e)).collect();
         bail!("sync failed ({side}): {}; {unchanged}", text.join("; "));
-    }
-    if let Some(p) = &o.protocol_error {
-        bail!("{p}; {unchanged}");
     }
     let helper_ok = o.helper_status.is_some_and(|s| s.success()) && !o.helper_killed;
     if !helper_ok {

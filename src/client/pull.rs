@@ -19,6 +19,7 @@ use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
 use crate::bridge;
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
+use crate::commit_gate::GateConfig;
 use crate::config::DashFile;
 use crate::dbfile::{self, FileState};
 use crate::helper::Side;
@@ -50,11 +51,19 @@ pub struct Plan {
 
 /// Builds the plan; refuses bad input with one line.
 pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow::Result<Plan> {
-    let local = std::path::absolute(local).context("cannot resolve the database path")?;
+    let given = std::path::absolute(local).context("cannot resolve the database path")?;
+    // A symbolic link is followed: the pull writes the file it names, and
+    // the -sqlrsync file goes next to that file (where SQLite keeps the
+    // -journal and -wal), whichever link was used.
+    let local = match dbfile::resolve_links(&given) {
+        Ok(p) => p,
+        Err(e) => bail!("cannot use {}: {}", given.display(), dbfile::io_reason(&e)),
+    };
+    let note = dbfile::link_note(&given, &local);
     let dir = dbfile::parent_dir(&local);
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
-        _ => bail!("the directory {} does not exist", dir.display()),
+        _ => bail!("the directory {} does not exist{note}", dir.display()),
     }
     let state = dbfile::inspect(&local).map_err(|e| match e {
         dbfile::DbFileError::NotADatabase(p) => anyhow::anyhow!(
@@ -88,6 +97,18 @@ pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow
         .as_ref()
         .and_then(|d| d.pull_key.clone())
         .map(|k| (k, KeySource::DashFile(DashFile::path_for(&local))));
+    // A hand-edited file may hold anything after --pullKey=; it is read
+    // literally, and what is not a key is refused rather than sent.
+    if let Some((k, _)) = &stored
+        && cli.pull_key.is_none()
+        && env.auth_token.is_none()
+        && !crate::protocol::is_key_shaped(k)
+    {
+        bail!(
+            "{}: the --pullKey value {k:?} is not a key (20-25 letters and digits)",
+            DashFile::path_for(&local).display()
+        );
+    }
     let key = keys::resolve(
         env,
         Candidates {
@@ -275,7 +296,17 @@ pub async fn pull_once(
         want_config: true,
         idle_timeout: super::idle_timeout(cli),
         live_stderr: printer.verbose >= 2,
-        digest_received: true,
+        // An existing replica is checked before the commit (commit_gate);
+        // a new file after it, helped by these digests.
+        digest_received: !p.local_existed,
+        commit_gate: Some(GateConfig {
+            replica: p.local.clone(),
+            existed: p.local_existed,
+            wal: matches!(
+                dbfile::inspect(&p.local),
+                Ok(FileState::Database(dbfile::Header { wal: true, .. }))
+            ),
+        }),
     };
     let (stats, progress) = super::observer(printer);
     let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await;
@@ -299,6 +330,8 @@ pub async fn pull_once(
     let cfg = outcome.config.clone().unwrap_or_default();
     let mut verify_seconds = 0.0;
     let verified = match &cfg.version_hash {
+        // Checked before the commit was let through (see commit_gate).
+        Some(_) if outcome.pre_verified => Some(true),
         Some(want) => {
             let hashing = Instant::now();
             let got = match &outcome.received {

@@ -60,9 +60,12 @@ pub fn plan(
     remote: Option<&RemoteRef>,
     env: &KeyEnv,
 ) -> anyhow::Result<Plan> {
-    let abs = std::path::absolute(local).context("cannot resolve the database path")?;
+    let given = std::path::absolute(local).context("cannot resolve the database path")?;
+    // A symbolic link is followed (a loop is reported by `inspect`).
+    let abs = dbfile::resolve_links(&given).unwrap_or_else(|_| given.clone());
+    let note = dbfile::link_note(&given, &abs);
     match dbfile::inspect(&abs).map_err(|e| anyhow::anyhow!("{e}"))? {
-        FileState::Missing => bail!("{} does not exist; nothing to push", abs.display()),
+        FileState::Missing => bail!("{} does not exist{note}; nothing to push", abs.display()),
         FileState::Empty => bail!(
             "{} is empty (0 bytes), not an SQLite database",
             abs.display()
@@ -328,6 +331,7 @@ pub async fn run(
         idle_timeout: super::idle_timeout(cli),
         live_stderr: printer.verbose >= 2,
         digest_received: false,
+        commit_gate: None,
     };
     let (stats, progress) = super::observer(printer);
     let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await?;
@@ -386,22 +390,27 @@ fn keep_keys(
     printer: &Printer,
 ) -> anyhow::Result<()> {
     let dir = config::config_dir()?;
-    let mut secrets = Secrets::load(&dir)?;
     let path = p.local.to_string_lossy().into_owned();
-    let existing = secrets.find(&p.local).cloned();
-    let push_key = match (&cfg.new_push_key, &existing) {
-        (Some(k), _) => Some(k.clone()),
-        (None, Some(e))
-            if !e.push_key.is_empty() && matches!(p.key.source, KeySource::Secrets(_)) =>
-        {
-            Some(e.push_key.clone())
-        }
-        // A Replica Push key the user gave that just worked: keep it, so the
-        // next push (a cron job) needs nothing on the command line.
-        (None, _) if p.key.source == KeySource::Flag("--pushKey") => p.key.value.clone(),
-        _ => None,
-    };
-    if let Some(k) = push_key {
+    // Read, change and write under the file's lock: other sqlrsync
+    // processes (cron jobs firing together) update their own entries in the
+    // same file, and an unlocked read-modify-write loses theirs.
+    let stored = Secrets::update(&dir, |secrets| {
+        let existing = secrets.find(&p.local).cloned();
+        let push_key = match (&cfg.new_push_key, &existing) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(e))
+                if !e.push_key.is_empty() && matches!(p.key.source, KeySource::Secrets(_)) =>
+            {
+                Some(e.push_key.clone())
+            }
+            // A Replica Push key the user gave that just worked: keep it, so
+            // the next push (a cron job) needs nothing on the command line.
+            (None, _) if p.key.source == KeySource::Flag("--pushKey") => p.key.value.clone(),
+            _ => None,
+        };
+        let Some(k) = push_key else {
+            return Ok(false);
+        };
         if !crate::protocol::is_key_shaped(&k) {
             bail!("the server issued a push key that is not a key; it was not stored");
         }
@@ -417,7 +426,9 @@ fn keep_keys(
             last_push: config::toml_now(),
             other: Default::default(),
         });
-        secrets.save(&dir)?;
+        Ok(true)
+    })?;
+    if stored {
         printer.verbose(&format!(
             "stored the push key in {}",
             Secrets::path(&dir).display()

@@ -262,6 +262,9 @@ async fn bridge(
         }
     }
     drop(stdin);
+    // Nobody reads the helper's output any more: closing it makes a helper
+    // blocked on a full pipe exit at once instead of after the timeout.
+    drop(stdout);
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     let _ = is_push;
     let _ = tx.close().await;

@@ -9,7 +9,10 @@
 //!   an ordinary rollback-journal SQLite file for the helper to read.
 //! - `staging/`: copies being written by push sessions (deleted on start).
 //! - `cache/`: older versions materialised on demand for pulls (deleted when
-//!   their last reader finishes, and on start).
+//!   their last reader finishes, and on start). When the data dir's disk is
+//!   full, they go to a spill folder in the system temp dir instead (one per
+//!   data dir, also cleared on start), so that a full disk, which already
+//!   refuses new pushes, does not also make older versions unreadable.
 //!
 //! The latest file *is* the store of the latest version's pages (its per-page
 //! SHA-256 checksums are kept in `replicas.latest_sums`). Every older version
@@ -130,6 +133,9 @@ pub struct Store {
     packs: Mutex<PackStore>,
     /// Live replica states by replica row id.
     replicas: Mutex<HashMap<i64, Arc<ReplicaState>>>,
+    /// Where older versions are materialised when `cache/` has no room
+    /// (see [`spill_dir_for`]).
+    spill_dir: PathBuf,
 }
 
 /// Locks a std mutex, surviving poisoning (a panicked holder leaves data
@@ -159,6 +165,7 @@ impl Store {
             meta: Mutex::new(conn),
             packs: Mutex::new(packs),
             replicas: Mutex::new(HashMap::new()),
+            spill_dir: spill_dir_for(data_dir),
         };
         store.recover()?;
         Ok(store)
@@ -178,6 +185,7 @@ impl Store {
             meta: Mutex::new(conn),
             packs: Mutex::new(packs),
             replicas: Mutex::new(HashMap::new()),
+            spill_dir: spill_dir_for(data_dir),
         })
     }
 
@@ -195,6 +203,12 @@ impl Store {
                 let p = e?.path();
                 tracing::info!(file = %p.display(), "removing leftover file");
                 let _ = std::fs::remove_file(&p);
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.spill_dir) {
+            for e in rd.flatten() {
+                tracing::info!(file = %e.path().display(), "removing leftover spill file");
+                let _ = std::fs::remove_file(e.path());
             }
         }
         let replicas = self.with_meta(meta::all_replicas)?;
@@ -307,11 +321,50 @@ impl Store {
         if let Some(f) = lock(&state.older).get(&number).and_then(Weak::upgrade) {
             return Ok(f);
         }
-        let final_path = self.data_dir.join("cache").join(format!(
-            "{}-v{number}-{}.db",
-            r.uid,
-            uuid::Uuid::new_v4().simple()
-        ));
+        let name = format!("{}-v{number}-{}.db", r.uid, uuid::Uuid::new_v4().simple());
+        let final_path = match self.materialise_in(
+            &self.data_dir.join("cache"),
+            &name,
+            r,
+            &latest,
+            number,
+        ) {
+            Err(e) if is_out_of_space(&e) => {
+                // The data dir's disk is full (pushes fail cleanly then);
+                // older versions stay readable through the temp dir.
+                tracing::warn!(
+                    replica = %r.path,
+                    version = number,
+                    spill = %self.spill_dir.display(),
+                    "no space to rebuild an older version in the data dir; using the spill folder"
+                );
+                std::fs::create_dir_all(&self.spill_dir)
+                    .with_context(|| format!("creating {}", self.spill_dir.display()))?;
+                self.materialise_in(&self.spill_dir, &name, r, &latest, number)
+                    .context(
+                        "the data dir's disk is full and the spill folder has no room either",
+                    )?
+            }
+            other => other?,
+        };
+        let f = VersionFile::new(final_path, number, true);
+        let mut older = lock(&state.older);
+        older.retain(|_, w| w.strong_count() > 0);
+        older.insert(number, Arc::downgrade(&f));
+        Ok(f)
+    }
+
+    /// Materialises version `number` as `dir/name` (through a temp name, so
+    /// a half-written file never has the final name); returns its path.
+    fn materialise_in(
+        &self,
+        dir: &Path,
+        name: &str,
+        r: &ReplicaRow,
+        latest: &VersionFile,
+        number: u64,
+    ) -> Result<PathBuf> {
+        let final_path = dir.join(name);
         let tmp = final_path.with_extension("tmp");
         let result = File::open(&latest.path)
             .with_context(|| format!("opening {}", latest.path.display()))
@@ -321,11 +374,7 @@ impl Store {
             return Err(e);
         }
         std::fs::rename(&tmp, &final_path)?;
-        let f = VersionFile::new(final_path, number, true);
-        let mut older = lock(&state.older);
-        older.retain(|_, w| w.strong_count() > 0);
-        older.insert(number, Arc::downgrade(&f));
-        Ok(f)
+        Ok(final_path)
     }
 
     /// Rebuilds version `number` into `out` from `latest` (the open file of
@@ -499,6 +548,11 @@ impl Store {
         // new version changed or dropped (all of it if the page size changed).
         let mut back: Vec<(u32, PageHash)> = Vec::new();
         let mut new_blobs: Vec<(PageHash, BlobLocation)> = Vec::new();
+        // Gives the pack bytes this commit appends back if it fails.
+        let mut tail = PackTailGuard {
+            store: self,
+            appended: None,
+        };
         if let (Some(prev_file), Some(prow)) = (&prev, &prev_row) {
             let pages: Vec<u32> = if same_geometry {
                 changed
@@ -514,6 +568,7 @@ impl Store {
                 .with_context(|| format!("opening {}", prev_file.path.display()))?;
             let mut obuf = vec![0u8; prow.page_size as usize];
             let mut packs = lock(&self.packs);
+            let start = packs.end();
             let mut seen: BTreeSet<PageHash> = BTreeSet::new();
             for pgno in pages {
                 old.read_exact_at(&mut obuf, (pgno as u64 - 1) * prow.page_size as u64)?;
@@ -528,6 +583,7 @@ impl Store {
                 back.push((pgno, h));
                 if seen.insert(h) && self.with_meta(|c| meta::blob(c, &h))?.is_none() {
                     new_blobs.push((h, packs.append(&obuf)?));
+                    tail.appended = Some((start, packs.end()));
                 }
             }
             packs.sync()?;
@@ -605,6 +661,8 @@ impl Store {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
+        // Committed: the appended pages are referenced now.
+        tail.appended = None;
         let new_file = VersionFile::new(path, number, false);
         if let Some(old) = lock(&state.latest).replace(new_file) {
             old.obsolete.store(true, Ordering::SeqCst);
@@ -836,6 +894,44 @@ impl Store {
         }
         Ok(bad)
     }
+}
+
+/// Cuts the pack bytes a failed commit appended (when nothing was appended
+/// after them), so that a commit that failed for lack of space gives the
+/// space back at once instead of at the next start.
+struct PackTailGuard<'a> {
+    /// The store whose packs were appended to.
+    store: &'a Store,
+    /// (start, end) of this commit's appends; None once committed.
+    appended: Option<((u32, u64), (u32, u64))>,
+}
+
+impl Drop for PackTailGuard<'_> {
+    fn drop(&mut self) {
+        if let Some((start, end)) = self.appended {
+            let cut = lock(&self.store.packs).cut_back(start, end);
+            tracing::info!(cut, "commit failed; giving back its pack bytes");
+        }
+    }
+}
+
+/// The spill folder of the store at `data_dir`: in the system temp dir,
+/// named after the data dir so that two servers on one machine never clear
+/// each other's files.
+pub fn spill_dir_for(data_dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let abs = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let h = hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()));
+    std::env::temp_dir().join(format!("sqlrsync-server-spill-{}", &h[..16]))
+}
+
+/// True when `e` comes from a full disk (or quota).
+pub fn is_out_of_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::ENOSPC || code == libc::EDQUOT)
+    })
 }
 
 /// What `verify` looked at.

@@ -121,6 +121,29 @@ impl PackStore {
         })
     }
 
+    /// Where the next append goes: (pack number, offset). A commit takes
+    /// this before its appends, so that it can give the space back with
+    /// [`PackStore::cut_back`] if it fails.
+    pub fn end(&self) -> (u32, u64) {
+        (self.current, self.len)
+    }
+
+    /// Drops the bytes appended since `start` when nothing was appended
+    /// after them (`expected_end` is still the end), returning whether it
+    /// did. Bytes no index row refers to are harmless (start-up cuts them)
+    /// but hold disk space, which matters most when a commit failed because
+    /// the disk is full.
+    pub fn cut_back(&mut self, start: (u32, u64), expected_end: (u32, u64)) -> bool {
+        if self.end() != expected_end || start.0 != self.current || start.1 > self.len {
+            return false;
+        }
+        if self.file.set_len(start.1).is_err() {
+            return false;
+        }
+        self.len = start.1;
+        true
+    }
+
     fn roll_over(&mut self) -> Result<()> {
         self.sync()?;
         self.current += 1;
@@ -145,7 +168,19 @@ impl BlobStore for PackStore {
             None
         };
         let bytes: &[u8] = compressed.as_deref().unwrap_or(data);
-        self.file.write_all(bytes)?;
+        if let Err(e) = self.file.write_all(bytes) {
+            // A full disk writes part of the page and then fails. Cut the
+            // part off: the file is opened for appending, so left there it
+            // would shift every later page away from the offset recorded
+            // for it (`self.len`), and hold space no page refers to.
+            let _ = self.file.set_len(self.len);
+            return Err(e).with_context(|| {
+                format!(
+                    "appending to {}",
+                    pack_path(&self.dir, self.current).display()
+                )
+            });
+        }
         let loc = BlobLocation {
             pack: self.current,
             offset: self.len,
