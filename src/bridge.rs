@@ -673,13 +673,17 @@ where
     let mut stdin = Some(stdin);
     // The versionHash the server announced so far (for the commit gate).
     let mut expected_hash: Option<String> = None;
+    // Anything the server sends keeps the sync alive, its keepalive Pings
+    // included, except Pongs: those are its websocket library answering our
+    // own pings, which it does even when the server itself is stuck.
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
         let msg = tokio::select! {
-            m = tokio::time::timeout(idle, stream.next()) => match m {
+            m = tokio::time::timeout_at(deadline, stream.next()) => match m {
                 Ok(m) => m,
                 Err(_) => {
                     res.connection_error = Some(format!(
-                        "no data from the server for {}s (the connection stalled)",
+                        "no data from the server: it sent nothing for {}s (the connection stalled)",
                         idle.as_secs_f64()
                     ));
                     break;
@@ -687,6 +691,9 @@ where
             },
             _ = wait_true(&mut cancel) => break,
         };
+        if !matches!(msg, Some(Ok(WsMessage::Pong(_)))) {
+            deadline = tokio::time::Instant::now() + idle;
+        }
         let msg = match msg {
             None => {
                 res.connection_error =

@@ -39,8 +39,9 @@ pub const REMOTE_DEFAULT_PROTOCOL: u8 = 2;
 /// idle timeout, when that is shorter).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Default of `--idle-timeout`: a live server (ours pings every 5 s, and
-/// any server answers our own keepalive pings) is never silent this long.
+/// Default of `--idle-timeout`: a live server is never silent this long
+/// (ours pings every 5 s while it works). Pongs answering our own pings do
+/// not count: a websocket library sends them even for a stuck server.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long the server may stay completely silent before a sync gives up:
