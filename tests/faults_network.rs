@@ -122,9 +122,24 @@ impl Net {
         drop(proxy);
         // No partial version: the latest and the versions are unchanged
         // (once the server has noticed; it may still be finishing).
-        wait_until("the server to drop the push", HANG_LIMIT, || {
-            scratch_usage(&self.f.data).0 == 0
-        });
+        let data = self.f.data.clone();
+        wait_until(
+            &format!("the server to drop the push ({fault:?})"),
+            HANG_LIMIT,
+            || {
+                let n = scratch_usage(&data).0;
+                if n != 0 {
+                    for d in ["staging", "cache"] {
+                        if let Ok(rd) = std::fs::read_dir(data.join(d)) {
+                            for e in rd.flatten() {
+                                eprintln!("left: {}", e.path().display());
+                            }
+                        }
+                    }
+                }
+                n == 0
+            },
+        );
         let after = self.f.meta("team/n.db");
         assert_eq!(after, before, "{fault:?} after {took:?}: {}", lines[0]);
         // Retrying without the proxy works.
