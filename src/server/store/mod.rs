@@ -792,8 +792,16 @@ impl Store {
             r.uid,
             uuid::Uuid::new_v4().simple()
         ));
-        let older = self.verify_older(r, &file, latest, &tmp);
+        let mut older = self.verify_older(r, &file, latest, &tmp);
         let _ = std::fs::remove_file(&tmp);
+        if older.as_ref().is_err_and(is_out_of_space) {
+            // A full disk is not damage: rebuild in the spill folder.
+            let spill = self.spill_dir.join(tmp.file_name().expect("a file name"));
+            older = std::fs::create_dir_all(&self.spill_dir)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| self.verify_older(r, &file, latest, &spill));
+            let _ = std::fs::remove_file(&spill);
+        }
         match older {
             Ok(more) => bad.extend(more),
             Err(e) => bad.push(format!("{}: older versions: {e:#}", r.path)),
