@@ -28,8 +28,9 @@
 //! On a pull, the [`CommitGate`] holds ORIGIN_TXN back until the stream is
 //! complete (and, when the server sent a versionHash, verified), so a pull
 //! that fails in any way leaves the local database untouched. A server that
-//! goes silent is given up on after the idle timeout (`--timeout`): no
-//! frame either way for that long.
+//! goes silent is given up on after the idle timeout (`--idle-timeout`): no
+//! frame from it (its keepalive Pings count, Pongs to ours do not) for that
+//! long.
 
 use std::ffi::OsString;
 use std::path::Path;

@@ -89,11 +89,6 @@ impl Activity {
     }
 }
 
-/// A session that has sent nothing for this long sends a websocket ping,
-/// so that a client waiting while the server copies, hashes or commits a
-/// large version knows it is alive (`sqlrsync --timeout`, default 120 s).
-pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
-
 /// A frame for the writer task.
 #[derive(Debug)]
 pub enum Out {
