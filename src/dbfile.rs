@@ -465,33 +465,7 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// exactly what SQLite would return. A WAL database goes through
 /// `sqlite_dbpage`, because its newest pages may live in the WAL.
 pub fn version_hash(path: &Path) -> anyhow::Result<String> {
-    let c = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    c.busy_timeout(std::time::Duration::from_secs(10))?;
-    c.execute_batch("BEGIN")?;
-    // BEGIN is deferred: reading page 1 is what takes the lock (and rolls
-    // back a hot journal first), before anything is measured.
-    c.query_row("SELECT 1 FROM sqlite_dbpage WHERE pgno = 1", [], |_| Ok(()))?;
-    let page_size: u32 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    let page_count: u32 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-    let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-    let hash = if mode.eq_ignore_ascii_case("wal") {
-        let mut hasher = crate::protocol::VersionHasher::new();
-        let mut st = c.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let pgno: u32 = r.get(0)?;
-            let data = r.get_ref(1)?.as_blob()?;
-            hasher.page(pgno, data);
-        }
-        hasher.finish()
-    } else {
-        hash_file_pages(path, page_size, page_count)?
-    };
-    c.execute_batch("COMMIT")?;
-    Ok(hash)
+    version_hash_with(path, &ReceivedPages::default())
 }
 
 /// Digests of the pages a pull received in the stream, taken as they
@@ -566,16 +540,16 @@ pub fn version_hash_with(path: &Path, received: &ReceivedPages) -> anyhow::Resul
         *first = None;
     }
     let hash = if mode.eq_ignore_ascii_case("wal") {
+        // Through SQLite, which sees the WAL: one scan, hashing only the
+        // pages not already known.
         let mut hasher = crate::protocol::VersionHasher::new();
-        let mut st = c.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
-        for (i, k) in known.iter().enumerate() {
-            let pgno = i as u32 + 1;
-            match k {
-                Some(d) => hasher.digest(pgno, d),
-                None => {
-                    let data: Vec<u8> = st.query_row([pgno], |r| r.get(0))?;
-                    hasher.page(pgno, &data);
-                }
+        let mut st = c.prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let pgno: u32 = r.get(0)?;
+            match known.get(pgno as usize - 1).copied().flatten() {
+                Some(d) => hasher.digest(pgno, &d),
+                None => hasher.page(pgno, r.get_ref(1)?.as_blob()?),
             }
         }
         hasher.finish()
