@@ -348,12 +348,12 @@ async fn run(
                 let stdout = h.stdout.take().expect("piped stdout");
                 pump = Some(tokio::spawn(pump_replica(stdout, out.clone())));
                 staging = Some(guard);
-                write_helper(&mut h, &bytes).await;
+                write_helper(&mut h, &bytes, st.config.idle_timeout).await?;
                 helper = Some(h);
             }
             PushAction::Forward => {
                 if let (Some(h), WsMessage::Binary(b)) = (helper.as_mut(), &msg) {
-                    write_helper(h, b).await;
+                    write_helper(h, b, st.config.idle_timeout).await?;
                 }
             }
         }
@@ -581,11 +581,25 @@ fn start_writeback(path: &Path) {
 
 /// Writes to the helper's stdin; a failure means the helper stopped, which
 /// the pump reports.
-async fn write_helper(h: &mut HelperProcess, data: &[u8]) {
-    if let Some(stdin) = h.stdin.as_mut()
-        && stdin.write_all(data).await.is_err()
-    {
-        h.stdin = None;
+///
+/// Bounded by the idle timeout: the helper stops reading while its own
+/// output is not taken, and its output waits on a client that may have
+/// stopped reading. Without the bound a session stuck here would never get
+/// back to the loop that watches for idleness, and would keep its staging
+/// file, push lock and slot forever.
+async fn write_helper(h: &mut HelperProcess, data: &[u8], limit: Duration) -> Result<(), Abort> {
+    let Some(stdin) = h.stdin.as_mut() else {
+        return Ok(());
+    };
+    match tokio::time::timeout(limit, stdin.write_all(data)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => {
+            h.stdin = None;
+            Ok(())
+        }
+        Err(_) => Err(Abort::Client(
+            "the sync stalled: the client is not reading the server's answers".into(),
+        )),
     }
 }
 
