@@ -388,34 +388,10 @@ impl Store {
         number: u64,
         out: &Path,
     ) -> Result<VersionRow> {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(out)
-            .with_context(|| format!("creating {}", out.display()))?;
-        let mut src = latest;
-        src.seek(SeekFrom::Start(0))?;
-        std::io::copy(&mut src, &mut f).context("copying the latest version")?;
+        let f = copy_of(latest, out)?;
         let mut row = None;
         for k in (number..latest_number).rev() {
-            let (v, delta) = self.with_meta(|c| {
-                Ok((
-                    meta::version(c, r.id, k)?.context("version row missing")?,
-                    meta::back_delta(c, r.id, k)?,
-                ))
-            })?;
-            for (pgno, hash) in delta {
-                let data = self.read_page(&hash)?;
-                ensure!(
-                    data.len() == v.page_size as usize,
-                    "stored page has the wrong size"
-                );
-                f.write_all_at(&data, (pgno as u64 - 1) * v.page_size as u64)?;
-            }
-            f.set_len(v.size())?;
-            row = Some(v);
+            row = Some(self.step_back(r, &f, k)?);
         }
         let row = row.context("nothing to materialise")?;
         f.sync_all()?;
@@ -426,6 +402,27 @@ impl Store {
             r.path
         );
         Ok(row)
+    }
+
+    /// Turns `f`, holding version `k + 1` of `r`, into version `k` by
+    /// applying that version's back delta; returns version `k`'s row.
+    fn step_back(&self, r: &ReplicaRow, f: &File, k: u64) -> Result<VersionRow> {
+        let (v, delta) = self.with_meta(|c| {
+            Ok((
+                meta::version(c, r.id, k)?.context("version row missing")?,
+                meta::back_delta(c, r.id, k)?,
+            ))
+        })?;
+        for (pgno, hash) in delta {
+            let data = self.read_page(&hash)?;
+            ensure!(
+                data.len() == v.page_size as usize,
+                "stored page has the wrong size"
+            );
+            f.write_all_at(&data, (pgno as u64 - 1) * v.page_size as u64)?;
+        }
+        f.set_len(v.size())?;
+        Ok(v)
     }
 
     /// Reads one stored page by hash, checking its checksum.
@@ -823,33 +820,10 @@ impl Store {
         if latest_number < 2 {
             return Ok(bad);
         }
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        let mut src = latest;
-        src.seek(SeekFrom::Start(0))?;
-        std::io::copy(&mut src, &mut f).context("copying the latest version")?;
+        let f = copy_of(latest, tmp)?;
         for k in (1..latest_number).rev() {
             let step = (|| -> Result<()> {
-                let (v, delta) = self.with_meta(|c| {
-                    Ok((
-                        meta::version(c, r.id, k)?.context("version row missing")?,
-                        meta::back_delta(c, r.id, k)?,
-                    ))
-                })?;
-                for (pgno, hash) in delta {
-                    let data = self.read_page(&hash)?;
-                    ensure!(
-                        data.len() == v.page_size as usize,
-                        "stored page has the wrong size"
-                    );
-                    f.write_all_at(&data, (pgno as u64 - 1) * v.page_size as u64)?;
-                }
-                f.set_len(v.size())?;
+                let v = self.step_back(r, &f, k)?;
                 ensure!(
                     hash_file(tmp, v.page_size, v.page_count)? == v.version_hash,
                     "rebuilt with the wrong hash: the store is damaged"
@@ -951,6 +925,22 @@ pub struct VerifyCounts {
     pub replicas: u64,
     /// Versions rebuilt and hashed.
     pub versions: u64,
+}
+
+/// A new file at `out` holding a copy of `latest` (read from its start),
+/// open for reading and writing: where older versions are rebuilt.
+fn copy_of(latest: &File, out: &Path) -> Result<File> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    let mut src = latest;
+    src.seek(SeekFrom::Start(0))?;
+    std::io::copy(&mut src, &mut f).context("copying the latest version")?;
+    Ok(f)
 }
 
 /// The versionHash of a rollback-journal database file, read page by page.
