@@ -161,6 +161,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
         sink,
         activity.clone(),
         keepalive_interval(st.config.idle_timeout),
+        st.config.idle_timeout,
     );
     let path = ctx.replica.path.clone();
     let started = std::time::Instant::now();

@@ -110,9 +110,19 @@ pub fn spawn_writer(
     mut sink: SplitSink<WebSocket, Message>,
     activity: Activity,
     keepalive: Duration,
+    stall: Duration,
 ) -> (OutTx, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Out>(OUT_QUEUE);
     let task = tokio::spawn(async move {
+        // A frame the socket has not taken within `stall` (the idle
+        // timeout) means a client that stopped reading: give up, which
+        // drops the queue, so the tasks feeding it (the helper's pump) fail
+        // instead of waiting on it forever with the session's staging file,
+        // push lock and slot.
+        let mut sink = StallGuard {
+            sink: &mut sink,
+            stall,
+        };
         loop {
             let out = match tokio::time::timeout(keepalive, rx.recv()).await {
                 Ok(Some(out)) => out,
@@ -142,9 +152,30 @@ pub fn spawn_writer(
             }
             activity.touch();
         }
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(stall, sink.sink.close()).await;
     });
     (tx, task)
+}
+
+/// The socket's sending half with every send bounded (see [`spawn_writer`]).
+struct StallGuard<'a> {
+    sink: &'a mut SplitSink<WebSocket, Message>,
+    stall: Duration,
+}
+
+impl StallGuard<'_> {
+    /// Sends `msg`; an error when the socket failed or did not take it
+    /// within the stall bound.
+    async fn send(&mut self, msg: Message) -> Result<(), ()> {
+        match tokio::time::timeout(self.stall, self.sink.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(()),
+            Err(_) => {
+                tracing::warn!("the client has not read for too long; dropping its connection");
+                Err(())
+            }
+        }
+    }
 }
 
 /// Waits for the writer to send what is queued; a client that reads
