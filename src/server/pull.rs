@@ -163,7 +163,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
         sink,
         activity.clone(),
         keepalive_interval(st.config.idle_timeout),
-        st.config.idle_timeout,
+        super::session::stall_limit(st.config.idle_timeout),
     );
     let started = std::time::Instant::now();
     match run(&mut stream, &out, &activity, &st, &ctx).await {

@@ -161,7 +161,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
         sink,
         activity.clone(),
         keepalive_interval(st.config.idle_timeout),
-        st.config.idle_timeout,
+        super::session::stall_limit(st.config.idle_timeout),
     );
     let path = ctx.replica.path.clone();
     let started = std::time::Instant::now();
@@ -335,10 +335,12 @@ async fn run(
             PushAction::Control(c) => {
                 let key_request = c == ClientControl::KeyRequest;
                 let mut cfg = config_for(ctx, latest_number(&state), key_request, &mut keys_issued);
-                // The latest version's hash: a client holding exactly that
-                // content can stop here (client::unchanged) instead of
-                // syncing to no effect.
-                cfg.version_hash = latest_hash(st, r, latest_number(&state))?;
+                // Asked before any stream: the latest version's hash, so a
+                // client holding exactly that content can stop here
+                // (client::unchanged) instead of syncing to no effect.
+                if !frames.stream_begun() {
+                    cfg.version_hash = latest_hash(st, r, latest_number(&state))?;
+                }
                 send_out(out, config_text(cfg)).await;
             }
             PushAction::Start { page_size, bytes } => {

@@ -157,6 +157,13 @@ pub fn spawn_writer(
     (tx, task)
 }
 
+/// How long one frame may wait for the client to take it: the idle
+/// timeout, but never under 10 s, because a slow client that keeps reading
+/// (a thin link) takes a 64 KiB frame in many small pieces.
+pub fn stall_limit(idle: Duration) -> Duration {
+    idle.max(Duration::from_secs(10))
+}
+
 /// The socket's sending half with every send bounded (see [`spawn_writer`]).
 struct StallGuard<'a> {
     sink: &'a mut SplitSink<WebSocket, Message>,
