@@ -427,7 +427,7 @@ impl Reader {
 fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
     let f = Fixture::start(&[]);
     let origin = f.path("ledger.db");
-    make_ledger(&origin, false);
+    make_ledger(&origin, false, ACCOUNTS);
     // Version 1 and version 2 differ in half the accounts (about 1.5 MB of
     // a 3.3 MB file).
     let a = ledger_bulk(&origin, 0, 2);
@@ -520,66 +520,26 @@ fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
     }
 }
 
-/// A writer thread committing ledger transactions to ORIGIN until stopped.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    commits: Arc<AtomicU64>,
-    handle: thread::JoinHandle<Result<(), String>>,
-}
-
-impl Writer {
-    fn start(path: &Path) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let commits = Arc::new(AtomicU64::new(0));
-        let (s, n, p) = (stop.clone(), commits.clone(), path.to_path_buf());
-        let handle = thread::spawn(move || {
-            let mut c = open_checked(&p);
-            let mut seq: i64 = c
-                .query_row("SELECT v FROM meta WHERE k='last'", [], |r| r.get(0))
-                .map_err(|e| e.to_string())?;
-            while !s.load(Ordering::Relaxed) {
-                seq += 1;
-                ledger_commit(&mut c, seq).map_err(|e| format!("writer commit {seq}: {e}"))?;
-                n.fetch_add(1, Ordering::Relaxed);
-                // A short pause lets a rollback-journal origin's reader in.
-                thread::sleep(Duration::from_micros(500));
-            }
-            Ok(())
-        });
-        Writer {
-            stop,
-            commits,
-            handle,
-        }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap().unwrap();
-        self.commits.load(Ordering::Relaxed)
-    }
-}
-
 /// Pushes ORIGIN `rounds` times while a writer commits to it; every version
 /// the server stored must be a consistent snapshot.
 fn writer_through_pushes(wal: bool) {
     let f = Fixture::start(&[]);
     let origin = f.path("live.db");
-    make_ledger(&origin, wal);
+    make_ledger(&origin, wal, ACCOUNTS);
     let remote = if wal {
         "team/live-wal.db"
     } else {
         "team/live.db"
     };
-    let writer = Writer::start(&origin);
+    let writer = Writer::start(&origin, Duration::from_micros(500));
     let rounds = trials(5, 25);
     for round in 0..rounds {
-        let before = writer.commits.load(Ordering::Relaxed);
+        let before = writer.commits();
         let o = run(&mut f.cmd(&[origin.to_str().unwrap(), remote, "--json"]));
         assert_ok(&o);
         assert_eq!(json_of(&o)["version"], (round + 1).to_string().as_str());
         assert!(
-            writer.commits.load(Ordering::Relaxed) > before || round == 0,
+            writer.commits() > before || round == 0,
             "the writer did not commit during push {round}"
         );
     }

@@ -15,116 +15,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+use util::ledger::*;
 use util::*;
 
+/// A ledger big enough (about 9 MB) that a sync takes a while.
 const ACCOUNTS: i64 = 8000;
-const START_BALANCE: i64 = 100;
-
-/// A database whose every committed state satisfies [`check_invariant`].
-fn make_ledger(path: &Path, wal: bool) {
-    let c = Connection::open(path).unwrap();
-    if wal {
-        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .unwrap();
-    }
-    c.execute_batch(&format!(
-        "CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INT NOT NULL, pad BLOB);
-         CREATE TABLE seq(n INTEGER PRIMARY KEY, pad BLOB);
-         CREATE TABLE meta(k TEXT PRIMARY KEY, v INT);
-         INSERT INTO meta VALUES ('last', 0);
-         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<{ACCOUNTS})
-         INSERT INTO acct SELECT i, {START_BALANCE}, randomblob(1000) FROM c;"
-    ))
-    .unwrap();
-}
-
-/// One writer transaction: move money between two accounts (the total stays
-/// the same) and append sequence number `n` with its counter.
-fn ledger_commit(c: &mut Connection, n: i64) -> rusqlite::Result<()> {
-    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let a = (n * 7919) % ACCOUNTS + 1;
-    let b = (n * 104729) % ACCOUNTS + 1;
-    let amount = n % 13 + 1;
-    tx.execute(
-        "UPDATE acct SET bal = bal - ?2, pad = randomblob(1000) WHERE id = ?1",
-        [a, amount],
-    )?;
-    tx.execute(
-        "UPDATE acct SET bal = bal + ?2, pad = randomblob(1000) WHERE id = ?1",
-        [b, amount],
-    )?;
-    tx.execute("INSERT INTO seq VALUES (?1, randomblob(300))", [n])?;
-    tx.execute("UPDATE meta SET v = ?1 WHERE k = 'last'", [n])?;
-    tx.commit()
-}
-
-/// Checks the invariant inside one read transaction; returns the counter.
-fn check_invariant(c: &Connection) -> Result<i64, String> {
-    c.execute_batch("BEGIN").map_err(|e| e.to_string())?;
-    let r = (|| -> rusqlite::Result<(i64, i64, i64, i64)> {
-        let total: i64 = c.query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))?;
-        let (count, max): (i64, i64) =
-            c.query_row("SELECT count(*), coalesce(max(n), 0) FROM seq", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        let last: i64 = c.query_row("SELECT v FROM meta WHERE k='last'", [], |r| r.get(0))?;
-        Ok((total, count, max, last))
-    })();
-    let _ = c.execute_batch("COMMIT");
-    let (total, count, max, last) = r.map_err(|e| e.to_string())?;
-    if total != ACCOUNTS * START_BALANCE || count != last || max != last {
-        return Err(format!(
-            "torn snapshot: total {total}, seq count {count}, max {max}, counter {last}"
-        ));
-    }
-    Ok(last)
-}
-
-fn open_checked(path: &Path) -> Connection {
-    let c = Connection::open(path).unwrap();
-    c.busy_timeout(Duration::from_secs(20)).unwrap();
-    c
-}
-
-/// A thread committing ledger transactions to `path` until stopped.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    commits: Arc<AtomicU64>,
-    handle: thread::JoinHandle<Result<(), String>>,
-}
-
-impl Writer {
-    fn start(path: &Path) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let commits = Arc::new(AtomicU64::new(0));
-        let (s, n, p) = (stop.clone(), commits.clone(), path.to_path_buf());
-        let handle = thread::spawn(move || {
-            let mut c = open_checked(&p);
-            let mut seq: i64 = c
-                .query_row("SELECT v FROM meta WHERE k='last'", [], |r| r.get(0))
-                .map_err(|e| e.to_string())?;
-            while !s.load(Ordering::Relaxed) {
-                seq += 1;
-                ledger_commit(&mut c, seq).map_err(|e| format!("writer commit {seq}: {e}"))?;
-                n.fetch_add(1, Ordering::Relaxed);
-                // A short pause lets a rollback-journal origin's reader in.
-                thread::sleep(Duration::from_micros(300));
-            }
-            Ok(())
-        });
-        Writer {
-            stop,
-            commits,
-            handle,
-        }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap().unwrap();
-        self.commits.load(Ordering::Relaxed)
-    }
-}
 
 /// Syncs `rounds` times while a writer commits to ORIGIN; every replica
 /// state must satisfy the invariant and the counter must move forward.
@@ -132,23 +27,23 @@ fn writer_through_syncs(origin_wal: bool, replica_wal: bool) {
     let env = TestEnv::new();
     let origin = env.path("origin.db");
     let replica = env.path("replica.db");
-    make_ledger(&origin, origin_wal);
+    make_ledger(&origin, origin_wal, ACCOUNTS);
     if replica_wal {
-        make_ledger(&replica, true);
+        make_ledger(&replica, true, ACCOUNTS);
     }
-    let writer = Writer::start(&origin);
+    let writer = Writer::start(&origin, Duration::from_micros(300));
     let mut last_seen = -1;
     let mut commits_during = Vec::new();
     for _ in 0..6 {
-        let before = writer.commits.load(Ordering::Relaxed);
+        let before = writer.commits();
         let o = run(env.sqlrsync().arg(&origin).arg(&replica));
-        commits_during.push(writer.commits.load(Ordering::Relaxed) - before);
+        commits_during.push(writer.commits() - before);
         // On a rollback-journal ORIGIN the helper waits for the writer's
         // lock (its busy timeout) instead of failing.
         assert_ok(&o);
         if replica.exists() {
             let c = open_checked(&replica);
-            let seen = check_invariant(&c).unwrap();
+            let seen = ledger_check(&c).unwrap();
             assert!(
                 seen >= last_seen,
                 "replica went back from {last_seen} to {seen}"
@@ -162,10 +57,7 @@ fn writer_through_syncs(origin_wal: bool, replica_wal: bool) {
     let o = run(env.sqlrsync().arg(&origin).arg(&replica));
     assert_ok(&o);
     assert_eq!(content_digest(&replica), content_digest(&origin));
-    assert_eq!(
-        check_invariant(&open_checked(&replica)).unwrap(),
-        total as i64
-    );
+    assert_eq!(ledger_check(&open_checked(&replica)).unwrap(), total as i64);
     assert_integrity(&replica);
 }
 
@@ -185,8 +77,8 @@ fn reader_during_syncs(replica_wal: bool) {
     let env = TestEnv::new();
     let origin = env.path("origin.db");
     let replica = env.path("replica.db");
-    make_ledger(&origin, true);
-    make_ledger(&replica, replica_wal);
+    make_ledger(&origin, true, ACCOUNTS);
+    make_ledger(&replica, replica_wal, ACCOUNTS);
     let o = run(env.sqlrsync().arg(&origin).arg(&replica));
     assert_ok(&o);
 
@@ -198,7 +90,7 @@ fn reader_during_syncs(replica_wal: bool) {
             let c = open_checked(&path);
             let mut last = -1;
             while !stop.load(Ordering::Relaxed) {
-                let seen = check_invariant(&c)?;
+                let seen = ledger_check(&c)?;
                 if seen < last {
                     return Err(format!("reader saw {seen} after {last}"));
                 }
@@ -220,14 +112,14 @@ fn reader_during_syncs(replica_wal: bool) {
         // (the helper's busy timeout), it does not fail it.
         let o = run(env.sqlrsync().arg(&origin).arg(&replica));
         assert_ok(&o);
-        assert!(check_invariant(&open_checked(&replica)).unwrap() == n);
+        assert!(ledger_check(&open_checked(&replica)).unwrap() == n);
     }
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap().unwrap();
     assert!(reads.load(Ordering::Relaxed) > 10, "the reader hardly ran");
     let o = run(env.sqlrsync().arg(&origin).arg(&replica));
     assert_ok(&o);
-    assert_eq!(check_invariant(&open_checked(&replica)).unwrap(), n);
+    assert_eq!(ledger_check(&open_checked(&replica)).unwrap(), n);
     assert_integrity(&replica);
 }
 

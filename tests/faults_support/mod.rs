@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+pub use crate::util::ledger::*;
 use crate::util::*;
 
 /// `SQLRSYNC_LONG_TESTS=1` runs the long variants (more trials).
@@ -340,48 +341,8 @@ impl Snapshot {
 
 // ---- The ledger: every committed state keeps an invariant ----------------
 
+/// Accounts of the ledgers these tests push around (a few MB).
 pub const ACCOUNTS: i64 = 3000;
-pub const START_BALANCE: i64 = 100;
-
-/// A database whose every committed state satisfies [`ledger_check`]: the
-/// balances always sum to ACCOUNTS * START_BALANCE, and the `seq` table
-/// holds exactly the numbers 1..=meta.last.
-pub fn make_ledger(path: &Path, wal: bool) {
-    let c = Connection::open(path).unwrap();
-    if wal {
-        c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .unwrap();
-    }
-    c.execute_batch(&format!(
-        "CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INT NOT NULL, pad BLOB);
-         CREATE TABLE seq(n INTEGER PRIMARY KEY, pad BLOB);
-         CREATE TABLE meta(k TEXT PRIMARY KEY, v INT);
-         INSERT INTO meta VALUES ('last', 0);
-         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<{ACCOUNTS})
-         INSERT INTO acct SELECT i, {START_BALANCE}, randomblob(1000) FROM c;"
-    ))
-    .unwrap();
-}
-
-/// One small writer transaction: move money between two accounts and
-/// append sequence number `n` with its counter.
-pub fn ledger_commit(c: &mut Connection, n: i64) -> rusqlite::Result<()> {
-    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let a = (n * 7919) % ACCOUNTS + 1;
-    let b = (n * 104729) % ACCOUNTS + 1;
-    let amount = n % 13 + 1;
-    tx.execute(
-        "UPDATE acct SET bal = bal - ?2, pad = randomblob(1000) WHERE id = ?1",
-        [a, amount],
-    )?;
-    tx.execute(
-        "UPDATE acct SET bal = bal + ?2, pad = randomblob(1000) WHERE id = ?1",
-        [b, amount],
-    )?;
-    tx.execute("INSERT INTO seq VALUES (?1, randomblob(300))", [n])?;
-    tx.execute("UPDATE meta SET v = ?1 WHERE k = 'last'", [n])?;
-    tx.commit()
-}
 
 /// One large transaction: rewrites the pads of the accounts in one residue
 /// class of `modulus` (so a push or pull carries several MB), moves money
@@ -411,35 +372,6 @@ pub fn ledger_bulk(path: &Path, class: i64, modulus: i64) -> i64 {
         .unwrap();
     tx.commit().unwrap();
     n
-}
-
-/// Checks the invariant inside one read transaction; returns the counter.
-pub fn ledger_check(c: &Connection) -> Result<i64, String> {
-    c.execute_batch("BEGIN").map_err(|e| e.to_string())?;
-    let r = (|| -> rusqlite::Result<(i64, i64, i64, i64)> {
-        let total: i64 = c.query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))?;
-        let (count, max): (i64, i64) =
-            c.query_row("SELECT count(*), coalesce(max(n), 0) FROM seq", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        let last: i64 = c.query_row("SELECT v FROM meta WHERE k='last'", [], |r| r.get(0))?;
-        Ok((total, count, max, last))
-    })();
-    let _ = c.execute_batch("COMMIT");
-    let (total, count, max, last) = r.map_err(|e| e.to_string())?;
-    if total != ACCOUNTS * START_BALANCE || count != last || max != last {
-        return Err(format!(
-            "torn snapshot: total {total}, seq count {count}, max {max}, counter {last}"
-        ));
-    }
-    Ok(last)
-}
-
-/// Opens `path` for checking, waiting (not failing) on a writer's lock.
-pub fn open_checked(path: &Path) -> Connection {
-    let c = Connection::open(path).unwrap();
-    c.busy_timeout(Duration::from_secs(30)).unwrap();
-    c
 }
 
 /// The ledger counter of a database file, checking the invariant.

@@ -5,6 +5,7 @@
 //! so nothing a test writes leaks into another or into the developer's home.
 #![allow(dead_code)]
 
+pub mod ledger;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
