@@ -345,7 +345,9 @@ async fn run(
             }
             PushAction::Start { page_size, bytes } => {
                 let guard = StagingGuard(st.store.staging_path(r));
+                let t = std::time::Instant::now();
                 base_pages = prepare_staging(st, r, latest.as_deref(), &guard.0, page_size).await?;
+                tracing::debug!(secs = t.elapsed().as_secs_f64(), "staging copy ready");
                 let mut h = HelperProcess::spawn(Side::Replica, &guard.0, &r.path)
                     .map_err(|e| Abort::Server(format!("cannot start the helper: {e:#}")))?;
                 let stdout = h.stdout.take().expect("piped stdout");
@@ -366,6 +368,7 @@ async fn run(
     }
 
     // ORIGIN_END is in: let the replica finish, then judge.
+    tracing::debug!("origin stream ended");
     let mut h = helper.ok_or_else(|| Abort::Server("replica side missing".into()))?;
     h.stdin = None;
     let pumped = match pump.take() {
@@ -408,6 +411,7 @@ async fn run(
     let store = st.store.clone();
     let replica = r.clone();
     let staging = staging.ok_or_else(|| Abort::Server("staging file missing".into()))?;
+    tracing::debug!("replica side finished; committing");
     let outcome = tokio::task::spawn_blocking(move || {
         // The keys sent on KEYREQUEST are stored with the version, in its
         // transaction: a push that fails leaves none behind.
@@ -525,6 +529,7 @@ fn config_for(
         new_pull_key: shown(&issued.pull),
         new_push_key: shown(&issued.push),
         version_hash: None,
+        version_xxh3: None,
     }
 }
 

@@ -58,6 +58,12 @@ pub struct PackStore {
     len: u64,
     /// zstd level for new pages; 0 stores them raw.
     compress_level: i32,
+    /// One zstd context for every append, made on first use: making one
+    /// per page cost more than compressing the page (a push of 1,908
+    /// pages spent most of its commit there).
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    /// Output buffer for `compressor`, reused across appends.
+    scratch: Vec<u8>,
     /// True when appends happened since the last sync.
     dirty: bool,
 }
@@ -117,6 +123,8 @@ impl PackStore {
             file,
             len,
             compress_level,
+            compressor: None,
+            scratch: Vec::new(),
             dirty: false,
         })
     }
@@ -155,19 +163,37 @@ impl PackStore {
     }
 }
 
+impl PackStore {
+    /// Compresses `data` into `self.scratch`; false when compression is off
+    /// or saves too little to be worth a decompression on every read.
+    fn compress(&mut self, data: &[u8]) -> bool {
+        if self.compress_level <= 0 || data.len() <= 64 {
+            return false;
+        }
+        if self.compressor.is_none() {
+            match zstd::bulk::Compressor::new(self.compress_level) {
+                Ok(c) => self.compressor = Some(c),
+                Err(_) => return false,
+            }
+        }
+        let Some(c) = self.compressor.as_mut() else {
+            return false;
+        };
+        self.scratch.clear();
+        // Room for exactly what is worth keeping: anything longer fails
+        // with "destination too small" and the page is stored raw.
+        self.scratch.reserve(data.len() - 64);
+        matches!(c.compress_to_buffer(data, &mut self.scratch), Ok(n) if n + 64 < data.len())
+    }
+}
+
 impl BlobStore for PackStore {
     fn append(&mut self, data: &[u8]) -> Result<BlobLocation> {
         if self.len >= PACK_ROLLOVER {
             self.roll_over()?;
         }
-        let compressed = if self.compress_level > 0 {
-            zstd::bulk::compress(data, self.compress_level)
-                .ok()
-                .filter(|c| c.len() + 64 < data.len())
-        } else {
-            None
-        };
-        let bytes: &[u8] = compressed.as_deref().unwrap_or(data);
+        let compressed = self.compress(data);
+        let bytes: &[u8] = if compressed { &self.scratch } else { data };
         if let Err(e) = self.file.write_all(bytes) {
             // A full disk writes part of the page and then fails. Cut the
             // part off: the file is opened for appending, so left there it
@@ -185,7 +211,7 @@ impl BlobStore for PackStore {
             pack: self.current,
             offset: self.len,
             stored_len: bytes.len() as u32,
-            compressed: compressed.is_some(),
+            compressed,
         };
         self.len += bytes.len() as u64;
         self.dirty = true;
