@@ -33,7 +33,7 @@
 //! long.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -100,6 +100,9 @@ pub struct Spec {
     /// On a pull: hold the commit until the stream is complete and
     /// verified (see [`CommitGate`]).
     pub commit_gate: Option<GateConfig>,
+    /// On a pull: the database the helper writes, whose writeback we start
+    /// as pages arrive (see [`crate::write_behind`]).
+    pub write_behind: Option<PathBuf>,
 }
 
 /// Byte counts of one connection, shared by the tasks.
@@ -261,6 +264,9 @@ where
         config_seen.clone(),
         cancel_rx,
         spec.digest_received,
+        spec.write_behind
+            .clone()
+            .map(crate::write_behind::WriteBehind::start),
         spec.idle_timeout,
     ));
     let mut pump = tokio::spawn(pump_stdout(
@@ -322,6 +328,7 @@ where
         }
     }
     let pump_result = pump_done.expect("pump finished");
+    tracing::debug!("helper output ended");
     out.helper_status = match tokio::time::timeout(HELPER_EXIT_GRACE, child.wait()).await {
         Ok(s) => s.ok(),
         Err(_) => {
@@ -330,6 +337,7 @@ where
             child.wait().await.ok()
         }
     };
+    tracing::debug!(status = ?out.helper_status, "helper exited");
 
     // Phase 3: the socket. On a pull that finished, wait for CONFIG, then
     // close normally; on anything that went wrong, close with an error.
@@ -372,6 +380,7 @@ where
         Ok(Ok(true))
     );
     let rr = reader_done.expect("reader finished");
+    tracing::debug!("socket done");
     out.helper_stderr = stderr_task.await.unwrap_or_default();
 
     // Assemble: summaries from whichever side ran ORIGIN.
@@ -665,6 +674,7 @@ async fn read_socket<S>(
     config_seen: Arc<Notify>,
     mut cancel: watch::Receiver<bool>,
     digest_received: bool,
+    mut write_behind: Option<crate::write_behind::WriteBehind>,
     idle: Duration,
 ) -> ReaderResult
 where
@@ -678,6 +688,9 @@ where
     // included, except Pongs: those are its websocket library answering our
     // own pings, which it does even when the server itself is stuck.
     let mut deadline = tokio::time::Instant::now() + idle;
+    // Takes the received pages' digests off this task (see PageDigester).
+    let mut digester: Option<crate::dbfile::PageDigester> = None;
+    let mut logged_end = false;
     loop {
         let msg = tokio::select! {
             m = tokio::time::timeout_at(deadline, stream.next()) => match m {
@@ -735,10 +748,10 @@ where
                 let fed = parser.feed(&data, |m| {
                     end += m.wire_len() as u64;
                     note_message(&m, &stats);
-                    if let (Message::OriginPage { pgno, data }, Some(r)) =
-                        (&m, res.received.as_mut())
+                    if let (Message::OriginPage { pgno, data: page }, Some(d)) =
+                        (&m, digester.as_mut())
                     {
-                        r.add(*pgno, data);
+                        d.add(*pgno, &data, page);
                     }
                     res.origin.observe(&m);
                     res.replica.observe(&m);
@@ -768,7 +781,17 @@ where
                         break;
                     }
                 };
+                if let Some(d) = digester.as_mut() {
+                    d.flush().await;
+                }
                 feed_helper(&mut stdin, now).await;
+                if let Some(w) = write_behind.as_mut() {
+                    w.wrote(now.len());
+                }
+                if parser.ended() && !logged_end {
+                    logged_end = true;
+                    tracing::debug!("stream complete");
+                }
                 if complete && let Some(g) = gate.as_mut() {
                     // ORIGIN_END is in: let the commit through only for a
                     // version that matches its versionHash.
@@ -810,8 +833,19 @@ where
                         }
                         // Digest pages only once there is a hash to check
                         // them against; pages before that are read back.
-                        if digest_received && c.version_hash.is_some() && res.received.is_none() {
-                            res.received = Some(Default::default());
+                        if digest_received && c.version_hash.is_some() && digester.is_none() {
+                            // The cheaper hash when the server gave it.
+                            let kind = if c.version_xxh3.is_some() {
+                                crate::protocol::HashKind::Xxh3
+                            } else {
+                                crate::protocol::HashKind::Sha256
+                            };
+                            match crate::dbfile::PageDigester::start(kind) {
+                                Ok(d) => digester = Some(d),
+                                Err(e) => tracing::debug!(
+                                    "no digest thread ({e}): the pull is verified by reading it back"
+                                ),
+                            }
                         }
                         let mut sh = shared.lock().await;
                         sh.config = Some(merge_config(sh.config.take(), c));
@@ -848,6 +882,9 @@ where
     if let Some(mut w) = stdin.take() {
         let _ = w.shutdown().await;
     }
+    if let Some(d) = digester {
+        res.received = Some(d.finish().await);
+    }
     res
 }
 
@@ -873,7 +910,13 @@ fn merge_config(old: Option<ServerConfig>, new: ServerConfig) -> ServerConfig {
         committed_version_id: new.committed_version_id.or(old.committed_version_id),
         new_pull_key: new.new_pull_key.or(old.new_pull_key),
         new_push_key: new.new_push_key.or(old.new_push_key),
-        version_hash: new.version_hash.or(old.version_hash),
+        // The two hashes of one version go together.
+        version_hash: new.version_hash.clone().or(old.version_hash.clone()),
+        version_xxh3: if new.version_hash.is_some() {
+            new.version_xxh3
+        } else {
+            old.version_xxh3
+        },
     }
 }
 

@@ -19,3 +19,4 @@ pub mod local;
 pub mod printer;
 pub mod protocol;
 pub mod server;
+pub mod write_behind;

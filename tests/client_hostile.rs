@@ -622,6 +622,7 @@ fn honest_stream_with_hash(origin: PathBuf, version_hash: String) -> Scenario {
             new_pull_key: Some(proto::new_key()),
             new_push_key: None,
             version_hash: Some(version_hash),
+            version_xxh3: None,
         },
     )
 }
@@ -802,6 +803,65 @@ fn a_version_that_matches_its_hash_is_applied() {
 }
 
 #[test]
+fn a_new_copy_is_checked_against_version_xxh3() {
+    // Our server sends versionXxh3 next to versionHash, and a new copy is
+    // checked against it: a wrong one fails even with the true versionHash,
+    // and the new file is removed; the true one verifies.
+    let theirs = tempfile::tempdir().unwrap();
+    let origin = theirs.path().join("their.db");
+    make_db(
+        &origin,
+        DbSpec {
+            rows: 400,
+            ..DbSpec::default()
+        },
+    );
+    let true_xxh3 = sqlrsync::dbfile::version_hash_with(
+        &origin,
+        &sqlrsync::dbfile::ReceivedPages::new(proto::HashKind::Xxh3),
+    )
+    .unwrap();
+    for (xxh3, good) in [("0123456789abcdef".repeat(2), false), (true_xxh3, true)] {
+        let env = TestEnv::new();
+        let fake = Fake::start(honest(
+            "--origin",
+            origin.clone(),
+            proto::ServerConfig {
+                replica_id: Some("r-1".into()),
+                replica_path: Some("team/x.db".into()),
+                committed_version_id: Some("3".into()),
+                version_hash: Some(version_hash(&origin)),
+                version_xxh3: Some(xxh3),
+                ..Default::default()
+            },
+        ));
+        let mut c = env.sqlrsync();
+        c.args([
+            "team/x.db",
+            "new.db",
+            "--pullKey",
+            KEY,
+            "--server",
+            &fake.url,
+        ])
+        .args(["--timeout", TIMEOUT, "--json"]);
+        let (o, _) = run_sampled(&mut c);
+        let new = env.path("new.db");
+        if good {
+            assert_ok(&o);
+            let j: serde_json::Value =
+                serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+            assert_eq!(j["verified"], serde_json::Value::Bool(true), "{j}");
+            assert_eq!(content_digest(&new), content_digest(&origin));
+        } else {
+            assert_one_line_error(&o, "VERIFICATION FAILED");
+            assert!(!new.exists(), "a copy that failed verification was kept");
+        }
+        fake.sent();
+    }
+}
+
+#[test]
 fn hostile_server_on_a_push() {
     let env = TestEnv::new();
     let db = env.path("mine.db");
@@ -930,6 +990,7 @@ fn dash_file_from_a_hostile_server_is_quoted_and_read_literally() {
                 new_pull_key: Some(KEY.into()),
                 new_push_key: None,
                 version_hash: Some(version_hash(&origin)),
+                version_xxh3: None,
             },
         ),
         capture_headers(seen.clone()),
@@ -992,6 +1053,7 @@ fn hostile_replica_path_on_a_push_is_stored_and_quoted_safely() {
             new_pull_key: Some(proto::new_key()),
             new_push_key: Some(proto::new_key()),
             version_hash: None,
+            version_xxh3: None,
         },
     ));
     let o = run(env

@@ -24,7 +24,7 @@ use crate::config::DashFile;
 use crate::dbfile::{self, FileState};
 use crate::helper::Side;
 use crate::printer::Printer;
-use crate::protocol::{ClientControl, VersionRef, headers};
+use crate::protocol::{ClientControl, HashKind, VersionRef, headers};
 
 /// Everything a pull will do, decided before connecting.
 #[derive(Debug, Clone)]
@@ -299,6 +299,7 @@ pub async fn pull_once(
         // An existing replica is checked before the commit (commit_gate);
         // a new file after it, helped by these digests.
         digest_received: !p.local_existed,
+        write_behind: Some(p.local.clone()),
         commit_gate: Some(GateConfig {
             replica: p.local.clone(),
             existed: p.local_existed,
@@ -326,7 +327,6 @@ pub async fn pull_once(
             PullError::Failed(e)
         });
     }
-    p.local_existed = true;
     let cfg = outcome.config.clone().unwrap_or_default();
     let mut verify_seconds = 0.0;
     let verified = match &cfg.version_hash {
@@ -334,12 +334,25 @@ pub async fn pull_once(
         Some(_) if outcome.pre_verified => Some(true),
         Some(want) => {
             let hashing = Instant::now();
-            let got = match &outcome.received {
-                Some(received) => dbfile::version_hash_with(&p.local, received),
-                None => dbfile::version_hash(&p.local),
-            }
-            .with_context(|| format!("cannot hash {} to verify it", p.local.display()))?;
+            // With the digests taken as pages arrived, of the hash they are
+            // of (versionXxh3 when the server sent one); else SHA-256 of
+            // the file read back.
+            let (got, want) = match (&outcome.received, &cfg.version_xxh3) {
+                (Some(received), Some(xxh3)) if received.kind() == HashKind::Xxh3 => {
+                    (dbfile::version_hash_with(&p.local, received), xxh3)
+                }
+                (Some(received), _) if received.kind() == HashKind::Sha256 => {
+                    (dbfile::version_hash_with(&p.local, received), want)
+                }
+                _ => (dbfile::version_hash(&p.local), want),
+            };
+            // Committed but not checked: the file stays, as a replica.
+            p.local_existed = got.is_err();
+            let got =
+                got.with_context(|| format!("cannot hash {} to verify it", p.local.display()))?;
             if !got.eq_ignore_ascii_case(want) {
+                // A new copy that is not the version is no copy to keep.
+                remove_if_new(p);
                 return Err(PullError::Failed(anyhow::anyhow!(
                     "VERIFICATION FAILED: {} does not match the server's version (hash {} expected, {} found); do not trust this copy",
                     p.local.display(),
@@ -357,6 +370,8 @@ pub async fn pull_once(
         }
         None => None,
     };
+    // Set only now: until the copy verified, a new file was ours to remove.
+    p.local_existed = true;
     if cfg.replica_id.is_some() {
         p.replica_id = cfg.replica_id.clone();
     }

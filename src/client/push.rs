@@ -332,6 +332,7 @@ pub async fn run(
         live_stderr: printer.verbose >= 2,
         digest_received: false,
         commit_gate: None,
+        write_behind: None,
     };
     let (stats, progress) = super::observer(printer);
     let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await?;

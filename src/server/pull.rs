@@ -190,6 +190,7 @@ fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
         new_pull_key,
         new_push_key: None,
         version_hash: Some(ctx.version.version_hash.clone()),
+        version_xxh3: ctx.version.version_xxh3.clone(),
     }
 }
 
@@ -354,16 +355,18 @@ async fn pump_origin(
     let mut parser = StreamParser::new(Direction::FromOrigin);
     let mut summary = OriginSummary::default();
     let mut ended = Some(ended);
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match stdout.read(&mut buf).await {
+        // A fresh buffer per frame, handed to the writer as it is: the
+        // whole database passes here, and a copy of it costs a pull time.
+        let mut buf = Vec::with_capacity(64 * 1024);
+        match stdout.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if let Err(e) = parser.feed(&buf[..n], |m| summary.observe(&m)) {
+            Ok(_) => {}
+        }
+        if let Err(e) = parser.feed(&buf, |m| summary.observe(&m)) {
             summary.errors.push(format!("helper stream: {e}"));
         }
-        if out.send(Out::Binary(buf[..n].to_vec())).await.is_err() {
+        if out.send(Out::Binary(buf)).await.is_err() {
             break;
         }
         if parser.ended()

@@ -15,7 +15,10 @@ use super::packs::{BlobLocation, PageHash};
 /// every page of the latest version (32 bytes per page), the checksum of the
 /// materialised latest file; `versions.back_delta` lists, for a version older
 /// than the latest, the pages in which it differs from the next version as
-/// (pgno u32 big-endian, page hash) records.
+/// (pgno u32 big-endian, page hash) records. `replicas.latest_xxh3` is the
+/// XXH3-128 of every page of the latest version (16 bytes per page), from
+/// which a commit computes `versions.version_xxh3` by hashing only the
+/// pages that changed (both are added to older stores by [`open`]).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces(
   name TEXT PRIMARY KEY,
@@ -38,7 +41,8 @@ CREATE TABLE IF NOT EXISTS replicas(
   visibility TEXT NOT NULL,
   created TEXT NOT NULL,
   latest INTEGER NOT NULL DEFAULT 0,
-  latest_sums BLOB
+  latest_sums BLOB,
+  latest_xxh3 BLOB
 );
 CREATE TABLE IF NOT EXISTS versions(
   replica INTEGER NOT NULL,
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS versions(
   message TEXT NOT NULL DEFAULT '',
   version_hash TEXT NOT NULL,
   back_delta BLOB,
+  version_xxh3 TEXT,
   PRIMARY KEY(replica, number)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs(
@@ -67,7 +72,24 @@ pub fn open(path: &Path) -> Result<Connection> {
     c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     c.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
     c.execute_batch(SCHEMA)?;
+    add_column(&c, "replicas", "latest_xxh3", "BLOB")?;
+    add_column(&c, "versions", "version_xxh3", "TEXT")?;
     Ok(c)
+}
+
+/// Adds a column a store made by an older release lacks (`CREATE TABLE IF
+/// NOT EXISTS` leaves its tables as they were).
+fn add_column(c: &Connection, table: &str, column: &str, decl: &str) -> Result<()> {
+    let has: bool = c.query_row(
+        &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name=?1"),
+        [column],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+            .with_context(|| format!("adding {table}.{column} to an older store"))?;
+    }
+    Ok(())
 }
 
 /// A replica row.
@@ -177,6 +199,8 @@ pub struct VersionRow {
     pub message: String,
     /// `versionHash` (see protocol::VersionHasher).
     pub version_hash: String,
+    /// `versionXxh3`; None for versions committed before the store kept it.
+    pub version_xxh3: Option<String>,
 }
 
 impl VersionRow {
@@ -186,7 +210,7 @@ impl VersionRow {
 }
 
 const VERSION_COLS: &str =
-    "number, created, page_size, page_count, changed_pages, message, version_hash";
+    "number, created, page_size, page_count, changed_pages, message, version_hash, version_xxh3";
 
 fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
     Ok(VersionRow {
@@ -197,6 +221,7 @@ fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
         changed_pages: r.get(4)?,
         message: r.get(5)?,
         version_hash: r.get(6)?,
+        version_xxh3: r.get(7)?,
     })
 }
 
@@ -269,20 +294,39 @@ pub fn latest_sums(c: &Connection, replica: i64) -> Result<Vec<PageHash>> {
         .collect())
 }
 
+/// `replicas.latest_xxh3`: the latest version's page digests (16 bytes
+/// each), empty when the store has none yet.
+pub fn latest_xxh3(c: &Connection, replica: i64) -> Result<Vec<[u8; 16]>> {
+    let b: Option<Vec<u8>> = c.query_row(
+        "SELECT latest_xxh3 FROM replicas WHERE id=?1",
+        [replica],
+        |r| r.get(0),
+    )?;
+    let b = b.unwrap_or_default();
+    anyhow::ensure!(b.len() % 16 == 0, "damaged page digests");
+    Ok(b.chunks_exact(16)
+        .map(|c| {
+            let mut h = [0u8; 16];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect())
+}
+
 pub fn blob(c: &Connection, hash: &PageHash) -> Result<Option<BlobLocation>> {
-    Ok(c.query_row(
-        "SELECT pack, offset, stored_len, compressed FROM blobs WHERE hash=?1",
-        [&hash[..]],
-        |r| {
-            Ok(BlobLocation {
-                pack: r.get(0)?,
-                offset: r.get::<_, i64>(1)? as u64,
-                stored_len: r.get(2)?,
-                compressed: r.get(3)?,
+    // Cached: a commit looks up every page it stores.
+    Ok(
+        c.prepare_cached("SELECT pack, offset, stored_len, compressed FROM blobs WHERE hash=?1")?
+            .query_row([&hash[..]], |r| {
+                Ok(BlobLocation {
+                    pack: r.get(0)?,
+                    offset: r.get::<_, i64>(1)? as u64,
+                    stored_len: r.get(2)?,
+                    compressed: r.get(3)?,
+                })
             })
-        },
+            .optional()?,
     )
-    .optional()?)
 }
 
 /// End of the last indexed blob of a pack.
@@ -297,4 +341,38 @@ pub fn pack_end(c: &Connection, pack: u32) -> Result<u64> {
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_store_gains_the_xxh3_columns_and_keeps_its_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            // The schema before XXH3 digests were kept.
+            let c = Connection::open(&path).unwrap();
+            let old = SCHEMA
+                .replace(",\n  latest_xxh3 BLOB", "")
+                .replace("\n  version_xxh3 TEXT,", "");
+            assert!(!old.contains("xxh3"));
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO versions(replica, number, created, page_size, page_count, changed_pages, version_hash)
+                 VALUES (1, 1, 'then', 4096, 2, 2, 'abc')",
+                [],
+            )
+            .unwrap();
+        }
+        let c = open(&path).unwrap();
+        let v = version(&c, 1, 1).unwrap().unwrap();
+        assert_eq!((v.version_hash.as_str(), v.version_xxh3), ("abc", None));
+        assert!(latest_xxh3(&c, 1).is_err(), "no such replica row");
+        drop(c);
+        // Opening again finds the columns there.
+        let c = open(&path).unwrap();
+        assert_eq!(version(&c, 1, 1).unwrap().unwrap().page_count, 2);
+    }
 }

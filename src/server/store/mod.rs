@@ -49,7 +49,7 @@ use tokio::sync::broadcast;
 use meta::{ReplicaRow, VersionRow};
 use packs::{BlobLocation, BlobStore, PackStore, PageHash, page_hash, sync_dir};
 
-use crate::protocol::{VersionHasher, page_digest};
+use crate::protocol::{HashKind, VersionHasher, page_digest, page_digest_with};
 
 /// A materialised version file that sessions read. Pulls hold an `Arc` for
 /// as long as their helper runs, so a commit (or cache clean-up) never
@@ -78,7 +78,22 @@ impl VersionFile {
 impl Drop for VersionFile {
     fn drop(&mut self) {
         if self.obsolete.load(Ordering::SeqCst) {
-            let _ = std::fs::remove_file(&self.path);
+            // Unlinking a 100 MB file (and dropping its cached pages) takes
+            // tens of milliseconds; the last holder is often a push session
+            // whose client is still waiting for its answer. A file left by
+            // a crash before this runs is an orphan that start-up removes.
+            let path = std::mem::take(&mut self.path);
+            let removal = std::thread::Builder::new()
+                .name("remove-version".into())
+                .spawn({
+                    let path = path.clone();
+                    move || {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                });
+            if removal.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
@@ -464,6 +479,7 @@ impl Store {
         also: &dyn Fn(&Connection) -> Result<()>,
     ) -> Result<CommitOutcome> {
         ensure!(final_count > 0, "the pushed database is empty");
+        let t0 = std::time::Instant::now();
         normalise_journal_mode(staging)?;
         let page_size = header_page_size(staging)?;
         let len = std::fs::metadata(staging)?.len();
@@ -473,14 +489,15 @@ impl Store {
         );
         let state = self.replica_state(r);
         let prev = state.latest();
-        let (prev_row, prev_sums) = match &prev {
+        let (prev_row, prev_sums, prev_xxh3) = match &prev {
             Some(p) => self.with_meta(|c| {
                 Ok((
                     meta::version(c, r.id, p.number)?,
                     meta::latest_sums(c, r.id)?,
+                    meta::latest_xxh3(c, r.id)?,
                 ))
             })?,
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), Vec::new()),
         };
         let same_geometry = prev_row.as_ref().is_some_and(|p| p.page_size == page_size)
             && prev_sums.len() as u64 == prev_row.as_ref().map_or(0, |p| p.page_count as u64);
@@ -488,16 +505,36 @@ impl Store {
         // New checksums and the pages that really changed.
         let staging_file = File::open(staging)?;
         let mut buf = vec![0u8; page_size as usize];
-        let mut read_page = |pgno: u32| -> Result<PageHash> {
+        // (SHA-256, XXH3-128) of a page of the new version.
+        let mut read_page = |pgno: u32| -> Result<(PageHash, [u8; 16])> {
             staging_file.read_exact_at(&mut buf, (pgno as u64 - 1) * page_size as u64)?;
-            Ok(page_hash(&buf))
+            Ok((
+                page_hash(&buf),
+                xxhash_rust::xxh3::xxh3_128(&buf).to_be_bytes(),
+            ))
         };
         let mut sums: Vec<PageHash>;
+        // The XXH3 digests, like `sums`.
+        let mut xxh3: Vec<[u8; 16]>;
         let mut changed: Vec<u32> = Vec::new();
         let prev_count = prev_row.as_ref().map_or(0, |p| p.page_count);
         if same_geometry {
             sums = prev_sums.clone();
             sums.resize(final_count as usize, [0u8; 32]);
+            // A store from before XXH3 digests were kept hashes every page
+            // once, at its first commit.
+            let have_xxh3 = prev_xxh3.len() == prev_sums.len();
+            xxh3 = if have_xxh3 {
+                prev_xxh3.clone()
+            } else {
+                Vec::new()
+            };
+            xxh3.resize(final_count as usize, [0u8; 16]);
+            if !have_xxh3 {
+                for pgno in 1..=final_count {
+                    xxh3[pgno as usize - 1] = read_page(pgno)?.1;
+                }
+            }
             let mut candidates: BTreeSet<u32> = sent_pages.clone();
             candidates.insert(1); // journal-mode normalisation may rewrite page 1
             candidates.extend(prev_count + 1..=final_count);
@@ -505,22 +542,27 @@ impl Store {
                 .into_iter()
                 .filter(|p| *p >= 1 && *p <= final_count)
             {
-                let h = read_page(pgno)?;
+                let (h, x) = read_page(pgno)?;
                 if pgno > prev_count || h != prev_sums[pgno as usize - 1] {
                     changed.push(pgno);
                 }
                 sums[pgno as usize - 1] = h;
+                xxh3[pgno as usize - 1] = x;
             }
             if changed.is_empty() && final_count == prev_count {
                 return Ok(CommitOutcome::NoChange(prev_row));
             }
         } else {
             sums = Vec::with_capacity(final_count as usize);
+            xxh3 = Vec::with_capacity(final_count as usize);
             for pgno in 1..=final_count {
-                sums.push(read_page(pgno)?);
+                let (h, x) = read_page(pgno)?;
+                sums.push(h);
+                xxh3.push(x);
             }
             changed = (1..=final_count).collect();
         }
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "commit: new sums");
         // The versionHash from the page digests already at hand: only page
         // 1 needs its own, with the header counters masked.
         let version_hash = {
@@ -531,8 +573,16 @@ impl Store {
             for (i, d) in sums.iter().enumerate().skip(1) {
                 h.digest(i as u32 + 1, d);
             }
-            h.finish()
+            let mut x = VersionHasher::with_kind(HashKind::Xxh3);
+            x.digest(1, &page_digest_with(HashKind::Xxh3, 1, &page1));
+            for (i, d) in xxh3.iter().enumerate().skip(1) {
+                let mut wide = [0u8; 32];
+                wide[..16].copy_from_slice(d);
+                x.digest(i as u32 + 1, &wide);
+            }
+            (h.finish(), x.finish())
         };
+        let (version_hash, version_xxh3) = version_hash;
         if let Some(p) = &prev_row
             && p.version_hash == version_hash
             && p.page_size == page_size
@@ -586,6 +636,12 @@ impl Store {
             packs.sync()?;
         }
 
+        tracing::debug!(
+            changed = changed.len(),
+            back = back.len(),
+            secs = t0.elapsed().as_secs_f64(),
+            "commit: back delta done"
+        );
         // The new latest file, durable before the metadata points at it.
         let number = prev.as_ref().map_or(0, |p| p.number) + 1;
         drop(staging_file);
@@ -595,6 +651,10 @@ impl Store {
         let path = self.version_path(r, number);
         std::fs::rename(staging, &path)?;
         sync_dir(&dir)?;
+        tracing::debug!(
+            secs = t0.elapsed().as_secs_f64(),
+            "commit: latest file durable"
+        );
 
         let row = VersionRow {
             number,
@@ -604,8 +664,10 @@ impl Store {
             changed_pages: changed.len() as u32,
             message: message.to_string(),
             version_hash,
+            version_xxh3: Some(version_xxh3),
         };
         let sums_blob: Vec<u8> = sums.iter().flatten().copied().collect();
+        let xxh3_blob: Vec<u8> = xxh3.iter().flatten().copied().collect();
         let txn = self.with_meta(|c| {
             let tx = c.unchecked_transaction()?;
             {
@@ -629,8 +691,8 @@ impl Store {
                 )?;
             }
             tx.execute(
-                "INSERT INTO versions(replica, number, created, page_size, page_count, changed_pages, message, version_hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO versions(replica, number, created, page_size, page_count, changed_pages, message, version_hash, version_xxh3)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     r.id,
                     number as i64,
@@ -639,16 +701,18 @@ impl Store {
                     row.page_count,
                     row.changed_pages,
                     row.message,
-                    row.version_hash
+                    row.version_hash,
+                    row.version_xxh3
                 ],
             )?;
             let n = tx.execute(
-                "UPDATE replicas SET latest=?2, latest_sums=?3 WHERE id=?1 AND latest=?4",
-                params![r.id, number as i64, sums_blob, (number - 1) as i64],
+                "UPDATE replicas SET latest=?2, latest_sums=?3, latest_xxh3=?5 WHERE id=?1 AND latest=?4",
+                params![r.id, number as i64, sums_blob, (number - 1) as i64, xxh3_blob],
             )?;
             ensure!(n == 1, "the replica changed under a serialised push");
             also(&tx)?;
             tx.commit()?;
+            tracing::debug!(secs = t0.elapsed().as_secs_f64(), "commit: metadata committed");
             // Keep the metadata WAL from growing between idle periods; a
             // busy reader just makes this a no-op.
             let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -658,6 +722,7 @@ impl Store {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
+        tracing::debug!(secs = t0.elapsed().as_secs_f64(), "commit: checkpointed");
         // Committed: the appended pages are referenced now.
         tail.appended = None;
         let new_file = VersionFile::new(path, number, false);
