@@ -911,12 +911,12 @@ fn merge_config(old: Option<ServerConfig>, new: ServerConfig) -> ServerConfig {
         new_pull_key: new.new_pull_key.or(old.new_pull_key),
         new_push_key: new.new_push_key.or(old.new_push_key),
         // The two hashes of one version go together.
-        version_hash: new.version_hash.clone().or(old.version_hash.clone()),
         version_xxh3: if new.version_hash.is_some() {
             new.version_xxh3
         } else {
             old.version_xxh3
         },
+        version_hash: new.version_hash.or(old.version_hash),
     }
 }
 

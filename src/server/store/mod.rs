@@ -563,9 +563,9 @@ impl Store {
             changed = (1..=final_count).collect();
         }
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "commit: new sums");
-        // The versionHash from the page digests already at hand: only page
-        // 1 needs its own, with the header counters masked.
-        let version_hash = {
+        // versionHash and versionXxh3 from the page digests already at
+        // hand: only page 1 needs its own, with the header counters masked.
+        let (version_hash, version_xxh3) = {
             let mut page1 = vec![0u8; page_size as usize];
             staging_file.read_exact_at(&mut page1, 0)?;
             let mut h = VersionHasher::new();
@@ -582,7 +582,6 @@ impl Store {
             }
             (h.finish(), x.finish())
         };
-        let (version_hash, version_xxh3) = version_hash;
         if let Some(p) = &prev_row
             && p.version_hash == version_hash
             && p.page_size == page_size
