@@ -551,7 +551,7 @@ pub struct PageDigester {
     /// at most one 64 KiB frame each).
     tx: Option<tokio::sync::mpsc::Sender<Vec<(u32, bytes::Bytes)>>>,
     /// The hashing thread; its result is the digests of every page sent.
-    thread: Option<std::thread::JoinHandle<ReceivedPages>>,
+    thread: std::thread::JoinHandle<ReceivedPages>,
     /// Pages of the frame being read, not yet sent.
     batch: Vec<(u32, bytes::Bytes)>,
     /// The hash taken.
@@ -575,7 +575,7 @@ impl PageDigester {
             })?;
         Ok(PageDigester {
             tx: Some(tx),
-            thread: Some(thread),
+            thread,
             batch: Vec::new(),
             kind,
         })
@@ -613,11 +613,11 @@ impl PageDigester {
     /// the verification read the whole file, never a wrong answer.
     pub async fn finish(mut self) -> ReceivedPages {
         self.flush().await;
-        self.tx = None;
-        let Some(thread) = self.thread.take() else {
-            return ReceivedPages::overflowed(self.kind);
-        };
-        let kind = self.kind;
+        // Dropping the sender ends the thread's loop.
+        let PageDigester {
+            tx, thread, kind, ..
+        } = self;
+        drop(tx);
         tokio::task::spawn_blocking(move || thread.join())
             .await
             .ok()
