@@ -49,9 +49,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::commit_gate::{CommitGate, GateConfig};
 use crate::helper::Side;
-use crate::protocol::{
-    CTRL_NEWREPLICAVERSION, Direction, Message, OriginSummary, ReplicaSummary, ServerConfig,
-    ServerText, StreamParser, is_control_byte, keepalive_interval,
+use crate::wire::{
+    CTRL_NEWREPLICAVERSION, Direction, FrameKind, Message, OriginSummary, ReplicaSummary,
+    ServerConfig, ServerText, StreamParser, classify, keepalive_interval,
 };
 
 /// Largest binary frame we send: what is ready on the helper's stdout is
@@ -90,7 +90,7 @@ pub struct Spec {
     /// collected and reported with the result.
     pub live_stderr: bool,
     /// Keep the digest of every page received (a pull that will be
-    /// verified): see [`crate::dbfile::version_hash_with`].
+    /// verified): see [`crate::sqlite::version_hash_with`].
     pub digest_received: bool,
     /// Give up when the server sends nothing (not even a keepalive) for
     /// this long: a stalled connection must not hang the sync forever. We
@@ -189,7 +189,7 @@ pub struct Outcome {
     /// The server said a newer version exists (NEWREPLICAVERSION).
     pub newer_version: bool,
     /// Digests of the pages received, when [`Spec::digest_received`].
-    pub received: Option<crate::dbfile::ReceivedPages>,
+    pub received: Option<crate::sqlite::ReceivedPages>,
     /// The commit gate refused the version (it does not match its
     /// versionHash); the local database was not touched.
     pub verify_failure: Option<String>,
@@ -654,7 +654,7 @@ struct ReaderResult {
     close: Option<(u16, String)>,
     connection_error: Option<String>,
     protocol_error: Option<String>,
-    received: Option<crate::dbfile::ReceivedPages>,
+    received: Option<crate::sqlite::ReceivedPages>,
     verify_failure: Option<String>,
     pre_verified: bool,
 }
@@ -689,7 +689,7 @@ where
     // own pings, which it does even when the server itself is stuck.
     let mut deadline = tokio::time::Instant::now() + idle;
     // Takes the received pages' digests off this task (see PageDigester).
-    let mut digester: Option<crate::dbfile::PageDigester> = None;
+    let mut digester: Option<crate::sqlite::PageDigester> = None;
     let mut logged_end = false;
     loop {
         let msg = tokio::select! {
@@ -725,22 +725,23 @@ where
                 stats
                     .wire_in
                     .fetch_add(frame_len(data.len(), false), Ordering::Relaxed);
-                if data.is_empty() {
-                    continue;
-                }
-                if parser.at_boundary() && is_control_byte(data[0]) {
-                    if data[0] == CTRL_NEWREPLICAVERSION && data.len() == 1 {
-                        shared.lock().await.newer_version = true;
-                    } else {
-                        // Debug, not warn: a newer server's frame is no
-                        // reason for a second line on the user's terminal.
-                        tracing::debug!(
-                            byte = data[0],
-                            len = data.len(),
-                            "ignoring an unknown control frame"
-                        );
+                match classify(&data, parser.at_boundary()) {
+                    FrameKind::Empty => continue,
+                    FrameKind::Stream => {}
+                    FrameKind::Control(_) => {
+                        if data[0] == CTRL_NEWREPLICAVERSION && data.len() == 1 {
+                            shared.lock().await.newer_version = true;
+                        } else {
+                            // Debug, not warn: a newer server's frame is no
+                            // reason for a second line on the user's terminal.
+                            tracing::debug!(
+                                byte = data[0],
+                                len = data.len(),
+                                "ignoring an unknown control frame"
+                            );
+                        }
+                        continue;
                     }
-                    continue;
                 }
                 let start = parser.bytes();
                 let mut end = parser.consumed();
@@ -836,11 +837,11 @@ where
                         if digest_received && c.version_hash.is_some() && digester.is_none() {
                             // The cheaper hash when the server gave it.
                             let kind = if c.version_xxh3.is_some() {
-                                crate::protocol::HashKind::Xxh3
+                                crate::sqlite::HashKind::Xxh3
                             } else {
-                                crate::protocol::HashKind::Sha256
+                                crate::sqlite::HashKind::Sha256
                             };
-                            match crate::dbfile::PageDigester::start(kind) {
+                            match crate::sqlite::PageDigester::start(kind) {
                                 Ok(d) => digester = Some(d),
                                 Err(e) => tracing::debug!(
                                     "no digest thread ({e}): the pull is verified by reading it back"
@@ -999,7 +1000,7 @@ mod tests {
 
     #[tokio::test]
     async fn control_frames_only_at_message_boundaries() {
-        use crate::protocol::ClientControl;
+        use crate::wire::ClientControl;
         struct Quiet;
         impl Observer for Quiet {
             fn progress(&self, _: &Stats) {}
@@ -1043,7 +1044,7 @@ mod tests {
             );
             let mut p = StreamParser::new(Direction::FromOrigin);
             p.feed(&data, |_| {}).unwrap();
-            if p.at_boundary() && is_control_byte(f[0]) {
+            if let FrameKind::Control(_) = classify(&f, p.at_boundary()) {
                 // Where a receiver tracking boundaries would see it.
                 controls.push((data.len(), f.to_vec()));
             } else {

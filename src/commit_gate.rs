@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::protocol::{Message, VersionHasher};
+use crate::sqlite::VersionHasher;
+use crate::wire::Message;
 
 /// Most bytes held back after ORIGIN_TXN: sqlite3_rsync sends ORIGIN_END
 /// right after it, so anything long here is a hostile stream.
@@ -136,7 +137,7 @@ impl CommitGate {
                 // A renegotiated sync starts over.
                 self.spool = None;
                 if hash_known && self.cfg.existed && self.spool_error.is_none() {
-                    match PageSpool::new(&crate::dbfile::parent_dir(&self.cfg.replica), *page_size)
+                    match PageSpool::new(&crate::sqlite::parent_dir(&self.cfg.replica), *page_size)
                     {
                         Ok(s) => self.spool = Some(s),
                         Err(e) => self.spool_error = Some(e.to_string()),

@@ -390,7 +390,7 @@ pub fn shell_quote(s: &str) -> anyhow::Result<String> {
 /// `mode`, fsyncs it, renames it over `path` and fsyncs the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = crate::dbfile::parent_dir(path);
+    let dir = crate::sqlite::parent_dir(path);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".sqlrsync-tmp-")

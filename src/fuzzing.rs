@@ -3,7 +3,7 @@
 //! ever kept without needing a fuzzer.
 #![doc(hidden)]
 
-use crate::protocol::{ClientControl, Direction, ServerText, StreamParser, is_control_byte};
+use crate::wire::{ClientControl, Direction, ServerText, StreamParser, is_control_byte};
 
 /// The first byte picks the direction and a chunk size; the rest is the
 /// stream. Parsing it whole and parsing it in chunks must agree exactly.
@@ -68,10 +68,10 @@ pub fn check_frames(data: &[u8]) {
 /// bytes it accepted, in order, and must keep every limit on every frame
 /// it accepts.
 pub fn check_server_frames(data: &[u8]) {
-    use crate::protocol::MAX_COMMIT_MESSAGE;
     use crate::server::frames::{
-        Frame, OVERHEAD_BASE, PullAction, PullFrames, PushAction, PushFrames, StreamLimits,
+        Frame, PullAction, PullFrames, PushAction, PushFrames, StreamLimits,
     };
+    use crate::wire::{MAX_COMMIT_MESSAGE, OVERHEAD_BASE};
 
     let Some((&head, mut rest)) = data.split_first() else {
         return;
@@ -107,7 +107,7 @@ pub fn check_server_frames(data: &[u8]) {
             assert!(!is_text, "a text frame was accepted on a push");
             match action {
                 PushAction::Skip | PushAction::Control(_) => {
-                    assert!(bytes.is_empty() || crate::protocol::is_control_byte(bytes[0]));
+                    assert!(bytes.is_empty() || crate::wire::is_control_byte(bytes[0]));
                 }
                 PushAction::Buffered => {
                     assert!(!started);
@@ -165,10 +165,7 @@ pub fn check_server_frames(data: &[u8]) {
             assert!(!is_text, "a text frame was accepted on a pull");
             assert!(pull.received() <= pull.budget());
             if let PullAction::Control(c) = action {
-                assert!(!matches!(
-                    c,
-                    crate::protocol::ClientControl::CommitMessage(_)
-                ));
+                assert!(!matches!(c, crate::wire::ClientControl::CommitMessage(_)));
             }
         }
     }

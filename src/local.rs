@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow, bail};
 
 use crate::cli::Cli;
-use crate::dbfile::{self, FileState};
+use crate::sqlite::{self, FileState};
 
 /// Protocol used for LOCAL syncs unless `--protocol` says otherwise.
 pub const LOCAL_DEFAULT_PROTOCOL: u8 = 1;
@@ -29,10 +29,10 @@ pub struct Plan {
     pub replica: PathBuf,
     /// What SQLite says about ORIGIN (None when it could not look, e.g.
     /// locked): page size and count for `--dry`.
-    pub origin_facts: Option<dbfile::Facts>,
+    pub origin_facts: Option<sqlite::Facts>,
     /// ORIGIN's header: the page size to compare with REPLICA's, and the
     /// `--dry` figures when SQLite could not look.
-    pub origin_header: dbfile::Header,
+    pub origin_header: sqlite::Header,
     /// Whether REPLICA exists, so `--dry` can say it will be created.
     pub replica_state: FileState,
     /// The sqlite3_rsync protocol to run: `--protocol`, else the LOCAL default.
@@ -45,12 +45,12 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     let replica_given = std::path::absolute(replica).context("cannot resolve REPLICA")?;
     // Symbolic links are followed: the sync reads and writes the files they
     // name (a loop is reported by `inspect` below, with the path given).
-    let origin = dbfile::resolve_links(&origin_given).unwrap_or_else(|_| origin_given.clone());
-    let replica = dbfile::resolve_links(&replica_given).unwrap_or_else(|_| replica_given.clone());
-    let origin_note = dbfile::link_note(&origin_given, &origin);
-    let replica_note = dbfile::link_note(&replica_given, &replica);
+    let origin = sqlite::resolve_links(&origin_given).unwrap_or_else(|_| origin_given.clone());
+    let replica = sqlite::resolve_links(&replica_given).unwrap_or_else(|_| replica_given.clone());
+    let origin_note = sqlite::link_note(&origin_given, &origin);
+    let replica_note = sqlite::link_note(&replica_given, &replica);
 
-    let origin_header = match dbfile::inspect(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))? {
+    let origin_header = match sqlite::inspect(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))? {
         FileState::Missing => bail!("ORIGIN {} does not exist{origin_note}", origin.display()),
         FileState::Empty => bail!(
             "ORIGIN {} is empty (0 bytes), not an SQLite database",
@@ -58,9 +58,9 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
         ),
         FileState::Database(h) => h,
     };
-    let origin_facts = dbfile::facts(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))?;
+    let origin_facts = sqlite::facts(&origin).map_err(|e| anyhow!(e.describe("ORIGIN")))?;
 
-    let dir = dbfile::parent_dir(&replica);
+    let dir = sqlite::parent_dir(&replica);
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!(
@@ -72,21 +72,21 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
             dir.display()
         ),
     }
-    let replica_state = dbfile::inspect(&replica).map_err(|e| match e {
-        dbfile::DbFileError::NotADatabase(p) => anyhow!(
+    let replica_state = sqlite::inspect(&replica).map_err(|e| match e {
+        sqlite::DbFileError::NotADatabase(p) => anyhow!(
             "REPLICA {} exists and is not an SQLite database; refusing to overwrite it",
             p.display()
         ),
         e => anyhow!(e.describe("REPLICA")),
     })?;
-    if replica_state != FileState::Missing && dbfile::same_file(&origin, &replica) {
+    if replica_state != FileState::Missing && sqlite::same_file(&origin, &replica) {
         bail!(
             "ORIGIN and REPLICA are the same file ({})",
             origin.display()
         );
     }
     if let FileState::Database(h) = &replica_state {
-        dbfile::facts(&replica).map_err(|e| anyhow!(e.describe("REPLICA")))?;
+        sqlite::facts(&replica).map_err(|e| anyhow!(e.describe("REPLICA")))?;
         if h.page_size != origin_header.page_size {
             bail!(
                 "page size mismatch: ORIGIN has {}-byte pages, REPLICA {} has {}-byte pages; \
@@ -99,23 +99,23 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
     }
     // The replica side needs to write the file and, for its journal or WAL,
     // the directory.
-    if let Err(e) = dbfile::can_create_in(&dir) {
+    if let Err(e) = sqlite::can_create_in(&dir) {
         // procfs and the like answer "no such file" to a create in a
         // directory that plainly exists; say what it means.
         let reason = match e.raw_os_error() {
             Some(libc::ENOENT) => "its file system takes no new files".to_string(),
-            _ => dbfile::io_reason(&e),
+            _ => sqlite::io_reason(&e),
         };
         bail!(
             "REPLICA's directory {} is a read-only location: cannot create files there ({reason})",
             dir.display()
         );
     }
-    if replica_state != FileState::Missing && !dbfile::writable(&replica) {
+    if replica_state != FileState::Missing && !sqlite::writable(&replica) {
         bail!(
             "REPLICA {} is read-only: cannot write to it ({})",
             replica.display(),
-            dbfile::io_reason(&std::io::Error::last_os_error())
+            sqlite::io_reason(&std::io::Error::last_os_error())
         );
     }
     Ok(Plan {
@@ -141,7 +141,7 @@ pub fn run(cli: &Cli, origin: &Path, replica: &Path) -> anyhow::Result<ExitCode>
     // own check of the journal modes.
     if !cli.wal_only
         && matches!(plan.replica_state, FileState::Database(_))
-        && dbfile::same_pages(&plan.origin, &plan.replica)
+        && sqlite::same_pages(&plan.origin, &plan.replica)
     {
         if cli.verbose > 0 {
             println!("REPLICA already holds every page of ORIGIN: nothing to send");

@@ -26,7 +26,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use sqlrsync::protocol::{self as proto, Direction, StreamParser};
+use sqlrsync::wire::{self as proto, Direction, StreamParser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -692,7 +692,7 @@ fn honest(side: &'static str, db: PathBuf, cfg: proto::ServerConfig) -> Scenario
                 }
                 m = ws.next() => match m {
                     Some(Ok(Message::Binary(b))) => {
-                        if from_client.at_boundary() && !b.is_empty() && proto::is_control_byte(b[0]) {
+                        if let proto::FrameKind::Control(_) = proto::classify(&b, from_client.at_boundary()) {
                             continue;
                         }
                         from_client.feed(&b, |_| {}).unwrap();
@@ -816,9 +816,9 @@ fn a_new_copy_is_checked_against_version_xxh3() {
             ..DbSpec::default()
         },
     );
-    let true_xxh3 = sqlrsync::dbfile::version_hash_with(
+    let true_xxh3 = sqlrsync::sqlite::version_hash_with(
         &origin,
-        &sqlrsync::dbfile::ReceivedPages::new(proto::HashKind::Xxh3),
+        &sqlrsync::sqlite::ReceivedPages::new(sqlrsync::sqlite::HashKind::Xxh3),
     )
     .unwrap();
     for (xxh3, good) in [("0123456789abcdef".repeat(2), false), (true_xxh3, true)] {

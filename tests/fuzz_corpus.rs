@@ -50,7 +50,7 @@ fn control_frames_corpus_holds() {
 fn real_streams_parse_to_the_end() {
     // The seeds recorded from real helper runs must parse cleanly: a parser
     // that refuses a real stream would break every sync.
-    use sqlrsync::protocol::{Direction, StreamParser};
+    use sqlrsync::wire::{Direction, StreamParser};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/stream_parser");
     let mut ended = 0;
     for entry in std::fs::read_dir(dir).unwrap() {

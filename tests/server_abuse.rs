@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use server_support::*;
-use sqlrsync::protocol::{ClientControl, Direction, ServerText, StreamParser};
+use sqlrsync::wire::{ClientControl, Direction, ServerText, StreamParser};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use util::*;

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::protocol::VersionRef;
+use crate::wire::VersionRef;
 
 /// One positional argument, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -78,7 +78,7 @@ impl std::fmt::Debug for Key {
         f.debug_struct("Key")
             .field(
                 "value",
-                &self.value.as_deref().map(crate::protocol::mask_key),
+                &self.value.as_deref().map(crate::wire::mask_key),
             )
             .field("source", &self.source)
             .finish()
@@ -89,7 +89,7 @@ impl Key {
     /// The key masked for people (`ab****yz`), or "(none)".
     pub fn masked(&self) -> String {
         match &self.value {
-            Some(k) => crate::protocol::mask_key(k),
+            Some(k) => crate::wire::mask_key(k),
             None if self.source == KeySource::Prompt => "(asked for at the prompt)".into(),
             None => "(none)".into(),
         }

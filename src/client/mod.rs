@@ -30,7 +30,7 @@ use crate::bridge::{Outcome, Stats};
 use crate::cli::{Cli, Mode};
 use crate::config::{self, DefaultsFile};
 use crate::printer::{Printer, human_bytes};
-use crate::protocol::{MAX_COMMIT_MESSAGE, headers};
+use crate::wire::{MAX_COMMIT_MESSAGE, headers};
 
 /// sqlite3_rsync protocol for remote modes: fewest bytes on the wire.
 pub const REMOTE_DEFAULT_PROTOCOL: u8 = 2;

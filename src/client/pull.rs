@@ -21,10 +21,11 @@ use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
 use crate::commit_gate::GateConfig;
 use crate::config::DashFile;
-use crate::dbfile::{self, FileState};
+use crate::sqlite::{self, FileState};
 use crate::helper::Side;
 use crate::printer::Printer;
-use crate::protocol::{ClientControl, HashKind, VersionRef, headers};
+use crate::sqlite::HashKind;
+use crate::wire::{ClientControl, VersionRef, headers};
 
 /// Everything a pull will do, decided before connecting.
 #[derive(Debug, Clone)]
@@ -55,30 +56,30 @@ pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow
     // A symbolic link is followed: the pull writes the file it names, and
     // the -sqlrsync file goes next to that file (where SQLite keeps the
     // -journal and -wal), whichever link was used.
-    let local = match dbfile::resolve_links(&given) {
+    let local = match sqlite::resolve_links(&given) {
         Ok(p) => p,
-        Err(e) => bail!("cannot use {}: {}", given.display(), dbfile::io_reason(&e)),
+        Err(e) => bail!("cannot use {}: {}", given.display(), sqlite::io_reason(&e)),
     };
-    let note = dbfile::link_note(&given, &local);
-    let dir = dbfile::parent_dir(&local);
+    let note = sqlite::link_note(&given, &local);
+    let dir = sqlite::parent_dir(&local);
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
         _ => bail!("the directory {} does not exist{note}", dir.display()),
     }
-    let state = dbfile::inspect(&local).map_err(|e| match e {
-        dbfile::DbFileError::NotADatabase(p) => anyhow::anyhow!(
+    let state = sqlite::inspect(&local).map_err(|e| match e {
+        sqlite::DbFileError::NotADatabase(p) => anyhow::anyhow!(
             "{} exists and is not an SQLite database; refusing to overwrite it",
             p.display()
         ),
         e => anyhow::anyhow!("{e}"),
     })?;
     if matches!(state, FileState::Database(_)) {
-        dbfile::facts(&local).map_err(|e| anyhow::anyhow!("{e}"))?;
+        sqlite::facts(&local).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    if !dbfile::writable(&dir) {
+    if !sqlite::writable(&dir) {
         bail!("the directory {} is not writable", dir.display());
     }
-    if state != FileState::Missing && !dbfile::writable(&local) {
+    if state != FileState::Missing && !sqlite::writable(&local) {
         bail!("{} is not writable", local.display());
     }
     let dash = DashFile::load_for(&local)?;
@@ -102,7 +103,7 @@ pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow
     if let Some((k, _)) = &stored
         && cli.pull_key.is_none()
         && env.auth_token.is_none()
-        && !crate::protocol::is_key_shaped(k)
+        && !crate::wire::is_key_shaped(k)
     {
         bail!(
             "{}: the --pullKey value {k:?} is not a key (20-25 letters and digits)",
@@ -304,8 +305,8 @@ pub async fn pull_once(
             replica: p.local.clone(),
             existed: p.local_existed,
             wal: matches!(
-                dbfile::inspect(&p.local),
-                Ok(FileState::Database(dbfile::Header { wal: true, .. }))
+                sqlite::inspect(&p.local),
+                Ok(FileState::Database(sqlite::Header { wal: true, .. }))
             ),
         }),
     };
@@ -339,12 +340,12 @@ pub async fn pull_once(
             // the file read back.
             let (got, want) = match (&outcome.received, &cfg.version_xxh3) {
                 (Some(received), Some(xxh3)) if received.kind() == HashKind::Xxh3 => {
-                    (dbfile::version_hash_with(&p.local, received), xxh3)
+                    (sqlite::version_hash_with(&p.local, received), xxh3)
                 }
                 (Some(received), _) if received.kind() == HashKind::Sha256 => {
-                    (dbfile::version_hash_with(&p.local, received), want)
+                    (sqlite::version_hash_with(&p.local, received), want)
                 }
-                _ => (dbfile::version_hash(&p.local), want),
+                _ => (sqlite::version_hash(&p.local), want),
             };
             // Committed but not checked: the file stays, as a replica.
             p.local_existed = got.is_err();
@@ -376,7 +377,7 @@ pub async fn pull_once(
         p.replica_id = cfg.replica_id.clone();
     }
     if let Some(pull) = &cfg.new_pull_key {
-        if !crate::protocol::is_key_shaped(pull) {
+        if !crate::wire::is_key_shaped(pull) {
             return Err(PullError::Failed(anyhow::anyhow!(
                 "the server issued a pull key that is not a key; it was not stored"
             )));

@@ -23,10 +23,10 @@ use crate::bridge;
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
 use crate::config::{self, DashFile, SecretEntry, Secrets};
-use crate::dbfile::{self, FileState};
+use crate::sqlite::{self, FileState};
 use crate::helper::Side;
 use crate::printer::Printer;
-use crate::protocol::{ClientControl, Visibility, headers};
+use crate::wire::{ClientControl, Visibility, headers};
 
 /// Everything a push will do, decided before connecting.
 #[derive(Debug)]
@@ -62,9 +62,9 @@ pub fn plan(
 ) -> anyhow::Result<Plan> {
     let given = std::path::absolute(local).context("cannot resolve the database path")?;
     // A symbolic link is followed (a loop is reported by `inspect`).
-    let abs = dbfile::resolve_links(&given).unwrap_or_else(|_| given.clone());
-    let note = dbfile::link_note(&given, &abs);
-    match dbfile::inspect(&abs).map_err(|e| anyhow::anyhow!("{e}"))? {
+    let abs = sqlite::resolve_links(&given).unwrap_or_else(|_| given.clone());
+    let note = sqlite::link_note(&given, &abs);
+    match sqlite::inspect(&abs).map_err(|e| anyhow::anyhow!("{e}"))? {
         FileState::Missing => bail!("{} does not exist{note}; nothing to push", abs.display()),
         FileState::Empty => bail!(
             "{} is empty (0 bytes), not an SQLite database",
@@ -73,7 +73,7 @@ pub fn plan(
         FileState::Database(_) => {}
     }
     std::fs::File::open(&abs).with_context(|| format!("cannot read {}", abs.display()))?;
-    dbfile::facts(&abs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    sqlite::facts(&abs).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Symlinks and ./ spellings must find the same secrets entry.
     let local = std::fs::canonicalize(&abs).unwrap_or(abs);
 
@@ -254,7 +254,7 @@ pub async fn run(
         .and_then(|f| unchanged::matching_record(&p.server, &p.local, f))
         .map(|_| {
             let db = p.local.clone();
-            tokio::task::spawn_blocking(move || dbfile::version_hash(&db))
+            tokio::task::spawn_blocking(move || sqlite::version_hash(&db))
         });
     let mut stop = interrupt.clone();
     let mut ws = tokio::select! {
@@ -385,7 +385,7 @@ pub async fn run(
 /// used for this push is stored only when it was a stored key already.
 fn keep_keys(
     p: &Plan,
-    cfg: &crate::protocol::ServerConfig,
+    cfg: &crate::wire::ServerConfig,
     remote_path: &str,
     replica_id: Option<&str>,
     printer: &Printer,
@@ -412,7 +412,7 @@ fn keep_keys(
         let Some(k) = push_key else {
             return Ok(false);
         };
-        if !crate::protocol::is_key_shaped(&k) {
+        if !crate::wire::is_key_shaped(&k) {
             bail!("the server issued a push key that is not a key; it was not stored");
         }
         if p.key.source.is_admin() && Some(&k) == p.key.value.as_ref() {
@@ -436,7 +436,7 @@ fn keep_keys(
         ));
     }
     if let Some(pull) = &cfg.new_pull_key {
-        if !crate::protocol::is_key_shaped(pull) {
+        if !crate::wire::is_key_shaped(pull) {
             bail!("the server issued a pull key that is not a key; it was not stored");
         }
         let dash = DashFile {

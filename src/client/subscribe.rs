@@ -23,7 +23,7 @@ use super::wait_true;
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
 use crate::printer::Printer;
-use crate::protocol::{SubscribeMessage, VersionRef};
+use crate::wire::{SubscribeMessage, VersionRef};
 
 /// First wait after a dropped connection.
 const BACKOFF_START: Duration = Duration::from_millis(500);

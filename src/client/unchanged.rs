@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Socket;
-use crate::protocol::{ClientControl, ServerConfig, ServerText};
+use crate::wire::{ClientControl, ServerConfig, ServerText};
 
 /// How long to wait for the CONFIG answer before giving up on the check
 /// (the push then runs as usual).
@@ -49,8 +49,9 @@ pub struct PushRecord {
 pub fn fingerprint(db: &Path) -> Option<String> {
     use std::io::Read;
     let m = std::fs::metadata(db).ok()?;
-    let mut header = [0u8; 32];
-    std::fs::File::open(db).ok()?.read_exact(&mut header).ok()?;
+    let mut head = [0u8; crate::sqlite::header::HEADER_LEN];
+    std::fs::File::open(db).ok()?.read_exact(&mut head).ok()?;
+    let header = crate::sqlite::header::decode(&head).ok()?;
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
     let w = std::fs::metadata(PathBuf::from(wal))
@@ -63,7 +64,8 @@ pub fn fingerprint(db: &Path) -> Option<String> {
         m.len(),
         m.mtime(),
         m.mtime_nsec(),
-        hex::encode(&header[24..32])
+        // As hex of header bytes 24..32, the form records were written in.
+        format!("{:08x}{:08x}", header.change_counter, header.raw_page_count)
     ))
 }
 

@@ -23,7 +23,7 @@ use super::conn::DeadlineAcceptor;
 use super::keys::{self, KeyRecord};
 use super::store::Store;
 use super::{names, pull, push, subscribe, web};
-use crate::protocol::headers;
+use crate::wire::headers;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ impl ServeConfig {
             max_sessions: 256,
             max_frame: 1024 * 1024,
             compression: super::store::DEFAULT_COMPRESSION,
-            max_db_bytes: super::frames::DEFAULT_MAX_DB_BYTES,
+            max_db_bytes: crate::wire::DEFAULT_MAX_DB_BYTES,
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(30),
         }

@@ -14,8 +14,9 @@
 use std::collections::BTreeSet;
 
 use crate::printer::human_bytes;
-use crate::protocol::{
-    ClientControl, Direction, Message, OriginSummary, StreamParser, is_control_byte,
+use crate::wire::{
+    ClientControl, DEFAULT_MAX_DB_BYTES, Direction, FrameKind, MAX_CONTROL_FRAMES, Message,
+    OVERHEAD_BASE, OVERHEAD_PER_PAGE, OriginSummary, StreamParser, classify,
 };
 
 /// A websocket data frame from the client.
@@ -52,28 +53,6 @@ impl Default for StreamLimits {
         }
     }
 }
-
-/// Default `--max-db-size`: 64 GiB.
-pub const DEFAULT_MAX_DB_BYTES: u64 = 64 << 30;
-
-/// Control frames one session may send. A client sends CONFIG and
-/// KEYREQUEST once and COMMITMESSAGE at most once; each is answered, so an
-/// unbounded number would be an amplifier.
-pub const MAX_CONTROL_FRAMES: u32 = 16;
-
-/// ORIGIN_BEGIN messages one push may send: the first, plus one per
-/// protocol renegotiation (REPLICA_BEGIN), which happens at most once or
-/// twice. Each makes the replica side re-attach and hash its database.
-pub const MAX_BEGINS: u32 = 4;
-
-/// Stream bytes that are not page contents (message headers, ORIGIN_DETAIL
-/// and ORIGIN_READY rounds, texts, control frames; on a pull, every byte):
-/// this many, plus [`OVERHEAD_PER_PAGE`] per page. sqlite3_rsync needs
-/// about 30 bytes a page in its worst case (a hash per page, a detail
-/// request per range, five bytes of header per page sent).
-pub const OVERHEAD_BASE: u64 = 1 << 20;
-/// See [`OVERHEAD_BASE`].
-pub const OVERHEAD_PER_PAGE: u64 = 64;
 
 /// What the push session does with a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,8 +91,6 @@ pub struct PushFrames {
     message: Option<String>,
     /// Control frames so far ([`MAX_CONTROL_FRAMES`]).
     controls: u32,
-    /// ORIGIN_BEGIN messages so far ([`MAX_BEGINS`]).
-    begins: u32,
     /// Largest page count announced: the bound on pages sent.
     max_pages: u32,
     /// ORIGIN_PAGE messages so far.
@@ -138,7 +115,6 @@ impl PushFrames {
             first_seen: false,
             message: None,
             controls: 0,
-            begins: 0,
             max_pages: 0,
             pages: 0,
             page_bytes: 0,
@@ -156,11 +132,10 @@ impl PushFrames {
             }
             Frame::Binary(d) => d,
         };
-        if data.is_empty() {
-            return Ok(PushAction::Skip);
-        }
-        if self.parser.at_boundary() && is_control_byte(data[0]) {
-            return self.control(data);
+        match classify(data, self.parser.at_boundary()) {
+            FrameKind::Empty => return Ok(PushAction::Skip),
+            FrameKind::Control(_) => return self.control(data),
+            FrameKind::Stream => {}
         }
         if self.parser.ended() {
             return refused("data after ORIGIN_END");
@@ -222,7 +197,6 @@ impl PushFrames {
             summary,
             sent_pages,
             first_seen,
-            begins,
             max_pages,
             pages,
             page_bytes,
@@ -253,13 +227,10 @@ impl PushFrames {
                     page_count,
                     ..
                 } => {
-                    *begins += 1;
+                    // A repeated ORIGIN_BEGIN is bounded by the parser
+                    // (wire::limits::MAX_BEGINS).
                     let size = page_size as u64 * page_count as u64;
-                    if *begins > MAX_BEGINS {
-                        violation = Some(format!(
-                            "ORIGIN_BEGIN sent more than {MAX_BEGINS} times"
-                        ));
-                    } else if size > limits.max_db_bytes {
+                    if size > limits.max_db_bytes {
                         violation = Some(format!(
                             "the database is {} ({page_count} pages of {page_size} bytes); this server accepts at most {}",
                             human_bytes(size),
@@ -422,7 +393,8 @@ impl PullFrames {
             }
             Frame::Binary(d) => d,
         };
-        if data.is_empty() {
+        let kind = classify(data, self.parser.at_boundary());
+        if kind == FrameKind::Empty {
             return Ok(PullAction::Skip);
         }
         self.received += data.len() as u64;
@@ -432,7 +404,7 @@ impl PullFrames {
                 human_bytes(self.budget)
             ));
         }
-        if self.parser.at_boundary() && is_control_byte(data[0]) {
+        if let FrameKind::Control(_) = kind {
             self.controls += 1;
             if self.controls > MAX_CONTROL_FRAMES {
                 return refused(format!(

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::store::meta::{self, ReplicaRow};
-use crate::protocol;
+use crate::wire;
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +86,7 @@ impl PendingKey {
             kind,
             namespace: namespace.to_string(),
             replica,
-            key: protocol::new_key(),
+            key: wire::new_key(),
         }
     }
 
@@ -121,7 +121,7 @@ pub fn create(
 
 /// Looks a presented key up; None for unknown, malformed or revoked keys.
 pub fn lookup(c: &Connection, presented: &str) -> Result<Option<KeyRecord>> {
-    if !protocol::is_key_shaped(presented) {
+    if !wire::is_key_shaped(presented) {
         return Ok(None);
     }
     let wanted = hash_key(presented);

@@ -27,7 +27,7 @@ use super::session::{
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
 use crate::helper::Side;
-use crate::protocol::{
+use crate::wire::{
     CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, StreamParser,
     VersionRef, Visibility, headers, keepalive_interval,
 };

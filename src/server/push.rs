@@ -36,7 +36,7 @@ use super::session::{
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
 use crate::helper::Side;
-use crate::protocol::{
+use crate::wire::{
     ClientControl, Direction, ReplicaSummary, ServerConfig, ServerText, StreamParser, Visibility,
     headers, keepalive_interval,
 };

@@ -17,7 +17,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 
 use crate::helper::Side;
-use crate::protocol::{ServerConfig, ServerText};
+use crate::wire::{ServerConfig, ServerText};
 
 /// Normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;

@@ -19,7 +19,7 @@ use super::app::AppState;
 use super::pull::{Reader, admit_reader};
 use super::session::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
 use super::store::meta::ReplicaRow;
-use crate::protocol::SubscribeMessage;
+use crate::wire::SubscribeMessage;
 
 /// Longest text frame a subscriber may send.
 const MAX_SUBSCRIBER_TEXT: usize = 4096;

@@ -17,7 +17,7 @@ use super::names;
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow};
 use crate::printer::human_bytes;
-use crate::protocol::{VersionRef, Visibility};
+use crate::wire::{VersionRef, Visibility};
 
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use sqlrsync::protocol::{ClientControl, ServerConfig, ServerText};
+use sqlrsync::wire::{ClientControl, ServerConfig, ServerText};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;

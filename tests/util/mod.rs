@@ -316,7 +316,7 @@ impl Drop for TestServer {
     }
 }
 
-/// The `versionHash` of a database file (see protocol::VersionHasher).
+/// The `versionHash` of a database file (see sqlite::VersionHasher).
 pub fn version_hash(path: &Path) -> String {
-    sqlrsync::dbfile::version_hash(path).unwrap()
+    sqlrsync::sqlite::version_hash(path).unwrap()
 }

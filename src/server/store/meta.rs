@@ -197,7 +197,7 @@ pub struct VersionRow {
     pub changed_pages: u32,
     /// Commit message (may be empty).
     pub message: String,
-    /// `versionHash` (see protocol::VersionHasher).
+    /// `versionHash` (see sqlite::VersionHasher).
     pub version_hash: String,
     /// `versionXxh3`; None for versions committed before the store kept it.
     pub version_xxh3: Option<String>,

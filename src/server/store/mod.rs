@@ -49,7 +49,7 @@ use tokio::sync::broadcast;
 use meta::{ReplicaRow, VersionRow};
 use packs::{BlobLocation, BlobStore, PackStore, PageHash, page_hash, sync_dir};
 
-use crate::protocol::{HashKind, VersionHasher, page_digest, page_digest_with};
+use crate::sqlite::{HashKind, VersionHasher, page_digest, page_digest_with};
 
 /// A materialised version file that sessions read. Pulls hold an `Arc` for
 /// as long as their helper runs, so a commit (or cache clean-up) never
@@ -1009,25 +1009,21 @@ fn copy_of(latest: &File, out: &Path) -> Result<File> {
 
 /// The versionHash of a rollback-journal database file, read page by page.
 pub fn hash_file(path: &Path, page_size: u32, page_count: u32) -> Result<String> {
-    crate::dbfile::hash_file_pages(path, page_size, page_count)
+    crate::sqlite::hash_file_pages(path, page_size, page_count)
         .with_context(|| format!("hashing {}", path.display()))
 }
 
-/// Page size from the database header (offset 16, 1 meaning 65536).
+/// Page size from the database header (see [`crate::sqlite::header`]).
 pub fn header_page_size(path: &Path) -> Result<u32> {
-    let mut hdr = [0u8; 100];
+    let mut hdr = [0u8; crate::sqlite::header::HEADER_LEN];
     File::open(path)?.read_exact(&mut hdr)?;
-    ensure!(
-        &hdr[..16] == b"SQLite format 3\0",
-        "the replica file is not an SQLite database"
-    );
-    let raw = u16::from_be_bytes([hdr[16], hdr[17]]) as u32;
-    let ps = if raw == 1 { 65536 } else { raw };
-    ensure!(
-        ps.is_power_of_two() && (512..=65536).contains(&ps),
-        "bad page size {ps}"
-    );
-    Ok(ps)
+    match crate::sqlite::header::decode(&hdr) {
+        Ok(h) => Ok(h.page_size),
+        Err(crate::sqlite::header::HeaderError::NotADatabase) => {
+            bail!("the replica file is not an SQLite database")
+        }
+        Err(e) => bail!("{e}"),
+    }
 }
 
 /// Puts a database written by the helper back in rollback (DELETE) mode: a
@@ -1036,7 +1032,7 @@ pub fn header_page_size(path: &Path) -> Result<u32> {
 pub fn normalise_journal_mode(path: &Path) -> Result<()> {
     let mut hdr = [0u8; 20];
     File::open(path)?.read_exact(&mut hdr)?;
-    if hdr[18] == 1 && hdr[19] == 1 {
+    if crate::sqlite::header::is_rollback(&hdr) {
         return Ok(());
     }
     let c = Connection::open(path)?;

@@ -1,0 +1,53 @@
+//! The HTTP upgrade headers of PROTOCOL.md section 2, and the visibility
+//! one of them carries.
+
+use serde::{Deserialize, Serialize};
+
+pub const AUTHORIZATION: &str = "authorization";
+pub const CLIENT_VERSION: &str = "x-clientversion";
+pub const CLIENT_ID: &str = "x-clientid";
+pub const LOCAL_HOSTNAME: &str = "x-localhostname";
+pub const LOCAL_ABSOLUTE_PATH: &str = "x-localabsolutepath";
+pub const REPLICA_VERSION: &str = "x-replicaversion";
+pub const REPLICA_ID: &str = "x-replicaid";
+pub const VISIBILITY: &str = "x-visibility";
+
+/// Who may read a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    #[default]
+    Private,
+    Unlisted,
+    Public,
+}
+
+impl Visibility {
+    /// `X-Visibility` value: absent private, `1` unlisted, `2` public.
+    pub fn header_value(self) -> Option<&'static str> {
+        match self {
+            Visibility::Private => None,
+            Visibility::Unlisted => Some("1"),
+            Visibility::Public => Some("2"),
+        }
+    }
+
+    pub fn from_header(v: Option<&str>) -> Result<Visibility, String> {
+        match v.map(str::trim) {
+            None | Some("") | Some("0") => Ok(Visibility::Private),
+            Some("1") => Ok(Visibility::Unlisted),
+            Some("2") => Ok(Visibility::Public),
+            Some(other) => Err(format!("invalid X-Visibility {other:?}")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Unlisted => "unlisted",
+            Visibility::Public => "public",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
