@@ -3,7 +3,11 @@
 //! ever kept without needing a fuzzer.
 #![doc(hidden)]
 
-use crate::wire::{ClientControl, Direction, ServerText, StreamParser, is_control_byte};
+use crate::server::frames::{Frame, PullAction, PullFrames, PushAction, PushFrames, StreamLimits};
+use crate::wire::{
+    ClientControl, Direction, MAX_COMMIT_MESSAGE, OVERHEAD_BASE, ServerText, StreamParser,
+    is_control_byte,
+};
 
 /// The first byte picks the direction and a chunk size; the rest is the
 /// stream. Parsing it whole and parsing it in chunks must agree exactly.
@@ -68,11 +72,6 @@ pub fn check_frames(data: &[u8]) {
 /// bytes it accepted, in order, and must keep every limit on every frame
 /// it accepts.
 pub fn check_server_frames(data: &[u8]) {
-    use crate::server::frames::{
-        Frame, PullAction, PullFrames, PushAction, PushFrames, StreamLimits,
-    };
-    use crate::wire::{MAX_COMMIT_MESSAGE, OVERHEAD_BASE};
-
     let Some((&head, mut rest)) = data.split_first() else {
         return;
     };
@@ -86,87 +85,100 @@ pub fn check_server_frames(data: &[u8]) {
         frames.push((rest[0] & 0x80 != 0, &rest[2..2 + len]));
         rest = &rest[2 + len..];
     }
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-
     if head & 1 == 0 {
-        let mut push = PushFrames::new(limits);
-        // Stream bytes accepted so far, and what the replica side got.
-        let mut accepted: Vec<u8> = Vec::new();
-        let mut forwarded: Vec<u8> = Vec::new();
-        let mut started = false;
-        for (is_text, bytes) in frames {
-            let t = text(bytes);
-            let frame = if is_text {
-                Frame::Text(&t)
-            } else {
-                Frame::Binary(bytes)
-            };
-            let Ok(action) = push.frame(frame) else {
-                return;
-            };
-            assert!(!is_text, "a text frame was accepted on a push");
-            match action {
-                PushAction::Skip | PushAction::Control(_) => {
-                    assert!(bytes.is_empty() || crate::wire::is_control_byte(bytes[0]));
-                }
-                PushAction::Buffered => {
-                    assert!(!started);
-                    accepted.extend_from_slice(bytes);
-                }
-                PushAction::Start {
-                    page_size,
-                    bytes: b,
-                } => {
-                    assert!(!started, "started twice");
-                    started = true;
-                    assert!(page_size.is_power_of_two() && (512..=65536).contains(&page_size));
-                    accepted.extend_from_slice(bytes);
-                    forwarded.extend_from_slice(&b);
-                }
-                PushAction::Forward => {
-                    assert!(started, "forwarded before the replica side started");
-                    accepted.extend_from_slice(bytes);
-                    forwarded.extend_from_slice(bytes);
-                }
+        check_push_frames(limits, (head >> 3) as u32, &frames);
+    } else {
+        check_pull_frames(limits, &frames);
+    }
+}
+
+/// A fuzzed frame as the session sees it.
+fn as_frame<'a>(is_text: bool, bytes: &'a [u8], text: &'a str) -> Frame<'a> {
+    if is_text {
+        Frame::Text(text)
+    } else {
+        Frame::Binary(bytes)
+    }
+}
+
+/// The push half of [`check_server_frames`]; `base` is the staging copy's
+/// page count for the final gap check.
+fn check_push_frames(limits: StreamLimits, base: u32, frames: &[(bool, &[u8])]) {
+    let mut push = PushFrames::new(limits);
+    // Stream bytes accepted so far, and what the replica side got.
+    let mut accepted: Vec<u8> = Vec::new();
+    let mut forwarded: Vec<u8> = Vec::new();
+    let mut started = false;
+    for &(is_text, bytes) in frames {
+        let t = String::from_utf8_lossy(bytes);
+        let Ok(action) = push.frame(as_frame(is_text, bytes, &t)) else {
+            return;
+        };
+        assert!(!is_text, "a text frame was accepted on a push");
+        match action {
+            PushAction::Skip | PushAction::Control(_) => {
+                assert!(bytes.is_empty() || is_control_byte(bytes[0]));
             }
-            if started {
-                assert_eq!(forwarded, accepted, "the replica side got other bytes");
+            PushAction::Buffered => {
+                assert!(!started);
+                accepted.extend_from_slice(bytes);
             }
-            assert!(push.pages() <= push.max_pages() as u64);
-            assert!(push.message().len() <= MAX_COMMIT_MESSAGE);
-            let s = push.summary();
-            assert!(s.page_size as u64 * s.page_count as u64 <= limits.max_db_bytes);
-            assert!(
-                push.sent_pages()
-                    .iter()
-                    .all(|p| *p >= 1 && *p <= push.max_pages())
-            );
-            if push.ended() {
-                let base = (head >> 3) as u32;
-                if let Some(p) = push.missing_page(base, s.page_size.max(512)) {
-                    assert!(p > base && !push.sent_pages().contains(&p));
-                }
-                return;
+            PushAction::Start {
+                page_size,
+                bytes: b,
+            } => {
+                assert!(!started, "started twice");
+                started = true;
+                assert!(page_size.is_power_of_two() && (512..=65536).contains(&page_size));
+                accepted.extend_from_slice(bytes);
+                forwarded.extend_from_slice(&b);
+            }
+            PushAction::Forward => {
+                assert!(started, "forwarded before the replica side started");
+                accepted.extend_from_slice(bytes);
+                forwarded.extend_from_slice(bytes);
             }
         }
-    } else {
-        let mut pull = PullFrames::new(limits, 8, 4096);
-        assert!(pull.budget() >= OVERHEAD_BASE);
-        for (is_text, bytes) in frames {
-            let t = text(bytes);
-            let frame = if is_text {
-                Frame::Text(&t)
-            } else {
-                Frame::Binary(bytes)
-            };
-            let Ok(action) = pull.frame(frame) else {
-                return;
-            };
-            assert!(!is_text, "a text frame was accepted on a pull");
-            assert!(pull.received() <= pull.budget());
-            if let PullAction::Control(c) = action {
-                assert!(!matches!(c, crate::wire::ClientControl::CommitMessage(_)));
+        if started {
+            assert_eq!(forwarded, accepted, "the replica side got other bytes");
+        }
+        check_push_limits(&push, limits);
+        if push.ended() {
+            let page_size = push.summary().page_size.max(512);
+            if let Some(p) = push.missing_page(base, page_size) {
+                assert!(p > base && !push.sent_pages().contains(&p));
             }
+            return;
+        }
+    }
+}
+
+/// What must hold after every frame a push session accepted.
+fn check_push_limits(push: &PushFrames, limits: StreamLimits) {
+    assert!(push.pages() <= push.max_pages() as u64);
+    assert!(push.message().len() <= MAX_COMMIT_MESSAGE);
+    let s = push.summary();
+    assert!(s.page_size as u64 * s.page_count as u64 <= limits.max_db_bytes);
+    assert!(
+        push.sent_pages()
+            .iter()
+            .all(|p| *p >= 1 && *p <= push.max_pages())
+    );
+}
+
+/// The pull half of [`check_server_frames`].
+fn check_pull_frames(limits: StreamLimits, frames: &[(bool, &[u8])]) {
+    let mut pull = PullFrames::new(limits, 8, 4096);
+    assert!(pull.budget() >= OVERHEAD_BASE);
+    for &(is_text, bytes) in frames {
+        let t = String::from_utf8_lossy(bytes);
+        let Ok(action) = pull.frame(as_frame(is_text, bytes, &t)) else {
+            return;
+        };
+        assert!(!is_text, "a text frame was accepted on a pull");
+        assert!(pull.received() <= pull.budget());
+        if let PullAction::Control(c) = action {
+            assert!(!matches!(c, ClientControl::CommitMessage(_)));
         }
     }
 }

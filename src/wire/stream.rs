@@ -294,26 +294,7 @@ impl StreamParser {
             }
         }
         let msg = match m[0] {
-            ORIGIN_BEGIN if self.direction == Direction::FromOrigin => {
-                self.begins += 1;
-                if self.begins > MAX_BEGINS {
-                    return Err(StreamError::TooManyBegins);
-                }
-                self.pages_since_begin = 0;
-                let log2 = m[2];
-                if !(MIN_PAGE_SIZE_LOG2..=MAX_PAGE_SIZE_LOG2).contains(&log2) {
-                    return Err(StreamError::BadPageSize(log2));
-                }
-                let page_size = 1u32 << log2;
-                let page_count = be32(&m[3..7]);
-                self.page_size = Some(page_size);
-                self.page_count = page_count;
-                Message::OriginBegin {
-                    protocol: m[1],
-                    page_size,
-                    page_count,
-                }
-            }
+            ORIGIN_BEGIN if self.direction == Direction::FromOrigin => self.begin(m)?,
             ORIGIN_END if self.direction == Direction::FromOrigin => {
                 self.ended = true;
                 Message::OriginEnd
@@ -321,25 +302,7 @@ impl StreamParser {
             ORIGIN_ERROR if self.direction == Direction::FromOrigin => {
                 Message::OriginError(&m[5..])
             }
-            ORIGIN_PAGE if self.direction == Direction::FromOrigin => {
-                let pgno = be32(&m[1..5]);
-                if pgno == 0 || pgno > self.page_count {
-                    return Err(StreamError::PageOutOfRange {
-                        pgno,
-                        page_count: self.page_count,
-                    });
-                }
-                self.pages_since_begin += 1;
-                if self.pages_since_begin > self.page_count as u64 {
-                    return Err(StreamError::TooManyPages {
-                        page_count: self.page_count,
-                    });
-                }
-                Message::OriginPage {
-                    pgno,
-                    data: &m[5..],
-                }
-            }
+            ORIGIN_PAGE if self.direction == Direction::FromOrigin => self.page(m)?,
             ORIGIN_TXN if self.direction == Direction::FromOrigin => Message::OriginTxn {
                 page_count: be32(&m[1..5]),
             },
@@ -372,6 +335,49 @@ impl StreamParser {
         self.offset += m.len() as u64;
         on_message(msg);
         Ok(())
+    }
+    /// ORIGIN_BEGIN: a (re)start of the sync, bounded by [`MAX_BEGINS`].
+    fn begin<'m>(&mut self, m: &'m [u8]) -> Result<Message<'m>, StreamError> {
+        self.begins += 1;
+        if self.begins > MAX_BEGINS {
+            return Err(StreamError::TooManyBegins);
+        }
+        self.pages_since_begin = 0;
+        let log2 = m[2];
+        if !(MIN_PAGE_SIZE_LOG2..=MAX_PAGE_SIZE_LOG2).contains(&log2) {
+            return Err(StreamError::BadPageSize(log2));
+        }
+        let page_size = 1u32 << log2;
+        let page_count = be32(&m[3..7]);
+        self.page_size = Some(page_size);
+        self.page_count = page_count;
+        Ok(Message::OriginBegin {
+            protocol: m[1],
+            page_size,
+            page_count,
+        })
+    }
+
+    /// ORIGIN_PAGE: a page within the announced count, and no more pages
+    /// since the last ORIGIN_BEGIN than that count.
+    fn page<'m>(&mut self, m: &'m [u8]) -> Result<Message<'m>, StreamError> {
+        let pgno = be32(&m[1..5]);
+        if pgno == 0 || pgno > self.page_count {
+            return Err(StreamError::PageOutOfRange {
+                pgno,
+                page_count: self.page_count,
+            });
+        }
+        self.pages_since_begin += 1;
+        if self.pages_since_begin > self.page_count as u64 {
+            return Err(StreamError::TooManyPages {
+                page_count: self.page_count,
+            });
+        }
+        Ok(Message::OriginPage {
+            pgno,
+            data: &m[5..],
+        })
     }
 }
 
