@@ -6,8 +6,10 @@
 //! the latest version over a separate pull connection. When the socket
 //! drops (or a pull fails for a reason a retry can fix) we wait with capped
 //! exponential backoff, reconnect and pull the latest, so no version is
-//! missed. Ctrl-C between pulls sends UNSUBSCRIBE and exits; during a pull
-//! it stops the pull safely (the replica helper rolls back) and exits.
+//! missed ([`SyncError::retryable`] says which failures a retry can fix:
+//! not a refusal, an ABORT or a failed verification). Ctrl-C between pulls
+//! sends UNSUBSCRIBE and exits; during a pull it stops the pull safely (the
+//! replica helper rolls back) and exits.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -17,12 +19,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::keys::KeyEnv;
-use super::pull::{self, PullError};
-use super::wait_true;
-use crate::cli::Cli;
-use crate::cli::forms::RemoteRef;
-use crate::printer::Printer;
+use super::pull;
+use super::{RemoteRef, Settings, SyncError, wait_true};
+use crate::ui::Printer;
 use crate::wire::{SubscribeMessage, VersionRef};
 
 /// First wait after a dropped connection.
@@ -32,19 +31,18 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 /// Runs a subscription.
 pub async fn run(
-    cli: &Cli,
-    printer: Printer,
+    s: &Settings,
     remote: &RemoteRef,
     local: &Path,
     mut interrupt: watch::Receiver<bool>,
 ) -> anyhow::Result<ExitCode> {
-    if cli.dry {
-        pull::dry(cli, &printer, remote, local)?;
+    let printer = s.printer;
+    if s.dry {
+        pull::dry(s, remote, local)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let env = KeyEnv::from_process();
-    let mut plan = pull::plan(cli, remote, local, &env)?;
-    let client_id = super::client_id()?;
+    let mut plan = pull::plan(s, remote, local)?;
+    let client_id = super::client_id(s)?;
     let mut backoff = BACKOFF_START;
     let mut last_version: Option<String> = None;
     // The first pull fetches what was asked for; later ones the latest.
@@ -56,7 +54,7 @@ pub async fn run(
             return Ok(stopped(&printer));
         }
         {
-            match pull::pull_once(cli, printer, &mut plan, &env, interrupt.clone()).await {
+            match pull::pull_once(s, &mut plan, interrupt.clone()).await {
                 Ok(report) => {
                     last_version = report.version.clone().or(last_version);
                     report.print(&printer);
@@ -66,9 +64,10 @@ pub async fn run(
                         plan.version = VersionRef::Latest;
                     }
                 }
-                Err(PullError::Interrupted(_)) => return Ok(stopped(&printer)),
-                Err(PullError::Failed(e)) if first || !retryable(&e) => return Err(e),
-                Err(PullError::Failed(e)) => {
+                Err(SyncError::Interrupted(_)) => return Ok(stopped(&printer)),
+                Err(e) if first || !e.retryable() => return Err(e.into_anyhow()),
+                Err(e) => {
+                    let e = e.into_anyhow();
                     printer.note(&format!(
                         "sqlrsync: pull failed: {e:#}; retrying in {:.1}s",
                         backoff.as_secs_f64()
@@ -90,12 +89,12 @@ pub async fn run(
             plan.replica_id.as_deref(),
         );
         let ws = tokio::select! {
-            r = super::connect(&url, &hdrs, super::idle_timeout(cli)) => r,
+            r = super::connect(&url, &hdrs, s.idle_timeout) => r,
             _ = wait_true(&mut interrupt) => return Ok(stopped(&printer)),
         };
         let mut ws = match ws {
             Ok(ws) => ws,
-            Err(e) if retryable(&e) => {
+            Err(e) if e.retryable() => {
                 printer.note(&format!(
                     "sqlrsync: {e:#}; reconnecting in {:.1}s",
                     backoff.as_secs_f64()
@@ -106,7 +105,7 @@ pub async fn run(
                 backoff = (backoff * 2).min(BACKOFF_CAP);
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         let data = serde_json::json!({ "replicaID": plan.replica_id.clone().unwrap_or_default() });
         let _ = ws
@@ -151,13 +150,7 @@ pub async fn run(
                             let mut wanted = v;
                             let mut lost = false;
                             while !lost {
-                                let pull = pull::pull_once(
-                                    cli,
-                                    printer,
-                                    &mut plan,
-                                    &env,
-                                    interrupt.clone(),
-                                );
+                                let pull = pull::pull_once(s, &mut plan, interrupt.clone());
                                 let (res, newest, gone) = pull_listening(&mut ws, pull).await;
                                 lost = gone;
                                 match res {
@@ -165,13 +158,14 @@ pub async fn run(
                                         last_version = report.version.clone().or(wanted);
                                         report.print(&printer);
                                     }
-                                    Err(PullError::Interrupted(_)) => {
+                                    Err(SyncError::Interrupted(_)) => {
                                         return Ok(stopped(&printer));
                                     }
-                                    Err(PullError::Failed(e)) if !retryable(&e) => return Err(e),
-                                    Err(PullError::Failed(e)) => {
+                                    Err(e) if !e.retryable() => return Err(e.into_anyhow()),
+                                    Err(e) => {
                                         printer.note(&format!(
-                                            "sqlrsync: pull failed: {e:#}; will retry"
+                                            "sqlrsync: pull failed: {:#}; will retry",
+                                            e.into_anyhow()
                                         ));
                                         lost = true;
                                         break;
@@ -226,9 +220,9 @@ pub async fn run(
 async fn pull_listening<F>(
     ws: &mut super::Socket,
     pull: F,
-) -> (Result<super::Report, PullError>, Option<String>, bool)
+) -> (Result<super::Report, SyncError>, Option<String>, bool)
 where
-    F: std::future::Future<Output = Result<super::Report, PullError>>,
+    F: std::future::Future<Output = Result<super::Report, SyncError>>,
 {
     tokio::pin!(pull);
     let mut newest = None;
@@ -261,16 +255,6 @@ fn version_of(data: &serde_json::Value) -> Option<String> {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
-}
-
-/// Connection trouble is worth a retry; a refusal (HTTP 4xx, ABORT, a
-/// failed verification) is not.
-fn retryable(e: &anyhow::Error) -> bool {
-    let s = format!("{e:#}");
-    !(s.contains("HTTP 4")
-        || s.contains("aborted")
-        || s.contains("VERIFICATION FAILED")
-        || s.contains("sync failed"))
 }
 
 fn stopped(printer: &Printer) -> ExitCode {
