@@ -12,7 +12,6 @@ pub mod bridge;
 pub mod cli;
 pub mod client;
 pub mod commit_gate;
-pub mod config;
 pub mod dropin;
 pub mod fuzzing;
 pub mod helper;
@@ -22,3 +21,7 @@ pub mod sqlite;
 pub mod ui;
 pub mod wire;
 pub mod write_behind;
+
+/// The client's files under their old path, which the integration tests
+/// (and scripts) name; the module is [`client::files`].
+pub use client::files as config;

@@ -17,7 +17,7 @@ use super::{Cli, Mode, mode_of};
 use crate::client::keys::KeyEnv;
 use crate::client::settings::{Files, KeySettings, PushSettings, ServerSettings, Settings};
 use crate::client::{DEFAULT_IDLE_TIMEOUT, REMOTE_DEFAULT_PROTOCOL};
-use crate::config::{self, DefaultsFile};
+use crate::client::files::{self, DefaultsFile};
 use crate::local::LOCAL_DEFAULT_PROTOCOL;
 use crate::ui::Printer;
 use crate::wire::{MAX_COMMIT_MESSAGE, Visibility};
@@ -62,7 +62,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         LOCAL_DEFAULT_PROTOCOL
     };
     let files = Files {
-        config_dir: config::config_dir().ok(),
+        config_dir: files::config_dir().ok(),
     };
     // defaults.toml matters only to a remote mode without --server.
     let file_server = if mode.is_remote() && cli.server.is_none() {

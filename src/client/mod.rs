@@ -6,10 +6,13 @@
 //! section 2), the verdict over a bridged sync, and the result report
 //! (summary line or `--json`). Connecting and its typed error are in
 //! [`connect`], the sync's typed error in [`error`], what a command asks
-//! for in [`target`], and the settings in [`settings`].
+//! for in [`target`], the settings in [`settings`], and the files kept
+//! between runs (defaults.toml, local-secrets.toml, `-sqlrsync`) in
+//! [`files`].
 
 pub mod connect;
 pub mod error;
+pub mod files;
 pub mod keys;
 pub mod pull;
 pub mod push;
@@ -31,7 +34,7 @@ pub use settings::Settings;
 pub use target::{Mode, RemoteRef};
 
 use crate::bridge::{Outcome, Stats};
-use crate::config::DefaultsFile;
+use files::DefaultsFile;
 use crate::ui::progress::Progress;
 use crate::ui::{Printer, human_bytes};
 use crate::wire::{headers, one_line};

@@ -19,7 +19,7 @@ use super::keys::{self, Candidates, Key, KeySource};
 use super::{ConnectError, RemoteRef, Settings, SyncError};
 use crate::bridge;
 use crate::commit_gate::GateConfig;
-use crate::config::DashFile;
+use super::files::DashFile;
 use crate::helper::Side;
 use crate::sqlite::HashKind;
 use crate::sqlite::{self, FileState};

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use super::keys::{self, Candidates, Key, KeySource};
 use super::{RemoteRef, Settings, unchanged};
 use crate::bridge;
-use crate::config::{self, DashFile, SecretEntry, Secrets};
+use super::files::{self, DashFile, SecretEntry, Secrets};
 use crate::helper::Side;
 use crate::sqlite::{self, FileState};
 use crate::ui::Printer;
@@ -215,7 +215,7 @@ pub async fn run(
     }
     let client_id = super::client_id(s)?;
     let mut hdrs = super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
-    hdrs.push((headers::LOCAL_HOSTNAME, config::hostname()));
+    hdrs.push((headers::LOCAL_HOSTNAME, files::hostname()));
     hdrs.push((
         headers::LOCAL_ABSOLUTE_PATH,
         p.local.to_string_lossy().into_owned(),
@@ -413,7 +413,7 @@ fn keep_keys(
             replica_id: replica_id.unwrap_or_default().to_string(),
             remote_path: remote_path.to_string(),
             push_key: k,
-            last_push: config::toml_now(),
+            last_push: files::toml_now(),
             other: Default::default(),
         });
         Ok(true)

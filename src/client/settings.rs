@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::keys::KeyEnv;
-use crate::config;
+use super::files;
 use crate::ui::Printer;
 use crate::wire::Visibility;
 
@@ -64,7 +64,7 @@ impl ServerSettings {
         } else {
             match &self.file {
                 Some(s) if !s.trim().is_empty() => (s.clone(), "defaults.toml"),
-                _ => (config::DEFAULT_SERVER.to_string(), "built-in default"),
+                _ => (files::DEFAULT_SERVER.to_string(), "built-in default"),
             }
         };
         Ok((super::normalize_server(&raw)?, from))
