@@ -99,20 +99,7 @@ pub fn plan(origin: &Path, replica: &Path, protocol: u8) -> anyhow::Result<Plan>
             );
         }
     }
-    // The replica side needs to write the file and, for its journal or WAL,
-    // the directory.
-    if let Err(e) = sqlite::can_create_in(&dir) {
-        // procfs and the like answer "no such file" to a create in a
-        // directory that plainly exists; say what it means.
-        let reason = match e.raw_os_error() {
-            Some(libc::ENOENT) => "its file system takes no new files".to_string(),
-            _ => sqlite::io_reason(&e),
-        };
-        bail!(
-            "REPLICA's directory {} is a read-only location: cannot create files there ({reason})",
-            dir.display()
-        );
-    }
+    check_creatable(&dir)?;
     if replica_state != FileState::Missing && !sqlite::writable(&replica) {
         bail!(
             "REPLICA {} is read-only: cannot write to it ({})",
@@ -128,6 +115,24 @@ pub fn plan(origin: &Path, replica: &Path, protocol: u8) -> anyhow::Result<Plan>
         replica_state,
         protocol,
     })
+}
+
+/// The replica side needs to write the file and, for its journal or WAL,
+/// the directory.
+fn check_creatable(dir: &Path) -> anyhow::Result<()> {
+    if let Err(e) = sqlite::can_create_in(dir) {
+        // procfs and the like answer "no such file" to a create in a
+        // directory that plainly exists; say what it means.
+        let reason = match e.raw_os_error() {
+            Some(libc::ENOENT) => "its file system takes no new files".to_string(),
+            _ => sqlite::io_reason(&e),
+        };
+        bail!(
+            "REPLICA's directory {} is a read-only location: cannot create files there ({reason})",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs LOCAL mode: plan, then `--dry` report or become the helper.

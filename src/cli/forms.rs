@@ -22,7 +22,6 @@ pub enum Place {
     Ssh(String),
 }
 
-
 /// True for the LOCAL form.
 pub fn is_local_form(arg: &str) -> bool {
     arg.starts_with('/')

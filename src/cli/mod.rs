@@ -20,8 +20,8 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
 
-pub use crate::client::{Mode, RemoteRef};
 use crate::client::Settings;
+pub use crate::client::{Mode, RemoteRef};
 use crate::helper;
 use crate::ui::Printer;
 /// Kept for `bridge.rs`, which still names it here; the text rule lives

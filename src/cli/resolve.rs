@@ -14,10 +14,10 @@ use std::time::Duration;
 use anyhow::bail;
 
 use super::{Cli, Mode, mode_of};
+use crate::client::files::{self, DefaultsFile};
 use crate::client::keys::KeyEnv;
 use crate::client::settings::{Files, KeySettings, PushSettings, ServerSettings, Settings};
 use crate::client::{DEFAULT_IDLE_TIMEOUT, REMOTE_DEFAULT_PROTOCOL};
-use crate::client::files::{self, DefaultsFile};
 use crate::local::LOCAL_DEFAULT_PROTOCOL;
 use crate::ui::Printer;
 use crate::wire::{MAX_COMMIT_MESSAGE, Visibility};
@@ -114,12 +114,9 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
 /// `--idle-timeout` (or `SQLRSYNC_IDLE_TIMEOUT`), else `SQLRSYNC_TIMEOUT`,
 /// else the default.
 fn idle_timeout(flag: Option<u64>, env: Option<&str>) -> Duration {
-    flag.or_else(|| {
-        env.and_then(|v| v.trim().parse().ok())
-            .filter(|s| *s > 0)
-    })
-    .map(Duration::from_secs)
-    .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+    flag.or_else(|| env.and_then(|v| v.trim().parse().ok()).filter(|s| *s > 0))
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT)
 }
 
 /// Flags that make no sense for this mode are refused before anything else.
@@ -193,7 +190,14 @@ mod tests {
         assert_eq!(s.protocol, LOCAL_DEFAULT_PROTOCOL);
         assert_eq!(s.idle_timeout, Duration::from_secs(7));
         let (_, s) = settings(
-            cli(&["a.db", "ns/a.db", "--server", "ws://h:1", "--idle-timeout", "3"]),
+            cli(&[
+                "a.db",
+                "ns/a.db",
+                "--server",
+                "ws://h:1",
+                "--idle-timeout",
+                "3",
+            ]),
             &env,
         )
         .unwrap();

@@ -54,9 +54,7 @@ pub enum ConnectError {
         body: String,
     },
     /// The server's certificate was not trusted.
-    #[error(
-        "TLS with {host} failed: {io} (a private CA can be trusted with SSL_CERT_FILE=ca.pem)"
-    )]
+    #[error("TLS with {host} failed: {io} (a private CA can be trusted with SSL_CERT_FILE=ca.pem)")]
     Certificate { host: String, io: std::io::Error },
     /// TCP failed (refused, no route, reset).
     #[error("cannot reach the server {host}: {io}")]

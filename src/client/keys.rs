@@ -75,10 +75,7 @@ impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print a key, even in debug logs.
         f.debug_struct("Key")
-            .field(
-                "value",
-                &self.value.as_deref().map(crate::wire::mask_key),
-            )
+            .field("value", &self.value.as_deref().map(crate::wire::mask_key))
             .field("source", &self.source)
             .finish()
     }

@@ -34,10 +34,10 @@ pub use settings::Settings;
 pub use target::{Mode, RemoteRef};
 
 use crate::bridge::{Outcome, Stats};
-use files::DefaultsFile;
 use crate::ui::progress::Progress;
 use crate::ui::{Printer, human_bytes};
 use crate::wire::{headers, one_line};
+use files::DefaultsFile;
 
 /// sqlite3_rsync protocol for remote modes: fewest bytes on the wire.
 pub const REMOTE_DEFAULT_PROTOCOL: u8 = 2;
@@ -197,10 +197,7 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
     }
     if let Some(reason) = &o.abort {
         // Say what it means for the user's data, as every other failure does.
-        bail!(
-            "the server aborted: {}; {unchanged}",
-            one_line(reason)
-        );
+        bail!("the server aborted: {}; {unchanged}", one_line(reason));
     }
     if let Some(p) = &o.protocol_error {
         // The cause; whatever the helper said after its input was cut is
@@ -469,10 +466,7 @@ pub fn interrupted_exit() -> ExitCode {
 
 /// Observer + stats for one sync.
 pub fn observer(printer: Printer) -> (Arc<Stats>, Arc<Progress>) {
-    (
-        Arc::new(Stats::default()),
-        Arc::new(Progress::new(printer)),
-    )
+    (Arc::new(Stats::default()), Arc::new(Progress::new(printer)))
 }
 
 #[cfg(test)]

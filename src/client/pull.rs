@@ -15,11 +15,11 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 
+use super::files::DashFile;
 use super::keys::{self, Candidates, Key, KeySource};
 use super::{ConnectError, RemoteRef, Settings, SyncError};
 use crate::bridge;
 use crate::commit_gate::GateConfig;
-use super::files::DashFile;
 use crate::helper::Side;
 use crate::sqlite::HashKind;
 use crate::sqlite::{self, FileState};
@@ -49,9 +49,9 @@ pub struct Plan {
     pub key_request: bool,
 }
 
-/// Builds the plan from the settings; refuses bad input with one line.
-pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Plan> {
-    let env = &s.keys.env;
+/// The file a pull writes, checked (its directory exists and is writable;
+/// it is missing or a writable SQLite database) with links followed.
+fn writable_target(local: &Path) -> anyhow::Result<(PathBuf, FileState)> {
     let given = std::path::absolute(local).context("cannot resolve the database path")?;
     // A symbolic link is followed: the pull writes the file it names, and
     // the -sqlrsync file goes next to that file (where SQLite keeps the
@@ -82,6 +82,13 @@ pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Pl
     if state != FileState::Missing && !sqlite::writable(&local) {
         bail!("{} is not writable", local.display());
     }
+    Ok((local, state))
+}
+
+/// Builds the plan from the settings; refuses bad input with one line.
+pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Plan> {
+    let env = &s.keys.env;
+    let (local, state) = writable_target(local)?;
     let dash = DashFile::load_for(&local)?;
     let matching = dash.filter(|d| {
         d.remote_path == remote.path
@@ -240,9 +247,11 @@ pub async fn pull_once(
     let anonymous = p.key.source == KeySource::Anonymous;
     let ws = match connected {
         Ok(ws) => ws,
-        Err(e @ ConnectError::Http {
-            status: 401 | 403, ..
-        }) if anonymous && s.keys.env.tty => {
+        Err(
+            e @ ConnectError::Http {
+                status: 401 | 403, ..
+            },
+        ) if anonymous && s.keys.env.tty => {
             // A private replica: ask for a key once, then try again.
             printer.note(&format!("{e:#}"));
             p.key = Key {

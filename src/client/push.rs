@@ -17,10 +17,10 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 
+use super::files::{self, DashFile, SecretEntry, Secrets};
 use super::keys::{self, Candidates, Key, KeySource};
 use super::{RemoteRef, Settings, unchanged};
 use crate::bridge;
-use super::files::{self, DashFile, SecretEntry, Secrets};
 use crate::helper::Side;
 use crate::sqlite::{self, FileState};
 use crate::ui::Printer;
@@ -51,8 +51,9 @@ pub struct Plan {
     pub message: Option<String>,
 }
 
-/// Builds the plan from the settings; refuses bad input with one line.
-pub fn plan(s: &Settings, local: &Path, remote: Option<&RemoteRef>) -> anyhow::Result<Plan> {
+/// The database to push, checked (it exists, is SQLite, can be read) and
+/// made canonical: the key of its secrets entry.
+fn pushable(local: &Path) -> anyhow::Result<PathBuf> {
     let given = std::path::absolute(local).context("cannot resolve the database path")?;
     // A symbolic link is followed (a loop is reported by `inspect`).
     let abs = sqlite::resolve_links(&given).unwrap_or_else(|_| given.clone());
@@ -68,8 +69,12 @@ pub fn plan(s: &Settings, local: &Path, remote: Option<&RemoteRef>) -> anyhow::R
     std::fs::File::open(&abs).with_context(|| format!("cannot read {}", abs.display()))?;
     sqlite::facts(&abs).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Symlinks and ./ spellings must find the same secrets entry.
-    let local = std::fs::canonicalize(&abs).unwrap_or(abs);
+    Ok(std::fs::canonicalize(&abs).unwrap_or(abs))
+}
 
+/// Builds the plan from the settings; refuses bad input with one line.
+pub fn plan(s: &Settings, local: &Path, remote: Option<&RemoteRef>) -> anyhow::Result<Plan> {
+    let local = pushable(local)?;
     let dir = s.files.config_dir()?;
     let secrets = Secrets::load(dir)?;
     let entry = secrets.find(&local).filter(|e| {

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::keys::KeyEnv;
 use super::files;
+use super::keys::KeyEnv;
 use crate::ui::Printer;
 use crate::wire::Visibility;
 

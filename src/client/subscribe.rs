@@ -29,6 +29,34 @@ const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts.
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
+/// What a subscription carries from one connection to the next.
+struct Follow {
+    /// Wait before the next reconnection.
+    backoff: Duration,
+    /// The newest version pulled.
+    last_version: Option<String>,
+}
+
+impl Follow {
+    /// Sleeps for the backoff, then doubles it (capped); true when Ctrl-C
+    /// came first.
+    async fn back_off(&mut self, interrupt: &mut watch::Receiver<bool>) -> bool {
+        if sleep_or_stop(self.backoff, interrupt).await {
+            return true;
+        }
+        self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
+        false
+    }
+}
+
+/// Why listening on one subscription socket ended.
+enum Ended {
+    /// Ctrl-C: stop.
+    Stopped,
+    /// The socket or a pull was lost: reconnect (which pulls first).
+    Reconnect,
+}
+
 /// Runs a subscription.
 pub async fn run(
     s: &Settings,
@@ -43,8 +71,10 @@ pub async fn run(
     }
     let mut plan = pull::plan(s, remote, local)?;
     let client_id = super::client_id(s)?;
-    let mut backoff = BACKOFF_START;
-    let mut last_version: Option<String> = None;
+    let mut follow = Follow {
+        backoff: BACKOFF_START,
+        last_version: None,
+    };
     // The first pull fetches what was asked for; later ones the latest.
     // Every (re)connection pulls first, so nothing missed while away is lost.
     let mut first = true;
@@ -53,31 +83,28 @@ pub async fn run(
         if *interrupt.borrow() {
             return Ok(stopped(&printer));
         }
-        {
-            match pull::pull_once(s, &mut plan, interrupt.clone()).await {
-                Ok(report) => {
-                    last_version = report.version.clone().or(last_version);
-                    report.print(&printer);
-                    backoff = BACKOFF_START;
-                    if first {
-                        first = false;
-                        plan.version = VersionRef::Latest;
-                    }
+        match pull::pull_once(s, &mut plan, interrupt.clone()).await {
+            Ok(report) => {
+                follow.last_version = report.version.clone().or(follow.last_version.take());
+                report.print(&printer);
+                follow.backoff = BACKOFF_START;
+                if first {
+                    first = false;
+                    plan.version = VersionRef::Latest;
                 }
-                Err(SyncError::Interrupted(_)) => return Ok(stopped(&printer)),
-                Err(e) if first || !e.retryable() => return Err(e.into_anyhow()),
-                Err(e) => {
-                    let e = e.into_anyhow();
-                    printer.note(&format!(
-                        "sqlrsync: pull failed: {e:#}; retrying in {:.1}s",
-                        backoff.as_secs_f64()
-                    ));
-                    if sleep_or_stop(backoff, &mut interrupt).await {
-                        return Ok(stopped(&printer));
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
-                    continue;
+            }
+            Err(SyncError::Interrupted(_)) => return Ok(stopped(&printer)),
+            Err(e) if first || !e.retryable() => return Err(e.into_anyhow()),
+            Err(e) => {
+                printer.note(&format!(
+                    "sqlrsync: pull failed: {:#}; retrying in {:.1}s",
+                    e.into_anyhow(),
+                    follow.backoff.as_secs_f64()
+                ));
+                if follow.back_off(&mut interrupt).await {
+                    return Ok(stopped(&printer));
                 }
+                continue;
             }
         }
 
@@ -97,118 +124,137 @@ pub async fn run(
             Err(e) if e.retryable() => {
                 printer.note(&format!(
                     "sqlrsync: {e:#}; reconnecting in {:.1}s",
-                    backoff.as_secs_f64()
+                    follow.backoff.as_secs_f64()
                 ));
-                if sleep_or_stop(backoff, &mut interrupt).await {
+                if follow.back_off(&mut interrupt).await {
                     return Ok(stopped(&printer));
                 }
-                backoff = (backoff * 2).min(BACKOFF_CAP);
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
-        let data = serde_json::json!({ "replicaID": plan.replica_id.clone().unwrap_or_default() });
-        let _ = ws
-            .send(WsMessage::Text(
-                SubscribeMessage::new("SUBSCRIBE", data.clone())
-                    .to_text()
-                    .into(),
-            ))
-            .await;
-        printer.verbose(&format!("subscribed to {}", plan.remote_path));
-        loop {
-            let msg = tokio::select! {
-                m = ws.next() => m,
-                _ = wait_true(&mut interrupt) => {
-                    let _ = ws.send(WsMessage::Text(SubscribeMessage::new("UNSUBSCRIBE", data.clone()).to_text().into())).await;
-                    let _ = ws.close(None).await;
-                    return Ok(stopped(&printer));
-                }
-            };
-            match msg {
-                Some(Ok(WsMessage::Text(t))) => {
-                    let t = t.as_str();
-                    if t == "PING" {
-                        let _ = ws.send(WsMessage::Text("PONG".into())).await;
-                        continue;
-                    }
-                    let Ok(m) = serde_json::from_str::<SubscribeMessage>(t) else {
-                        tracing::warn!("ignoring a notification that is not JSON");
-                        continue;
-                    };
-                    match m.kind.as_str() {
-                        "LATEST_VERSION" => {
-                            let v = version_of(&m.data);
-                            if v.is_some() && v == last_version {
-                                continue;
-                            }
-                            printer
-                                .verbose(&format!("new version {}", v.as_deref().unwrap_or("?")));
-                            backoff = BACKOFF_START;
-                            // Pull now, keeping the subscription open and
-                            // answered; again while versions keep coming.
-                            let mut wanted = v;
-                            let mut lost = false;
-                            while !lost {
-                                let pull = pull::pull_once(s, &mut plan, interrupt.clone());
-                                let (res, newest, gone) = pull_listening(&mut ws, pull).await;
-                                lost = gone;
-                                match res {
-                                    Ok(report) => {
-                                        last_version = report.version.clone().or(wanted);
-                                        report.print(&printer);
-                                    }
-                                    Err(SyncError::Interrupted(_)) => {
-                                        return Ok(stopped(&printer));
-                                    }
-                                    Err(e) if !e.retryable() => return Err(e.into_anyhow()),
-                                    Err(e) => {
-                                        printer.note(&format!(
-                                            "sqlrsync: pull failed: {:#}; will retry",
-                                            e.into_anyhow()
-                                        ));
-                                        lost = true;
-                                        break;
-                                    }
-                                }
-                                match newest {
-                                    Some(n) if Some(&n) != last_version.as_ref() => {
-                                        wanted = Some(n)
-                                    }
-                                    _ => break,
-                                }
-                            }
-                            if lost {
-                                // Reconnecting pulls first: nothing is missed.
-                                break;
-                            }
-                        }
-                        "ERROR" => {
-                            let why = m
-                                .data
-                                .get("message")
-                                .and_then(|v| v.as_str())
-                                .unwrap_or("unknown error");
-                            anyhow::bail!("the server refused the subscription: {why}");
-                        }
-                        "SUBSCRIBED" | "PONG" => {}
-                        other => tracing::debug!("ignoring notification {other}"),
-                    }
-                }
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => {
-                    printer.note(&format!(
-                        "sqlrsync: lost the subscription to {}; reconnecting in {:.1}s",
-                        plan.remote_path,
-                        backoff.as_secs_f64()
-                    ));
-                    if sleep_or_stop(backoff, &mut interrupt).await {
-                        return Ok(stopped(&printer));
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
-                    break;
-                }
-                Some(Ok(_)) => {}
+        match listen(s, &mut plan, &mut ws, &mut follow, &mut interrupt).await? {
+            Ended::Stopped => return Ok(stopped(&printer)),
+            Ended::Reconnect => continue,
+        }
+    }
+}
+
+/// Subscribes on `ws` and pulls each version announced, until the socket
+/// or a pull is lost, or Ctrl-C (which unsubscribes).
+async fn listen(
+    s: &Settings,
+    plan: &mut pull::Plan,
+    ws: &mut super::Socket,
+    follow: &mut Follow,
+    interrupt: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Ended> {
+    let printer = s.printer;
+    let data = serde_json::json!({ "replicaID": plan.replica_id.clone().unwrap_or_default() });
+    let _ = ws
+        .send(WsMessage::Text(
+            SubscribeMessage::new("SUBSCRIBE", data.clone())
+                .to_text()
+                .into(),
+        ))
+        .await;
+    printer.verbose(&format!("subscribed to {}", plan.remote_path));
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = wait_true(interrupt) => {
+                let _ = ws.send(WsMessage::Text(SubscribeMessage::new("UNSUBSCRIBE", data.clone()).to_text().into())).await;
+                let _ = ws.close(None).await;
+                return Ok(Ended::Stopped);
             }
+        };
+        let t = match msg {
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => {
+                printer.note(&format!(
+                    "sqlrsync: lost the subscription to {}; reconnecting in {:.1}s",
+                    plan.remote_path,
+                    follow.backoff.as_secs_f64()
+                ));
+                if follow.back_off(interrupt).await {
+                    return Ok(Ended::Stopped);
+                }
+                return Ok(Ended::Reconnect);
+            }
+            Some(Ok(_)) => continue,
+        };
+        let t = t.as_str();
+        if t == "PING" {
+            let _ = ws.send(WsMessage::Text("PONG".into())).await;
+            continue;
+        }
+        let Ok(m) = serde_json::from_str::<SubscribeMessage>(t) else {
+            tracing::warn!("ignoring a notification that is not JSON");
+            continue;
+        };
+        match m.kind.as_str() {
+            "LATEST_VERSION" => {
+                let v = version_of(&m.data);
+                if v.is_some() && v == follow.last_version {
+                    continue;
+                }
+                printer.verbose(&format!("new version {}", v.as_deref().unwrap_or("?")));
+                follow.backoff = BACKOFF_START;
+                match pull_announced(s, plan, ws, v, follow, interrupt).await? {
+                    Some(ended) => return Ok(ended),
+                    None => continue,
+                }
+            }
+            "ERROR" => {
+                let why = m
+                    .data
+                    .get("message")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown error");
+                anyhow::bail!("the server refused the subscription: {why}");
+            }
+            "SUBSCRIBED" | "PONG" => {}
+            other => tracing::debug!("ignoring notification {other}"),
+        }
+    }
+}
+
+/// Pulls the version just announced, keeping the subscription open and
+/// answered, and again while versions keep coming. None: caught up, keep
+/// listening; `Some` says why listening ends.
+async fn pull_announced(
+    s: &Settings,
+    plan: &mut pull::Plan,
+    ws: &mut super::Socket,
+    mut wanted: Option<String>,
+    follow: &mut Follow,
+    interrupt: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Ended>> {
+    loop {
+        let pull = pull::pull_once(s, plan, interrupt.clone());
+        let (res, newest, lost) = pull_listening(ws, pull).await;
+        match res {
+            Ok(report) => {
+                follow.last_version = report.version.clone().or(wanted);
+                report.print(&s.printer);
+            }
+            Err(SyncError::Interrupted(_)) => return Ok(Some(Ended::Stopped)),
+            Err(e) if !e.retryable() => return Err(e.into_anyhow()),
+            Err(e) => {
+                s.printer.note(&format!(
+                    "sqlrsync: pull failed: {:#}; will retry",
+                    e.into_anyhow()
+                ));
+                // Reconnecting pulls first: nothing is missed.
+                return Ok(Some(Ended::Reconnect));
+            }
+        }
+        if lost {
+            return Ok(Some(Ended::Reconnect));
+        }
+        match newest {
+            Some(n) if Some(&n) != follow.last_version.as_ref() => wanted = Some(n),
+            _ => return Ok(None),
         }
     }
 }

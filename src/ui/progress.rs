@@ -6,8 +6,8 @@
 //! pages the origin announced, bytes on the wire, rate and ETA. A sync that
 //! changes little ends far below the total, which is the point.
 
-use crate::bridge::{Observer, Stats};
 use super::printer::{Printer, human_bytes};
+use crate::bridge::{Observer, Stats};
 
 /// The progress display of one sync.
 pub struct Progress {
