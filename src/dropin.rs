@@ -9,13 +9,21 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-use crate::cli::forms::is_ssh_form;
 use crate::helper;
+use crate::ui::Printer;
 
 /// True when argv[0] names `sqlite3_rsync` (a link or copy of our binary).
 pub fn invoked_as_sqlite3_rsync(arg0: Option<&OsString>) -> bool {
     arg0.and_then(|a| Path::new(a).file_name())
         .is_some_and(|n| n == OsStr::new("sqlite3_rsync"))
+}
+
+/// True when sqlite3_rsync would treat `arg` as `[USER@]HOST:PATH`.
+pub fn is_ssh_form(arg: &str) -> bool {
+    match arg.find(':') {
+        Some(colon) => !arg[..colon].contains(['/', '\\']),
+        None => false,
+    }
 }
 
 /// Options that take a value, ours and sqlite3_rsync's, in either dash form;
@@ -85,17 +93,23 @@ fn option_name(arg: &str) -> Option<&str> {
 }
 
 /// Replaces this process with the helper run with `args`. Returns only when
-/// the helper could not be started.
+/// the helper could not be started. From the `exec` on, what is printed is
+/// the helper's own output, not ours (the documented exception to
+/// [`crate::ui`]).
 pub fn exec_helper(args: &[OsString]) -> ExitCode {
+    let printer = Printer::default();
     let path = match helper::path() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("sqlrsync: error: {e:#}");
+            printer.stderr(&format!("sqlrsync: error: {e:#}"));
             return ExitCode::FAILURE;
         }
     };
     let err = Command::new(path).args(args).exec();
-    eprintln!("sqlrsync: error: cannot run {}: {err}", path.display());
+    printer.stderr(&format!(
+        "sqlrsync: error: cannot run {}: {err}",
+        path.display()
+    ));
     ExitCode::FAILURE
 }
 

@@ -13,10 +13,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 
-use crate::cli::Cli;
+use crate::client::Settings;
 use crate::sqlite::{self, FileState};
+use crate::ui::{Printer, human_bytes};
 
-/// Protocol used for LOCAL syncs unless `--protocol` says otherwise.
+/// Protocol used for LOCAL syncs unless `--protocol` says otherwise
+/// (applied when the settings are resolved).
 pub const LOCAL_DEFAULT_PROTOCOL: u8 = 1;
 
 /// What LOCAL mode found out before syncing.
@@ -35,12 +37,12 @@ pub struct Plan {
     pub origin_header: sqlite::Header,
     /// Whether REPLICA exists, so `--dry` can say it will be created.
     pub replica_state: FileState,
-    /// The sqlite3_rsync protocol to run: `--protocol`, else the LOCAL default.
+    /// The sqlite3_rsync protocol to run (from the settings).
     pub protocol: u8,
 }
 
 /// Checks both sides; every refusal is one line and nothing is touched.
-pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Result<Plan> {
+pub fn plan(origin: &Path, replica: &Path, protocol: u8) -> anyhow::Result<Plan> {
     let origin_given = std::path::absolute(origin).context("cannot resolve ORIGIN")?;
     let replica_given = std::path::absolute(replica).context("cannot resolve REPLICA")?;
     // Symbolic links are followed: the sync reads and writes the files they
@@ -97,20 +99,7 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
             );
         }
     }
-    // The replica side needs to write the file and, for its journal or WAL,
-    // the directory.
-    if let Err(e) = sqlite::can_create_in(&dir) {
-        // procfs and the like answer "no such file" to a create in a
-        // directory that plainly exists; say what it means.
-        let reason = match e.raw_os_error() {
-            Some(libc::ENOENT) => "its file system takes no new files".to_string(),
-            _ => sqlite::io_reason(&e),
-        };
-        bail!(
-            "REPLICA's directory {} is a read-only location: cannot create files there ({reason})",
-            dir.display()
-        );
-    }
+    check_creatable(&dir)?;
     if replica_state != FileState::Missing && !sqlite::writable(&replica) {
         bail!(
             "REPLICA {} is read-only: cannot write to it ({})",
@@ -124,27 +113,47 @@ pub fn plan(origin: &Path, replica: &Path, protocol: Option<u8>) -> anyhow::Resu
         origin_facts,
         origin_header,
         replica_state,
-        protocol: protocol.unwrap_or(LOCAL_DEFAULT_PROTOCOL),
+        protocol,
     })
 }
 
+/// The replica side needs to write the file and, for its journal or WAL,
+/// the directory.
+fn check_creatable(dir: &Path) -> anyhow::Result<()> {
+    if let Err(e) = sqlite::can_create_in(dir) {
+        // procfs and the like answer "no such file" to a create in a
+        // directory that plainly exists; say what it means.
+        let reason = match e.raw_os_error() {
+            Some(libc::ENOENT) => "its file system takes no new files".to_string(),
+            _ => sqlite::io_reason(&e),
+        };
+        bail!(
+            "REPLICA's directory {} is a read-only location: cannot create files there ({reason})",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs LOCAL mode: plan, then `--dry` report or become the helper.
-pub fn run(cli: &Cli, origin: &Path, replica: &Path) -> anyhow::Result<ExitCode> {
-    let plan = plan(origin, replica, cli.protocol)?;
-    if cli.dry {
-        print_dry(&plan, cli.json);
+pub fn run(s: &Settings, origin: &Path, replica: &Path) -> anyhow::Result<ExitCode> {
+    let plan = plan(origin, replica, s.protocol)?;
+    let printer = &s.printer;
+    if s.dry {
+        print_dry(&plan, printer);
         return Ok(ExitCode::SUCCESS);
     }
     // Nothing to do is the commonest case of a repeated sync; finding it
     // by comparing bytes is several times cheaper than hashing every page
     // on both sides (scripts/bench-local). --wal-only keeps the helper's
     // own check of the journal modes.
-    if !cli.wal_only
+    if !s.wal_only
         && matches!(plan.replica_state, FileState::Database(_))
         && sqlite::same_pages(&plan.origin, &plan.replica)
     {
-        if cli.verbose > 0 {
-            println!("REPLICA already holds every page of ORIGIN: nothing to send");
+        // On stdout, as the helper's own -v lines would be.
+        if printer.verbose > 0 {
+            printer.stdout("REPLICA already holds every page of ORIGIN: nothing to send");
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -154,16 +163,16 @@ pub fn run(cli: &Cli, origin: &Path, replica: &Path) -> anyhow::Result<ExitCode>
         "--protocol".into(),
         plan.protocol.to_string().into(),
     ];
-    if cli.verbose > 0 {
-        args.push(format!("-{}", "v".repeat(cli.verbose as usize)).into());
+    if printer.verbose > 0 {
+        args.push(format!("-{}", "v".repeat(printer.verbose as usize)).into());
     }
-    if cli.wal_only {
+    if s.wal_only {
         args.push("--wal-only".into());
     }
     Ok(crate::dropin::exec_helper(&args))
 }
 
-fn print_dry(plan: &Plan, json: bool) {
+fn print_dry(plan: &Plan, printer: &Printer) {
     let (pages, page_size, journal) = match &plan.origin_facts {
         Some(f) => (f.page_count, f.page_size, f.journal_mode.clone()),
         None => (
@@ -177,7 +186,7 @@ fn print_dry(plan: &Plan, json: bool) {
         ),
     };
     let creates = matches!(plan.replica_state, FileState::Missing | FileState::Empty);
-    if json {
+    if printer.json {
         let v = serde_json::json!({
             "mode": "LOCAL",
             "dry": true,
@@ -189,33 +198,33 @@ fn print_dry(plan: &Plan, json: bool) {
             "replicaCreated": creates,
             "protocol": plan.protocol,
         });
-        println!("{v}");
+        printer.json(&v);
         return;
     }
-    println!("mode:      LOCAL (both databases on this machine, no network)");
-    println!("origin:    {}", plan.origin.display());
-    println!(
+    printer.stdout("mode:      LOCAL (both databases on this machine, no network)");
+    printer.stdout(&format!("origin:    {}", plan.origin.display()));
+    printer.stdout(&format!(
         "           {pages} pages of {page_size} bytes ({}), journal mode {journal}",
-        crate::printer::human_bytes(pages as u64 * page_size as u64)
-    );
-    println!("replica:   {}", plan.replica.display());
-    println!(
+        human_bytes(pages as u64 * page_size as u64)
+    ));
+    printer.stdout(&format!("replica:   {}", plan.replica.display()));
+    printer.stdout(&format!(
         "           {}",
         if creates {
             "does not exist yet: it will be created".to_string()
         } else {
             "exists: only pages that differ will be written".to_string()
         }
-    );
-    println!("protocol:  {}", plan.protocol);
+    ));
+    printer.stdout(&format!("protocol:  {}", plan.protocol));
     if creates {
-        println!(
+        printer.stdout(&format!(
             "would:     copy all {pages} pages of ORIGIN, as one consistent snapshot, into REPLICA"
-        );
+        ));
     } else {
-        println!(
-            "would:     make REPLICA a consistent snapshot of ORIGIN, copying only the pages that differ"
+        printer.stdout(
+            "would:     make REPLICA a consistent snapshot of ORIGIN, copying only the pages that differ",
         );
     }
-    println!("dry run:   nothing was written");
+    printer.stdout("dry run:   nothing was written");
 }

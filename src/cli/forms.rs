@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+pub use crate::client::target::RemoteRef;
+pub use crate::dropin::is_ssh_form;
 use crate::wire::VersionRef;
 
 /// One positional argument, classified.
@@ -18,30 +20,6 @@ pub enum Place {
     Remote(RemoteRef),
     /// `[USER@]HOST:PATH`, handled by sqlite3_rsync over ssh.
     Ssh(String),
-}
-
-/// `namespace/…/name.db[@VERSION]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteRef {
-    /// The remote path without the version suffix.
-    pub path: String,
-    /// The version asked for; None when no `@` was given.
-    pub version: Option<VersionRef>,
-}
-
-impl RemoteRef {
-    /// Last path component: the default local file name of a pull.
-    pub fn file_name(&self) -> &str {
-        self.path.rsplit('/').next().unwrap_or(&self.path)
-    }
-}
-
-/// True when sqlite3_rsync would treat `arg` as `[USER@]HOST:PATH`.
-pub fn is_ssh_form(arg: &str) -> bool {
-    match arg.find(':') {
-        Some(colon) => !arg[..colon].contains(['/', '\\']),
-        None => false,
-    }
 }
 
 /// True for the LOCAL form.

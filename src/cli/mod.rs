@@ -6,8 +6,13 @@
 //!    `--replica`): hand the arguments to the helper unchanged, which is what
 //!    lets `--exe sqlrsync` run our binary on the far side of ssh;
 //! 3. otherwise our own forms: LOCAL sync, PUSH, PULL, SUBSCRIBE.
+//!
+//! For our own forms, the parsed flags ([`Cli`], the low-level arguments)
+//! are turned into [`Settings`] once, by [`resolve`], before any mode runs;
+//! no mode sees the clap struct.
 
 pub mod forms;
+pub mod resolve;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -15,8 +20,14 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser};
 
+use crate::client::Settings;
+pub use crate::client::{Mode, RemoteRef};
 use crate::helper;
-use forms::{Place, RemoteRef};
+use crate::ui::Printer;
+/// Kept for `bridge.rs`, which still names it here; the text rule lives
+/// in [`crate::wire::one_line`].
+pub use crate::wire::one_line;
+use forms::Place;
 
 const AFTER_HELP: &str = "\
 Forms:
@@ -161,31 +172,6 @@ pub struct Cli {
     pub version: bool,
 }
 
-/// What the positional arguments ask for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mode {
-    /// Both local: sync with no network.
-    Local { origin: PathBuf, replica: PathBuf },
-    /// Local database to the server; `remote` None lets secrets or the server
-    /// name the replica.
-    Push {
-        local: PathBuf,
-        remote: Option<RemoteRef>,
-    },
-    /// Server replica into a local database.
-    Pull { remote: RemoteRef, local: PathBuf },
-}
-
-impl Mode {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Mode::Local { .. } => "LOCAL",
-            Mode::Push { .. } => "PUSH",
-            Mode::Pull { .. } => "PULL",
-        }
-    }
-}
-
 /// Decides the mode from the positional arguments (SSH forms never get here).
 pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, String> {
     let Some(origin) = origin else {
@@ -239,34 +225,36 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let printer = Printer::default();
     if cli.version {
-        println!(
+        printer.stdout(&format!(
             "sqlrsync {} ({})",
             env!("CARGO_PKG_VERSION"),
             helper::version_line()
-        );
+        ));
         return ExitCode::SUCCESS;
     }
     init_tracing(cli.verbose);
-    match run(cli) {
+    let run = resolve::settings(cli, &resolve::ProcessEnv::read())
+        .and_then(|(mode, settings)| run(mode, &settings));
+    match run {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sqlrsync: error: {}", one_line(&format!("{e:#}")));
+            printer.stderr(&format!("sqlrsync: error: {}", one_line(&format!("{e:#}"))));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mode =
-        mode_of(cli.origin.as_deref(), cli.replica.as_deref()).map_err(anyhow::Error::msg)?;
+fn run(mode: Mode, settings: &Settings) -> anyhow::Result<ExitCode> {
     match mode {
-        Mode::Local { origin, replica } => crate::local::run(&cli, &origin, &replica),
-        Mode::Push { .. } | Mode::Pull { .. } => crate::client::run(&cli, mode),
+        Mode::Local { origin, replica } => crate::local::run(settings, &origin, &replica),
+        Mode::Push { .. } | Mode::Pull { .. } => crate::client::run(settings, mode),
     }
 }
 
-/// clap's help and version go out as clap prints them; a usage error is
+/// clap's help and version go out as clap prints them (the one output
+/// that does not pass through [`Printer`]: clap formats it); a usage error is
 /// one line (clap's own first line, without its usage block) and exit 2.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
@@ -285,20 +273,12 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("invalid arguments");
     let first = first.trim().trim_start_matches("error:").trim();
-    eprintln!("sqlrsync: error: {first} (see 'sqlrsync --help')");
+    Printer::default().stderr(&format!("sqlrsync: error: {first} (see 'sqlrsync --help')"));
     ExitCode::from(2)
 }
 
-/// Errors are one line: newlines from nested causes become "; ".
-pub fn one_line(s: &str) -> String {
-    s.trim()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
+/// `tracing` goes to stderr on its own (`-vv`, `SQLRSYNC_LOG`): logs for
+/// debugging, not output, so they do not pass through [`Printer`].
 fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 | 1 => "warn",

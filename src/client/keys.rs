@@ -7,7 +7,6 @@
 //! a push fails with one line (never waits for input); a pull goes on
 //! anonymously, which public and unlisted replicas allow.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -76,10 +75,7 @@ impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print a key, even in debug logs.
         f.debug_struct("Key")
-            .field(
-                "value",
-                &self.value.as_deref().map(crate::wire::mask_key),
-            )
+            .field("value", &self.value.as_deref().map(crate::wire::mask_key))
             .field("source", &self.source)
             .finish()
     }
@@ -96,7 +92,8 @@ impl Key {
     }
 }
 
-/// The environment's say, read once so tests of the order need no env.
+/// The environment's say, read once by `cli::resolve` (so tests of the
+/// order need no environment).
 #[derive(Debug, Default, Clone)]
 pub struct KeyEnv {
     /// `SQLRSYNC_AUTH_TOKEN`.
@@ -105,17 +102,6 @@ pub struct KeyEnv {
     pub admin_key: Option<String>,
     /// stdin and stderr are a terminal: a prompt can be answered.
     pub tty: bool,
-}
-
-impl KeyEnv {
-    pub fn from_process() -> KeyEnv {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
-        KeyEnv {
-            auth_token: var("SQLRSYNC_AUTH_TOKEN"),
-            admin_key: var("SQLRSYNC_ADMIN_KEY"),
-            tty: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
-        }
-    }
 }
 
 /// What the caller found for this database (flag, stored key).

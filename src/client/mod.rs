@@ -1,17 +1,24 @@
 //! The remote half of the client: PUSH, PULL and SUBSCRIBE over websockets.
 //!
-//! [`run`] checks the flags against the mode, builds a tokio runtime and
-//! hands over to [`push`], [`pull`] or [`subscribe`]. What they share lives
-//! here: the server URL, the upgrade request with its headers
-//! (shared/PROTOCOL.md section 2), connecting with one clear line for each
-//! way it can fail, the verdict over a bridged sync, and the result report
-//! (summary line or `--json`).
+//! [`run`] builds a tokio runtime and hands the resolved [`Settings`] over
+//! to [`push`], [`pull`] or [`subscribe`]. What they share lives here: the
+//! server URL, the upgrade request with its headers (shared/PROTOCOL.md
+//! section 2), the verdict over a bridged sync, and the result report
+//! (summary line or `--json`). Connecting and its typed error are in
+//! [`connect`], the sync's typed error in [`error`], what a command asks
+//! for in [`target`], the settings in [`settings`], and the files kept
+//! between runs (defaults.toml, local-secrets.toml, `-sqlrsync`) in
+//! [`files`].
 
+pub mod connect;
+pub mod error;
+pub mod files;
 pub mod keys;
-pub mod progress;
 pub mod pull;
 pub mod push;
+pub mod settings;
 pub mod subscribe;
+pub mod target;
 pub mod unchanged;
 
 use std::process::ExitCode;
@@ -19,64 +26,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use connect::{ConnectError, Socket, connect};
+pub use error::SyncError;
+pub use settings::Settings;
+pub use target::{Mode, RemoteRef};
 
 use crate::bridge::{Outcome, Stats};
-use crate::cli::{Cli, Mode};
-use crate::config::{self, DefaultsFile};
-use crate::printer::{Printer, human_bytes};
-use crate::wire::{MAX_COMMIT_MESSAGE, headers};
+use crate::ui::progress::Progress;
+use crate::ui::{Printer, human_bytes};
+use crate::wire::{headers, one_line};
+use files::DefaultsFile;
 
 /// sqlite3_rsync protocol for remote modes: fewest bytes on the wire.
 pub const REMOTE_DEFAULT_PROTOCOL: u8 = 2;
 
-/// Longest wait for the TCP connection and the websocket upgrade (or the
-/// idle timeout, when that is shorter).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Exit status after Ctrl-C (128 + SIGINT), as shells expect.
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// Default of `--idle-timeout`: a live server is never silent this long
 /// (ours pings every 5 s while it works). Pongs answering our own pings do
 /// not count: a websocket library sends them even for a stuck server.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How long the server may stay completely silent before a sync gives up:
-/// `--idle-timeout` (or `SQLRSYNC_IDLE_TIMEOUT`), else `SQLRSYNC_TIMEOUT`,
-/// else the default.
-pub fn idle_timeout(cli: &Cli) -> Duration {
-    cli.idle_timeout
-        .or_else(|| {
-            std::env::var("SQLRSYNC_TIMEOUT")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|s| *s > 0)
-        })
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_IDLE_TIMEOUT)
-}
-
-/// Largest websocket message accepted from a server: far above any frame a
-/// server sends, far below what would threaten the memory bound.
-const MAX_INCOMING_MESSAGE: usize = 4 * 1024 * 1024;
-
-/// The websocket type every connection uses.
-pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Exit status after Ctrl-C (128 + SIGINT), as shells expect.
-const EXIT_INTERRUPTED: u8 = 130;
-
-/// Runs a PUSH or PULL mode.
-pub fn run(cli: &Cli, mode: Mode) -> anyhow::Result<ExitCode> {
-    check_flags(cli, &mode)?;
-    let printer = Printer {
-        quiet: cli.quiet,
-        json: cli.json,
-        verbose: cli.verbose,
-    };
+/// Runs a PUSH or PULL mode with settings already checked against it.
+pub fn run(s: &Settings, mode: Mode) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -85,69 +60,14 @@ pub fn run(cli: &Cli, mode: Mode) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let interrupt = interrupt_watch();
         match mode {
-            Mode::Push { local, remote } => {
-                push::run(cli, printer, &local, remote.as_ref(), interrupt).await
+            Mode::Push { local, remote } => push::run(s, &local, remote.as_ref(), interrupt).await,
+            Mode::Pull { remote, local } if s.subscribe => {
+                subscribe::run(s, &remote, &local, interrupt).await
             }
-            Mode::Pull { remote, local } if cli.subscribe => {
-                subscribe::run(cli, printer, &remote, &local, interrupt).await
-            }
-            Mode::Pull { remote, local } => {
-                pull::run(cli, printer, &remote, &local, interrupt).await
-            }
+            Mode::Pull { remote, local } => pull::run(s, &remote, &local, interrupt).await,
             Mode::Local { .. } => bail!("LOCAL mode does not use the server"),
         }
     })
-}
-
-/// Flags that make no sense for this mode are refused before anything else.
-fn check_flags(cli: &Cli, mode: &Mode) -> anyhow::Result<()> {
-    if let Some(m) = &cli.message
-        && m.len() > MAX_COMMIT_MESSAGE
-    {
-        bail!(
-            "the commit message is {} bytes; at most {MAX_COMMIT_MESSAGE} are allowed",
-            m.len()
-        );
-    }
-    let refuse = |flag: &str, why: &str| -> anyhow::Result<()> { bail!("{flag} {why}") };
-    match mode {
-        Mode::Push { .. } => {
-            if cli.subscribe {
-                refuse(
-                    "--subscribe",
-                    "follows a replica on a PULL; it cannot be used with a push",
-                )?;
-            }
-            if cli.pull_key.is_some() {
-                refuse(
-                    "--pullKey",
-                    "is for pulls; a push uses --pushKey or an Account Admin key",
-                )?;
-            }
-        }
-        Mode::Pull { .. } => {
-            if cli.push_key.is_some() {
-                refuse("--pushKey", "is for pushes; a pull uses --pullKey")?;
-            }
-            if cli.message.is_some() {
-                refuse(
-                    "-m/--message",
-                    "is a commit message for a push; a pull creates no version",
-                )?;
-            }
-            if cli.public || cli.unlisted {
-                refuse(
-                    "--public/--unlisted",
-                    "set the visibility on a first push, not on a pull",
-                )?;
-            }
-        }
-        Mode::Local { .. } => {}
-    }
-    if cli.exe.is_some() || cli.ssh.is_some() || cli.port.is_some() {
-        bail!("--exe, --ssh and -p are for the USER@HOST:PATH forms, not for the server");
-    }
-    Ok(())
 }
 
 /// A watch that turns true on Ctrl-C (and SIGTERM), so a sync can stop at
@@ -177,26 +97,6 @@ fn interrupt_watch() -> watch::Receiver<bool> {
         let _ = tx.send(true);
     });
     rx
-}
-
-/// The server URL: flag over stored setting over defaults.toml over the
-/// built-in default; `http(s)://` is accepted as `ws(s)://`.
-pub fn resolve_server(
-    flag: Option<&str>,
-    stored: Option<&str>,
-) -> anyhow::Result<(String, &'static str)> {
-    let (raw, from) = if let Some(f) = flag {
-        (f.to_string(), "--server flag")
-    } else if let Some(s) = stored {
-        (s.to_string(), "stored with this database")
-    } else {
-        let dir = config::config_dir()?;
-        match DefaultsFile::load(&dir)?.defaults.server {
-            Some(s) if !s.trim().is_empty() => (s, "defaults.toml"),
-            _ => (config::DEFAULT_SERVER.to_string(), "built-in default"),
-        }
-    };
-    Ok((normalize_server(&raw)?, from))
 }
 
 /// `ws://host[:port][/prefix]` without a trailing slash.
@@ -246,85 +146,8 @@ pub fn endpoint_url(server: &str, endpoint: &str, remote_path: &str) -> String {
 }
 
 /// This install's `X-ClientID`, created in defaults.toml on first use.
-pub fn client_id() -> anyhow::Result<String> {
-    DefaultsFile::ensure_ws_id(&config::config_dir()?)
-}
-
-/// Opens the websocket with `headers`. Every failure is one line: the
-/// server unreachable, TLS refused, or the upgrade refused with its HTTP
-/// status and body.
-pub async fn connect(
-    url: &str,
-    hdrs: &[(&'static str, String)],
-    idle: Duration,
-) -> anyhow::Result<Socket> {
-    let mut req = url
-        .into_client_request()
-        .with_context(|| format!("invalid server URL {url}"))?;
-    for (name, value) in hdrs {
-        let v = HeaderValue::from_bytes(value.as_bytes())
-            .map_err(|_| anyhow::anyhow!("the value of {name} cannot be sent in an HTTP header"))?;
-        req.headers_mut().insert(*name, v);
-    }
-    let mut cfg = WebSocketConfig::default();
-    cfg.max_message_size = Some(MAX_INCOMING_MESSAGE);
-    cfg.max_frame_size = Some(MAX_INCOMING_MESSAGE);
-    cfg.read_buffer_size = 128 * 1024;
-    cfg.write_buffer_size = 0;
-    let host = host_of(url);
-    let attempt = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
-    let wait = CONNECT_TIMEOUT.min(idle);
-    let (ws, _resp) = match tokio::time::timeout(wait, attempt).await {
-        Err(_) => bail!(
-            "cannot reach the server {host}: no answer within {}s",
-            wait.as_secs_f64()
-        ),
-        Ok(Err(e)) => return Err(describe_connect_error(&host, e)),
-        Ok(Ok(x)) => x,
-    };
-    Ok(ws)
-}
-
-fn host_of(url: &str) -> String {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    rest.split('/').next().unwrap_or(rest).to_string()
-}
-
-fn describe_connect_error(host: &str, e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
-    use tokio_tungstenite::tungstenite::Error as E;
-    match e {
-        E::Http(resp) => {
-            let status = resp.status();
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| crate::cli::one_line(&String::from_utf8_lossy(b)))
-                .unwrap_or_default();
-            let body: String = body.chars().take(300).collect();
-            let reason = status.canonical_reason().unwrap_or("");
-            if body.is_empty() {
-                anyhow::anyhow!("server refused: HTTP {} {reason}", status.as_u16())
-            } else {
-                anyhow::anyhow!("server refused: HTTP {} {reason}: {body}", status.as_u16())
-            }
-        }
-        E::Io(io) if io.to_string().contains("certificate") => anyhow::anyhow!(
-            "TLS with {host} failed: {io} (a private CA can be trusted with SSL_CERT_FILE=ca.pem)"
-        ),
-        E::Io(io) => anyhow::anyhow!("cannot reach the server {host}: {io}"),
-        E::Tls(t) => anyhow::anyhow!("TLS with {host} failed: {t}"),
-        E::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::HandshakeIncomplete) => {
-            anyhow::anyhow!(
-                "cannot reach the server {host}: it closed the connection without answering"
-            )
-        }
-        E::Protocol(tokio_tungstenite::tungstenite::error::ProtocolError::HttparseError(e)) => {
-            anyhow::anyhow!(
-                "websocket handshake with {host} failed: the answer is not HTTP ({e}); is this an SQLRsync server?"
-            )
-        }
-        other => anyhow::anyhow!("websocket handshake with {host} failed: {other}"),
-    }
+pub fn client_id(s: &Settings) -> anyhow::Result<String> {
+    DefaultsFile::ensure_ws_id(s.files.config_dir()?)
 }
 
 /// Headers common to every endpoint.
@@ -350,15 +173,9 @@ pub fn base_headers(
 }
 
 /// Helper arguments shared by both sides.
-pub fn protocol_args(cli: &Cli) -> Vec<std::ffi::OsString> {
-    let mut a: Vec<std::ffi::OsString> = vec![
-        "--protocol".into(),
-        cli.protocol
-            .unwrap_or(REMOTE_DEFAULT_PROTOCOL)
-            .to_string()
-            .into(),
-    ];
-    if cli.wal_only {
+pub fn protocol_args(s: &Settings) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = vec!["--protocol".into(), s.protocol.to_string().into()];
+    if s.wal_only {
         a.push("--wal-only".into());
     }
     a
@@ -380,10 +197,7 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
     }
     if let Some(reason) = &o.abort {
         // Say what it means for the user's data, as every other failure does.
-        bail!(
-            "the server aborted: {}; {unchanged}",
-            crate::cli::one_line(reason)
-        );
+        bail!("the server aborted: {}; {unchanged}", one_line(reason));
     }
     if let Some(p) = &o.protocol_error {
         // The cause; whatever the helper said after its input was cut is
@@ -402,7 +216,7 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
         } else {
             "origin"
         };
-        let text: Vec<String> = errs.iter().map(|e| crate::cli::one_line(e)).collect();
+        let text: Vec<String> = errs.iter().map(|e| one_line(e)).collect();
         bail!("sync failed ({side}): {}; {unchanged}", text.join("; "));
     }
     let helper_ok = o.helper_status.is_some_and(|s| s.success()) && !o.helper_killed;
@@ -414,7 +228,7 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
         let extra = if o.helper_stderr.is_empty() {
             String::new()
         } else {
-            format!(": {}", crate::cli::one_line(&o.helper_stderr.join("\n")))
+            format!(": {}", one_line(&o.helper_stderr.join("\n")))
         };
         bail!("the sqlite3_rsync helper failed ({how}){extra}; {unchanged}");
     }
@@ -564,7 +378,7 @@ impl Report {
                 "unchanged": self.unchanged,
                 "messages": self.messages,
             });
-            println!("{v}");
+            printer.json(&v);
             return;
         }
         let version = self
@@ -628,34 +442,31 @@ pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Exit code for a finished command: 130 after Ctrl-C.
 /// The last lines of a `--dry` report, the same for push and pull: what
 /// would be written next to the database.
-fn print_dry_writes(dash: &std::path::Path, key_request: bool) {
+fn print_dry_writes(printer: &Printer, dash: &std::path::Path, key_request: bool) {
     if key_request {
-        println!(
+        printer.stdout(&format!(
             "writes:     {} when the server issues a pull key",
             dash.display()
-        );
+        ));
     } else {
-        println!(
+        printer.stdout(&format!(
             "writes:     nothing new next to the database ({} exists)",
             dash.display()
-        );
+        ));
     }
-    println!("dry run:    nothing was sent and nothing was written");
+    printer.stdout("dry run:    nothing was sent and nothing was written");
 }
 
+/// Exit code for a finished command: 130 after Ctrl-C.
 pub fn interrupted_exit() -> ExitCode {
     ExitCode::from(EXIT_INTERRUPTED)
 }
 
 /// Observer + stats for one sync.
-pub fn observer(printer: Printer) -> (Arc<Stats>, Arc<progress::Progress>) {
-    (
-        Arc::new(Stats::default()),
-        Arc::new(progress::Progress::new(printer)),
-    )
+pub fn observer(printer: Printer) -> (Arc<Stats>, Arc<Progress>) {
+    (Arc::new(Stats::default()), Arc::new(Progress::new(printer)))
 }
 
 #[cfg(test)]

@@ -15,16 +15,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 
-use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
+use super::files::DashFile;
+use super::keys::{self, Candidates, Key, KeySource};
+use super::{ConnectError, RemoteRef, Settings, SyncError};
 use crate::bridge;
-use crate::cli::Cli;
-use crate::cli::forms::RemoteRef;
 use crate::commit_gate::GateConfig;
-use crate::config::DashFile;
-use crate::sqlite::{self, FileState};
 use crate::helper::Side;
-use crate::printer::Printer;
 use crate::sqlite::HashKind;
+use crate::sqlite::{self, FileState};
+use crate::ui::Printer;
 use crate::wire::{ClientControl, VersionRef, headers};
 
 /// Everything a pull will do, decided before connecting.
@@ -50,8 +49,9 @@ pub struct Plan {
     pub key_request: bool,
 }
 
-/// Builds the plan; refuses bad input with one line.
-pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow::Result<Plan> {
+/// The file a pull writes, checked (its directory exists and is writable;
+/// it is missing or a writable SQLite database) with links followed.
+fn writable_target(local: &Path) -> anyhow::Result<(PathBuf, FileState)> {
     let given = std::path::absolute(local).context("cannot resolve the database path")?;
     // A symbolic link is followed: the pull writes the file it names, and
     // the -sqlrsync file goes next to that file (where SQLite keeps the
@@ -82,18 +82,24 @@ pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow
     if state != FileState::Missing && !sqlite::writable(&local) {
         bail!("{} is not writable", local.display());
     }
+    Ok((local, state))
+}
+
+/// Builds the plan from the settings; refuses bad input with one line.
+pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Plan> {
+    let env = &s.keys.env;
+    let (local, state) = writable_target(local)?;
     let dash = DashFile::load_for(&local)?;
     let matching = dash.filter(|d| {
         d.remote_path == remote.path
-            && match (&cli.server, &d.server) {
-                (Some(flag), Some(s)) => super::same_server(flag, s),
+            && match (&s.server.flag, &d.server) {
+                (Some(flag), Some(stored)) => super::same_server(flag, stored),
                 _ => true,
             }
     });
-    let (server, server_from) = super::resolve_server(
-        cli.server.as_deref(),
-        matching.as_ref().and_then(|d| d.server.as_deref()),
-    )?;
+    let (server, server_from) = s
+        .server
+        .resolve(matching.as_ref().and_then(|d| d.server.as_deref()))?;
     let stored = matching
         .as_ref()
         .and_then(|d| d.pull_key.clone())
@@ -101,7 +107,7 @@ pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow
     // A hand-edited file may hold anything after --pullKey=; it is read
     // literally, and what is not a key is refused rather than sent.
     if let Some((k, _)) = &stored
-        && cli.pull_key.is_none()
+        && s.keys.pull_key.is_none()
         && env.auth_token.is_none()
         && !crate::wire::is_key_shaped(k)
     {
@@ -113,14 +119,15 @@ pub fn plan(cli: &Cli, remote: &RemoteRef, local: &Path, env: &KeyEnv) -> anyhow
     let key = keys::resolve(
         env,
         Candidates {
-            flag: cli.pull_key.clone().map(|k| (k, "--pullKey")),
+            flag: s.keys.pull_key.clone().map(|k| (k, "--pullKey")),
             stored,
-            admin_flag: cli.admin_key.clone(),
+            admin_flag: s.keys.admin_key.clone(),
         },
         false,
         "this pull",
     )?;
-    let replica_id = cli
+    let replica_id = s
+        .keys
         .replica_id
         .clone()
         .or_else(|| matching.as_ref().and_then(|d| d.replica_id.clone()));
@@ -151,16 +158,17 @@ fn print_dry(p: &Plan, printer: &Printer, subscribe: bool) {
             "writesDashFile": p.key_request,
             "dashFile": dash,
         });
-        println!("{v}");
+        printer.json(&v);
         return;
     }
+    let out = |line: &str| printer.stdout(line);
     if subscribe {
-        println!("mode:       SUBSCRIBE (pull, then pull every new version until Ctrl-C)");
+        out("mode:       SUBSCRIBE (pull, then pull every new version until Ctrl-C)");
     } else {
-        println!("mode:       PULL (a version on the server becomes the local database)");
+        out("mode:       PULL (a version on the server becomes the local database)");
     }
-    println!("origin:     {}@{}", p.remote_path, p.version);
-    println!(
+    out(&format!("origin:     {}@{}", p.remote_path, p.version));
+    out(&format!(
         "replica:    {} ({})",
         p.local.display(),
         if p.local_existed {
@@ -168,69 +176,51 @@ fn print_dry(p: &Plan, printer: &Printer, subscribe: bool) {
         } else {
             "will be created"
         }
-    );
-    println!("server:     {} ({})", p.server, p.server_from);
-    println!(
+    ));
+    out(&format!("server:     {} ({})", p.server, p.server_from));
+    out(&format!(
         "key:        {} from {}",
         p.key.masked(),
         p.key.source.describe()
-    );
-    println!("visibility: decided by the replica's owner");
-    super::print_dry_writes(&dash, p.key_request);
+    ));
+    out("visibility: decided by the replica's owner");
+    super::print_dry_writes(printer, &dash, p.key_request);
 }
 
 /// Runs one pull (no subscribe).
 pub async fn run(
-    cli: &Cli,
-    printer: Printer,
+    s: &Settings,
     remote: &RemoteRef,
     local: &Path,
     interrupt: watch::Receiver<bool>,
 ) -> anyhow::Result<ExitCode> {
-    let env = KeyEnv::from_process();
-    let mut p = plan(cli, remote, local, &env)?;
-    if cli.dry {
-        print_dry(&p, &printer, false);
+    let mut p = plan(s, remote, local)?;
+    if s.dry {
+        print_dry(&p, &s.printer, false);
         return Ok(ExitCode::SUCCESS);
     }
-    match pull_once(cli, printer, &mut p, &env, interrupt).await {
+    match pull_once(s, &mut p, interrupt).await {
         Ok(r) => {
-            r.print(&printer);
+            r.print(&s.printer);
             Ok(ExitCode::SUCCESS)
         }
-        Err(PullError::Interrupted(e)) => {
-            eprintln!("sqlrsync: {e}");
+        Err(SyncError::Interrupted(e)) => {
+            s.printer.stderr(&format!("sqlrsync: {e}"));
             Ok(super::interrupted_exit())
         }
-        Err(PullError::Failed(e)) => Err(e),
-    }
-}
-
-/// Why a pull did not finish.
-#[derive(Debug)]
-pub enum PullError {
-    /// Ctrl-C; the local database is unchanged.
-    Interrupted(anyhow::Error),
-    /// Anything else, as one line.
-    Failed(anyhow::Error),
-}
-
-impl From<anyhow::Error> for PullError {
-    fn from(e: anyhow::Error) -> Self {
-        PullError::Failed(e)
+        Err(e) => Err(e.into_anyhow()),
     }
 }
 
 /// Connects, bridges, verifies and keeps the issued keys. Used by PULL and
 /// SUBSCRIBE (with `version` Latest after the first pull).
 pub async fn pull_once(
-    cli: &Cli,
-    printer: Printer,
+    s: &Settings,
     p: &mut Plan,
-    env: &KeyEnv,
     interrupt: watch::Receiver<bool>,
-) -> Result<super::Report, PullError> {
-    let client_id = super::client_id()?;
+) -> Result<super::Report, SyncError> {
+    let printer = s.printer;
+    let client_id = super::client_id(s)?;
     let url = super::endpoint_url(&p.server, "pull", &p.remote_path);
     let headers_for = |p: &Plan| {
         let mut h =
@@ -249,18 +239,19 @@ pub async fn pull_once(
     let mut stop = interrupt.clone();
     let first_headers = headers_for(p);
     let connected = tokio::select! {
-        r = super::connect(&url, &first_headers, super::idle_timeout(cli)) => r,
+        r = super::connect(&url, &first_headers, s.idle_timeout) => r,
         _ = super::wait_true(&mut stop) => {
-            return Err(PullError::Interrupted(anyhow::anyhow!("interrupted; the local database is unchanged")));
+            return Err(SyncError::Interrupted(anyhow::anyhow!("interrupted; the local database is unchanged")));
         }
     };
+    let anonymous = p.key.source == KeySource::Anonymous;
     let ws = match connected {
         Ok(ws) => ws,
-        Err(e)
-            if p.key.source == KeySource::Anonymous
-                && env.tty
-                && (e.to_string().contains("HTTP 401") || e.to_string().contains("HTTP 403")) =>
-        {
+        Err(
+            e @ ConnectError::Http {
+                status: 401 | 403, ..
+            },
+        ) if anonymous && s.keys.env.tty => {
             // A private replica: ask for a key once, then try again.
             printer.note(&format!("{e:#}"));
             p.key = Key {
@@ -269,12 +260,10 @@ pub async fn pull_once(
                 )?),
                 source: KeySource::Prompt,
             };
-            super::connect(&url, &headers_for(p), super::idle_timeout(cli)).await?
+            super::connect(&url, &headers_for(p), s.idle_timeout).await?
         }
-        Err(e) if p.key.source == KeySource::Anonymous && e.to_string().contains("HTTP 401") => {
-            return Err(PullError::Failed(anyhow::anyhow!(
-                "{e:#} (no key was sent: pass --pullKey, set SQLRSYNC_AUTH_TOKEN, or run on a terminal to be asked)"
-            )));
+        Err(refused @ ConnectError::Http { status: 401, .. }) if anonymous => {
+            return Err(SyncError::NoKey { refused });
         }
         Err(e) => return Err(e.into()),
     };
@@ -284,7 +273,7 @@ pub async fn pull_once(
         p.remote_path.clone().into(),
         p.local.clone().into(),
     ];
-    args.extend(super::protocol_args(cli));
+    args.extend(super::protocol_args(s));
     let mut after = vec![ClientControl::Config.encode()];
     if p.key_request {
         after.push(ClientControl::KeyRequest.encode());
@@ -295,7 +284,7 @@ pub async fn pull_once(
         before_stream: Vec::new(),
         after_first: after,
         want_config: true,
-        idle_timeout: super::idle_timeout(cli),
+        idle_timeout: s.idle_timeout,
         live_stderr: printer.verbose >= 2,
         // An existing replica is checked before the commit (commit_gate);
         // a new file after it, helped by these digests.
@@ -322,11 +311,7 @@ pub async fn pull_once(
     };
     if let Err(e) = super::verdict(&outcome, false) {
         remove_if_new(p);
-        return Err(if outcome.interrupted {
-            PullError::Interrupted(e)
-        } else {
-            PullError::Failed(e)
-        });
+        return Err(SyncError::from_verdict(&outcome, e));
     }
     let cfg = outcome.config.clone().unwrap_or_default();
     let mut verify_seconds = 0.0;
@@ -354,7 +339,7 @@ pub async fn pull_once(
             if !got.eq_ignore_ascii_case(want) {
                 // A new copy that is not the version is no copy to keep.
                 remove_if_new(p);
-                return Err(PullError::Failed(anyhow::anyhow!(
+                return Err(SyncError::Verification(anyhow::anyhow!(
                     "VERIFICATION FAILED: {} does not match the server's version (hash {} expected, {} found); do not trust this copy",
                     p.local.display(),
                     short(want),
@@ -378,7 +363,7 @@ pub async fn pull_once(
     }
     if let Some(pull) = &cfg.new_pull_key {
         if !crate::wire::is_key_shaped(pull) {
-            return Err(PullError::Failed(anyhow::anyhow!(
+            return Err(SyncError::Other(anyhow::anyhow!(
                 "the server issued a pull key that is not a key; it was not stored"
             )));
         }
@@ -403,7 +388,7 @@ pub async fn pull_once(
         printer.verbose(&format!("sqlite3_rsync: {l}"));
     }
     // Only news when the latest was asked for: it moved on during the pull.
-    if outcome.newer_version && p.version == VersionRef::Latest && !cli.subscribe {
+    if outcome.newer_version && p.version == VersionRef::Latest && !s.subscribe {
         printer
             .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
     }
@@ -435,8 +420,8 @@ fn remove_if_new(p: &Plan) {
 }
 
 /// For `--dry` in subscribe mode.
-pub fn dry(cli: &Cli, printer: &Printer, remote: &RemoteRef, local: &Path) -> anyhow::Result<()> {
-    let p = plan(cli, remote, local, &KeyEnv::from_process())?;
-    print_dry(&p, printer, true);
+pub fn dry(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<()> {
+    let p = plan(s, remote, local)?;
+    print_dry(&p, &s.printer, true);
     Ok(())
 }

@@ -17,15 +17,13 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 
-use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
-use super::unchanged;
+use super::files::{self, DashFile, SecretEntry, Secrets};
+use super::keys::{self, Candidates, Key, KeySource};
+use super::{RemoteRef, Settings, unchanged};
 use crate::bridge;
-use crate::cli::Cli;
-use crate::cli::forms::RemoteRef;
-use crate::config::{self, DashFile, SecretEntry, Secrets};
-use crate::sqlite::{self, FileState};
 use crate::helper::Side;
-use crate::printer::Printer;
+use crate::sqlite::{self, FileState};
+use crate::ui::Printer;
 use crate::wire::{ClientControl, Visibility, headers};
 
 /// Everything a push will do, decided before connecting.
@@ -53,13 +51,9 @@ pub struct Plan {
     pub message: Option<String>,
 }
 
-/// Builds the plan; refuses bad input with one line.
-pub fn plan(
-    cli: &Cli,
-    local: &Path,
-    remote: Option<&RemoteRef>,
-    env: &KeyEnv,
-) -> anyhow::Result<Plan> {
+/// The database to push, checked (it exists, is SQLite, can be read) and
+/// made canonical: the key of its secrets entry.
+fn pushable(local: &Path) -> anyhow::Result<PathBuf> {
     let given = std::path::absolute(local).context("cannot resolve the database path")?;
     // A symbolic link is followed (a loop is reported by `inspect`).
     let abs = sqlite::resolve_links(&given).unwrap_or_else(|_| given.clone());
@@ -75,32 +69,31 @@ pub fn plan(
     std::fs::File::open(&abs).with_context(|| format!("cannot read {}", abs.display()))?;
     sqlite::facts(&abs).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Symlinks and ./ spellings must find the same secrets entry.
-    let local = std::fs::canonicalize(&abs).unwrap_or(abs);
+    Ok(std::fs::canonicalize(&abs).unwrap_or(abs))
+}
 
-    let dir = config::config_dir()?;
-    let secrets = Secrets::load(&dir)?;
+/// Builds the plan from the settings; refuses bad input with one line.
+pub fn plan(s: &Settings, local: &Path, remote: Option<&RemoteRef>) -> anyhow::Result<Plan> {
+    let local = pushable(local)?;
+    let dir = s.files.config_dir()?;
+    let secrets = Secrets::load(dir)?;
     let entry = secrets.find(&local).filter(|e| {
         remote.is_none_or(|r| r.path == e.remote_path)
-            && cli
-                .server
+            && s.server
+                .flag
                 .as_deref()
-                .is_none_or(|s| super::same_server(s, &e.server))
+                .is_none_or(|f| super::same_server(f, &e.server))
     });
-    let (server, server_from) = super::resolve_server(
-        cli.server.as_deref(),
-        entry.map(|e| e.server.as_str()).filter(|s| !s.is_empty()),
-    )?;
+    let (server, server_from) = s
+        .server
+        .resolve(entry.map(|e| e.server.as_str()).filter(|s| !s.is_empty()))?;
     let remote_path = match (remote, entry) {
         (Some(r), _) => r.path.clone(),
         (None, Some(e)) => e.remote_path.clone(),
         (None, None) => String::new(),
     };
     let first_push = entry.is_none();
-    let visibility = match (cli.public, cli.unlisted) {
-        (true, _) => Visibility::Public,
-        (_, true) => Visibility::Unlisted,
-        _ => Visibility::Private,
-    };
+    let visibility = s.push.visibility;
     if visibility != Visibility::Private && !first_push {
         bail!(
             "--{} only applies to the first push; {} already exists on {server} (change its visibility on the server)",
@@ -112,13 +105,13 @@ pub fn plan(
     }
     let stored = entry
         .filter(|e| !e.push_key.is_empty())
-        .map(|e| (e.push_key.clone(), KeySource::Secrets(Secrets::path(&dir))));
+        .map(|e| (e.push_key.clone(), KeySource::Secrets(Secrets::path(dir))));
     let key = keys::resolve(
-        env,
+        &s.keys.env,
         Candidates {
-            flag: cli.push_key.clone().map(|k| (k, "--pushKey")),
+            flag: s.keys.push_key.clone().map(|k| (k, "--pushKey")),
             stored,
-            admin_flag: cli.admin_key.clone(),
+            admin_flag: s.keys.admin_key.clone(),
         },
         true,
         "the first push of this database",
@@ -126,13 +119,13 @@ pub fn plan(
     // --dry reports a missing key instead of failing on it: saying what
     // would happen is its whole job.
     let key = match key {
-        Err(_) if cli.dry => keys::Key {
+        Err(_) if s.dry => keys::Key {
             value: None,
             source: KeySource::Missing,
         },
         k => k?,
     };
-    let replica_id = cli.replica_id.clone().or_else(|| {
+    let replica_id = s.keys.replica_id.clone().or_else(|| {
         entry
             .map(|e| e.replica_id.clone())
             .filter(|s| !s.is_empty())
@@ -150,7 +143,7 @@ pub fn plan(
         first_push,
         visibility,
         key_request,
-        message: cli.message.clone(),
+        message: s.push.message.clone(),
     })
 }
 
@@ -176,43 +169,43 @@ fn print_dry(p: &Plan, printer: &Printer) {
             "writesDashFile": p.key_request,
             "dashFile": dash,
         });
-        println!("{v}");
+        printer.json(&v);
         return;
     }
-    println!("mode:       PUSH (this database becomes a new version on the server)");
-    println!("origin:     {}", p.local.display());
-    println!("replica:    {remote}");
-    println!("server:     {} ({})", p.server, p.server_from);
-    println!(
+    let out = |line: &str| printer.stdout(line);
+    out("mode:       PUSH (this database becomes a new version on the server)");
+    out(&format!("origin:     {}", p.local.display()));
+    out(&format!("replica:    {remote}"));
+    out(&format!("server:     {} ({})", p.server, p.server_from));
+    out(&format!(
         "key:        {} from {}",
         p.key.masked(),
         p.key.source.describe()
-    );
+    ));
     if p.first_push {
-        println!(
+        out(&format!(
             "visibility: {} (first push from here)",
             p.visibility.as_str()
-        );
+        ));
     } else {
-        println!("visibility: unchanged (not the first push)");
+        out("visibility: unchanged (not the first push)");
     }
     if let Some(m) = &p.message {
-        println!("message:    {m}");
+        out(&format!("message:    {m}"));
     }
-    super::print_dry_writes(&dash, p.key_request);
+    super::print_dry_writes(printer, &dash, p.key_request);
 }
 
 /// Runs a push.
 pub async fn run(
-    cli: &Cli,
-    printer: Printer,
+    s: &Settings,
     local: &Path,
     remote: Option<&RemoteRef>,
     interrupt: watch::Receiver<bool>,
 ) -> anyhow::Result<ExitCode> {
-    let env = KeyEnv::from_process();
-    let mut p = plan(cli, local, remote, &env)?;
-    if cli.dry {
+    let printer = s.printer;
+    let mut p = plan(s, local, remote)?;
+    if s.dry {
         print_dry(&p, &printer);
         return Ok(ExitCode::SUCCESS);
     }
@@ -225,9 +218,9 @@ pub async fn run(
             .unwrap_or("your namespace");
         p.key.value = Some(keys::prompt(ns)?);
     }
-    let client_id = super::client_id()?;
+    let client_id = super::client_id(s)?;
     let mut hdrs = super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
-    hdrs.push((headers::LOCAL_HOSTNAME, config::hostname()));
+    hdrs.push((headers::LOCAL_HOSTNAME, files::hostname()));
     hdrs.push((
         headers::LOCAL_ABSOLUTE_PATH,
         p.local.to_string_lossy().into_owned(),
@@ -258,9 +251,9 @@ pub async fn run(
         });
     let mut stop = interrupt.clone();
     let mut ws = tokio::select! {
-        ws = super::connect(&url, &hdrs, super::idle_timeout(cli)) => ws?,
+        ws = super::connect(&url, &hdrs, s.idle_timeout) => ws?,
         _ = super::wait_true(&mut stop) => {
-            eprintln!("sqlrsync: interrupted; nothing was sent");
+            printer.stderr("sqlrsync: interrupted; nothing was sent");
             return Ok(super::interrupted_exit());
         }
     };
@@ -313,7 +306,7 @@ pub async fn run(
         p.local.clone().into(),
         name.into(),
     ];
-    args.extend(super::protocol_args(cli));
+    args.extend(super::protocol_args(s));
     let mut before = Vec::new();
     if let Some(m) = &p.message {
         before.push(ClientControl::CommitMessage(m.clone()).encode());
@@ -328,7 +321,7 @@ pub async fn run(
         before_stream: before,
         after_first: after,
         want_config: false,
-        idle_timeout: super::idle_timeout(cli),
+        idle_timeout: s.idle_timeout,
         live_stderr: printer.verbose >= 2,
         digest_received: false,
         commit_gate: None,
@@ -340,7 +333,7 @@ pub async fn run(
     let interrupted = outcome.interrupted;
     if let Err(e) = super::verdict(&outcome, true) {
         if interrupted {
-            eprintln!("sqlrsync: {e}");
+            printer.stderr(&format!("sqlrsync: {e}"));
             return Ok(super::interrupted_exit());
         }
         return Err(e);
@@ -352,7 +345,7 @@ pub async fn run(
         .filter(|s| !s.is_empty())
         .unwrap_or(p.remote_path.clone());
     let replica_id = cfg.replica_id.clone().or(p.replica_id.clone());
-    keep_keys(&p, &cfg, &remote_path, replica_id.as_deref(), &printer)?;
+    keep_keys(s, &p, &cfg, &remote_path, replica_id.as_deref())?;
     // The fingerprint after the push, not before: reading a WAL database
     // may checkpoint it on close. Taking it late is safe because the record
     // only decides whether to hash next time, never whether to skip.
@@ -384,18 +377,19 @@ pub async fn run(
 /// local-secrets.toml and the pull key in the `-sqlrsync` file. The key
 /// used for this push is stored only when it was a stored key already.
 fn keep_keys(
+    s: &Settings,
     p: &Plan,
     cfg: &crate::wire::ServerConfig,
     remote_path: &str,
     replica_id: Option<&str>,
-    printer: &Printer,
 ) -> anyhow::Result<()> {
-    let dir = config::config_dir()?;
+    let printer = &s.printer;
+    let dir = s.files.config_dir()?;
     let path = p.local.to_string_lossy().into_owned();
     // Read, change and write under the file's lock: other sqlrsync
     // processes (cron jobs firing together) update their own entries in the
     // same file, and an unlocked read-modify-write loses theirs.
-    let stored = Secrets::update(&dir, |secrets| {
+    let stored = Secrets::update(dir, |secrets| {
         let existing = secrets.find(&p.local).cloned();
         let push_key = match (&cfg.new_push_key, &existing) {
             (Some(k), _) => Some(k.clone()),
@@ -424,7 +418,7 @@ fn keep_keys(
             replica_id: replica_id.unwrap_or_default().to_string(),
             remote_path: remote_path.to_string(),
             push_key: k,
-            last_push: config::toml_now(),
+            last_push: files::toml_now(),
             other: Default::default(),
         });
         Ok(true)
@@ -432,7 +426,7 @@ fn keep_keys(
     if stored {
         printer.verbose(&format!(
             "stored the push key in {}",
-            Secrets::path(&dir).display()
+            Secrets::path(dir).display()
         ));
     }
     if let Some(pull) = &cfg.new_pull_key {

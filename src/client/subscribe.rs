@@ -6,8 +6,10 @@
 //! the latest version over a separate pull connection. When the socket
 //! drops (or a pull fails for a reason a retry can fix) we wait with capped
 //! exponential backoff, reconnect and pull the latest, so no version is
-//! missed. Ctrl-C between pulls sends UNSUBSCRIBE and exits; during a pull
-//! it stops the pull safely (the replica helper rolls back) and exits.
+//! missed ([`SyncError::retryable`] says which failures a retry can fix:
+//! not a refusal, an ABORT or a failed verification). Ctrl-C between pulls
+//! sends UNSUBSCRIBE and exits; during a pull it stops the pull safely (the
+//! replica helper rolls back) and exits.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -17,12 +19,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::keys::KeyEnv;
-use super::pull::{self, PullError};
-use super::wait_true;
-use crate::cli::Cli;
-use crate::cli::forms::RemoteRef;
-use crate::printer::Printer;
+use super::pull;
+use super::{RemoteRef, Settings, SyncError, wait_true};
+use crate::ui::Printer;
 use crate::wire::{SubscribeMessage, VersionRef};
 
 /// First wait after a dropped connection.
@@ -30,23 +29,52 @@ const BACKOFF_START: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts.
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
+/// What a subscription carries from one connection to the next.
+struct Follow {
+    /// Wait before the next reconnection.
+    backoff: Duration,
+    /// The newest version pulled.
+    last_version: Option<String>,
+}
+
+impl Follow {
+    /// Sleeps for the backoff, then doubles it (capped); true when Ctrl-C
+    /// came first.
+    async fn back_off(&mut self, interrupt: &mut watch::Receiver<bool>) -> bool {
+        if sleep_or_stop(self.backoff, interrupt).await {
+            return true;
+        }
+        self.backoff = (self.backoff * 2).min(BACKOFF_CAP);
+        false
+    }
+}
+
+/// Why listening on one subscription socket ended.
+enum Ended {
+    /// Ctrl-C: stop.
+    Stopped,
+    /// The socket or a pull was lost: reconnect (which pulls first).
+    Reconnect,
+}
+
 /// Runs a subscription.
 pub async fn run(
-    cli: &Cli,
-    printer: Printer,
+    s: &Settings,
     remote: &RemoteRef,
     local: &Path,
     mut interrupt: watch::Receiver<bool>,
 ) -> anyhow::Result<ExitCode> {
-    if cli.dry {
-        pull::dry(cli, &printer, remote, local)?;
+    let printer = s.printer;
+    if s.dry {
+        pull::dry(s, remote, local)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let env = KeyEnv::from_process();
-    let mut plan = pull::plan(cli, remote, local, &env)?;
-    let client_id = super::client_id()?;
-    let mut backoff = BACKOFF_START;
-    let mut last_version: Option<String> = None;
+    let mut plan = pull::plan(s, remote, local)?;
+    let client_id = super::client_id(s)?;
+    let mut follow = Follow {
+        backoff: BACKOFF_START,
+        last_version: None,
+    };
     // The first pull fetches what was asked for; later ones the latest.
     // Every (re)connection pulls first, so nothing missed while away is lost.
     let mut first = true;
@@ -55,30 +83,28 @@ pub async fn run(
         if *interrupt.borrow() {
             return Ok(stopped(&printer));
         }
-        {
-            match pull::pull_once(cli, printer, &mut plan, &env, interrupt.clone()).await {
-                Ok(report) => {
-                    last_version = report.version.clone().or(last_version);
-                    report.print(&printer);
-                    backoff = BACKOFF_START;
-                    if first {
-                        first = false;
-                        plan.version = VersionRef::Latest;
-                    }
+        match pull::pull_once(s, &mut plan, interrupt.clone()).await {
+            Ok(report) => {
+                follow.last_version = report.version.clone().or(follow.last_version.take());
+                report.print(&printer);
+                follow.backoff = BACKOFF_START;
+                if first {
+                    first = false;
+                    plan.version = VersionRef::Latest;
                 }
-                Err(PullError::Interrupted(_)) => return Ok(stopped(&printer)),
-                Err(PullError::Failed(e)) if first || !retryable(&e) => return Err(e),
-                Err(PullError::Failed(e)) => {
-                    printer.note(&format!(
-                        "sqlrsync: pull failed: {e:#}; retrying in {:.1}s",
-                        backoff.as_secs_f64()
-                    ));
-                    if sleep_or_stop(backoff, &mut interrupt).await {
-                        return Ok(stopped(&printer));
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
-                    continue;
+            }
+            Err(SyncError::Interrupted(_)) => return Ok(stopped(&printer)),
+            Err(e) if first || !e.retryable() => return Err(e.into_anyhow()),
+            Err(e) => {
+                printer.note(&format!(
+                    "sqlrsync: pull failed: {:#}; retrying in {:.1}s",
+                    e.into_anyhow(),
+                    follow.backoff.as_secs_f64()
+                ));
+                if follow.back_off(&mut interrupt).await {
+                    return Ok(stopped(&printer));
                 }
+                continue;
             }
         }
 
@@ -90,131 +116,145 @@ pub async fn run(
             plan.replica_id.as_deref(),
         );
         let ws = tokio::select! {
-            r = super::connect(&url, &hdrs, super::idle_timeout(cli)) => r,
+            r = super::connect(&url, &hdrs, s.idle_timeout) => r,
             _ = wait_true(&mut interrupt) => return Ok(stopped(&printer)),
         };
         let mut ws = match ws {
             Ok(ws) => ws,
-            Err(e) if retryable(&e) => {
+            Err(e) if e.retryable() => {
                 printer.note(&format!(
                     "sqlrsync: {e:#}; reconnecting in {:.1}s",
-                    backoff.as_secs_f64()
+                    follow.backoff.as_secs_f64()
                 ));
-                if sleep_or_stop(backoff, &mut interrupt).await {
+                if follow.back_off(&mut interrupt).await {
                     return Ok(stopped(&printer));
                 }
-                backoff = (backoff * 2).min(BACKOFF_CAP);
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
-        let data = serde_json::json!({ "replicaID": plan.replica_id.clone().unwrap_or_default() });
-        let _ = ws
-            .send(WsMessage::Text(
-                SubscribeMessage::new("SUBSCRIBE", data.clone())
-                    .to_text()
-                    .into(),
-            ))
-            .await;
-        printer.verbose(&format!("subscribed to {}", plan.remote_path));
-        loop {
-            let msg = tokio::select! {
-                m = ws.next() => m,
-                _ = wait_true(&mut interrupt) => {
-                    let _ = ws.send(WsMessage::Text(SubscribeMessage::new("UNSUBSCRIBE", data.clone()).to_text().into())).await;
-                    let _ = ws.close(None).await;
-                    return Ok(stopped(&printer));
-                }
-            };
-            match msg {
-                Some(Ok(WsMessage::Text(t))) => {
-                    let t = t.as_str();
-                    if t == "PING" {
-                        let _ = ws.send(WsMessage::Text("PONG".into())).await;
-                        continue;
-                    }
-                    let Ok(m) = serde_json::from_str::<SubscribeMessage>(t) else {
-                        tracing::warn!("ignoring a notification that is not JSON");
-                        continue;
-                    };
-                    match m.kind.as_str() {
-                        "LATEST_VERSION" => {
-                            let v = version_of(&m.data);
-                            if v.is_some() && v == last_version {
-                                continue;
-                            }
-                            printer
-                                .verbose(&format!("new version {}", v.as_deref().unwrap_or("?")));
-                            backoff = BACKOFF_START;
-                            // Pull now, keeping the subscription open and
-                            // answered; again while versions keep coming.
-                            let mut wanted = v;
-                            let mut lost = false;
-                            while !lost {
-                                let pull = pull::pull_once(
-                                    cli,
-                                    printer,
-                                    &mut plan,
-                                    &env,
-                                    interrupt.clone(),
-                                );
-                                let (res, newest, gone) = pull_listening(&mut ws, pull).await;
-                                lost = gone;
-                                match res {
-                                    Ok(report) => {
-                                        last_version = report.version.clone().or(wanted);
-                                        report.print(&printer);
-                                    }
-                                    Err(PullError::Interrupted(_)) => {
-                                        return Ok(stopped(&printer));
-                                    }
-                                    Err(PullError::Failed(e)) if !retryable(&e) => return Err(e),
-                                    Err(PullError::Failed(e)) => {
-                                        printer.note(&format!(
-                                            "sqlrsync: pull failed: {e:#}; will retry"
-                                        ));
-                                        lost = true;
-                                        break;
-                                    }
-                                }
-                                match newest {
-                                    Some(n) if Some(&n) != last_version.as_ref() => {
-                                        wanted = Some(n)
-                                    }
-                                    _ => break,
-                                }
-                            }
-                            if lost {
-                                // Reconnecting pulls first: nothing is missed.
-                                break;
-                            }
-                        }
-                        "ERROR" => {
-                            let why = m
-                                .data
-                                .get("message")
-                                .and_then(|v| v.as_str())
-                                .unwrap_or("unknown error");
-                            anyhow::bail!("the server refused the subscription: {why}");
-                        }
-                        "SUBSCRIBED" | "PONG" => {}
-                        other => tracing::debug!("ignoring notification {other}"),
-                    }
-                }
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => {
-                    printer.note(&format!(
-                        "sqlrsync: lost the subscription to {}; reconnecting in {:.1}s",
-                        plan.remote_path,
-                        backoff.as_secs_f64()
-                    ));
-                    if sleep_or_stop(backoff, &mut interrupt).await {
-                        return Ok(stopped(&printer));
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_CAP);
-                    break;
-                }
-                Some(Ok(_)) => {}
+        match listen(s, &mut plan, &mut ws, &mut follow, &mut interrupt).await? {
+            Ended::Stopped => return Ok(stopped(&printer)),
+            Ended::Reconnect => continue,
+        }
+    }
+}
+
+/// Subscribes on `ws` and pulls each version announced, until the socket
+/// or a pull is lost, or Ctrl-C (which unsubscribes).
+async fn listen(
+    s: &Settings,
+    plan: &mut pull::Plan,
+    ws: &mut super::Socket,
+    follow: &mut Follow,
+    interrupt: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Ended> {
+    let printer = s.printer;
+    let data = serde_json::json!({ "replicaID": plan.replica_id.clone().unwrap_or_default() });
+    let _ = ws
+        .send(WsMessage::Text(
+            SubscribeMessage::new("SUBSCRIBE", data.clone())
+                .to_text()
+                .into(),
+        ))
+        .await;
+    printer.verbose(&format!("subscribed to {}", plan.remote_path));
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = wait_true(interrupt) => {
+                let _ = ws.send(WsMessage::Text(SubscribeMessage::new("UNSUBSCRIBE", data.clone()).to_text().into())).await;
+                let _ = ws.close(None).await;
+                return Ok(Ended::Stopped);
             }
+        };
+        let t = match msg {
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => {
+                printer.note(&format!(
+                    "sqlrsync: lost the subscription to {}; reconnecting in {:.1}s",
+                    plan.remote_path,
+                    follow.backoff.as_secs_f64()
+                ));
+                if follow.back_off(interrupt).await {
+                    return Ok(Ended::Stopped);
+                }
+                return Ok(Ended::Reconnect);
+            }
+            Some(Ok(_)) => continue,
+        };
+        let t = t.as_str();
+        if t == "PING" {
+            let _ = ws.send(WsMessage::Text("PONG".into())).await;
+            continue;
+        }
+        let Ok(m) = serde_json::from_str::<SubscribeMessage>(t) else {
+            tracing::warn!("ignoring a notification that is not JSON");
+            continue;
+        };
+        match m.kind.as_str() {
+            "LATEST_VERSION" => {
+                let v = version_of(&m.data);
+                if v.is_some() && v == follow.last_version {
+                    continue;
+                }
+                printer.verbose(&format!("new version {}", v.as_deref().unwrap_or("?")));
+                follow.backoff = BACKOFF_START;
+                match pull_announced(s, plan, ws, v, follow, interrupt).await? {
+                    Some(ended) => return Ok(ended),
+                    None => continue,
+                }
+            }
+            "ERROR" => {
+                let why = m
+                    .data
+                    .get("message")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown error");
+                anyhow::bail!("the server refused the subscription: {why}");
+            }
+            "SUBSCRIBED" | "PONG" => {}
+            other => tracing::debug!("ignoring notification {other}"),
+        }
+    }
+}
+
+/// Pulls the version just announced, keeping the subscription open and
+/// answered, and again while versions keep coming. None: caught up, keep
+/// listening; `Some` says why listening ends.
+async fn pull_announced(
+    s: &Settings,
+    plan: &mut pull::Plan,
+    ws: &mut super::Socket,
+    mut wanted: Option<String>,
+    follow: &mut Follow,
+    interrupt: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Ended>> {
+    loop {
+        let pull = pull::pull_once(s, plan, interrupt.clone());
+        let (res, newest, lost) = pull_listening(ws, pull).await;
+        match res {
+            Ok(report) => {
+                follow.last_version = report.version.clone().or(wanted);
+                report.print(&s.printer);
+            }
+            Err(SyncError::Interrupted(_)) => return Ok(Some(Ended::Stopped)),
+            Err(e) if !e.retryable() => return Err(e.into_anyhow()),
+            Err(e) => {
+                s.printer.note(&format!(
+                    "sqlrsync: pull failed: {:#}; will retry",
+                    e.into_anyhow()
+                ));
+                // Reconnecting pulls first: nothing is missed.
+                return Ok(Some(Ended::Reconnect));
+            }
+        }
+        if lost {
+            return Ok(Some(Ended::Reconnect));
+        }
+        match newest {
+            Some(n) if Some(&n) != follow.last_version.as_ref() => wanted = Some(n),
+            _ => return Ok(None),
         }
     }
 }
@@ -226,9 +266,9 @@ pub async fn run(
 async fn pull_listening<F>(
     ws: &mut super::Socket,
     pull: F,
-) -> (Result<super::Report, PullError>, Option<String>, bool)
+) -> (Result<super::Report, SyncError>, Option<String>, bool)
 where
-    F: std::future::Future<Output = Result<super::Report, PullError>>,
+    F: std::future::Future<Output = Result<super::Report, SyncError>>,
 {
     tokio::pin!(pull);
     let mut newest = None;
@@ -261,16 +301,6 @@ fn version_of(data: &serde_json::Value) -> Option<String> {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
-}
-
-/// Connection trouble is worth a retry; a refusal (HTTP 4xx, ABORT, a
-/// failed verification) is not.
-fn retryable(e: &anyhow::Error) -> bool {
-    let s = format!("{e:#}");
-    !(s.contains("HTTP 4")
-        || s.contains("aborted")
-        || s.contains("VERIFICATION FAILED")
-        || s.contains("sync failed"))
 }
 
 fn stopped(printer: &Printer) -> ExitCode {

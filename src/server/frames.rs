@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::printer::human_bytes;
+use crate::ui::human_bytes;
 use crate::wire::{
     ClientControl, DEFAULT_MAX_DB_BYTES, Direction, FrameKind, MAX_CONTROL_FRAMES, Message,
     OVERHEAD_BASE, OVERHEAD_PER_PAGE, OriginSummary, StreamParser, classify,

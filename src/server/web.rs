@@ -16,7 +16,7 @@ use super::app::{AppState, internal, refuse};
 use super::names;
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow};
-use crate::printer::human_bytes;
+use crate::ui::human_bytes;
 use crate::wire::{VersionRef, Visibility};
 
 fn esc(s: &str) -> String {

@@ -157,6 +157,18 @@ impl SubscribeMessage {
     }
 }
 
+/// A peer's text (an ABORT reason, a MESSAGE, an HTTP body, a helper's
+/// stderr) as one line: newlines become "; ". Every error sqlrsync prints
+/// is one line, whatever the far side sent.
+pub fn one_line(s: &str) -> String {
+    s.trim()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

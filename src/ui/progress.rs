@@ -6,8 +6,8 @@
 //! pages the origin announced, bytes on the wire, rate and ETA. A sync that
 //! changes little ends far below the total, which is the point.
 
+use super::printer::{Printer, human_bytes};
 use crate::bridge::{Observer, Stats};
-use crate::printer::{Printer, human_bytes};
 
 /// The progress display of one sync.
 pub struct Progress {
@@ -21,7 +21,7 @@ impl Progress {
     pub fn new(printer: Printer) -> Progress {
         Progress {
             printer,
-            bar: crate::printer::page_bar(&printer),
+            bar: super::printer::page_bar(&printer),
         }
     }
 
@@ -46,7 +46,7 @@ impl Observer for Progress {
     }
 
     fn message(&self, text: &str) {
-        let line = format!("server: {}", crate::cli::one_line(text));
+        let line = format!("server: {}", crate::wire::one_line(text));
         match &self.bar {
             Some(b) => b.suspend(|| self.printer.note(&line)),
             None => self.printer.note(&line),
@@ -56,8 +56,8 @@ impl Observer for Progress {
     fn helper_line(&self, line: &str) {
         let line = format!("sqlite3_rsync: {line}");
         match &self.bar {
-            Some(b) => b.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
+            Some(b) => b.suspend(|| self.printer.stderr(&line)),
+            None => self.printer.stderr(&line),
         }
     }
 }

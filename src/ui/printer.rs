@@ -1,12 +1,17 @@
-//! What goes to the terminal: summaries, progress bars and byte counts.
+//! The output policy of one command, and the only place that writes lines
+//! to stdout and stderr.
 //!
-//! One place decides whether a progress bar is drawn (only on a terminal,
-//! never with `--quiet` or `--json`), so the modes do not each guess.
+//! stdout carries results (the `--dry` report, `--json` objects, the version
+//! line); stderr carries everything said to a person (notes, verbose lines,
+//! errors). One place decides whether a progress bar is drawn (only on a
+//! terminal, never with `--quiet` or `--json`), so the modes do not each
+//! guess.
 
 use std::io::IsTerminal;
 
-/// Output policy of one command.
-#[derive(Debug, Clone, Copy)]
+/// Output policy of one command. `Printer::default()` is the policy before
+/// the flags are known: everything shown, nothing verbose.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Printer {
     /// No progress and no summary.
     pub quiet: bool,
@@ -20,6 +25,23 @@ impl Printer {
     /// True when a progress bar may be drawn on stderr.
     pub fn progress(&self) -> bool {
         !self.quiet && !self.json && std::io::stderr().is_terminal()
+    }
+
+    /// A result line on stdout, whatever the policy (the caller asked for
+    /// it: `--dry`, `--version`).
+    pub fn stdout(&self, line: &str) {
+        println!("{line}");
+    }
+
+    /// The one JSON object of `--json`, on stdout.
+    pub fn json(&self, value: &serde_json::Value) {
+        println!("{value}");
+    }
+
+    /// A line on stderr, whatever the policy: errors, and the helper's own
+    /// lines when `-vv` asked for them live.
+    pub fn stderr(&self, line: &str) {
+        eprintln!("{line}");
     }
 
     /// Prints a human line on stderr unless quiet or JSON.

@@ -1,0 +1,117 @@
+//! Why a sync did not finish, typed by what a caller does about it.
+//!
+//! A subscription retries what time can fix (a lost connection, a server
+//! restarting) and stops on what it cannot (a refusal, an ABORT, the
+//! helper rejecting the stream, a copy that fails verification). The
+//! variant says which; nothing is decided by reading an error's text. The
+//! message each variant carries is the one line the user sees.
+
+use crate::bridge::Outcome;
+
+use super::connect::ConnectError;
+
+/// A failed (or stopped) PUSH or PULL.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Ctrl-C; nothing was changed.
+    #[error(transparent)]
+    Interrupted(anyhow::Error),
+    /// No websocket was opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// An anonymous pull refused for want of a key, with the hint of how to
+    /// give one.
+    #[error(
+        "{refused} (no key was sent: pass --pullKey, set SQLRSYNC_AUTH_TOKEN, or run on a terminal to be asked)"
+    )]
+    NoKey { refused: ConnectError },
+    /// The server stopped the sync (ABORT).
+    #[error(transparent)]
+    Aborted(anyhow::Error),
+    /// A helper rejected the stream (its error lines).
+    #[error(transparent)]
+    Rejected(anyhow::Error),
+    /// The version received does not match the server's versionHash.
+    #[error(transparent)]
+    Verification(anyhow::Error),
+    /// Anything else: a lost connection, a helper that died, a local error.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl SyncError {
+    /// Worth another attempt (a subscription retries it).
+    pub fn retryable(&self) -> bool {
+        match self {
+            SyncError::Connect(c) => c.retryable(),
+            SyncError::Other(_) => true,
+            SyncError::Interrupted(_)
+            | SyncError::NoKey { .. }
+            | SyncError::Aborted(_)
+            | SyncError::Rejected(_)
+            | SyncError::Verification(_) => false,
+        }
+    }
+
+    /// The error as the one line `main` prints (`{:#}` keeps the causes).
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            SyncError::Interrupted(e)
+            | SyncError::Aborted(e)
+            | SyncError::Rejected(e)
+            | SyncError::Verification(e)
+            | SyncError::Other(e) => e,
+            e @ (SyncError::Connect(_) | SyncError::NoKey { .. }) => anyhow::Error::new(e),
+        }
+    }
+
+    /// Adapter at `verdict`'s call sites: its error, typed by the outcome
+    /// it was made from, checked in verdict's own order. When the link's
+    /// outcome carries a typed reason, this is where it maps onto a variant.
+    pub fn from_verdict(o: &Outcome, e: anyhow::Error) -> SyncError {
+        if o.interrupted {
+            SyncError::Interrupted(e)
+        } else if o.verify_failure.is_some() {
+            SyncError::Verification(e)
+        } else if o.abort.is_some() {
+            SyncError::Aborted(e)
+        } else if o.protocol_error.is_some() {
+            SyncError::Other(e)
+        } else if !o.origin.errors.is_empty() || !o.replica.errors.is_empty() {
+            SyncError::Rejected(e)
+        } else {
+            SyncError::Other(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_and_messages() {
+        let refused = || ConnectError::Http {
+            status: 401,
+            reason: "Unauthorized",
+            body: String::new(),
+        };
+        let e = SyncError::NoKey { refused: refused() };
+        assert!(!e.retryable());
+        assert_eq!(
+            format!("{:#}", e.into_anyhow()),
+            "server refused: HTTP 401 Unauthorized (no key was sent: pass --pullKey, set \
+             SQLRSYNC_AUTH_TOKEN, or run on a terminal to be asked)"
+        );
+        assert!(!SyncError::from(refused()).retryable());
+        let o = Outcome {
+            abort: Some("no".into()),
+            ..Outcome::default()
+        };
+        assert!(!SyncError::from_verdict(&o, anyhow::anyhow!("x")).retryable());
+        let lost = SyncError::from_verdict(&Outcome::default(), anyhow::anyhow!("lost"));
+        assert!(lost.retryable());
+        let chained = SyncError::from(anyhow::anyhow!("inner").context("outer"));
+        assert_eq!(format!("{chained:#}"), "outer: inner");
+    }
+}
