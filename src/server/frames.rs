@@ -91,16 +91,76 @@ pub struct PushFrames {
     message: Option<String>,
     /// Control frames so far ([`MAX_CONTROL_FRAMES`]).
     controls: u32,
+    /// Pages, page bytes and the announced bound, judged per message.
+    counts: Counts,
+    /// Bytes of control frames so far (overhead too).
+    control_bytes: u64,
+}
+
+/// The running counts of a push stream that its limits are judged on.
+#[derive(Debug, Default)]
+struct Counts {
     /// Largest page count announced: the bound on pages sent.
     max_pages: u32,
     /// ORIGIN_PAGE messages so far.
     pages: u64,
     /// Bytes of page contents so far (the rest of the stream is overhead).
     page_bytes: u64,
-    /// Bytes of control frames so far (overhead too).
-    control_bytes: u64,
     /// ORIGIN_TXN seen: a second one is refused.
     txn_seen: bool,
+}
+
+impl Counts {
+    /// Counts one message and applies the limits; `Err` is the refusal.
+    fn judge(&mut self, m: &Message<'_>, limits: StreamLimits) -> Result<(), String> {
+        match *m {
+            Message::OriginBegin {
+                page_size,
+                page_count,
+                ..
+            } => {
+                // A repeated ORIGIN_BEGIN is bounded by the parser
+                // (wire::limits::MAX_BEGINS).
+                self.max_pages = self.max_pages.max(page_count);
+                let size = page_size as u64 * page_count as u64;
+                if size > limits.max_db_bytes {
+                    return Err(format!(
+                        "the database is {} ({page_count} pages of {page_size} bytes); this server accepts at most {}",
+                        human_bytes(size),
+                        human_bytes(limits.max_db_bytes)
+                    ));
+                }
+            }
+            Message::OriginPage { data, .. } => {
+                self.pages += 1;
+                self.page_bytes += data.len() as u64;
+                if self.pages > self.max_pages as u64 {
+                    return Err(format!(
+                        "more pages than the {} the origin announced",
+                        self.max_pages
+                    ));
+                }
+            }
+            Message::OriginTxn { page_count } => {
+                let twice = self.txn_seen;
+                self.txn_seen = true;
+                // The real origin commits exactly the size it announced;
+                // a larger one would make the replica grow a sparse file
+                // the server then reads page by page.
+                if page_count > self.max_pages {
+                    return Err(format!(
+                        "ORIGIN_TXN page count {page_count} exceeds the {} pages announced",
+                        self.max_pages
+                    ));
+                }
+                if twice {
+                    return Err("ORIGIN_TXN sent twice".into());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 impl PushFrames {
@@ -115,11 +175,8 @@ impl PushFrames {
             first_seen: false,
             message: None,
             controls: 0,
-            max_pages: 0,
-            pages: 0,
-            page_bytes: 0,
+            counts: Counts::default(),
             control_bytes: 0,
-            txn_seen: false,
         }
     }
 
@@ -197,10 +254,7 @@ impl PushFrames {
             summary,
             sent_pages,
             first_seen,
-            max_pages,
-            pages,
-            page_bytes,
-            txn_seen,
+            counts,
             ..
         } = self;
         let result = parser.feed(data, |m| {
@@ -221,58 +275,17 @@ impl PushFrames {
                 }
             }
             summary.observe(&m);
-            match m {
-                Message::OriginBegin {
-                    page_size,
-                    page_count,
-                    ..
-                } => {
-                    // A repeated ORIGIN_BEGIN is bounded by the parser
-                    // (wire::limits::MAX_BEGINS).
-                    let size = page_size as u64 * page_count as u64;
-                    if size > limits.max_db_bytes {
-                        violation = Some(format!(
-                            "the database is {} ({page_count} pages of {page_size} bytes); this server accepts at most {}",
-                            human_bytes(size),
-                            human_bytes(limits.max_db_bytes)
-                        ));
-                    }
-                    *max_pages = (*max_pages).max(page_count);
-                }
-                Message::OriginPage { pgno, data } => {
-                    *pages += 1;
-                    *page_bytes += data.len() as u64;
-                    if *pages > *max_pages as u64 {
-                        violation = Some(format!(
-                            "more pages than the {max_pages} the origin announced"
-                        ));
-                    }
-                    sent_pages.insert(pgno);
-                }
-                Message::OriginTxn { page_count } => {
-                    if *txn_seen {
-                        violation = Some("ORIGIN_TXN sent twice".into());
-                    }
-                    *txn_seen = true;
-                    // The real origin commits exactly the size it announced;
-                    // a larger one would make the replica grow a sparse file
-                    // the server then reads page by page.
-                    let bound = *max_pages;
-                    if page_count > bound {
-                        violation = Some(format!(
-                            "ORIGIN_TXN page count {page_count} exceeds the {bound} pages announced"
-                        ));
-                    }
-                }
-                _ => {}
+            if let Message::OriginPage { pgno, .. } = m {
+                sent_pages.insert(pgno);
             }
+            violation = counts.judge(&m, limits).err();
         });
         result.map_err(|e| Refused(format!("not a sqlite3_rsync stream: {e}")))?;
         if let Some(v) = violation {
             return refused(v);
         }
-        let overhead = self.parser.bytes() - self.page_bytes + self.control_bytes;
-        let budget = OVERHEAD_BASE + OVERHEAD_PER_PAGE * self.max_pages as u64;
+        let overhead = self.parser.bytes() - self.counts.page_bytes + self.control_bytes;
+        let budget = OVERHEAD_BASE + OVERHEAD_PER_PAGE * self.counts.max_pages as u64;
         if overhead > budget {
             return refused(format!(
                 "the stream carried more than {} besides page contents",
@@ -338,12 +351,12 @@ impl PushFrames {
 
     /// ORIGIN_PAGE messages so far.
     pub fn pages(&self) -> u64 {
-        self.pages
+        self.counts.pages
     }
 
     /// Largest page count announced.
     pub fn max_pages(&self) -> u32 {
-        self.max_pages
+        self.counts.max_pages
     }
 }
 
