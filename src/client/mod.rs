@@ -4,15 +4,18 @@
 //! hands over to [`push`], [`pull`] or [`subscribe`]. What they share lives
 //! here: the server URL, the upgrade request with its headers
 //! (shared/PROTOCOL.md section 2), connecting with one clear line for each
-//! way it can fail, the verdict over a bridged sync, and the result report
+//! way it can fail, the verdict over a linked sync ([`SyncError`]), and the result report
 //! (summary line or `--json`).
 
+pub mod apply;
+pub mod commit_gate;
 pub mod keys;
 pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod subscribe;
 pub mod unchanged;
+pub mod write_behind;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::bridge::{Outcome, Stats};
+use crate::link::{Outcome, PeerEnd, Stats};
 use crate::cli::{Cli, Mode};
 use crate::config::{self, DefaultsFile};
 use crate::printer::{Printer, human_bytes};
@@ -364,37 +367,107 @@ pub fn protocol_args(cli: &Cli) -> Vec<std::ffi::OsString> {
     a
 }
 
-/// Turns a bridged sync into success or one error line. `pushing` picks
+/// Why a linked sync failed, as the user reads it: the cause, then what it
+/// means for their data ("no new version was created" on a push, "the
+/// local database is unchanged" on a pull).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.line())]
+pub struct SyncError {
+    pub failure: Failure,
+    /// A push (our side is the ORIGIN).
+    pub pushing: bool,
+}
+
+/// The cause of a [`SyncError`].
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("interrupted")]
+    Interrupted,
+    /// The pull's sink refused the version (verification).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the server aborted: {0}")]
+    Aborted(String),
+    /// The server broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+    /// A helper reported errors in its stream.
+    #[error("sync failed ({side}): {errors}")]
+    Stream { side: &'static str, errors: String },
+    #[error("the sqlite3_rsync helper failed ({how}){stderr}")]
+    Helper { how: String, stderr: String },
+    #[error("the sync ended before the origin finished")]
+    EndedEarly,
+    /// A push's server closed with an error (`why` is ": reason" or "").
+    #[error("the server closed the connection with code {code}{why}")]
+    Closed { code: u16, why: String },
+    #[error("the server closed the connection mid-sync with code {code}{why}")]
+    ClosedMidSync { code: u16, why: String },
+    #[error("{0} before the server confirmed the push")]
+    Unconfirmed(String),
+    #[error("{0} mid-sync")]
+    LostMidSync(String),
+    /// The whole push went out, then the connection broke: it may have
+    /// been stored (so no "no new version was created").
+    #[error(
+        "{0} after the whole database was sent, before the server confirmed the push; \
+         it may or may not have been stored as a new version (push again: an unchanged \
+         push says which version is the latest)"
+    )]
+    MaybeStored(String),
+}
+
+impl SyncError {
+    fn line(&self) -> String {
+        if let Failure::MaybeStored(_) = self.failure {
+            return self.failure.to_string();
+        }
+        let unchanged = if self.pushing {
+            "no new version was created"
+        } else {
+            "the local database is unchanged"
+        };
+        format!("{}; {unchanged}", self.failure)
+    }
+
+    /// Worth trying again (a subscription): connection trouble, not a
+    /// refusal, an abort, a failed verification or a helper's error.
+    pub fn retryable(&self) -> bool {
+        match &self.failure {
+            Failure::Aborted(_) | Failure::Stream { .. } => false,
+            // A version that does not match its hash, not a disk error
+            // while checking it.
+            Failure::Refused(why) => !why.starts_with("VERIFICATION FAILED"),
+            _ => true,
+        }
+    }
+}
+
+/// Turns a linked sync into success or a [`SyncError`]. `pushing` picks
 /// which side is ours.
-pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
-    let unchanged = if pushing {
-        "no new version was created"
-    } else {
-        "the local database is unchanged"
-    };
+pub fn verdict(o: &Outcome, pushing: bool) -> Result<(), SyncError> {
+    judge(o, pushing).map_err(|failure| SyncError { failure, pushing })
+}
+
+fn judge(o: &Outcome, pushing: bool) -> Result<(), Failure> {
     if o.interrupted {
-        bail!("interrupted; {unchanged}");
+        return Err(Failure::Interrupted);
     }
-    if let Some(why) = &o.verify_failure {
-        bail!("{why}; {unchanged}");
-    }
-    if let Some(reason) = &o.abort {
+    match &o.end {
+        PeerEnd::Refused(why) => return Err(Failure::Refused(why.clone())),
         // Say what it means for the user's data, as every other failure does.
-        bail!(
-            "the server aborted: {}; {unchanged}",
-            crate::cli::one_line(reason)
-        );
-    }
-    if let Some(p) = &o.protocol_error {
+        PeerEnd::Aborted(reason) => return Err(Failure::Aborted(crate::cli::one_line(reason))),
         // The cause; whatever the helper said after its input was cut is
         // only a consequence.
-        bail!("{p}; {unchanged}");
+        PeerEnd::Protocol(p) => return Err(Failure::Protocol(p.clone())),
+        _ => {}
     }
-    let errs: Vec<&String> = o
+    let errs: Vec<String> = o
         .origin
         .errors
         .iter()
         .chain(o.replica.errors.iter())
+        .map(|e| crate::cli::one_line(e))
         .collect();
     if !errs.is_empty() {
         let side = if o.origin.errors.is_empty() {
@@ -402,69 +475,52 @@ pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
         } else {
             "origin"
         };
-        let text: Vec<String> = errs.iter().map(|e| crate::cli::one_line(e)).collect();
-        bail!("sync failed ({side}): {}; {unchanged}", text.join("; "));
+        return Err(Failure::Stream {
+            side,
+            errors: errs.join("; "),
+        });
     }
-    let helper_ok = o.helper_status.is_some_and(|s| s.success()) && !o.helper_killed;
-    if !helper_ok {
-        let how = match o.helper_status {
+    if !o.helper.success() {
+        let how = match o.helper.status {
             Some(s) => describe_status(s),
             None => "did not exit".into(),
         };
-        let extra = if o.helper_stderr.is_empty() {
+        let stderr = if o.helper_stderr.is_empty() {
             String::new()
         } else {
             format!(": {}", crate::cli::one_line(&o.helper_stderr.join("\n")))
         };
-        bail!("the sqlite3_rsync helper failed ({how}){extra}; {unchanged}");
+        return Err(Failure::Helper { how, stderr });
     }
     let complete = o.origin.complete();
-    if pushing {
-        match &o.close {
-            Some((1000, _)) if complete => Ok(()),
-            Some((1000, _)) => bail!("the sync ended before the origin finished; {unchanged}"),
-            Some((code, reason)) => {
-                let why = if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                };
-                bail!("the server closed the connection with code {code}{why}; {unchanged}")
-            }
-            // Once the whole origin stream went out, the server needs
-            // nothing more from us: it may commit after the connection broke
-            // (or have committed just before), so "nothing was stored"
-            // would be a guess, and sometimes a false one. (When a send
-            // failed, the server got a cut stream and cannot commit it.)
-            None if complete && o.stream_sent => bail!(
-                "{} after the whole database was sent, before the server confirmed the push; \
-                 it may or may not have been stored as a new version (push again: an unchanged \
-                 push says which version is the latest)",
-                o.connection_error.as_deref().unwrap_or("connection lost")
-            ),
-            None => bail!(
-                "{} before the server confirmed the push; {unchanged}",
-                o.connection_error.as_deref().unwrap_or("connection lost")
-            ),
+    let lost = || o.connection_error().unwrap_or_else(|| "connection lost".into());
+    let why = |reason: &str| {
+        if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
         }
-    } else {
-        if !complete {
-            if let Some((code, reason)) = &o.close {
-                let why = if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                };
-                bail!(
-                    "the server closed the connection mid-sync with code {code}{why}; {unchanged}"
-                );
-            }
-            bail!(
-                "{} mid-sync; {unchanged}",
-                o.connection_error.as_deref().unwrap_or("connection lost")
-            );
-        }
-        Ok(())
+    };
+    match (pushing, o.close()) {
+        (true, Some((1000, _))) if complete => Ok(()),
+        (true, Some((1000, _))) => Err(Failure::EndedEarly),
+        (true, Some((code, reason))) => Err(Failure::Closed {
+            code,
+            why: why(reason),
+        }),
+        // Once the whole origin stream went out, the server needs nothing
+        // more from us: it may commit after the connection broke (or have
+        // committed just before), so "nothing was stored" would be a guess,
+        // and sometimes a false one. (When a send failed, the server got a
+        // cut stream and cannot commit it.)
+        (true, None) if complete && o.stream_sent => Err(Failure::MaybeStored(lost())),
+        (true, None) => Err(Failure::Unconfirmed(lost())),
+        (false, _) if complete => Ok(()),
+        (false, Some((code, reason))) => Err(Failure::ClosedMidSync {
+            code,
+            why: why(reason),
+        }),
+        (false, None) => Err(Failure::LostMidSync(lost())),
     }
 }
 
@@ -616,17 +672,7 @@ impl Report {
     }
 }
 
-/// Resolves when the watch turns true (Ctrl-C); never if its sender is gone.
-pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
+pub use crate::link::wait_true;
 
 /// Exit code for a finished command: 130 after Ctrl-C.
 /// The last lines of a `--dry` report, the same for push and pull: what
@@ -650,12 +696,14 @@ pub fn interrupted_exit() -> ExitCode {
     ExitCode::from(EXIT_INTERRUPTED)
 }
 
-/// Observer + stats for one sync.
-pub fn observer(printer: Printer) -> (Arc<Stats>, Arc<progress::Progress>) {
-    (
-        Arc::new(Stats::default()),
-        Arc::new(progress::Progress::new(printer)),
-    )
+/// The link's counters and the progress display for one sync.
+pub fn observer(printer: Printer) -> (crate::link::DriveCtx, Arc<progress::Progress>) {
+    let progress = Arc::new(progress::Progress::new(printer));
+    let ctx = crate::link::DriveCtx {
+        stats: Arc::new(Stats::default()),
+        observer: Some(progress.clone()),
+    };
+    (ctx, progress)
 }
 
 #[cfg(test)]

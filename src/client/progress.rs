@@ -6,7 +6,7 @@
 //! pages the origin announced, bytes on the wire, rate and ETA. A sync that
 //! changes little ends far below the total, which is the point.
 
-use crate::bridge::{Observer, Stats};
+use crate::link::{Observer, Stats};
 use crate::printer::{Printer, human_bytes};
 
 /// The progress display of one sync.

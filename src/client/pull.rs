@@ -16,13 +16,14 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 
 use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
-use crate::bridge;
+use super::apply::{PullOptions, PullSink};
+use super::commit_gate::GateConfig;
+use crate::helper::HelperCommand;
+use crate::link::{Controls, DriveSpec, Framing, drive};
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
-use crate::commit_gate::GateConfig;
 use crate::config::DashFile;
 use crate::sqlite::{self, FileState};
-use crate::helper::Side;
 use crate::printer::Printer;
 use crate::sqlite::HashKind;
 use crate::wire::{ClientControl, VersionRef, headers};
@@ -221,7 +222,7 @@ impl From<anyhow::Error> for PullError {
     }
 }
 
-/// Connects, bridges, verifies and keeps the issued keys. Used by PULL and
+/// Connects, links, verifies and keeps the issued keys. Used by PULL and
 /// SUBSCRIBE (with `version` Latest after the first pull).
 pub async fn pull_once(
     cli: &Cli,
@@ -279,66 +280,32 @@ pub async fn pull_once(
         Err(e) => return Err(e.into()),
     };
 
-    let mut args: Vec<std::ffi::OsString> = vec![
-        Side::Replica.flag().into(),
-        p.remote_path.clone().into(),
-        p.local.clone().into(),
-    ];
-    args.extend(super::protocol_args(cli));
-    let mut after = vec![ClientControl::Config.encode()];
-    if p.key_request {
-        after.push(ClientControl::KeyRequest.encode());
-    }
-    let spec = bridge::Spec {
-        side: Side::Replica,
-        args,
-        before_stream: Vec::new(),
-        after_first: after,
-        want_config: true,
-        idle_timeout: super::idle_timeout(cli),
-        live_stderr: printer.verbose >= 2,
-        // An existing replica is checked before the commit (commit_gate);
-        // a new file after it, helped by these digests.
-        digest_received: !p.local_existed,
-        write_behind: Some(p.local.clone()),
-        commit_gate: Some(GateConfig {
-            replica: p.local.clone(),
-            existed: p.local_existed,
-            wal: matches!(
-                sqlite::inspect(&p.local),
-                Ok(FileState::Database(sqlite::Header { wal: true, .. }))
-            ),
-        }),
-    };
-    let (stats, progress) = super::observer(printer);
-    let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await;
-    progress.finish();
-    let outcome = match outcome {
-        Ok(o) => o,
+    let (outcome, sink) = match link_pull(cli, printer, p, ws, interrupt).await {
+        Ok(x) => x,
         Err(e) => {
             remove_if_new(p);
-            return Err(e.into());
+            return Err(PullError::Failed(e.into()));
         }
     };
     if let Err(e) = super::verdict(&outcome, false) {
         remove_if_new(p);
         return Err(if outcome.interrupted {
-            PullError::Interrupted(e)
+            PullError::Interrupted(e.into())
         } else {
-            PullError::Failed(e)
+            PullError::Failed(e.into())
         });
     }
-    let cfg = outcome.config.clone().unwrap_or_default();
+    let cfg = outcome.config().unwrap_or_default();
     let mut verify_seconds = 0.0;
     let verified = match &cfg.version_hash {
         // Checked before the commit was let through (see commit_gate).
-        Some(_) if outcome.pre_verified => Some(true),
+        Some(_) if sink.pre_verified => Some(true),
         Some(want) => {
             let hashing = Instant::now();
             // With the digests taken as pages arrived, of the hash they are
             // of (versionXxh3 when the server sent one); else SHA-256 of
             // the file read back.
-            let (got, want) = match (&outcome.received, &cfg.version_xxh3) {
+            let (got, want) = match (&sink.received, &cfg.version_xxh3) {
                 (Some(received), Some(xxh3)) if received.kind() == HashKind::Xxh3 => {
                     (sqlite::version_hash_with(&p.local, received), xxh3)
                 }
@@ -407,7 +374,7 @@ pub async fn pull_once(
         printer
             .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
     }
-    let mut report = super::Report::new("PULL", &stats, started);
+    let mut report = super::Report::new("PULL", &outcome.stats, started);
     report.local = p.local.display().to_string();
     report.remote = format!("{}@{}", p.remote_path, p.version);
     report.server = p.server.clone();
@@ -416,6 +383,67 @@ pub async fn pull_once(
     report.verify_seconds = verify_seconds;
     report.messages = outcome.messages.clone();
     Ok(report)
+}
+
+/// Runs the REPLICA helper over `ws` with the pull's sink.
+async fn link_pull(
+    cli: &Cli,
+    printer: Printer,
+    p: &Plan,
+    ws: super::Socket,
+    interrupt: watch::Receiver<bool>,
+) -> Result<(Linked, PullSink), crate::link::DriveError> {
+    let helper = HelperCommand::replica(&p.remote_path, &p.local)
+        .args(super::protocol_args(cli))
+        .own_process_group();
+    let mut after = vec![ClientControl::Config.encode()];
+    if p.key_request {
+        after.push(ClientControl::KeyRequest.encode());
+    }
+    let spec = DriveSpec {
+        helper,
+        controls: Controls {
+            after_first: after,
+            ..Default::default()
+        },
+        framing: Framing::CLIENT,
+        want_config: true,
+        idle_timeout: super::idle_timeout(cli),
+        live_stderr: printer.verbose >= 2,
+    };
+    let opts = PullOptions {
+        // An existing replica is checked before the commit (commit_gate);
+        // a new file after it, helped by these digests.
+        digest_received: !p.local_existed,
+        write_behind: Some(p.local.clone()),
+        gate: Some(GateConfig {
+            replica: p.local.clone(),
+            existed: p.local_existed,
+            wal: matches!(
+                sqlite::inspect(&p.local),
+                Ok(FileState::Database(sqlite::Header { wal: true, .. }))
+            ),
+        }),
+    };
+    let (ctx, progress) = super::observer(printer);
+    let stats = ctx.stats.clone();
+    let res = drive(ws, spec, ctx, |feed| PullSink::new(feed, opts), interrupt).await;
+    progress.finish();
+    let (outcome, sink) = res?;
+    Ok((Linked { outcome, stats }, sink))
+}
+
+/// A link's outcome with the byte counts of its connection.
+pub struct Linked {
+    pub outcome: crate::link::Outcome,
+    pub stats: std::sync::Arc<crate::link::Stats>,
+}
+
+impl std::ops::Deref for Linked {
+    type Target = crate::link::Outcome;
+    fn deref(&self) -> &Self::Target {
+        &self.outcome
+    }
 }
 
 fn short(h: &str) -> &str {

@@ -19,12 +19,12 @@ use tokio::sync::watch;
 
 use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
 use super::unchanged;
-use crate::bridge;
+use crate::helper::HelperCommand;
+use crate::link::{Controls, DriveSpec, Framing, drive};
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
 use crate::config::{self, DashFile, SecretEntry, Secrets};
 use crate::sqlite::{self, FileState};
-use crate::helper::Side;
 use crate::printer::Printer;
 use crate::wire::{ClientControl, Visibility, headers};
 
@@ -284,7 +284,7 @@ pub async fn run(
                 },
             );
         }
-        let stats = bridge::Stats::default();
+        let stats = crate::link::Stats::default();
         let mut report = super::Report::new("PUSH", &stats, started);
         report.local = p.local.display().to_string();
         report.remote = config
@@ -308,12 +308,9 @@ pub async fn run(
     } else {
         p.remote_path.clone()
     };
-    let mut args: Vec<std::ffi::OsString> = vec![
-        Side::Origin.flag().into(),
-        p.local.clone().into(),
-        name.into(),
-    ];
-    args.extend(super::protocol_args(cli));
+    let helper = HelperCommand::origin(&p.local, name)
+        .args(super::protocol_args(cli))
+        .own_process_group();
     let mut before = Vec::new();
     if let Some(m) = &p.message {
         before.push(ClientControl::CommitMessage(m.clone()).encode());
@@ -322,30 +319,32 @@ pub async fn run(
     if p.key_request {
         after.push(ClientControl::KeyRequest.encode());
     }
-    let spec = bridge::Spec {
-        side: Side::Origin,
-        args,
-        before_stream: before,
-        after_first: after,
+    let spec = DriveSpec {
+        helper,
+        controls: Controls {
+            before,
+            after_first: after,
+            at_end: None,
+        },
+        framing: Framing::CLIENT,
         want_config: false,
         idle_timeout: super::idle_timeout(cli),
         live_stderr: printer.verbose >= 2,
-        digest_received: false,
-        commit_gate: None,
-        write_behind: None,
     };
-    let (stats, progress) = super::observer(printer);
-    let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await?;
+    let (ctx, progress) = super::observer(printer);
+    let stats = ctx.stats.clone();
+    let linked = drive(ws, spec, ctx, |feed| feed, interrupt).await;
     progress.finish();
+    let (outcome, _) = linked?;
     let interrupted = outcome.interrupted;
     if let Err(e) = super::verdict(&outcome, true) {
         if interrupted {
             eprintln!("sqlrsync: {e}");
             return Ok(super::interrupted_exit());
         }
-        return Err(e);
+        return Err(e.into());
     }
-    let cfg = outcome.config.clone().unwrap_or_default();
+    let cfg = outcome.config().unwrap_or_default();
     let remote_path = cfg
         .replica_path
         .clone()

@@ -266,6 +266,9 @@ fn version_of(data: &serde_json::Value) -> Option<String> {
 /// Connection trouble is worth a retry; a refusal (HTTP 4xx, ABORT, a
 /// failed verification) is not.
 fn retryable(e: &anyhow::Error) -> bool {
+    if let Some(sync) = e.downcast_ref::<super::SyncError>() {
+        return sync.retryable();
+    }
     let s = format!("{e:#}");
     !(s.contains("HTTP 4")
         || s.contains("aborted")

@@ -1,7 +1,12 @@
 //! Holding a pull's commit until the stream is complete and verified.
 //!
+//! It lives in `client` because it is part of the pull's sink
+//! ([`super::apply::PullSink`]): only a pull that writes a local database
+//! has a commit to hold; the link that carries the stream knows nothing of
+//! it.
+//!
 //! The REPLICA helper commits the moment ORIGIN_TXN reaches it. On a pull
-//! the bridge therefore holds the stream back from the start of ORIGIN_TXN
+//! the sink therefore holds the stream back from the start of ORIGIN_TXN
 //! until ORIGIN_END has arrived: a connection cut (or a server that stalls,
 //! aborts or breaks the protocol) between the two then leaves the local
 //! database exactly as it was, because the helper never sees the commit.
@@ -85,7 +90,7 @@ impl PageSpool {
     }
 }
 
-/// Per-pull state of the gate, fed by the bridge's socket reader.
+/// Per-pull state of the gate, fed by the pull's sink.
 pub struct CommitGate {
     /// The local database.
     cfg: GateConfig,
