@@ -296,6 +296,42 @@ pub async fn pull_once(
         });
     }
     let cfg = outcome.config().unwrap_or_default();
+    let (verified, verify_seconds) = verify(p, &cfg, &sink, &printer)?;
+    // Set only now: until the copy verified, a new file was ours to remove.
+    p.local_existed = true;
+    if cfg.replica_id.is_some() {
+        p.replica_id = cfg.replica_id.clone();
+    }
+    if let Some(pull) = &cfg.new_pull_key {
+        keep_pull_key(p, pull, &printer)?;
+    }
+    for l in &outcome.helper_stderr {
+        printer.verbose(&format!("sqlite3_rsync: {l}"));
+    }
+    // Only news when the latest was asked for: it moved on during the pull.
+    if outcome.newer_version && p.version == VersionRef::Latest && !cli.subscribe {
+        printer
+            .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
+    }
+    let mut report = super::Report::new("PULL", &outcome.stats, started);
+    report.local = p.local.display().to_string();
+    report.remote = format!("{}@{}", p.remote_path, p.version);
+    report.server = p.server.clone();
+    report.version = cfg.committed_version_id.clone();
+    report.verified = verified;
+    report.verify_seconds = verify_seconds;
+    report.messages = outcome.messages.clone();
+    Ok(report)
+}
+
+/// Checks the pulled copy against the server's versionHash, unless the
+/// commit gate already did: (verified, seconds spent hashing).
+fn verify(
+    p: &mut Plan,
+    cfg: &crate::wire::ServerConfig,
+    sink: &PullSink,
+    printer: &Printer,
+) -> Result<(Option<bool>, f64), PullError> {
     let mut verify_seconds = 0.0;
     let verified = match &cfg.version_hash {
         // Checked before the commit was let through (see commit_gate).
@@ -338,51 +374,34 @@ pub async fn pull_once(
         }
         None => None,
     };
-    // Set only now: until the copy verified, a new file was ours to remove.
-    p.local_existed = true;
-    if cfg.replica_id.is_some() {
-        p.replica_id = cfg.replica_id.clone();
+    Ok((verified, verify_seconds))
+}
+
+/// Keeps the pull key the server issued in the `-sqlrsync` file; later
+/// pulls of a subscription use it.
+fn keep_pull_key(p: &mut Plan, pull: &str, printer: &Printer) -> Result<(), PullError> {
+    if !crate::wire::is_key_shaped(pull) {
+        return Err(PullError::Failed(anyhow::anyhow!(
+            "the server issued a pull key that is not a key; it was not stored"
+        )));
     }
-    if let Some(pull) = &cfg.new_pull_key {
-        if !crate::wire::is_key_shaped(pull) {
-            return Err(PullError::Failed(anyhow::anyhow!(
-                "the server issued a pull key that is not a key; it was not stored"
-            )));
-        }
-        let dash = DashFile {
-            remote_path: p.remote_path.clone(),
-            replica_id: p.replica_id.clone(),
-            pull_key: Some(pull.clone()),
-            server: Some(p.server.clone()),
+    let dash = DashFile {
+        remote_path: p.remote_path.clone(),
+        replica_id: p.replica_id.clone(),
+        pull_key: Some(pull.to_string()),
+        server: Some(p.server.clone()),
+    };
+    let at = dash.save_for(&p.local)?;
+    printer.verbose(&format!("wrote {}", at.display()));
+    // Later pulls of a subscription use the file's key, like a new run.
+    if !p.key.source.is_admin() || p.key.value.is_none() {
+        p.key = Key {
+            value: Some(pull.to_string()),
+            source: KeySource::DashFile(DashFile::path_for(&p.local)),
         };
-        let at = dash.save_for(&p.local)?;
-        printer.verbose(&format!("wrote {}", at.display()));
-        // Later pulls of a subscription use the file's key, like a new run.
-        if !p.key.source.is_admin() || p.key.value.is_none() {
-            p.key = Key {
-                value: Some(pull.clone()),
-                source: KeySource::DashFile(DashFile::path_for(&p.local)),
-            };
-        }
-        p.key_request = false;
     }
-    for l in &outcome.helper_stderr {
-        printer.verbose(&format!("sqlite3_rsync: {l}"));
-    }
-    // Only news when the latest was asked for: it moved on during the pull.
-    if outcome.newer_version && p.version == VersionRef::Latest && !cli.subscribe {
-        printer
-            .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
-    }
-    let mut report = super::Report::new("PULL", &outcome.stats, started);
-    report.local = p.local.display().to_string();
-    report.remote = format!("{}@{}", p.remote_path, p.version);
-    report.server = p.server.clone();
-    report.version = cfg.committed_version_id.clone();
-    report.verified = verified;
-    report.verify_seconds = verify_seconds;
-    report.messages = outcome.messages.clone();
-    Ok(report)
+    p.key_request = false;
+    Ok(())
 }
 
 /// Runs the REPLICA helper over `ws` with the pull's sink.

@@ -269,37 +269,117 @@ pub async fn run(
         && let unchanged::Probe::Unchanged { config, wire_bytes } =
             unchanged::probe(&mut ws, local_hash).await?
     {
-        let version = config.committed_version_id.clone();
-        printer.note(&format!(
-            "no changes: version {} on the server already holds this database; nothing sent",
-            version.as_deref().unwrap_or("?")
-        ));
-        if let (Some(f), Some(h)) = (&fingerprint, &config.version_hash) {
-            unchanged::save_record(
-                &p.server,
-                &p.local,
-                &unchanged::PushRecord {
-                    fingerprint: f.clone(),
-                    version_hash: h.clone(),
-                },
-            );
-        }
-        let stats = crate::link::Stats::default();
-        let mut report = super::Report::new("PUSH", &stats, started);
-        report.local = p.local.display().to_string();
-        report.remote = config
-            .replica_path
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(p.remote_path.clone());
-        report.server = p.server.clone();
-        report.version = version;
-        report.wire_received = wire_bytes;
-        report.unchanged = true;
-        report.print(&printer);
+        unchanged_report(&p, config, wire_bytes, fingerprint.as_deref(), started, &printer);
         return Ok(ExitCode::SUCCESS);
     }
 
+    let (outcome, stats) = link_push(cli, printer, &p, ws, interrupt).await?;
+    let interrupted = outcome.interrupted;
+    if let Err(e) = super::verdict(&outcome, true) {
+        if interrupted {
+            eprintln!("sqlrsync: {e}");
+            return Ok(super::interrupted_exit());
+        }
+        return Err(e.into());
+    }
+    let report = finish(&p, &outcome, &stats, started, &printer)?;
+    report.print(&printer);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server's latest version already holds this database: nothing was
+/// sent; the record is refreshed and the summary says so.
+fn unchanged_report(
+    p: &Plan,
+    config: crate::wire::ServerConfig,
+    wire_bytes: u64,
+    fingerprint: Option<&str>,
+    started: Instant,
+    printer: &Printer,
+) {
+    let version = config.committed_version_id.clone();
+    printer.note(&format!(
+        "no changes: version {} on the server already holds this database; nothing sent",
+        version.as_deref().unwrap_or("?")
+    ));
+    if let (Some(f), Some(h)) = (fingerprint, &config.version_hash) {
+        unchanged::save_record(
+            &p.server,
+            &p.local,
+            &unchanged::PushRecord {
+                fingerprint: f.to_string(),
+                version_hash: h.clone(),
+            },
+        );
+    }
+    let stats = crate::link::Stats::default();
+    let mut report = super::Report::new("PUSH", &stats, started);
+    report.local = p.local.display().to_string();
+    report.remote = config
+        .replica_path
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(p.remote_path.clone());
+    report.server = p.server.clone();
+    report.version = version;
+    report.wire_received = wire_bytes;
+    report.unchanged = true;
+    report.print(printer);
+}
+
+/// After a push the server confirmed: keeps the keys it issued and the
+/// record that lets the next push skip an unchanged database, and builds
+/// the report.
+fn finish(
+    p: &Plan,
+    outcome: &crate::link::Outcome,
+    stats: &crate::link::Stats,
+    started: Instant,
+    printer: &Printer,
+) -> anyhow::Result<super::Report> {
+    let cfg = outcome.config().unwrap_or_default();
+    let remote_path = cfg
+        .replica_path
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(p.remote_path.clone());
+    let replica_id = cfg.replica_id.clone().or(p.replica_id.clone());
+    keep_keys(p, &cfg, &remote_path, replica_id.as_deref(), printer)?;
+    // The fingerprint after the push, not before: reading a WAL database
+    // may checkpoint it on close. Taking it late is safe because the record
+    // only decides whether to hash next time, never whether to skip.
+    if let (Some(f), Some(h)) = (unchanged::fingerprint(&p.local), &cfg.version_hash) {
+        unchanged::save_record(
+            &p.server,
+            &p.local,
+            &unchanged::PushRecord {
+                fingerprint: f,
+                version_hash: h.clone(),
+            },
+        );
+    }
+
+    let mut report = super::Report::new("PUSH", stats, started);
+    report.local = p.local.display().to_string();
+    report.remote = remote_path;
+    report.server = p.server.clone();
+    report.version = cfg.committed_version_id.clone();
+    report.messages = outcome.messages.clone();
+    for l in &outcome.helper_stderr {
+        printer.verbose(&format!("sqlite3_rsync: {l}"));
+    }
+    Ok(report)
+}
+
+/// Runs the ORIGIN helper over `ws`: the commit message before the
+/// stream, CONFIG (and KEYREQUEST) at the first message boundary.
+async fn link_push(
+    cli: &Cli,
+    printer: Printer,
+    p: &Plan,
+    ws: super::Socket,
+    interrupt: watch::Receiver<bool>,
+) -> Result<(crate::link::Outcome, std::sync::Arc<crate::link::Stats>), crate::link::DriveError> {
     let name = if p.remote_path.is_empty() {
         p.local
             .file_name()
@@ -336,47 +416,7 @@ pub async fn run(
     let linked = drive(ws, spec, ctx, |feed| feed, interrupt).await;
     progress.finish();
     let (outcome, _) = linked?;
-    let interrupted = outcome.interrupted;
-    if let Err(e) = super::verdict(&outcome, true) {
-        if interrupted {
-            eprintln!("sqlrsync: {e}");
-            return Ok(super::interrupted_exit());
-        }
-        return Err(e.into());
-    }
-    let cfg = outcome.config().unwrap_or_default();
-    let remote_path = cfg
-        .replica_path
-        .clone()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(p.remote_path.clone());
-    let replica_id = cfg.replica_id.clone().or(p.replica_id.clone());
-    keep_keys(&p, &cfg, &remote_path, replica_id.as_deref(), &printer)?;
-    // The fingerprint after the push, not before: reading a WAL database
-    // may checkpoint it on close. Taking it late is safe because the record
-    // only decides whether to hash next time, never whether to skip.
-    if let (Some(f), Some(h)) = (unchanged::fingerprint(&p.local), &cfg.version_hash) {
-        unchanged::save_record(
-            &p.server,
-            &p.local,
-            &unchanged::PushRecord {
-                fingerprint: f,
-                version_hash: h.clone(),
-            },
-        );
-    }
-
-    let mut report = super::Report::new("PUSH", &stats, started);
-    report.local = p.local.display().to_string();
-    report.remote = remote_path;
-    report.server = p.server.clone();
-    report.version = cfg.committed_version_id.clone();
-    report.messages = outcome.messages.clone();
-    for l in &outcome.helper_stderr {
-        printer.verbose(&format!("sqlite3_rsync: {l}"));
-    }
-    report.print(&printer);
-    Ok(ExitCode::SUCCESS)
+    Ok((outcome, stats))
 }
 
 /// Stores what the server issued: the push key (or the refreshed entry) in
