@@ -19,4 +19,3 @@ pub mod printer;
 pub mod server;
 pub mod sqlite;
 pub mod wire;
-

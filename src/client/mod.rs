@@ -29,9 +29,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::link::{Outcome, PeerEnd, Stats};
 use crate::cli::{Cli, Mode};
 use crate::config::{self, DefaultsFile};
+use crate::link::{Outcome, PeerEnd, Stats};
 use crate::printer::{Printer, human_bytes};
 use crate::wire::{MAX_COMMIT_MESSAGE, headers};
 
@@ -493,7 +493,10 @@ fn judge(o: &Outcome, pushing: bool) -> Result<(), Failure> {
         return Err(Failure::Helper { how, stderr });
     }
     let complete = o.origin.complete();
-    let lost = || o.connection_error().unwrap_or_else(|| "connection lost".into());
+    let lost = || {
+        o.connection_error()
+            .unwrap_or_else(|| "connection lost".into())
+    };
     let why = |reason: &str| {
         if reason.is_empty() {
             String::new()

@@ -15,17 +15,17 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 
-use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
 use super::apply::{PullOptions, PullSink};
 use super::commit_gate::GateConfig;
-use crate::helper::HelperCommand;
-use crate::link::{Controls, DriveSpec, Framing, drive};
+use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
 use crate::config::DashFile;
-use crate::sqlite::{self, FileState};
+use crate::helper::HelperCommand;
+use crate::link::{Controls, DriveSpec, Framing, drive};
 use crate::printer::Printer;
 use crate::sqlite::HashKind;
+use crate::sqlite::{self, FileState};
 use crate::wire::{ClientControl, VersionRef, headers};
 
 /// Everything a pull will do, decided before connecting.

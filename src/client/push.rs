@@ -19,13 +19,13 @@ use tokio::sync::watch;
 
 use super::keys::{self, Candidates, Key, KeyEnv, KeySource};
 use super::unchanged;
-use crate::helper::HelperCommand;
-use crate::link::{Controls, DriveSpec, Framing, drive};
 use crate::cli::Cli;
 use crate::cli::forms::RemoteRef;
 use crate::config::{self, DashFile, SecretEntry, Secrets};
-use crate::sqlite::{self, FileState};
+use crate::helper::HelperCommand;
+use crate::link::{Controls, DriveSpec, Framing, drive};
 use crate::printer::Printer;
+use crate::sqlite::{self, FileState};
 use crate::wire::{ClientControl, Visibility, headers};
 
 /// Everything a push will do, decided before connecting.
@@ -269,7 +269,14 @@ pub async fn run(
         && let unchanged::Probe::Unchanged { config, wire_bytes } =
             unchanged::probe(&mut ws, local_hash).await?
     {
-        unchanged_report(&p, config, wire_bytes, fingerprint.as_deref(), started, &printer);
+        unchanged_report(
+            &p,
+            config,
+            wire_bytes,
+            fingerprint.as_deref(),
+            started,
+            &printer,
+        );
         return Ok(ExitCode::SUCCESS);
     }
 

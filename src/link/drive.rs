@@ -489,9 +489,7 @@ impl<R: SocketRx, I: Inbound> Reader<R, I> {
                 None
             }
             Ok(ServerText::Abort(reason)) => Some(PeerEnd::Aborted(reason)),
-            Err(e) if t.starts_with("CONFIG=") => {
-                Some(PeerEnd::Protocol(crate::cli::one_line(&e)))
-            }
+            Err(e) if t.starts_with("CONFIG=") => Some(PeerEnd::Protocol(crate::cli::one_line(&e))),
             // Unknown kinds of text frame may come from newer servers: not
             // an error.
             Err(e) => {

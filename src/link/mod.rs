@@ -38,7 +38,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use drive::{ConnectionLost, DriveCtx, DriveError, DriveSpec, Outcome, PeerEnd, drive, merge_config};
+pub use drive::{
+    ConnectionLost, DriveCtx, DriveError, DriveSpec, Outcome, PeerEnd, drive, merge_config,
+};
 pub use inbound::{Feed, Inbound, InboundError};
 pub use pump::{Controls, Framing, PumpCtx, PumpEnd, PumpError, pump};
 pub use socket::{Frame, Socket, SocketError, SocketRx, SocketTx};
@@ -86,8 +88,7 @@ impl Stats {
                 page_count,
                 ..
             } => {
-                self.page_count
-                    .store(*page_count as u64, Ordering::Relaxed);
+                self.page_count.store(*page_count as u64, Ordering::Relaxed);
                 self.page_size.store(*page_size as u64, Ordering::Relaxed);
             }
             Message::OriginPage { .. } => {

@@ -278,7 +278,7 @@ mod tests {
             buf: &mut tokio::io::ReadBuf<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
             self.polls += 1;
-            if self.polls % 3 == 0 {
+            if self.polls.is_multiple_of(3) {
                 cx.waker().wake_by_ref();
                 return std::task::Poll::Pending;
             }
@@ -360,6 +360,9 @@ mod tests {
         assert!(controls[1].0 > 0, "CONFIG after the first stream frame");
         assert_eq!(controls[1].1, after[0]);
         assert_eq!(controls[2].1, after[1]);
-        assert_eq!(controls[3], (stream.len(), vec![crate::wire::CTRL_NEWREPLICAVERSION]));
+        assert_eq!(
+            controls[3],
+            (stream.len(), vec![crate::wire::CTRL_NEWREPLICAVERSION])
+        );
     }
 }

@@ -107,10 +107,8 @@ where
         }
     }
 
-    fn close(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            let _ = SinkExt::close(self).await;
-        }
+    async fn close(&mut self) {
+        let _ = SinkExt::close(self).await;
     }
 }
 
@@ -118,8 +116,8 @@ impl<S> SocketRx for SplitStream<WebSocketStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    fn recv(&mut self) -> impl Future<Output = Option<Result<Frame, SocketError>>> + Send {
-        async move {
+    async fn recv(&mut self) -> Option<Result<Frame, SocketError>> {
+        {
             loop {
                 let frame = match self.next().await? {
                     Ok(TMsg::Binary(b)) => Frame::Binary(b),
@@ -175,16 +173,14 @@ impl SocketTx for SplitSink<WebSocket, AMsg> {
         }
     }
 
-    fn close(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            let _ = SinkExt::close(self).await;
-        }
+    async fn close(&mut self) {
+        let _ = SinkExt::close(self).await;
     }
 }
 
 impl SocketRx for SplitStream<WebSocket> {
-    fn recv(&mut self) -> impl Future<Output = Option<Result<Frame, SocketError>>> + Send {
-        async move {
+    async fn recv(&mut self) -> Option<Result<Frame, SocketError>> {
+        {
             let frame = match self.next().await? {
                 Ok(AMsg::Binary(b)) => Frame::Binary(b),
                 Ok(AMsg::Text(t)) => Frame::Text(t.as_str().to_owned()),
@@ -197,7 +193,9 @@ impl SocketRx for SplitStream<WebSocket> {
                 Err(e) => {
                     let inner = e.into_inner();
                     return Some(Err(match inner.downcast_ref::<tungstenite::Error>() {
-                        Some(tungstenite::Error::Capacity(_)) => SocketError::TooBig(inner.to_string()),
+                        Some(tungstenite::Error::Capacity(_)) => {
+                            SocketError::TooBig(inner.to_string())
+                        }
                         _ => SocketError::Failed(inner.to_string()),
                     }));
                 }

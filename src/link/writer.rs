@@ -117,10 +117,9 @@ async fn write_loop<T: SocketTx>(
         let (frame, last) = match out {
             Out::Binary(b) => (Frame::Binary(b), false),
             Out::Text(t) => (Frame::Text(t), false),
-            Out::Close(code, reason) => (
-                Frame::Close(code, reason.chars().take(100).collect()),
-                true,
-            ),
+            Out::Close(code, reason) => {
+                (Frame::Close(code, reason.chars().take(100).collect()), true)
+            }
         };
         let len = frame.data_len();
         if send(&mut sink, frame, cfg.stall).await.is_err() {

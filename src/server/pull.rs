@@ -19,15 +19,11 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use super::app::{AppState, internal, refuse, remote_path};
 use super::frames::{Frame as FrameIn, PullAction, PullFrames};
 use super::keys::{self, KeyKind, KeyRecord, PendingKey};
-use super::session::{
-    Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper,
-};
+use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
 use crate::helper::HelperCommand;
-use crate::link::{
-    Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump,
-};
+use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
 use crate::wire::{
     CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, VersionRef,
     Visibility, headers,
@@ -340,9 +336,16 @@ impl Serve<'_> {
             PullAction::Control(c) => {
                 // Only someone who may already pull with a key gets
                 // a Replica Pull key to keep.
-                if c == ClientControl::KeyRequest && ctx.key.is_some() && self.pull_key.key.is_none() {
+                if c == ClientControl::KeyRequest
+                    && ctx.key.is_some()
+                    && self.pull_key.key.is_none()
+                {
                     let r = &ctx.replica;
-                    self.pull_key.key = Some(PendingKey::new(KeyKind::ReplicaPull, &r.namespace, Some(r.id)));
+                    self.pull_key.key = Some(PendingKey::new(
+                        KeyKind::ReplicaPull,
+                        &r.namespace,
+                        Some(r.id),
+                    ));
                     if self.origin_ended {
                         self.pull_key.store(st)?;
                     }
@@ -400,5 +403,13 @@ async fn pump_origin(
         observer: None,
         keep_reading: false,
     };
-    pump(stdout, Direction::FromOrigin, Framing::SERVER, controls, out, ctx).await
+    pump(
+        stdout,
+        Direction::FromOrigin,
+        Framing::SERVER,
+        controls,
+        out,
+        ctx,
+    )
+    .await
 }

@@ -27,15 +27,11 @@ use super::app::{AppState, internal, refuse, remote_path};
 use super::frames::{Frame as FrameIn, PushAction, PushFrames};
 use super::keys::{self, KeyKind, KeyRecord, PendingKey};
 use super::names;
-use super::session::{
-    Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper,
-};
+use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
 use crate::helper::{Helper, HelperCommand};
-use crate::link::{
-    Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump,
-};
+use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
 use crate::wire::{ClientControl, Direction, ServerConfig, ServerText, Visibility, headers};
 
 /// Everything a push session needs, settled at the upgrade.
@@ -364,7 +360,12 @@ impl Push<'_> {
             PushAction::Skip | PushAction::Buffered => {}
             PushAction::Control(c) => {
                 let key_request = c == ClientControl::KeyRequest;
-                let mut cfg = config_for(ctx, latest_number(&self.state), key_request, &mut self.keys_issued);
+                let mut cfg = config_for(
+                    ctx,
+                    latest_number(&self.state),
+                    key_request,
+                    &mut self.keys_issued,
+                );
                 // Asked before any stream: the latest version's hash, so a
                 // client holding exactly that content can stop here
                 // (client::unchanged) instead of syncing to no effect.
@@ -458,10 +459,13 @@ impl Push<'_> {
         let new_keys = self.keys_issued.pending();
         let store = st.store.clone();
         let replica = r.clone();
-        let staging = self.staging.take().ok_or_else(|| Abort::Server("staging file missing".into()))?;
+        let staging = self
+            .staging
+            .take()
+            .ok_or_else(|| Abort::Server("staging file missing".into()))?;
         let mut keys_issued = self.keys_issued;
         tracing::debug!("replica side finished; committing");
-    let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             // The keys sent on KEYREQUEST are stored with the version, in its
             // transaction: a push that fails leaves none behind.
             let store_keys = |c: &rusqlite::Connection| -> anyhow::Result<()> {

@@ -69,7 +69,12 @@ impl Session {
             stall: Some(stall_limit(idle)),
             masked: false,
         };
-        let (out, writer) = spawn_writer(sink, cfg, Arc::new(Stats::default()), Some(activity.clone()));
+        let (out, writer) = spawn_writer(
+            sink,
+            cfg,
+            Arc::new(Stats::default()),
+            Some(activity.clone()),
+        );
         Session {
             rx,
             out,

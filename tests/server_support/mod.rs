@@ -149,7 +149,9 @@ pub async fn push(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcom
     let url = format!("{server_ws}/sapi/push/{path}");
     let mut controls = Controls::default();
     if let Some(m) = &opts.message {
-        controls.before.push(ClientControl::CommitMessage(m.clone()).encode());
+        controls
+            .before
+            .push(ClientControl::CommitMessage(m.clone()).encode());
     }
     session(&url, HelperCommand::origin(db, path), controls, opts, false).await
 }
@@ -157,7 +159,14 @@ pub async fn push(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcom
 /// Pulls `server/sapi/pull/<path>` into `db` with the real helper as REPLICA.
 pub async fn pull(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcome {
     let url = format!("{server_ws}/sapi/pull/{path}");
-    session(&url, HelperCommand::replica(path, db), Controls::default(), opts, true).await
+    session(
+        &url,
+        HelperCommand::replica(path, db),
+        Controls::default(),
+        opts,
+        true,
+    )
+    .await
 }
 
 /// Connects (through a [`Cutter`] when `opts.cut_after` is set) and runs
@@ -172,7 +181,9 @@ async fn session(
 ) -> Outcome {
     controls.after_first.push(ClientControl::Config.encode());
     if opts.key_request {
-        controls.after_first.push(ClientControl::KeyRequest.encode());
+        controls
+            .after_first
+            .push(ClientControl::KeyRequest.encode());
     }
     let spec = DriveSpec {
         helper: helper.stderr(Stderr::Inherit),
@@ -190,7 +201,10 @@ async fn session(
         Some(limit) => {
             let addr = url.split("://").nth(1).unwrap().split('/').next().unwrap();
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let cutter = Cutter { inner: tcp, left: limit };
+            let cutter = Cutter {
+                inner: tcp,
+                left: limit,
+            };
             match tokio_tungstenite::client_async(request(url, opts), cutter).await {
                 Ok((ws, _)) => bridge(ws, spec).await,
                 Err(e) => panic!("websocket connect to {url} failed: {e}"),
