@@ -25,12 +25,20 @@ use crate::wire::{Direction, OriginSummary, ReplicaSummary, StreamError, StreamP
 /// How the helper's output is cut into frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Framing {
-    /// Largest binary frame sent.
+    /// Largest binary frame sent (with `whole_messages`, a single message
+    /// larger than this still goes whole, in a frame of its own).
     pub max_frame: usize,
     /// Gather what is already in the pipe into one frame (one read that
     /// may wait, then more only while data is there); otherwise each read
     /// of the pipe is one frame.
     pub coalesce: bool,
+    /// Every frame starts at a message boundary and holds whole messages
+    /// (a message read in part waits for its rest). Then our control
+    /// frames may follow any frame.
+    pub whole_messages: bool,
+    /// Messages (by their first byte) sent in a frame of their own; only
+    /// with `whole_messages`.
+    pub alone: &'static [u8],
 }
 
 impl Framing {
@@ -39,13 +47,26 @@ impl Framing {
     pub const CLIENT: Framing = Framing {
         max_frame: 64 * 1024,
         coalesce: true,
+        whole_messages: false,
+        alone: &[],
     };
     /// The server's policy (pull pages, push replica hashes): one frame
     /// per read of the pipe, up to 64 KiB.
     pub const SERVER: Framing = Framing {
         max_frame: 64 * 1024,
         coalesce: false,
+        whole_messages: false,
+        alone: &[],
     };
+
+    /// Bytes read from the pipe at a time.
+    fn read_size(&self) -> usize {
+        if self.whole_messages {
+            self.max_frame.max(64 * 1024)
+        } else {
+            self.max_frame
+        }
+    }
 }
 
 /// Our control frames and where they go in the stream.
@@ -111,11 +132,12 @@ pub async fn pump<R: AsyncRead + Unpin>(
         q.send(f).await;
     }
     let mut sent_first = false;
+    let mut framer = Framer::new(framing);
     loop {
         if !q.open && !ctx.keep_reading {
             break;
         }
-        let mut buf = Vec::with_capacity(framing.max_frame);
+        let mut buf = Vec::with_capacity(framing.read_size());
         let eof = match read_frame(&mut stdout, &mut buf, framing.coalesce).await {
             Ok(eof) => eof,
             Err(e) => {
@@ -129,6 +151,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
                 ctx.stats.note_message(&m);
                 res.origin.observe(&m);
                 res.replica.observe(&m);
+                framer.message(m.wire_len());
             });
             if let Err(e) = parsed {
                 res.error = Some(PumpError::Stream(e));
@@ -138,10 +161,12 @@ pub async fn pump<R: AsyncRead + Unpin>(
             if let Some(o) = &ctx.observer {
                 o.progress(&ctx.stats);
             }
-            q.send(buf).await;
+            for f in framer.frames(buf, eof) {
+                q.send(f).await;
+            }
             sent_first = true;
         }
-        if parser.at_boundary() {
+        if framing.whole_messages || parser.at_boundary() {
             let mut now = Vec::new();
             if sent_first && !controls.after_first.is_empty() {
                 now.append(&mut controls.after_first);
@@ -171,6 +196,71 @@ pub async fn pump<R: AsyncRead + Unpin>(
         }
     }
     res
+}
+
+/// Cuts what was read into frames per [`Framing`].
+struct Framer {
+    framing: Framing,
+    /// Read but not sent (starts at a message boundary).
+    pending: Vec<u8>,
+    /// Messages completed in `pending`: (start, end).
+    spans: Vec<(usize, usize)>,
+    /// Where the next message starts in `pending`.
+    cursor: usize,
+}
+
+impl Framer {
+    fn new(framing: Framing) -> Framer {
+        Framer {
+            framing,
+            pending: Vec::new(),
+            spans: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    /// The parser completed a message of `len` bytes.
+    fn message(&mut self, len: usize) {
+        if self.framing.whole_messages {
+            self.spans.push((self.cursor, self.cursor + len));
+            self.cursor += len;
+        }
+    }
+
+    /// The frames to send now for `buf`, just read (and parsed).
+    fn frames(&mut self, buf: Vec<u8>, eof: bool) -> Vec<Vec<u8>> {
+        if !self.framing.whole_messages {
+            return vec![buf];
+        }
+        self.pending.extend_from_slice(&buf);
+        let max = self.framing.max_frame;
+        let mut frames = Vec::new();
+        let mut start = 0;
+        for &(s, e) in &self.spans {
+            let alone = self.framing.alone.contains(&self.pending[s]);
+            if s > start && (alone || e - start > max) {
+                frames.push(self.pending[start..s].to_vec());
+                start = s;
+            }
+            if alone {
+                frames.push(self.pending[s..e].to_vec());
+                start = e;
+            }
+        }
+        let done = self.cursor;
+        if done > start {
+            frames.push(self.pending[start..done].to_vec());
+        }
+        self.spans.clear();
+        self.pending.drain(..done);
+        self.cursor = 0;
+        if eof && !self.pending.is_empty() {
+            // A message cut short by the helper's end: sent as it is, for
+            // the peer's parser to refuse.
+            frames.push(std::mem::take(&mut self.pending));
+        }
+        frames
+    }
 }
 
 /// The writer's queue as the pump sees it.
@@ -293,6 +383,49 @@ mod tests {
             self.pos += n;
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn whole_message_framing_starts_every_frame_at_a_boundary() {
+        let stream = origin_stream(20);
+        let framing = Framing {
+            max_frame: 4101,
+            coalesce: true,
+            whole_messages: true,
+            alone: &[0x42],
+        };
+        let reader = Trickle {
+            data: stream.clone(),
+            pos: 0,
+            step: 0,
+            polls: 0,
+        };
+        let (tx, mut rx) = mpsc::channel::<Out>(1024);
+        let ctx = PumpCtx {
+            stats: Arc::new(Stats::default()),
+            observer: None,
+            keep_reading: true,
+        };
+        let controls = Controls {
+            after_first: vec![crate::wire::ClientControl::Config.encode()],
+            ..Default::default()
+        };
+        let res = pump(reader, Direction::FromOrigin, framing, controls, tx, ctx).await;
+        assert!(res.error.is_none() && res.origin.complete());
+        let mut p = StreamParser::new(Direction::FromOrigin);
+        let (mut data, mut frames) = (Vec::new(), Vec::new());
+        while let Ok(Out::Binary(f)) = rx.try_recv() {
+            assert!(p.at_boundary(), "a frame starts mid-message");
+            if let FrameKind::Control(_) = classify(&f, true) {
+                continue;
+            }
+            assert!(f.len() <= 4101, "frame of {}", f.len());
+            p.feed(&f, |_| {}).unwrap();
+            data.extend_from_slice(&f);
+            frames.push(f);
+        }
+        assert_eq!(data, stream);
+        assert_eq!(&frames.last().unwrap()[..], &[0x42], "ORIGIN_END alone");
     }
 
     #[tokio::test]
