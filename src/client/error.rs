@@ -6,7 +6,7 @@
 //! variant says which; nothing is decided by reading an error's text. The
 //! message each variant carries is the one line the user sees.
 
-use crate::bridge::Outcome;
+use super::verdict::{Failed, Failure};
 
 use super::connect::ConnectError;
 
@@ -64,24 +64,19 @@ impl SyncError {
             e @ (SyncError::Connect(_) | SyncError::NoKey { .. }) => anyhow::Error::new(e),
         }
     }
+}
 
-    /// Adapter at `verdict`'s call sites: its error, typed by the outcome
-    /// it was made from, checked in verdict's own order. When the link's
-    /// outcome carries a typed reason, this is where it maps onto a variant.
-    pub fn from_verdict(o: &Outcome, e: anyhow::Error) -> SyncError {
-        if o.interrupted {
-            SyncError::Interrupted(e)
-        } else if o.verify_failure.is_some() {
-            SyncError::Verification(e)
-        } else if o.abort.is_some() {
-            SyncError::Aborted(e)
-        } else if o.protocol_error.is_some() {
-            SyncError::Other(e)
-        } else if !o.origin.errors.is_empty() || !o.replica.errors.is_empty() {
-            SyncError::Rejected(e)
-        } else {
-            SyncError::Other(e)
-        }
+/// A failed verdict, typed by its cause.
+impl From<Failed> for SyncError {
+    fn from(f: Failed) -> SyncError {
+        let kind = match &f.failure {
+            Failure::Interrupted => SyncError::Interrupted,
+            Failure::Refused(_) if f.is_verification() => SyncError::Verification,
+            Failure::Aborted(_) => SyncError::Aborted,
+            Failure::Stream { .. } => SyncError::Rejected,
+            _ => SyncError::Other,
+        };
+        kind(anyhow::Error::new(f))
     }
 }
 
@@ -104,13 +99,17 @@ mod tests {
              SQLRSYNC_AUTH_TOKEN, or run on a terminal to be asked)"
         );
         assert!(!SyncError::from(refused()).retryable());
-        let o = Outcome {
-            abort: Some("no".into()),
-            ..Outcome::default()
+        let failed = |failure| {
+            SyncError::from(Failed {
+                failure,
+                pushing: false,
+            })
         };
-        assert!(!SyncError::from_verdict(&o, anyhow::anyhow!("x")).retryable());
-        let lost = SyncError::from_verdict(&Outcome::default(), anyhow::anyhow!("lost"));
-        assert!(lost.retryable());
+        assert!(!failed(Failure::Aborted("no".into())).retryable());
+        assert!(failed(Failure::LostMidSync("lost".into())).retryable());
+        let bad = failed(Failure::Refused("VERIFICATION FAILED: x".into()));
+        assert!(matches!(bad, SyncError::Verification(_)));
+        assert!(failed(Failure::Refused("cannot hash".into())).retryable());
         let chained = SyncError::from(anyhow::anyhow!("inner").context("outer"));
         assert_eq!(format!("{chained:#}"), "outer: inner");
     }

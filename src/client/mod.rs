@@ -3,13 +3,15 @@
 //! [`run`] builds a tokio runtime and hands the resolved [`Settings`] over
 //! to [`push`], [`pull`] or [`subscribe`]. What they share lives here: the
 //! server URL, the upgrade request with its headers (shared/PROTOCOL.md
-//! section 2), the verdict over a bridged sync, and the result report
+//! section 2),  and the result report
 //! (summary line or `--json`). Connecting and its typed error are in
 //! [`connect`], the sync's typed error in [`error`], what a command asks
 //! for in [`target`], the settings in [`settings`], and the files kept
 //! between runs (defaults.toml, local-secrets.toml, `-sqlrsync`) in
 //! [`files`].
 
+pub mod apply;
+pub mod commit_gate;
 pub mod connect;
 pub mod error;
 pub mod files;
@@ -20,6 +22,8 @@ pub mod settings;
 pub mod subscribe;
 pub mod target;
 pub mod unchanged;
+pub mod verdict;
+pub mod write_behind;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,11 +36,12 @@ pub use connect::{ConnectError, Socket, connect};
 pub use error::SyncError;
 pub use settings::Settings;
 pub use target::{Mode, RemoteRef};
+pub use verdict::{Failed, Failure, verdict};
 
-use crate::bridge::{Outcome, Stats};
+use crate::link::Stats;
 use crate::ui::progress::Progress;
 use crate::ui::{Printer, human_bytes};
-use crate::wire::{headers, one_line};
+use crate::wire::headers;
 use files::DefaultsFile;
 
 /// sqlite3_rsync protocol for remote modes: fewest bytes on the wire.
@@ -181,116 +186,6 @@ pub fn protocol_args(s: &Settings) -> Vec<std::ffi::OsString> {
     a
 }
 
-/// Turns a bridged sync into success or one error line. `pushing` picks
-/// which side is ours.
-pub fn verdict(o: &Outcome, pushing: bool) -> anyhow::Result<()> {
-    let unchanged = if pushing {
-        "no new version was created"
-    } else {
-        "the local database is unchanged"
-    };
-    if o.interrupted {
-        bail!("interrupted; {unchanged}");
-    }
-    if let Some(why) = &o.verify_failure {
-        bail!("{why}; {unchanged}");
-    }
-    if let Some(reason) = &o.abort {
-        // Say what it means for the user's data, as every other failure does.
-        bail!("the server aborted: {}; {unchanged}", one_line(reason));
-    }
-    if let Some(p) = &o.protocol_error {
-        // The cause; whatever the helper said after its input was cut is
-        // only a consequence.
-        bail!("{p}; {unchanged}");
-    }
-    let errs: Vec<&String> = o
-        .origin
-        .errors
-        .iter()
-        .chain(o.replica.errors.iter())
-        .collect();
-    if !errs.is_empty() {
-        let side = if o.origin.errors.is_empty() {
-            "replica"
-        } else {
-            "origin"
-        };
-        let text: Vec<String> = errs.iter().map(|e| one_line(e)).collect();
-        bail!("sync failed ({side}): {}; {unchanged}", text.join("; "));
-    }
-    let helper_ok = o.helper_status.is_some_and(|s| s.success()) && !o.helper_killed;
-    if !helper_ok {
-        let how = match o.helper_status {
-            Some(s) => describe_status(s),
-            None => "did not exit".into(),
-        };
-        let extra = if o.helper_stderr.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", one_line(&o.helper_stderr.join("\n")))
-        };
-        bail!("the sqlite3_rsync helper failed ({how}){extra}; {unchanged}");
-    }
-    let complete = o.origin.complete();
-    if pushing {
-        match &o.close {
-            Some((1000, _)) if complete => Ok(()),
-            Some((1000, _)) => bail!("the sync ended before the origin finished; {unchanged}"),
-            Some((code, reason)) => {
-                let why = if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                };
-                bail!("the server closed the connection with code {code}{why}; {unchanged}")
-            }
-            // Once the whole origin stream went out, the server needs
-            // nothing more from us: it may commit after the connection broke
-            // (or have committed just before), so "nothing was stored"
-            // would be a guess, and sometimes a false one. (When a send
-            // failed, the server got a cut stream and cannot commit it.)
-            None if complete && o.stream_sent => bail!(
-                "{} after the whole database was sent, before the server confirmed the push; \
-                 it may or may not have been stored as a new version (push again: an unchanged \
-                 push says which version is the latest)",
-                o.connection_error.as_deref().unwrap_or("connection lost")
-            ),
-            None => bail!(
-                "{} before the server confirmed the push; {unchanged}",
-                o.connection_error.as_deref().unwrap_or("connection lost")
-            ),
-        }
-    } else {
-        if !complete {
-            if let Some((code, reason)) = &o.close {
-                let why = if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                };
-                bail!(
-                    "the server closed the connection mid-sync with code {code}{why}; {unchanged}"
-                );
-            }
-            bail!(
-                "{} mid-sync; {unchanged}",
-                o.connection_error.as_deref().unwrap_or("connection lost")
-            );
-        }
-        Ok(())
-    }
-}
-
-fn describe_status(s: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (s.code(), s.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => "unknown status".into(),
-    }
-}
-
 /// The numbers of one finished sync, for the summary line and `--json`.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -430,17 +325,7 @@ impl Report {
     }
 }
 
-/// Resolves when the watch turns true (Ctrl-C); never if its sender is gone.
-pub async fn wait_true(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
+pub use crate::link::wait_true;
 
 /// The last lines of a `--dry` report, the same for push and pull: what
 /// would be written next to the database.
@@ -465,8 +350,13 @@ pub fn interrupted_exit() -> ExitCode {
 }
 
 /// Observer + stats for one sync.
-pub fn observer(printer: Printer) -> (Arc<Stats>, Arc<Progress>) {
-    (Arc::new(Stats::default()), Arc::new(Progress::new(printer)))
+pub fn observer(printer: Printer) -> (crate::link::DriveCtx, Arc<Progress>) {
+    let progress = Arc::new(Progress::new(printer));
+    let ctx = crate::link::DriveCtx {
+        stats: Arc::new(Stats::default()),
+        observer: Some(progress.clone()),
+    };
+    (ctx, progress)
 }
 
 #[cfg(test)]

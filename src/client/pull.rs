@@ -15,12 +15,13 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 
+use super::apply::{PullOptions, PullSink};
+use super::commit_gate::GateConfig;
 use super::files::DashFile;
 use super::keys::{self, Candidates, Key, KeySource};
 use super::{ConnectError, RemoteRef, Settings, SyncError};
-use crate::bridge;
-use crate::commit_gate::GateConfig;
-use crate::helper::Side;
+use crate::helper::HelperCommand;
+use crate::link::{Controls, DriveSpec, Framing, drive};
 use crate::sqlite::HashKind;
 use crate::sqlite::{self, FileState};
 use crate::ui::Printer;
@@ -212,7 +213,7 @@ pub async fn run(
     }
 }
 
-/// Connects, bridges, verifies and keeps the issued keys. Used by PULL and
+/// Connects, links, verifies and keeps the issued keys. Used by PULL and
 /// SUBSCRIBE (with `version` Latest after the first pull).
 pub async fn pull_once(
     s: &Settings,
@@ -268,62 +269,64 @@ pub async fn pull_once(
         Err(e) => return Err(e.into()),
     };
 
-    let mut args: Vec<std::ffi::OsString> = vec![
-        Side::Replica.flag().into(),
-        p.remote_path.clone().into(),
-        p.local.clone().into(),
-    ];
-    args.extend(super::protocol_args(s));
-    let mut after = vec![ClientControl::Config.encode()];
-    if p.key_request {
-        after.push(ClientControl::KeyRequest.encode());
-    }
-    let spec = bridge::Spec {
-        side: Side::Replica,
-        args,
-        before_stream: Vec::new(),
-        after_first: after,
-        want_config: true,
-        idle_timeout: s.idle_timeout,
-        live_stderr: printer.verbose >= 2,
-        // An existing replica is checked before the commit (commit_gate);
-        // a new file after it, helped by these digests.
-        digest_received: !p.local_existed,
-        write_behind: Some(p.local.clone()),
-        commit_gate: Some(GateConfig {
-            replica: p.local.clone(),
-            existed: p.local_existed,
-            wal: matches!(
-                sqlite::inspect(&p.local),
-                Ok(FileState::Database(sqlite::Header { wal: true, .. }))
-            ),
-        }),
-    };
-    let (stats, progress) = super::observer(printer);
-    let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await;
-    progress.finish();
-    let outcome = match outcome {
-        Ok(o) => o,
+    let (outcome, sink) = match link_pull(s, p, ws, interrupt).await {
+        Ok(x) => x,
         Err(e) => {
             remove_if_new(p);
-            return Err(e.into());
+            return Err(SyncError::Other(e.into()));
         }
     };
     if let Err(e) = super::verdict(&outcome, false) {
         remove_if_new(p);
-        return Err(SyncError::from_verdict(&outcome, e));
+        return Err(e.into());
     }
-    let cfg = outcome.config.clone().unwrap_or_default();
+    let cfg = outcome.config().unwrap_or_default();
+    let (verified, verify_seconds) = verify(p, &cfg, &sink, &printer)?;
+    // Set only now: until the copy verified, a new file was ours to remove.
+    p.local_existed = true;
+    if cfg.replica_id.is_some() {
+        p.replica_id = cfg.replica_id.clone();
+    }
+    if let Some(pull) = &cfg.new_pull_key {
+        keep_pull_key(p, pull, &printer)?;
+    }
+    for l in &outcome.helper_stderr {
+        printer.verbose(&format!("sqlite3_rsync: {l}"));
+    }
+    // Only news when the latest was asked for: it moved on during the pull.
+    if outcome.newer_version && p.version == VersionRef::Latest && !s.subscribe {
+        printer
+            .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
+    }
+    let mut report = super::Report::new("PULL", &outcome.stats, started);
+    report.local = p.local.display().to_string();
+    report.remote = format!("{}@{}", p.remote_path, p.version);
+    report.server = p.server.clone();
+    report.version = cfg.committed_version_id.clone();
+    report.verified = verified;
+    report.verify_seconds = verify_seconds;
+    report.messages = outcome.messages.clone();
+    Ok(report)
+}
+
+/// Checks the pulled copy against the server's versionHash, unless the
+/// commit gate already did: (verified, seconds spent hashing).
+fn verify(
+    p: &mut Plan,
+    cfg: &crate::wire::ServerConfig,
+    sink: &PullSink,
+    printer: &Printer,
+) -> Result<(Option<bool>, f64), SyncError> {
     let mut verify_seconds = 0.0;
     let verified = match &cfg.version_hash {
         // Checked before the commit was let through (see commit_gate).
-        Some(_) if outcome.pre_verified => Some(true),
+        Some(_) if sink.pre_verified => Some(true),
         Some(want) => {
             let hashing = Instant::now();
             // With the digests taken as pages arrived, of the hash they are
             // of (versionXxh3 when the server sent one); else SHA-256 of
             // the file read back.
-            let (got, want) = match (&outcome.received, &cfg.version_xxh3) {
+            let (got, want) = match (&sink.received, &cfg.version_xxh3) {
                 (Some(received), Some(xxh3)) if received.kind() == HashKind::Xxh3 => {
                     (sqlite::version_hash_with(&p.local, received), xxh3)
                 }
@@ -356,51 +359,95 @@ pub async fn pull_once(
         }
         None => None,
     };
-    // Set only now: until the copy verified, a new file was ours to remove.
-    p.local_existed = true;
-    if cfg.replica_id.is_some() {
-        p.replica_id = cfg.replica_id.clone();
+    Ok((verified, verify_seconds))
+}
+
+/// Keeps the pull key the server issued in the `-sqlrsync` file; later
+/// pulls of a subscription use it.
+fn keep_pull_key(p: &mut Plan, pull: &str, printer: &Printer) -> Result<(), SyncError> {
+    if !crate::wire::is_key_shaped(pull) {
+        return Err(SyncError::Other(anyhow::anyhow!(
+            "the server issued a pull key that is not a key; it was not stored"
+        )));
     }
-    if let Some(pull) = &cfg.new_pull_key {
-        if !crate::wire::is_key_shaped(pull) {
-            return Err(SyncError::Other(anyhow::anyhow!(
-                "the server issued a pull key that is not a key; it was not stored"
-            )));
-        }
-        let dash = DashFile {
-            remote_path: p.remote_path.clone(),
-            replica_id: p.replica_id.clone(),
-            pull_key: Some(pull.clone()),
-            server: Some(p.server.clone()),
+    let dash = DashFile {
+        remote_path: p.remote_path.clone(),
+        replica_id: p.replica_id.clone(),
+        pull_key: Some(pull.to_string()),
+        server: Some(p.server.clone()),
+    };
+    let at = dash.save_for(&p.local)?;
+    printer.verbose(&format!("wrote {}", at.display()));
+    // Later pulls of a subscription use the file's key, like a new run.
+    if !p.key.source.is_admin() || p.key.value.is_none() {
+        p.key = Key {
+            value: Some(pull.to_string()),
+            source: KeySource::DashFile(DashFile::path_for(&p.local)),
         };
-        let at = dash.save_for(&p.local)?;
-        printer.verbose(&format!("wrote {}", at.display()));
-        // Later pulls of a subscription use the file's key, like a new run.
-        if !p.key.source.is_admin() || p.key.value.is_none() {
-            p.key = Key {
-                value: Some(pull.clone()),
-                source: KeySource::DashFile(DashFile::path_for(&p.local)),
-            };
-        }
-        p.key_request = false;
     }
-    for l in &outcome.helper_stderr {
-        printer.verbose(&format!("sqlite3_rsync: {l}"));
+    p.key_request = false;
+    Ok(())
+}
+
+/// Runs the REPLICA helper over `ws` with the pull's sink.
+async fn link_pull(
+    s: &Settings,
+    p: &Plan,
+    ws: super::Socket,
+    interrupt: watch::Receiver<bool>,
+) -> Result<(Linked, PullSink), crate::link::DriveError> {
+    let helper = HelperCommand::replica(&p.remote_path, &p.local)
+        .args(super::protocol_args(s))
+        .own_process_group();
+    let mut after = vec![ClientControl::Config.encode()];
+    if p.key_request {
+        after.push(ClientControl::KeyRequest.encode());
     }
-    // Only news when the latest was asked for: it moved on during the pull.
-    if outcome.newer_version && p.version == VersionRef::Latest && !s.subscribe {
-        printer
-            .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
+    let spec = DriveSpec {
+        helper,
+        controls: Controls {
+            after_first: after,
+            ..Default::default()
+        },
+        framing: Framing::CLIENT,
+        want_config: true,
+        idle_timeout: s.idle_timeout,
+        live_stderr: s.printer.verbose >= 2,
+    };
+    let opts = PullOptions {
+        // An existing replica is checked before the commit (commit_gate);
+        // a new file after it, helped by these digests.
+        digest_received: !p.local_existed,
+        write_behind: Some(p.local.clone()),
+        gate: Some(GateConfig {
+            replica: p.local.clone(),
+            existed: p.local_existed,
+            wal: matches!(
+                sqlite::inspect(&p.local),
+                Ok(FileState::Database(sqlite::Header { wal: true, .. }))
+            ),
+        }),
+    };
+    let printer = s.printer;
+    let (ctx, progress) = super::observer(printer);
+    let stats = ctx.stats.clone();
+    let res = drive(ws, spec, ctx, |feed| PullSink::new(feed, opts), interrupt).await;
+    progress.finish();
+    let (outcome, sink) = res?;
+    Ok((Linked { outcome, stats }, sink))
+}
+
+/// A link's outcome with the byte counts of its connection.
+pub struct Linked {
+    pub outcome: crate::link::Outcome,
+    pub stats: std::sync::Arc<crate::link::Stats>,
+}
+
+impl std::ops::Deref for Linked {
+    type Target = crate::link::Outcome;
+    fn deref(&self) -> &Self::Target {
+        &self.outcome
     }
-    let mut report = super::Report::new("PULL", &stats, started);
-    report.local = p.local.display().to_string();
-    report.remote = format!("{}@{}", p.remote_path, p.version);
-    report.server = p.server.clone();
-    report.version = cfg.committed_version_id.clone();
-    report.verified = verified;
-    report.verify_seconds = verify_seconds;
-    report.messages = outcome.messages.clone();
-    Ok(report)
 }
 
 fn short(h: &str) -> &str {

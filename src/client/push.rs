@@ -19,9 +19,10 @@ use tokio::sync::watch;
 
 use super::files::{self, DashFile, SecretEntry, Secrets};
 use super::keys::{self, Candidates, Key, KeySource};
-use super::{RemoteRef, Settings, unchanged};
-use crate::bridge;
-use crate::helper::Side;
+use super::unchanged;
+use super::{RemoteRef, Settings};
+use crate::helper::HelperCommand;
+use crate::link::{Controls, DriveSpec, Framing, drive};
 use crate::sqlite::{self, FileState};
 use crate::ui::Printer;
 use crate::wire::{ClientControl, Visibility, headers};
@@ -262,90 +263,90 @@ pub async fn run(
         && let unchanged::Probe::Unchanged { config, wire_bytes } =
             unchanged::probe(&mut ws, local_hash).await?
     {
-        let version = config.committed_version_id.clone();
-        printer.note(&format!(
-            "no changes: version {} on the server already holds this database; nothing sent",
-            version.as_deref().unwrap_or("?")
-        ));
-        if let (Some(f), Some(h)) = (&fingerprint, &config.version_hash) {
-            unchanged::save_record(
-                &p.server,
-                &p.local,
-                &unchanged::PushRecord {
-                    fingerprint: f.clone(),
-                    version_hash: h.clone(),
-                },
-            );
-        }
-        let stats = bridge::Stats::default();
-        let mut report = super::Report::new("PUSH", &stats, started);
-        report.local = p.local.display().to_string();
-        report.remote = config
-            .replica_path
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(p.remote_path.clone());
-        report.server = p.server.clone();
-        report.version = version;
-        report.wire_received = wire_bytes;
-        report.unchanged = true;
-        report.print(&printer);
+        unchanged_report(
+            &p,
+            config,
+            wire_bytes,
+            fingerprint.as_deref(),
+            started,
+            &printer,
+        );
         return Ok(ExitCode::SUCCESS);
     }
 
-    let name = if p.remote_path.is_empty() {
-        p.local
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "replica.db".into())
-    } else {
-        p.remote_path.clone()
-    };
-    let mut args: Vec<std::ffi::OsString> = vec![
-        Side::Origin.flag().into(),
-        p.local.clone().into(),
-        name.into(),
-    ];
-    args.extend(super::protocol_args(s));
-    let mut before = Vec::new();
-    if let Some(m) = &p.message {
-        before.push(ClientControl::CommitMessage(m.clone()).encode());
-    }
-    let mut after = vec![ClientControl::Config.encode()];
-    if p.key_request {
-        after.push(ClientControl::KeyRequest.encode());
-    }
-    let spec = bridge::Spec {
-        side: Side::Origin,
-        args,
-        before_stream: before,
-        after_first: after,
-        want_config: false,
-        idle_timeout: s.idle_timeout,
-        live_stderr: printer.verbose >= 2,
-        digest_received: false,
-        commit_gate: None,
-        write_behind: None,
-    };
-    let (stats, progress) = super::observer(printer);
-    let outcome = bridge::run(ws, spec, stats.clone(), progress.clone(), interrupt).await?;
-    progress.finish();
+    let (outcome, stats) = link_push(s, &p, ws, interrupt).await?;
     let interrupted = outcome.interrupted;
     if let Err(e) = super::verdict(&outcome, true) {
         if interrupted {
             printer.stderr(&format!("sqlrsync: {e}"));
             return Ok(super::interrupted_exit());
         }
-        return Err(e);
+        return Err(e.into());
     }
-    let cfg = outcome.config.clone().unwrap_or_default();
+    let report = finish(s, &p, &outcome, &stats, started)?;
+    report.print(&printer);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server's latest version already holds this database: nothing was
+/// sent; the record is refreshed and the summary says so.
+fn unchanged_report(
+    p: &Plan,
+    config: crate::wire::ServerConfig,
+    wire_bytes: u64,
+    fingerprint: Option<&str>,
+    started: Instant,
+    printer: &Printer,
+) {
+    let version = config.committed_version_id.clone();
+    printer.note(&format!(
+        "no changes: version {} on the server already holds this database; nothing sent",
+        version.as_deref().unwrap_or("?")
+    ));
+    if let (Some(f), Some(h)) = (fingerprint, &config.version_hash) {
+        unchanged::save_record(
+            &p.server,
+            &p.local,
+            &unchanged::PushRecord {
+                fingerprint: f.to_string(),
+                version_hash: h.clone(),
+            },
+        );
+    }
+    let stats = crate::link::Stats::default();
+    let mut report = super::Report::new("PUSH", &stats, started);
+    report.local = p.local.display().to_string();
+    report.remote = config
+        .replica_path
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(p.remote_path.clone());
+    report.server = p.server.clone();
+    report.version = version;
+    report.wire_received = wire_bytes;
+    report.unchanged = true;
+    report.print(printer);
+}
+
+/// After a push the server confirmed: keeps the keys it issued and the
+/// record that lets the next push skip an unchanged database, and builds
+/// the report.
+fn finish(
+    s: &Settings,
+    p: &Plan,
+    outcome: &crate::link::Outcome,
+    stats: &crate::link::Stats,
+    started: Instant,
+) -> anyhow::Result<super::Report> {
+    let printer = &s.printer;
+    let cfg = outcome.config().unwrap_or_default();
     let remote_path = cfg
         .replica_path
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or(p.remote_path.clone());
     let replica_id = cfg.replica_id.clone().or(p.replica_id.clone());
-    keep_keys(s, &p, &cfg, &remote_path, replica_id.as_deref())?;
+    keep_keys(s, p, &cfg, &remote_path, replica_id.as_deref())?;
     // The fingerprint after the push, not before: reading a WAL database
     // may checkpoint it on close. Taking it late is safe because the record
     // only decides whether to hash next time, never whether to skip.
@@ -360,7 +361,7 @@ pub async fn run(
         );
     }
 
-    let mut report = super::Report::new("PUSH", &stats, started);
+    let mut report = super::Report::new("PUSH", stats, started);
     report.local = p.local.display().to_string();
     report.remote = remote_path;
     report.server = p.server.clone();
@@ -369,8 +370,55 @@ pub async fn run(
     for l in &outcome.helper_stderr {
         printer.verbose(&format!("sqlite3_rsync: {l}"));
     }
-    report.print(&printer);
-    Ok(ExitCode::SUCCESS)
+    Ok(report)
+}
+
+/// Runs the ORIGIN helper over `ws`: the commit message before the
+/// stream, CONFIG (and KEYREQUEST) at the first message boundary.
+async fn link_push(
+    s: &Settings,
+    p: &Plan,
+    ws: super::Socket,
+    interrupt: watch::Receiver<bool>,
+) -> Result<(crate::link::Outcome, std::sync::Arc<crate::link::Stats>), crate::link::DriveError> {
+    let name = if p.remote_path.is_empty() {
+        p.local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "replica.db".into())
+    } else {
+        p.remote_path.clone()
+    };
+    let helper = HelperCommand::origin(&p.local, name)
+        .args(super::protocol_args(s))
+        .own_process_group();
+    let mut before = Vec::new();
+    if let Some(m) = &p.message {
+        before.push(ClientControl::CommitMessage(m.clone()).encode());
+    }
+    let mut after = vec![ClientControl::Config.encode()];
+    if p.key_request {
+        after.push(ClientControl::KeyRequest.encode());
+    }
+    let spec = DriveSpec {
+        helper,
+        controls: Controls {
+            before,
+            after_first: after,
+            at_end: None,
+        },
+        framing: Framing::CLIENT,
+        want_config: false,
+        idle_timeout: s.idle_timeout,
+        live_stderr: s.printer.verbose >= 2,
+    };
+    let printer = s.printer;
+    let (ctx, progress) = super::observer(printer);
+    let stats = ctx.stats.clone();
+    let linked = drive(ws, spec, ctx, |feed| feed, interrupt).await;
+    progress.finish();
+    let (outcome, _) = linked?;
+    Ok((outcome, stats))
 }
 
 /// Stores what the server issued: the push key (or the refreshed entry) in

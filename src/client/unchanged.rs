@@ -135,13 +135,13 @@ pub async fn probe(
     local_hash: tokio::task::JoinHandle<anyhow::Result<String>>,
 ) -> anyhow::Result<Probe> {
     let request = ClientControl::Config.encode();
-    let mut wire = crate::bridge::frame_len(request.len(), true);
+    let mut wire = crate::link::frame_len(request.len(), true);
     ws.send(WsMessage::Binary(request.into())).await?;
     let config = tokio::time::timeout(CONFIG_WAIT, async {
         while let Some(frame) = ws.next().await {
             match frame? {
                 WsMessage::Text(t) => {
-                    wire += crate::bridge::frame_len(t.len(), false);
+                    wire += crate::link::frame_len(t.len(), false);
                     match ServerText::parse(t.as_str()) {
                         Ok(ServerText::Config(c)) => return Ok(Some(c)),
                         Ok(ServerText::Abort(why)) => {

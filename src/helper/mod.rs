@@ -1,5 +1,5 @@
 //! The embedded sqlite3_rsync helper: its bytes, their extraction to a cache
-//! file, and the commands that run it.
+//! file, and [`HelperCommand`], the one way client, server and tests run it.
 //!
 //! build.rs compiles tool/sqlite3_rsync.c with the SQLite amalgamation into a
 //! static executable and this module embeds it. At run time [`path`] writes it
@@ -8,8 +8,10 @@
 //! reuses it while its bytes still equal the embedded ones. Nothing on PATH is
 //! needed.
 
+mod command;
 mod extract;
 
+pub use command::{Helper, HelperCommand, HelperExit, SpawnError, Stderr};
 pub use extract::{ExtractedHelper, path};
 
 /// Build-time facts about the helper: hash and SQLite versions.
@@ -55,7 +57,7 @@ const PIPE_CAPACITY: libc::c_int = 1 << 20;
 
 /// Widens a pipe to the helper from the default 64 KiB to 1 MiB. With the
 /// default, a helper streaming 4 KiB pages fills the pipe after 16 of them
-/// and sleeps until the bridge reads; every page then costs context switches
+/// and sleeps until the link reads; every page then costs context switches
 /// on both ends, and measured over loopback those switches, not the copying,
 /// were most of what a remote sync cost beyond a LOCAL one. Failure (another
 /// OS, a lower system limit) only costs speed, so it is ignored.

@@ -10,26 +10,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::app::{AppState, internal, refuse, remote_path};
-use super::frames::{Frame, PullAction, PullFrames};
+use super::frames::{Frame as FrameIn, PullAction, PullFrames};
 use super::keys::{self, KeyKind, KeyRecord, PendingKey};
-use super::session::{
-    Abort, Activity, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed,
-    finish_writer, send_out, spawn_writer,
-};
+use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
 use super::store::VersionFile;
 use super::store::meta::{self, ReplicaRow, VersionRow};
-use crate::helper::Side;
+use crate::helper::HelperCommand;
+use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
 use crate::wire::{
-    CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, StreamParser,
-    VersionRef, Visibility, headers, keepalive_interval,
+    CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, VersionRef,
+    Visibility, headers,
 };
 
 /// Who may read `r` with `key` (None: anonymous). Private replicas and
@@ -157,29 +154,20 @@ pub async fn handler(
 }
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
-    let (sink, mut stream) = socket.split();
-    let activity = Activity::new();
-    let (out, writer) = spawn_writer(
-        sink,
-        activity.clone(),
-        keepalive_interval(st.config.idle_timeout),
-        super::session::stall_limit(st.config.idle_timeout),
-    );
+    let mut link = Session::open(socket, st.config.idle_timeout);
     let started = std::time::Instant::now();
-    match run(&mut stream, &out, &activity, &st, &ctx).await {
+    match run(&mut link, &st, &ctx).await {
         Ok(pages) => {
             tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
                 secs = started.elapsed().as_secs_f64(), "pull served");
-            send_out(&out, Out::Close(CLOSE_NORMAL, "done".into())).await;
+            send_out(&link.out, Out::Close(CLOSE_NORMAL, "done".into())).await;
         }
         Err(a) => {
             tracing::warn!(path = %ctx.replica.path, reason = %a.reason(), "pull ended early");
-            a.send(&out).await;
+            a.send(&link.out).await;
         }
     }
-    drop(out);
-    finish_writer(writer).await;
-    drain_until_closed(&mut stream).await;
+    link.finish().await;
 }
 
 fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
@@ -223,13 +211,9 @@ impl PullKey {
     }
 }
 
-async fn run(
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
-    out: &OutTx,
-    activity: &Activity,
-    st: &AppState,
-    ctx: &PullContext,
-) -> Result<u64, Abort> {
+/// Serves the pinned version: CONFIG first, then the helper's ORIGIN
+/// stream, answering the client's control frames and feeding it its hashes.
+async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64, Abort> {
     let store = st.store.clone();
     let r = ctx.replica.clone();
     let n = ctx.version.number;
@@ -237,95 +221,30 @@ async fn run(
         .await
         .map_err(|e| Abort::Server(format!("materialise task failed: {e}")))?
         .map_err(|e| Abort::Server(format!("cannot read version {n}: {e:#}")))?;
-    send_out(out, config_text(config(ctx, None))).await;
-    let mut helper = HelperProcess::spawn(Side::Origin, &file.path, &ctx.replica.path)
-        .map_err(|e| Abort::Server(format!("cannot start the helper: {e:#}")))?;
+    send_out(&link.out, config_text(config(ctx, None))).await;
+    let mut helper = spawn_helper(&HelperCommand::origin(&file.path, &ctx.replica.path))?;
     let stdout = helper.stdout.take().expect("piped stdout");
-    let (ended_tx, mut ended_rx) = oneshot::channel::<()>();
+    let (ended_tx, ended_rx) = oneshot::channel::<()>();
     let newer = NewerCheck {
         state: st.store.replica_state(&ctx.replica),
         pulled: n,
     };
-    let mut pump = tokio::spawn(pump_origin(stdout, out.clone(), ended_tx, newer));
-    let mut stdin = helper.stdin.take();
-    let mut frames = PullFrames::new(
-        st.config.stream_limits(),
-        ctx.version.page_count,
-        ctx.version.page_size,
-    );
-    let mut pull_key = PullKey::default();
-    let mut shutdown = st.shutdown.clone();
-    let mut origin_ended = false;
-    let summary = loop {
-        tokio::select! {
-            res = &mut pump => {
-                break res.map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
-            }
-            _ = &mut ended_rx, if !origin_ended => {
-                // ORIGIN_END sent: the helper waits for the replica's EOF,
-                // which the client never sends; give it ours. Our side is
-                // complete, so a key the client asked for is now kept.
-                origin_ended = true;
-                stdin = None;
-                pull_key.store(st)?;
-            }
-            _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
-            _ = activity.idle(st.config.idle_timeout) => {
-                return Err(Abort::Client("no data from the client for too long".into()));
-            }
-            frame = stream.next() => {
-                let msg = match frame {
-                    None | Some(Ok(WsMessage::Close(_))) => {
-                        if origin_ended {
-                            // The client has everything; wait for the helper.
-                            stdin = None;
-                            break tokio::time::timeout(Duration::from_secs(30), &mut pump).await
-                                .map_err(|_| Abort::Cut("helper did not finish".into()))?
-                                .map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
-                        }
-                        return Err(Abort::Cut("client left before the pull finished".into()));
-                    }
-                    Some(Err(e)) => return Err(Abort::from_read_error(e, st.config.max_frame)),
-                    Some(Ok(m)) => m,
-                };
-                // A Pong is the websocket library answering our keepalive, not
-                // the client doing anything: a client stuck mid-stream that
-                // still pongs must still time out. Its own Pings do count.
-                if !matches!(msg, WsMessage::Pong(_)) {
-                    activity.touch();
-                }
-                let action = match &msg {
-                    WsMessage::Binary(b) => frames.frame(Frame::Binary(b)),
-                    WsMessage::Text(t) => frames.frame(Frame::Text(t.as_str())),
-                    _ => continue,
-                };
-                match action.map_err(|e| Abort::Client(e.0))? {
-                    PullAction::Skip => {}
-                    PullAction::Control(c) => {
-                        // Only someone who may already pull with a key gets
-                        // a Replica Pull key to keep.
-                        if c == ClientControl::KeyRequest && ctx.key.is_some() && pull_key.key.is_none() {
-                            let r = &ctx.replica;
-                            pull_key.key = Some(PendingKey::new(KeyKind::ReplicaPull, &r.namespace, Some(r.id)));
-                            if origin_ended {
-                                pull_key.store(st)?;
-                            }
-                        }
-                        send_out(out, config_text(config(ctx, pull_key.shown()))).await;
-                    }
-                    PullAction::Forward => {
-                        if let (Some(s), WsMessage::Binary(b)) = (stdin.as_mut(), &msg)
-                            && s.write_all(b).await.is_err()
-                        {
-                            stdin = None;
-                        }
-                    }
-                }
-            }
-        }
+    let pump = tokio::spawn(pump_origin(stdout, link.out.clone(), ended_tx, newer));
+    let mut serve = Serve {
+        st,
+        ctx,
+        stdin: helper.stdin.take(),
+        frames: PullFrames::new(
+            st.config.stream_limits(),
+            ctx.version.page_count,
+            ctx.version.page_size,
+        ),
+        pull_key: PullKey::default(),
+        origin_ended: false,
     };
-    drop(stdin);
-    let _ = tokio::time::timeout(Duration::from_secs(10), helper.child.wait()).await;
+    let summary = serve.serve(link, pump, ended_rx).await?;
+    drop(serve.stdin.take());
+    let _ = helper.wait(Duration::from_secs(10)).await;
     drop(file);
     if let Some(e) = summary.errors.first() {
         return Err(Abort::Server(format!("origin error: {e}")));
@@ -333,8 +252,116 @@ async fn run(
     if !summary.complete() {
         return Err(Abort::Server("the origin side stopped early".into()));
     }
-    pull_key.store(st)?;
+    serve.pull_key.store(st)?;
     Ok(summary.pages_sent)
+}
+
+/// A pull session's state between the client's frames.
+struct Serve<'a> {
+    st: &'a AppState,
+    ctx: &'a PullContext,
+    /// The helper's stdin: the client's hashes go there.
+    stdin: Option<tokio::process::ChildStdin>,
+    frames: PullFrames,
+    pull_key: PullKey,
+    /// ORIGIN_END went out.
+    origin_ended: bool,
+}
+
+impl Serve<'_> {
+    /// Runs until the helper's stream ended (and the client has it), or
+    /// the session fails.
+    async fn serve(
+        &mut self,
+        link: &mut Session,
+        mut pump: tokio::task::JoinHandle<PumpEnd>,
+        mut ended_rx: oneshot::Receiver<()>,
+    ) -> Result<OriginSummary, Abort> {
+        let st = self.st;
+        let mut shutdown = st.shutdown.clone();
+        let activity = link.activity.clone();
+        let pumped = loop {
+            tokio::select! {
+                res = &mut pump => {
+                    break res.map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
+                }
+                _ = &mut ended_rx, if !self.origin_ended => {
+                    // ORIGIN_END sent: the helper waits for the replica's EOF,
+                    // which the client never sends; give it ours. Our side is
+                    // complete, so a key the client asked for is now kept.
+                    self.origin_ended = true;
+                    self.stdin = None;
+                    self.pull_key.store(st)?;
+                }
+                _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
+                _ = activity.idle(st.config.idle_timeout) => {
+                    return Err(Abort::Client("no data from the client for too long".into()));
+                }
+                frame = recv(&mut link.rx, &activity) => {
+                    let msg = match frame {
+                        None | Some(Ok(Frame::Close(..))) => {
+                            if self.origin_ended {
+                                // The client has everything; wait for the helper.
+                                self.stdin = None;
+                                break tokio::time::timeout(Duration::from_secs(30), &mut pump).await
+                                    .map_err(|_| Abort::Cut("helper did not finish".into()))?
+                                    .map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
+                            }
+                            return Err(Abort::Cut("client left before the pull finished".into()));
+                        }
+                        Some(Err(e)) => return Err(Abort::from_read_error(e, st.config.max_frame)),
+                        Some(Ok(m)) => m,
+                    };
+                    self.on_frame(&link.out, msg).await?;
+                }
+            }
+        };
+        let mut summary = pumped.origin;
+        if let Some(PumpError::Stream(e)) = pumped.error {
+            summary.errors.push(format!("helper stream: {e}"));
+        }
+        Ok(summary)
+    }
+
+    /// Does what [`PullFrames`] decides for a client frame.
+    async fn on_frame(&mut self, out: &OutTx, msg: Frame) -> Result<(), Abort> {
+        let (st, ctx) = (self.st, self.ctx);
+        let action = match &msg {
+            Frame::Binary(b) => self.frames.frame(FrameIn::Binary(b)),
+            Frame::Text(t) => self.frames.frame(FrameIn::Text(t)),
+            _ => return Ok(()),
+        };
+        match action.map_err(|e| Abort::Client(e.0))? {
+            PullAction::Skip => {}
+            PullAction::Control(c) => {
+                // Only someone who may already pull with a key gets
+                // a Replica Pull key to keep.
+                if c == ClientControl::KeyRequest
+                    && ctx.key.is_some()
+                    && self.pull_key.key.is_none()
+                {
+                    let r = &ctx.replica;
+                    self.pull_key.key = Some(PendingKey::new(
+                        KeyKind::ReplicaPull,
+                        &r.namespace,
+                        Some(r.id),
+                    ));
+                    if self.origin_ended {
+                        self.pull_key.store(st)?;
+                    }
+                }
+                send_out(out, config_text(config(ctx, self.pull_key.shown()))).await;
+            }
+            PullAction::Forward => {
+                if let (Some(s), Frame::Binary(b)) = (self.stdin.as_mut(), &msg)
+                    && s.write_all(b).await.is_err()
+                {
+                    self.stdin = None;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Carries the helper's ORIGIN stream to the client, reporting ORIGIN_END.
@@ -347,43 +374,42 @@ struct NewerCheck {
 }
 
 async fn pump_origin(
-    mut stdout: tokio::process::ChildStdout,
+    stdout: tokio::process::ChildStdout,
     out: OutTx,
     ended: oneshot::Sender<()>,
     newer: NewerCheck,
-) -> OriginSummary {
-    let mut parser = StreamParser::new(Direction::FromOrigin);
-    let mut summary = OriginSummary::default();
-    let mut ended = Some(ended);
-    loop {
-        // A fresh buffer per frame, handed to the writer as it is: the
-        // whole database passes here, and a copy of it costs a pull time.
-        let mut buf = Vec::with_capacity(64 * 1024);
-        match stdout.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+) -> PumpEnd {
+    // Once the stream is whole (a message boundary: the one place a
+    // control frame may go), say if the pulled version is no longer the
+    // latest (one was committed, or an older one asked).
+    let at_end = move || {
+        let moved_on = newer
+            .state
+            .latest()
+            .is_some_and(|l| l.number > newer.pulled);
+        let _ = ended.send(());
+        if moved_on {
+            vec![vec![CTRL_NEWREPLICAVERSION]]
+        } else {
+            Vec::new()
         }
-        if let Err(e) = parser.feed(&buf, |m| summary.observe(&m)) {
-            summary.errors.push(format!("helper stream: {e}"));
-        }
-        if out.send(Out::Binary(buf)).await.is_err() {
-            break;
-        }
-        if parser.ended()
-            && let Some(tx) = ended.take()
-        {
-            // The stream is whole, so this is a message boundary: the one
-            // place a control frame may go. Say if the pulled version is no
-            // longer the latest (one was committed, or an older one asked).
-            if newer
-                .state
-                .latest()
-                .is_some_and(|l| l.number > newer.pulled)
-            {
-                let _ = out.send(Out::Binary(vec![CTRL_NEWREPLICAVERSION])).await;
-            }
-            let _ = tx.send(());
-        }
-    }
-    summary
+    };
+    let controls = Controls {
+        at_end: Some(Box::new(at_end)),
+        ..Default::default()
+    };
+    let ctx = PumpCtx {
+        stats: Arc::new(Stats::default()),
+        observer: None,
+        keep_reading: false,
+    };
+    pump(
+        stdout,
+        Direction::FromOrigin,
+        Framing::SERVER,
+        controls,
+        out,
+        ctx,
+    )
+    .await
 }

@@ -6,7 +6,7 @@
 //! message boundaries, so control frames can be told apart, applies the
 //! stream limits, and records the pages sent and the final size), starts
 //! the helper `--replica` on a staging copy of the latest version once
-//! ORIGIN_BEGIN has told the page size, and bridges the two. A version is
+//! ORIGIN_BEGIN has told the page size, and links the two. A version is
 //! committed only when the origin's stream ended cleanly (ORIGIN_TXN,
 //! ORIGIN_END, no ORIGIN_ERROR), the helper's own stream carried no
 //! REPLICA_ERROR, the helper exited, and every page of the result was
@@ -17,29 +17,22 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use futures_util::StreamExt;
-use futures_util::stream::SplitStream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::app::{AppState, internal, refuse, remote_path};
-use super::frames::{Frame, PushAction, PushFrames};
+use super::frames::{Frame as FrameIn, PushAction, PushFrames};
 use super::keys::{self, KeyKind, KeyRecord, PendingKey};
 use super::names;
-use super::session::{
-    Abort, Activity, CLOSE_NORMAL, HelperProcess, Out, OutTx, config_text, drain_until_closed,
-    finish_writer, send_out, spawn_writer,
-};
+use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
 use super::store::meta::{self, ReplicaRow};
 use super::store::{CommitOutcome, ReplicaState};
-use crate::helper::Side;
-use crate::wire::{
-    ClientControl, Direction, ReplicaSummary, ServerConfig, ServerText, StreamParser, Visibility,
-    headers, keepalive_interval,
-};
+use crate::helper::{Helper, HelperCommand};
+use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
+use crate::wire::{ClientControl, Direction, ServerConfig, ServerText, Visibility, headers};
 
 /// Everything a push session needs, settled at the upgrade.
 struct PushContext {
@@ -155,17 +148,11 @@ pub async fn handler(
 }
 
 async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
-    let (sink, mut stream) = socket.split();
-    let activity = Activity::new();
-    let (out, writer) = spawn_writer(
-        sink,
-        activity.clone(),
-        keepalive_interval(st.config.idle_timeout),
-        super::session::stall_limit(st.config.idle_timeout),
-    );
+    let mut link = Session::open(socket, st.config.idle_timeout);
+    let out = link.out.clone();
     let path = ctx.replica.path.clone();
     let started = std::time::Instant::now();
-    match run(&mut stream, &out, &activity, &st, &ctx).await {
+    match run(&mut link, &st, &ctx).await {
         Ok(end) => {
             match &end {
                 PushEnd::Committed(cfg, row) => {
@@ -215,8 +202,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
         }
     }
     drop(out);
-    finish_writer(writer).await;
-    drain_until_closed(&mut stream).await;
+    link.finish().await;
 }
 
 enum PushEnd {
@@ -239,19 +225,9 @@ impl Drop for StagingGuard {
     }
 }
 
-/// How the helper's stdout pump ended.
-struct PumpResult {
-    replica: ReplicaSummary,
-    stream_error: Option<String>,
-}
-
-async fn run(
-    stream: &mut SplitStream<WebSocket>,
-    out: &OutTx,
-    activity: &Activity,
-    st: &AppState,
-    ctx: &PushContext,
-) -> Result<PushEnd, Abort> {
+/// Takes the replica's push lock, receives the origin's stream into the
+/// helper, judges the result and commits it.
+async fn run(link: &mut Session, st: &AppState, ctx: &PushContext) -> Result<PushEnd, Abort> {
     let r = &ctx.replica;
     let state = st.store.replica_state(r);
     let mut shutdown = st.shutdown.clone();
@@ -260,208 +236,286 @@ async fn run(
         _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
     };
     // Waiting for another push to this replica is not the client's idling.
-    activity.touch();
+    link.activity.touch();
     let latest = state.latest();
-    let mut keys_issued = KeysIssued::default();
-    let mut frames = PushFrames::new(st.config.stream_limits());
-    let mut helper: Option<HelperProcess> = None;
-    let mut pump: Option<tokio::task::JoinHandle<PumpResult>> = None;
-    let mut staging: Option<StagingGuard> = None;
-    // Pages the staging copy started with (a copy of the latest version).
-    let mut base_pages = 0u32;
-    let mut first_frame = true;
+    let mut push = Push {
+        st,
+        ctx,
+        out: link.out.clone(),
+        state: state.clone(),
+        latest,
+        keys_issued: KeysIssued::default(),
+        frames: PushFrames::new(st.config.stream_limits()),
+        helper: None,
+        pump: None,
+        staging: None,
+        base_pages: 0,
+    };
+    if push.receive(link).await? == Received::Withdrawn {
+        return Ok(PushEnd::Withdrawn);
+    }
+    let pumped = push.end_helper().await?;
+    push.judge(&pumped)?;
+    push.commit().await
+}
 
-    loop {
-        // The first frame comes at once from a real client (its origin
-        // opens the database and speaks); later, the client may wait
-        // while our helper hashes, so the clock counts both directions.
-        let (wait, why) = if first_frame {
-            (
-                st.config.handshake_timeout,
-                "no data from the client after the upgrade",
-            )
-        } else {
-            (
-                st.config.idle_timeout,
-                "no data from the client for too long",
-            )
-        };
-        let frame = tokio::select! {
-            biased;
-            f = stream.next() => f,
-            _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
-            res = async { pump.as_mut().unwrap().await }, if pump.is_some() => {
-                // The helper stopped before the origin finished: it failed.
-                let why = match res {
-                    Ok(p) => p.replica.errors.first().cloned().or(p.stream_error)
-                        .unwrap_or_else(|| "the replica side stopped early".into()),
-                    Err(e) => format!("replica task failed: {e}"),
-                };
-                return Err(Abort::Server(format!("replica side failed: {why}")));
+/// How the receiving phase of a push ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// ORIGIN_END is in.
+    Ended,
+    /// The client closed before sending any stream.
+    Withdrawn,
+}
+
+/// One push session's state between the client's frames.
+struct Push<'a> {
+    st: &'a AppState,
+    ctx: &'a PushContext,
+    out: OutTx,
+    state: std::sync::Arc<ReplicaState>,
+    /// The latest version when the push lock was taken.
+    latest: Option<std::sync::Arc<super::store::VersionFile>>,
+    keys_issued: KeysIssued,
+    frames: PushFrames,
+    helper: Option<Helper>,
+    pump: Option<tokio::task::JoinHandle<PumpEnd>>,
+    staging: Option<StagingGuard>,
+    /// Pages the staging copy started with (a copy of the latest version).
+    base_pages: u32,
+}
+
+impl Push<'_> {
+    /// The client's frames until ORIGIN_END (or a close before any stream).
+    async fn receive(&mut self, link: &mut Session) -> Result<Received, Abort> {
+        let st = self.st;
+        let mut shutdown = st.shutdown.clone();
+        let activity = link.activity.clone();
+        let mut first_frame = true;
+        loop {
+            // The first frame comes at once from a real client (its origin
+            // opens the database and speaks); later, the client may wait
+            // while our helper hashes, so the clock counts both directions.
+            let (wait, why) = if first_frame {
+                (
+                    st.config.handshake_timeout,
+                    "no data from the client after the upgrade",
+                )
+            } else {
+                (
+                    st.config.idle_timeout,
+                    "no data from the client for too long",
+                )
+            };
+            let frame = tokio::select! {
+                biased;
+                f = recv(&mut link.rx, &activity) => f,
+                _ = super::app::stopped(&mut shutdown) => return Err(Abort::Shutdown),
+                res = async { self.pump.as_mut().unwrap().await }, if self.pump.is_some() => {
+                    // The helper stopped before the origin finished: it failed.
+                    let why = match res {
+                        Ok(p) => p.replica.errors.first().cloned().or(stream_error(&p))
+                            .unwrap_or_else(|| "the replica side stopped early".into()),
+                        Err(e) => format!("replica task failed: {e}"),
+                    };
+                    return Err(Abort::Server(format!("replica side failed: {why}")));
+                }
+                _ = activity.idle(wait) => return Err(Abort::Client(why.into())),
+            };
+            let msg = match frame {
+                None => {
+                    return Err(Abort::Cut(
+                        "connection closed before the push finished".into(),
+                    ));
+                }
+                Some(Err(e)) => return Err(Abort::from_read_error(e, st.config.max_frame)),
+                Some(Ok(Frame::Close(..))) if !self.frames.stream_begun() => {
+                    // Closed before any stream data: the client learnt from
+                    // CONFIG that it has nothing to push (or changed its mind).
+                    return Ok(Received::Withdrawn);
+                }
+                Some(Ok(Frame::Close(..))) => {
+                    return Err(Abort::Cut("client closed before the push finished".into()));
+                }
+                Some(Ok(m)) => m,
+            };
+            let action = match &msg {
+                Frame::Binary(b) => self.frames.frame(FrameIn::Binary(b)),
+                Frame::Text(t) => self.frames.frame(FrameIn::Text(t)),
+                _ => continue, // ping/pong: the websocket layer answers pings
+            };
+            first_frame = false;
+            let action = action.map_err(|e| Abort::Client(e.0))?;
+            self.act(action, &msg).await?;
+            if self.frames.ended() {
+                return Ok(Received::Ended);
             }
-            _ = activity.idle(wait) => return Err(Abort::Client(why.into())),
-        };
-        let msg = match frame {
-            None => {
-                return Err(Abort::Cut(
-                    "connection closed before the push finished".into(),
-                ));
-            }
-            Some(Err(e)) => return Err(Abort::from_read_error(e, st.config.max_frame)),
-            Some(Ok(WsMessage::Close(_))) if !frames.stream_begun() => {
-                // Closed before any stream data: the client learnt from
-                // CONFIG that it has nothing to push (or changed its mind).
-                return Ok(PushEnd::Withdrawn);
-            }
-            Some(Ok(WsMessage::Close(_))) => {
-                return Err(Abort::Cut("client closed before the push finished".into()));
-            }
-            Some(Ok(m)) => m,
-        };
-        // A Pong is the websocket library answering our keepalive, not
-        // the client doing anything: a client stuck mid-stream that
-        // still pongs must still time out. Its own Pings do count.
-        if !matches!(msg, WsMessage::Pong(_)) {
-            activity.touch();
         }
-        let action = match &msg {
-            WsMessage::Binary(b) => frames.frame(Frame::Binary(b)),
-            WsMessage::Text(t) => frames.frame(Frame::Text(t.as_str())),
-            _ => continue, // ping/pong: the websocket layer answers pings
-        };
-        first_frame = false;
-        match action.map_err(|e| Abort::Client(e.0))? {
+    }
+
+    /// Does what [`PushFrames`] decided for a frame.
+    async fn act(&mut self, action: PushAction, msg: &Frame) -> Result<(), Abort> {
+        let (st, ctx, r) = (self.st, self.ctx, &self.ctx.replica);
+        match action {
             PushAction::Skip | PushAction::Buffered => {}
             PushAction::Control(c) => {
                 let key_request = c == ClientControl::KeyRequest;
-                let mut cfg = config_for(ctx, latest_number(&state), key_request, &mut keys_issued);
+                let mut cfg = config_for(
+                    ctx,
+                    latest_number(&self.state),
+                    key_request,
+                    &mut self.keys_issued,
+                );
                 // Asked before any stream: the latest version's hash, so a
                 // client holding exactly that content can stop here
                 // (client::unchanged) instead of syncing to no effect.
-                if !frames.stream_begun() {
-                    cfg.version_hash = latest_hash(st, r, latest_number(&state))?;
+                if !self.frames.stream_begun() {
+                    cfg.version_hash = latest_hash(st, r, latest_number(&self.state))?;
                 }
-                send_out(out, config_text(cfg)).await;
+                send_out(&self.out, config_text(cfg)).await;
             }
             PushAction::Start { page_size, bytes } => {
                 let guard = StagingGuard(st.store.staging_path(r));
                 let t = std::time::Instant::now();
-                base_pages = prepare_staging(st, r, latest.as_deref(), &guard.0, page_size).await?;
+                self.base_pages =
+                    prepare_staging(st, r, self.latest.as_deref(), &guard.0, page_size).await?;
                 tracing::debug!(secs = t.elapsed().as_secs_f64(), "staging copy ready");
-                let mut h = HelperProcess::spawn(Side::Replica, &guard.0, &r.path)
-                    .map_err(|e| Abort::Server(format!("cannot start the helper: {e:#}")))?;
+                let mut h = spawn_helper(&HelperCommand::replica(&r.path, &guard.0))?;
                 let stdout = h.stdout.take().expect("piped stdout");
-                pump = Some(tokio::spawn(pump_replica(stdout, out.clone())));
-                staging = Some(guard);
+                self.pump = Some(tokio::spawn(pump_replica(stdout, self.out.clone())));
+                self.staging = Some(guard);
                 write_helper(&mut h, &bytes, st.config.idle_timeout).await?;
-                helper = Some(h);
+                self.helper = Some(h);
             }
             PushAction::Forward => {
-                if let (Some(h), WsMessage::Binary(b)) = (helper.as_mut(), &msg) {
+                if let (Some(h), Frame::Binary(b)) = (self.helper.as_mut(), msg) {
                     write_helper(h, b, st.config.idle_timeout).await?;
                 }
             }
         }
-        if frames.ended() {
-            break;
-        }
+        Ok(())
     }
 
-    // ORIGIN_END is in: let the replica finish, then judge.
-    tracing::debug!("origin stream ended");
-    let mut h = helper.ok_or_else(|| Abort::Server("replica side missing".into()))?;
-    h.stdin = None;
-    let pumped = match pump.take() {
-        Some(p) => tokio::time::timeout(Duration::from_secs(600), p)
-            .await
-            .map_err(|_| Abort::Server("the replica side did not finish".into()))?
-            .map_err(|e| Abort::Server(format!("replica task failed: {e}")))?,
-        None => return Err(Abort::Server("replica side missing".into())),
-    };
-    let status = tokio::time::timeout(Duration::from_secs(60), h.child.wait())
-        .await
-        .map_err(|_| Abort::Server("the helper did not exit".into()))?
-        .map_err(|e| Abort::Server(format!("waiting for the helper: {e}")))?;
-    if let Some(e) = pumped.stream_error {
-        return Err(Abort::Server(format!("replica stream: {e}")));
-    }
-    if let Some(e) = pumped.replica.errors.first() {
-        return Err(Abort::Client(format!(
-            "the replica side refused the push: {e}"
-        )));
-    }
-    let summary = frames.summary();
-    if let Some(e) = summary.errors.first() {
-        return Err(Abort::Client(format!("the origin reported an error: {e}")));
-    }
-    if !summary.complete() || !status.success() {
-        return Err(Abort::Client(
-            "the push ended without a complete transaction".into(),
-        ));
-    }
-    let final_count = summary.txn_page_count.unwrap_or(0);
-    if let Some(p) = frames.missing_page(base_pages, summary.page_size) {
-        return Err(Abort::Client(format!(
-            "the origin committed {final_count} pages but never sent page {p}"
-        )));
-    }
-    let sent_pages = frames.take_sent_pages();
-    let message = frames.message().to_string();
-    let new_keys = keys_issued.pending();
-    let store = st.store.clone();
-    let replica = r.clone();
-    let staging = staging.ok_or_else(|| Abort::Server("staging file missing".into()))?;
-    tracing::debug!("replica side finished; committing");
-    let outcome = tokio::task::spawn_blocking(move || {
-        // The keys sent on KEYREQUEST are stored with the version, in its
-        // transaction: a push that fails leaves none behind.
-        let store_keys = |c: &rusqlite::Connection| -> anyhow::Result<()> {
-            for k in &new_keys {
-                k.store(c)?;
-            }
-            Ok(())
+    /// ORIGIN_END is in: lets the replica finish (its stdin closes), then
+    /// waits for its stream and its exit.
+    async fn end_helper(&mut self) -> Result<(PumpEnd, std::process::ExitStatus), Abort> {
+        tracing::debug!("origin stream ended");
+        let h = self
+            .helper
+            .as_mut()
+            .ok_or_else(|| Abort::Server("replica side missing".into()))?;
+        h.stdin = None;
+        let pumped = match self.pump.take() {
+            Some(p) => tokio::time::timeout(Duration::from_secs(600), p)
+                .await
+                .map_err(|_| Abort::Server("the replica side did not finish".into()))?
+                .map_err(|e| Abort::Server(format!("replica task failed: {e}")))?,
+            None => return Err(Abort::Server("replica side missing".into())),
         };
-        let res = store
-            .commit(
-                &replica,
-                &staging.0,
-                &sent_pages,
-                final_count,
-                &message,
-                &store_keys,
-            )
-            .and_then(|o| {
-                if matches!(o, CommitOutcome::NoChange(_)) && !new_keys.is_empty() {
-                    // An unchanged push succeeded too: keep its keys.
-                    store.with_meta(|c| {
-                        let tx = c.unchecked_transaction()?;
-                        store_keys(&tx)?;
-                        tx.commit()?;
-                        Ok(())
-                    })?;
-                }
-                Ok(o)
-            });
-        drop(staging);
-        res
-    })
-    .await
-    .map_err(|e| Abort::Server(format!("commit task failed: {e}")))?
-    .map_err(|e| {
-        tracing::error!(error = %format!("{e:#}"), "commit failed");
-        Abort::Server(format!("could not store the version: {e:#}"))
-    })?;
-    match outcome {
-        CommitOutcome::Committed(row) => {
-            let mut cfg = config_for(ctx, row.number, false, &mut keys_issued);
-            cfg.version_hash = Some(row.version_hash.clone());
-            Ok(PushEnd::Committed(cfg, row))
+        let status = h
+            .wait(Duration::from_secs(60))
+            .await
+            .ok_or_else(|| Abort::Server("the helper did not exit".into()))?
+            .map_err(|e| Abort::Server(format!("waiting for the helper: {e}")))?;
+        Ok((pumped, status))
+    }
+
+    /// A version is stored only from a clean stream both ways, a helper
+    /// that exited, and every page of the result sent or already there.
+    fn judge(&self, (pumped, status): &(PumpEnd, std::process::ExitStatus)) -> Result<(), Abort> {
+        if let Some(e) = stream_error(pumped) {
+            return Err(Abort::Server(format!("replica stream: {e}")));
         }
-        CommitOutcome::NoChange(row) => {
-            let n = row.as_ref().map_or(0, |r| r.number);
-            let mut cfg = config_for(ctx, n, false, &mut keys_issued);
-            cfg.version_hash = row.map(|r| r.version_hash);
-            Ok(PushEnd::NoChange(cfg, n))
+        if let Some(e) = pumped.replica.errors.first() {
+            return Err(Abort::Client(format!(
+                "the replica side refused the push: {e}"
+            )));
+        }
+        let summary = self.frames.summary();
+        if let Some(e) = summary.errors.first() {
+            return Err(Abort::Client(format!("the origin reported an error: {e}")));
+        }
+        if !summary.complete() || !status.success() {
+            return Err(Abort::Client(
+                "the push ended without a complete transaction".into(),
+            ));
+        }
+        let final_count = summary.txn_page_count.unwrap_or(0);
+        if let Some(p) = self.frames.missing_page(self.base_pages, summary.page_size) {
+            return Err(Abort::Client(format!(
+                "the origin committed {final_count} pages but never sent page {p}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores the staging file as the new version (or notes no change),
+    /// with the keys issued on KEYREQUEST in the same transaction.
+    async fn commit(mut self) -> Result<PushEnd, Abort> {
+        let (st, ctx, r) = (self.st, self.ctx, &self.ctx.replica);
+        let final_count = self.frames.summary().txn_page_count.unwrap_or(0);
+        let sent_pages = self.frames.take_sent_pages();
+        let message = self.frames.message().to_string();
+        let new_keys = self.keys_issued.pending();
+        let store = st.store.clone();
+        let replica = r.clone();
+        let staging = self
+            .staging
+            .take()
+            .ok_or_else(|| Abort::Server("staging file missing".into()))?;
+        let mut keys_issued = self.keys_issued;
+        tracing::debug!("replica side finished; committing");
+        let outcome = tokio::task::spawn_blocking(move || {
+            // The keys sent on KEYREQUEST are stored with the version, in its
+            // transaction: a push that fails leaves none behind.
+            let store_keys = |c: &rusqlite::Connection| -> anyhow::Result<()> {
+                for k in &new_keys {
+                    k.store(c)?;
+                }
+                Ok(())
+            };
+            let res = store
+                .commit(
+                    &replica,
+                    &staging.0,
+                    &sent_pages,
+                    final_count,
+                    &message,
+                    &store_keys,
+                )
+                .and_then(|o| {
+                    if matches!(o, CommitOutcome::NoChange(_)) && !new_keys.is_empty() {
+                        // An unchanged push succeeded too: keep its keys.
+                        store.with_meta(|c| {
+                            let tx = c.unchecked_transaction()?;
+                            store_keys(&tx)?;
+                            tx.commit()?;
+                            Ok(())
+                        })?;
+                    }
+                    Ok(o)
+                });
+            drop(staging);
+            res
+        })
+        .await
+        .map_err(|e| Abort::Server(format!("commit task failed: {e}")))?
+        .map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "commit failed");
+            Abort::Server(format!("could not store the version: {e:#}"))
+        })?;
+        match outcome {
+            CommitOutcome::Committed(row) => {
+                let mut cfg = config_for(ctx, row.number, false, &mut keys_issued);
+                cfg.version_hash = Some(row.version_hash.clone());
+                Ok(PushEnd::Committed(cfg, row))
+            }
+            CommitOutcome::NoChange(row) => {
+                let n = row.as_ref().map_or(0, |r| r.number);
+                let mut cfg = config_for(ctx, n, false, &mut keys_issued);
+                cfg.version_hash = row.map(|r| r.version_hash);
+                Ok(PushEnd::NoChange(cfg, n))
+            }
         }
     }
 }
@@ -595,7 +649,7 @@ fn start_writeback(path: &Path) {
 /// stopped reading. Without the bound a session stuck here would never get
 /// back to the loop that watches for idleness, and would keep its staging
 /// file, push lock and slot forever.
-async fn write_helper(h: &mut HelperProcess, data: &[u8], limit: Duration) -> Result<(), Abort> {
+async fn write_helper(h: &mut Helper, data: &[u8], limit: Duration) -> Result<(), Abort> {
     let Some(stdin) = h.stdin.as_mut() else {
         return Ok(());
     };
@@ -611,29 +665,30 @@ async fn write_helper(h: &mut HelperProcess, data: &[u8], limit: Duration) -> Re
     }
 }
 
-/// Carries the helper's REPLICA stream to the client, parsing it for
-/// REPLICA_ERROR (the helper always exits 0).
-async fn pump_replica(mut stdout: tokio::process::ChildStdout, out: OutTx) -> PumpResult {
-    let mut parser = StreamParser::new(Direction::FromReplica);
-    let mut replica = ReplicaSummary::default();
-    let mut stream_error = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match stdout.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if stream_error.is_none()
-            && let Err(e) = parser.feed(&buf[..n], |m| replica.observe(&m))
-        {
-            stream_error = Some(e.to_string());
-        }
-        if out.send(Out::Binary(buf[..n].to_vec())).await.is_err() {
-            break;
-        }
-    }
-    PumpResult {
-        replica,
-        stream_error,
+/// Carries the helper's REPLICA stream (its hashes and its verdict) to
+/// the client, following it for REPLICA_ERROR (the helper always exits 0).
+async fn pump_replica(stdout: tokio::process::ChildStdout, out: OutTx) -> PumpEnd {
+    let ctx = PumpCtx {
+        stats: std::sync::Arc::new(Stats::default()),
+        observer: None,
+        keep_reading: false,
+    };
+    pump(
+        stdout,
+        Direction::FromReplica,
+        Framing::SERVER,
+        Controls::default(),
+        out,
+        ctx,
+    )
+    .await
+}
+
+/// The helper wrote something that is not a sqlite3_rsync stream (a read
+/// error is its end, like EOF).
+fn stream_error(p: &PumpEnd) -> Option<String> {
+    match &p.error {
+        Some(PumpError::Stream(e)) => Some(e.to_string()),
+        _ => None,
     }
 }

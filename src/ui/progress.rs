@@ -7,7 +7,7 @@
 //! changes little ends far below the total, which is the point.
 
 use super::printer::{Printer, human_bytes};
-use crate::bridge::{Observer, Stats};
+use crate::link::{Observer, Stats};
 
 /// The progress display of one sync.
 pub struct Progress {

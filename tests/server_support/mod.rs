@@ -1,16 +1,17 @@
 //! Test-side websocket peer for the server tests: the real sqlite3_rsync
-//! helper (embedded in our library) on one side, bridged to the server's
-//! websocket by a small driver, like the `sqlrsync` client does.
+//! helper (embedded in our library) on one side, carried to the server's
+//! websocket by the library's link (`sqlrsync::link::drive`), as the
+//! `sqlrsync` client does.
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use sqlrsync::helper::{HelperCommand, Stderr};
+use sqlrsync::link::{Controls, DriveCtx, DriveSpec, Framing, PeerEnd, Stats, drive};
 use sqlrsync::wire::{ClientControl, ServerConfig, ServerText};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -143,132 +144,156 @@ fn note_text(out: &mut Outcome, t: &str) {
     }
 }
 
-fn helper() -> &'static Path {
-    sqlrsync::helper::path().unwrap()
-}
-
-/// The real helper in `--origin`/`--replica` form on piped stdio, killed
-/// if the test drops it.
-fn spawn_helper(
-    side: &str,
-    origin: &std::ffi::OsStr,
-    replica: &std::ffi::OsStr,
-) -> tokio::process::Child {
-    Command::new(helper())
-        .arg(side)
-        .arg(origin)
-        .arg(replica)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
 /// Pushes `db` to `server/sapi/push/<path>` with the real helper as ORIGIN.
 pub async fn push(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcome {
     let url = format!("{server_ws}/sapi/push/{path}");
-    let ws = match connect(&url, opts).await {
-        Ok(ws) => ws,
-        Err(o) => return o,
-    };
-    let mut child = spawn_helper("--origin", db.as_os_str(), path.as_ref());
-    let mut controls = Vec::new();
+    let mut controls = Controls::default();
     if let Some(m) = &opts.message {
-        controls.push(ClientControl::CommitMessage(m.clone()).encode());
+        controls
+            .before
+            .push(ClientControl::CommitMessage(m.clone()).encode());
     }
-    bridge(ws, &mut child, controls, opts, true).await
+    session(&url, HelperCommand::origin(db, path), controls, opts, false).await
 }
 
 /// Pulls `server/sapi/pull/<path>` into `db` with the real helper as REPLICA.
 pub async fn pull(server_ws: &str, path: &str, db: &Path, opts: &Opts) -> Outcome {
     let url = format!("{server_ws}/sapi/pull/{path}");
-    let ws = match connect(&url, opts).await {
-        Ok(ws) => ws,
-        Err(o) => return o,
-    };
-    let mut child = spawn_helper("--replica", path.as_ref(), db.as_os_str());
-    bridge(ws, &mut child, Vec::new(), opts, false).await
+    session(
+        &url,
+        HelperCommand::replica(path, db),
+        Controls::default(),
+        opts,
+        true,
+    )
+    .await
 }
 
-async fn bridge(
-    ws: Ws,
-    child: &mut tokio::process::Child,
-    pre: Vec<Vec<u8>>,
+/// Connects (through a [`Cutter`] when `opts.cut_after` is set) and runs
+/// the helper over the connection with the library's link, as the client
+/// does.
+async fn session(
+    url: &str,
+    helper: HelperCommand,
+    mut controls: Controls,
     opts: &Opts,
-    is_push: bool,
+    want_config: bool,
 ) -> Outcome {
-    let mut out = Outcome::default();
-    let (mut tx, mut rx) = ws.split();
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take().unwrap();
-    for f in pre {
-        tx.send(Message::Binary(f.into())).await.unwrap();
+    controls.after_first.push(ClientControl::Config.encode());
+    if opts.key_request {
+        controls
+            .after_first
+            .push(ClientControl::KeyRequest.encode());
     }
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut sent: u64 = 0;
-    let mut first = true;
-    let mut stdout_open = true;
-    let deadline = tokio::time::sleep(Duration::from_secs(120));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => panic!("session timed out: {out:#?}"),
-            n = stdout.read(&mut buf), if stdout_open => {
-                let n = n.unwrap_or(0);
-                if n == 0 { stdout_open = false; continue; }
-                if let Some(limit) = opts.cut_after && sent + n as u64 > limit {
-                    // Vanish without a close frame, like a dead network.
-                    let _ = child.start_kill();
-                    drop(tx);
-                    drop(rx);
-                    return out;
-                }
-                sent += n as u64;
-                if let Err(e) = tx.send(Message::Binary(buf[..n].to_vec().into())).await {
-                    out.ended_by = Some(format!("send: {e}"));
-                    break;
-                }
-                if first {
-                    first = false;
-                    if let Err(e) = tx.send(Message::Binary(ClientControl::Config.encode().into())).await {
-                        out.ended_by = Some(format!("send config: {e}"));
-                        break;
-                    }
-                    if opts.key_request
-                        && tx.send(Message::Binary(ClientControl::KeyRequest.encode().into())).await.is_err() { break; }
-                }
-            }
-            m = rx.next() => {
-                match m {
-                    Some(Ok(Message::Binary(b))) if b[..] == [0x52] => out.newer_version = true,
-                    Some(Ok(Message::Binary(b))) => {
-                        out.bytes_in += b.len() as u64;
-                        if let Some(s) = stdin.as_mut() && s.write_all(&b).await.is_err() {
-                            stdin = None;
-                        }
-                    }
-                    Some(Ok(Message::Text(t))) => note_text(&mut out, t.as_str()),
-                    Some(Ok(Message::Close(c))) => {
-                        out.close_code = Some(c.map_or(1005, |c| u16::from(c.code)));
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                    None => { out.ended_by = Some("stream ended".into()); break; }
-                    Some(Err(e)) => { out.ended_by = Some(format!("recv: {e}")); break; }
-                }
+    let spec = DriveSpec {
+        helper: helper.stderr(Stderr::Inherit),
+        controls,
+        framing: Framing::CLIENT,
+        want_config,
+        live_stderr: false,
+        idle_timeout: Duration::from_secs(60),
+    };
+    match opts.cut_after {
+        None => match connect(url, opts).await {
+            Ok(ws) => bridge(ws, spec).await,
+            Err(o) => o,
+        },
+        Some(limit) => {
+            let addr = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let cutter = Cutter {
+                inner: tcp,
+                left: limit,
+            };
+            match tokio_tungstenite::client_async(request(url, opts), cutter).await {
+                Ok((ws, _)) => bridge(ws, spec).await,
+                Err(e) => panic!("websocket connect to {url} failed: {e}"),
             }
         }
     }
-    drop(stdin);
-    // Nobody reads the helper's output any more: closing it makes a helper
-    // blocked on a full pipe exit at once instead of after the timeout.
-    drop(stdout);
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    let _ = is_push;
-    let _ = tx.close().await;
+}
+
+/// Runs the link over `ws` and tells what the session came to.
+async fn bridge<S: sqlrsync::link::Socket>(ws: S, spec: DriveSpec) -> Outcome {
+    let ctx = DriveCtx {
+        stats: Arc::new(Stats::default()),
+        observer: None,
+    };
+    // Never fires: a test session is not interrupted.
+    let (_never, interrupt) = tokio::sync::watch::channel(false);
+    let linked = drive(ws, spec, ctx.clone(), |feed| feed, interrupt);
+    let (o, _) = match tokio::time::timeout(Duration::from_secs(120), linked).await {
+        Ok(r) => r.expect("the helper runs"),
+        Err(_) => panic!("session timed out"),
+    };
+    let mut out = Outcome {
+        configs: o.configs.clone(),
+        messages: o.messages.clone(),
+        bytes_in: Stats::get(&ctx.stats.stream_in),
+        newer_version: o.newer_version,
+        ..Default::default()
+    };
+    match o.end {
+        PeerEnd::Closed(code, _) => out.close_code = Some(code),
+        PeerEnd::Aborted(a) => out.abort = Some(a),
+        other => out.ended_by = Some(format!("{other:?}")),
+    }
     out
+}
+
+/// A TCP stream that vanishes (no close frame, like a dead network) once
+/// `left` more bytes were to be written: it shuts the socket down both
+/// ways, so the server sees the connection end at once.
+struct Cutter {
+    inner: tokio::net::TcpStream,
+    left: u64,
+}
+
+impl tokio::io::AsyncRead for Cutter {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Cutter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            use std::os::fd::AsRawFd;
+            // SAFETY: shutdown(2) on a socket we own; it only ends the
+            // connection.
+            unsafe {
+                libc::shutdown(self.inner.as_raw_fd(), libc::SHUT_RDWR);
+            }
+            return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.left -= *n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Opens a session and sends raw frames (for hostile-input tests); returns

@@ -1,5 +1,8 @@
 //! Write-behind for the database a pull is filling.
 //!
+//! Part of the pull's sink ([`super::apply::PullSink`]), hence under
+//! `client`: only a pull writes a local database as a stream arrives.
+//!
 //! The helper writes the pulled pages through SQLite into the page cache and
 //! makes them durable with one `fsync` at its commit. On a large pull that
 //! fsync writes everything at once: about 70 ms of a 100 MB initial pull,

@@ -1,7 +1,12 @@
 //! Holding a pull's commit until the stream is complete and verified.
 //!
+//! It lives in `client` because it is part of the pull's sink
+//! ([`super::apply::PullSink`]): only a pull that writes a local database
+//! has a commit to hold; the link that carries the stream knows nothing of
+//! it.
+//!
 //! The REPLICA helper commits the moment ORIGIN_TXN reaches it. On a pull
-//! the bridge therefore holds the stream back from the start of ORIGIN_TXN
+//! the sink therefore holds the stream back from the start of ORIGIN_TXN
 //! until ORIGIN_END has arrived: a connection cut (or a server that stalls,
 //! aborts or breaks the protocol) between the two then leaves the local
 //! database exactly as it was, because the helper never sees the commit.
@@ -30,6 +35,10 @@ use crate::wire::Message;
 
 /// Most bytes held back after ORIGIN_TXN: sqlite3_rsync sends ORIGIN_END
 /// right after it, so anything long here is a hostile stream.
+/// How every refusal of a version that does not match its hash begins
+/// (the verdict tells such a refusal from other failures by it).
+pub const VERIFICATION_FAILED: &str = "VERIFICATION FAILED";
+
 pub const MAX_HELD: usize = 64 * 1024;
 
 /// What the gate needs to know about the local database, decided before
@@ -85,7 +94,7 @@ impl PageSpool {
     }
 }
 
-/// Per-pull state of the gate, fed by the bridge's socket reader.
+/// Per-pull state of the gate, fed by the pull's sink.
 pub struct CommitGate {
     /// The local database.
     cfg: GateConfig,
@@ -232,7 +241,7 @@ impl Check {
             Ok((self.held, true))
         } else {
             Err(format!(
-                "VERIFICATION FAILED: the version the server sent does not match its versionHash \
+                "{VERIFICATION_FAILED}: the version the server sent does not match its versionHash \
                  ({} expected, {} received); it was not applied",
                 &want[..want.len().min(16)],
                 &got[..16]

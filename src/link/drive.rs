@@ -1,0 +1,543 @@
+//! A whole helper session on the connecting side: the client's push and
+//! pull, and the tests' driver.
+//!
+//! [`drive`] starts the helper ([`HelperCommand`]) and three tasks, one
+//! direction each, websocat style:
+//!
+//! - helper stdout -> frames ([`super::pump`]), with our control frames
+//!   at message boundaries;
+//! - frames -> the [`Inbound`] (which feeds the helper's stdin), after the
+//!   control-frame rule ([`classify`]) took out the peer's control frames;
+//!   text frames (CONFIG, MESSAGE, ABORT) are acted on;
+//! - helper stderr -> the user (live) or kept for the result.
+//!
+//! EOF crosses over: the socket's end closes the helper's stdin, and the
+//! helper's stdout EOF (the replica finished, on a pull) makes us close the
+//! socket normally. The helper's `--origin`/`--replica` forms always exit
+//! 0, so the verdict comes from the streams, the peer's close and the exit
+//! status together; [`Outcome`] carries them, typed, to the caller.
+//!
+//! A peer that goes silent is given up on after the idle timeout: no frame
+//! from it (its keepalive Pings count, Pongs to ours do not) for that long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::process::ChildStderr;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::inbound::{Feed, Inbound, InboundError};
+use super::pump::{Controls, Framing, PumpCtx, PumpEnd, PumpError, pump};
+use super::socket::{Frame, Socket, SocketError, SocketRx};
+use super::writer::{Out, OutTx, Writer, WriterConfig, spawn_writer};
+use super::{Observer, Stats, frame_len, wait_true};
+use crate::helper::{Helper, HelperCommand, HelperExit, Side, SpawnError};
+use crate::wire::{
+    CTRL_NEWREPLICAVERSION, Direction, FrameKind, OriginSummary, ReplicaSummary, ServerConfig,
+    ServerText, classify, keepalive_interval,
+};
+
+/// Frames queued between the stdout pump and the socket writer.
+const QUEUE: usize = 4;
+
+/// How long the helper may take to exit once its input closed.
+const HELPER_EXIT_GRACE: Duration = Duration::from_secs(20);
+
+/// How long to wait for the server's CONFIG answer after a pull finished.
+const CONFIG_GRACE: Duration = Duration::from_secs(10);
+
+/// How long to wait for the server's close reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Close codes the driver sends.
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_ERROR: u16 = 1011;
+
+/// What to run and what to send around it.
+pub struct DriveSpec {
+    /// The helper (its side decides the parsers' directions).
+    pub helper: HelperCommand,
+    /// Our control frames and where they go.
+    pub controls: Controls,
+    /// How the helper's output is cut into frames.
+    pub framing: Framing,
+    /// Wait (briefly) for a CONFIG text frame before closing a finished
+    /// pull, because it carries the keys and the version hash.
+    pub want_config: bool,
+    /// Hand the helper's stderr lines to the observer as they come (-vv);
+    /// otherwise they are kept (the first 64) for the result.
+    pub live_stderr: bool,
+    /// Give up when the peer sends nothing (not even a keepalive) for this
+    /// long. We Ping whenever we have been quiet for a quarter of it.
+    pub idle_timeout: Duration,
+}
+
+/// Where the driver reports.
+#[derive(Clone)]
+pub struct DriveCtx {
+    pub stats: Arc<Stats>,
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// The connection was lost (no close frame from the peer).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectionLost {
+    #[error(
+        "no data from the server: it sent nothing for {}s (the connection stalled)",
+        .0.as_secs_f64()
+    )]
+    Stalled(Duration),
+    #[error("the server ended the connection without closing it")]
+    Ended,
+    #[error("connection lost: {0}")]
+    Failed(String),
+}
+
+/// How the peer's side of the connection ended.
+#[derive(Debug, Clone)]
+pub enum PeerEnd {
+    /// It closed with this code and reason.
+    Closed(u16, String),
+    /// It sent `ABORT=reason`.
+    Aborted(String),
+    /// The connection broke.
+    Lost(ConnectionLost),
+    /// It broke the protocol (its stream, or a bad CONFIG): the line.
+    Protocol(String),
+    /// Our [`Inbound`] refused its stream (a failed verification).
+    Refused(String),
+    /// We stopped reading (Ctrl-C, or no close reply in time).
+    Cancelled,
+}
+
+/// How a driven session ended; the caller turns it into a verdict.
+#[derive(Debug)]
+pub struct Outcome {
+    /// How the peer's side ended.
+    pub end: PeerEnd,
+    /// The ORIGIN's stream, whoever ran it.
+    pub origin: OriginSummary,
+    /// The REPLICA's stream, whoever ran it.
+    pub replica: ReplicaSummary,
+    /// Every CONFIG the peer sent, in order.
+    pub configs: Vec<ServerConfig>,
+    /// `MESSAGE=` texts, in order (already shown through the observer).
+    pub messages: Vec<String>,
+    /// The peer said a newer version exists (NEWREPLICAVERSION).
+    pub newer_version: bool,
+    /// How the helper exited.
+    pub helper: HelperExit,
+    /// The helper's stderr lines (when not live).
+    pub helper_stderr: Vec<String>,
+    /// Why our pump stopped before the helper's EOF.
+    pub pump_error: Option<PumpError>,
+    /// Every frame of our stream was handed to the socket. False: what
+    /// the peer received was cut short (so a push cannot have been stored).
+    pub stream_sent: bool,
+    /// Ctrl-C stopped the session.
+    pub interrupted: bool,
+}
+
+impl Outcome {
+    /// Every CONFIG merged: later fields win, omitted ones are kept.
+    pub fn config(&self) -> Option<ServerConfig> {
+        self.configs.iter().cloned().reduce(merge_config)
+    }
+
+    /// The peer's close, when it closed.
+    pub fn close(&self) -> Option<(u16, &str)> {
+        match &self.end {
+            PeerEnd::Closed(code, reason) => Some((*code, reason)),
+            _ => None,
+        }
+    }
+
+    /// Why the connection failed, when it did (ours or the peer's side).
+    pub fn connection_error(&self) -> Option<String> {
+        match &self.end {
+            PeerEnd::Lost(e) => Some(e.to_string()),
+            _ => self.pump_error.as_ref().map(|e| e.to_string()),
+        }
+    }
+}
+
+/// Why a session could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("a sync task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs `spec` over `ws` until the sync ends, the peer stops it, or
+/// `interrupt` fires (Ctrl-C). `inbound` wraps the [`Feed`] of the
+/// helper's stdin; it is handed back with the outcome.
+pub async fn drive<S, I>(
+    ws: S,
+    spec: DriveSpec,
+    ctx: DriveCtx,
+    inbound: impl FnOnce(Feed) -> I,
+    interrupt: watch::Receiver<bool>,
+) -> Result<(Outcome, I), DriveError>
+where
+    S: Socket,
+    I: Inbound,
+{
+    let side = spec.helper.side();
+    let mut helper = spec.helper.spawn()?;
+    let (out_dir, in_dir) = match side {
+        Side::Origin => (Direction::FromOrigin, Direction::FromReplica),
+        Side::Replica => (Direction::FromReplica, Direction::FromOrigin),
+    };
+    let (sink, stream) = ws.split_halves();
+    let wcfg = WriterConfig {
+        queue: QUEUE,
+        keepalive: keepalive_interval(spec.idle_timeout),
+        stall: None,
+        masked: true,
+    };
+    let (out, writer) = spawn_writer(sink, wcfg, ctx.stats.clone(), None);
+    let feed = Feed::new(
+        in_dir,
+        helper.stdin.take(),
+        ctx.stats.clone(),
+        ctx.observer.clone(),
+    );
+    let (cancel_tx, cancel) = watch::channel(false);
+    let (seen_tx, config_seen) = watch::channel(false);
+    let reader = Reader {
+        stream,
+        inbound: inbound(feed),
+        ctx: ctx.clone(),
+        cancel,
+        config_seen: seen_tx,
+        idle: spec.idle_timeout,
+        got: Received::default(),
+    };
+    let stdout = helper.stdout.take().expect("piped stdout");
+    let pump_ctx = PumpCtx {
+        stats: ctx.stats.clone(),
+        observer: ctx.observer.clone(),
+        keep_reading: true,
+    };
+    let running = Running {
+        pump: tokio::spawn(pump(
+            stdout,
+            out_dir,
+            spec.framing,
+            spec.controls,
+            out.clone(),
+            pump_ctx,
+        )),
+        reader: tokio::spawn(reader.run()),
+        stderr: spawn_stderr(helper.stderr.take(), spec.live_stderr, ctx.observer),
+        helper,
+        out,
+        writer,
+        cancel: cancel_tx,
+        config_seen,
+        want_config: spec.want_config,
+        side,
+    };
+    running.finish(interrupt).await
+}
+
+/// What the reader collected besides the stream.
+#[derive(Default)]
+struct Received {
+    configs: Vec<ServerConfig>,
+    messages: Vec<String>,
+    newer_version: bool,
+}
+
+/// The tasks of a session, and the order in which they are ended.
+struct Running<I> {
+    helper: Helper,
+    out: OutTx,
+    writer: Writer,
+    pump: JoinHandle<PumpEnd>,
+    reader: JoinHandle<(PeerEnd, I, Received)>,
+    stderr: JoinHandle<Vec<String>>,
+    cancel: watch::Sender<bool>,
+    config_seen: watch::Receiver<bool>,
+    want_config: bool,
+    side: Side,
+}
+
+type ReaderDone<I> = (PeerEnd, I, Received);
+
+impl<I: Inbound> Running<I> {
+    async fn finish(
+        mut self,
+        mut interrupt: watch::Receiver<bool>,
+    ) -> Result<(Outcome, I), DriveError> {
+        let mut pump_done = None;
+        let mut reader_done = None;
+        let mut interrupted = false;
+        // Phase 1: the first of: helper stdout EOF, socket end, Ctrl-C.
+        tokio::select! {
+            r = &mut self.pump => pump_done = Some(r?),
+            r = &mut self.reader => reader_done = Some(r?),
+            _ = wait_true(&mut interrupt) => interrupted = true,
+        }
+        if interrupted {
+            // Close the helper's input so an unfinished replica rolls
+            // back, then tell the server.
+            let _ = self.cancel.send(true);
+            let _ = self
+                .out
+                .send(Out::Close(CLOSE_NORMAL, "interrupted".into()))
+                .await;
+        }
+        // Phase 2: the helper's stdout must end (it exits once its input
+        // ends), then the helper itself.
+        let (pumped, helper) = self.end_helper(pump_done).await?;
+        tracing::debug!(status = ?helper.status, "helper exited");
+        // Phase 3: the socket.
+        let ours_ok = !interrupted && pumped.error.is_none() && helper.success();
+        let reader_done = match reader_done {
+            Some(r) => r,
+            None => self.end_socket(ours_ok).await?,
+        };
+        drop(self.out);
+        let writer_ok = self.writer.finish(CLOSE_GRACE).await == Some(true);
+        tracing::debug!("socket done");
+        let (end, inbound, got) = reader_done;
+        let helper_stderr = self.stderr.await.unwrap_or_default();
+        let feed = inbound.feed();
+        let (origin, replica) = match self.side {
+            Side::Origin => (pumped.origin, feed.replica.clone()),
+            Side::Replica => (feed.origin.clone(), pumped.replica),
+        };
+        let outcome = Outcome {
+            end,
+            origin,
+            replica,
+            configs: got.configs,
+            messages: got.messages,
+            newer_version: got.newer_version,
+            helper,
+            helper_stderr,
+            stream_sent: writer_ok && pumped.all_queued,
+            pump_error: pumped.error,
+            interrupted,
+        };
+        Ok((outcome, inbound))
+    }
+
+    /// Waits for the pump (killing the helper when its output does not
+    /// end in time), then for the helper's exit.
+    async fn end_helper(
+        &mut self,
+        pump_done: Option<PumpEnd>,
+    ) -> Result<(PumpEnd, HelperExit), DriveError> {
+        let mut killed = false;
+        let pumped = match pump_done {
+            Some(p) => p,
+            None => match tokio::time::timeout(HELPER_EXIT_GRACE, &mut self.pump).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    self.helper.kill();
+                    killed = true;
+                    (&mut self.pump).await?
+                }
+            },
+        };
+        tracing::debug!("helper output ended");
+        let mut exit = self.helper.exit(HELPER_EXIT_GRACE).await;
+        exit.killed |= killed;
+        Ok((pumped, exit))
+    }
+
+    /// On a pull that finished, waits for CONFIG, then closes normally; on
+    /// anything that went wrong, closes with an error. Then waits for the
+    /// peer's close (or stops reading after a grace).
+    async fn end_socket(&mut self, ours_ok: bool) -> Result<ReaderDone<I>, DriveError> {
+        if ours_ok && self.want_config && !*self.config_seen.borrow() {
+            let (seen, reader) = (&mut self.config_seen, &mut self.reader);
+            let waited = tokio::time::timeout(CONFIG_GRACE, async {
+                tokio::select! {
+                    _ = seen.wait_for(|s| *s) => None,
+                    r = reader => Some(r),
+                }
+            })
+            .await;
+            if let Ok(Some(r)) = waited {
+                return Ok(r?);
+            }
+        }
+        let (code, why) = if ours_ok {
+            (CLOSE_NORMAL, "done")
+        } else {
+            (CLOSE_ERROR, "the sync failed on the client")
+        };
+        let _ = self.out.send(Out::Close(code, why.into())).await;
+        match tokio::time::timeout(CLOSE_GRACE, &mut self.reader).await {
+            Ok(r) => Ok(r?),
+            Err(_) => {
+                let _ = self.cancel.send(true);
+                Ok((&mut self.reader).await?)
+            }
+        }
+    }
+}
+
+/// Reads the peer's frames until its side ends.
+struct Reader<R, I> {
+    stream: R,
+    inbound: I,
+    ctx: DriveCtx,
+    /// Stop reading (Ctrl-C, or no close reply in time).
+    cancel: watch::Receiver<bool>,
+    /// Turns true at the first CONFIG.
+    config_seen: watch::Sender<bool>,
+    idle: Duration,
+    got: Received,
+}
+
+impl<R: SocketRx, I: Inbound> Reader<R, I> {
+    /// Reads, then closes the inbound (the helper's stdin: its EOF).
+    async fn run(mut self) -> ReaderDone<I> {
+        let end = self.read().await;
+        self.inbound.close().await;
+        (end, self.inbound, self.got)
+    }
+
+    async fn read(&mut self) -> PeerEnd {
+        // Anything the peer sends keeps the session alive, its keepalive
+        // Pings included, except Pongs: those are its websocket library
+        // answering our own pings, which it does even when stuck.
+        let mut deadline = tokio::time::Instant::now() + self.idle;
+        loop {
+            let frame = tokio::select! {
+                m = tokio::time::timeout_at(deadline, self.stream.recv()) => match m {
+                    Ok(m) => m,
+                    Err(_) => return PeerEnd::Lost(ConnectionLost::Stalled(self.idle)),
+                },
+                _ = wait_true(&mut self.cancel) => return PeerEnd::Cancelled,
+            };
+            if !matches!(frame, Some(Ok(Frame::Pong(_)))) {
+                deadline = tokio::time::Instant::now() + self.idle;
+            }
+            let end = match frame {
+                None => Some(PeerEnd::Lost(ConnectionLost::Ended)),
+                Some(Err(SocketError::TooBig(e) | SocketError::Failed(e))) => {
+                    Some(PeerEnd::Lost(ConnectionLost::Failed(e)))
+                }
+                Some(Ok(Frame::Binary(b))) => self.binary(b).await,
+                Some(Ok(Frame::Text(t))) => self.text(&t),
+                Some(Ok(Frame::Close(code, reason))) => Some(PeerEnd::Closed(code, reason)),
+                Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => None,
+            };
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// A binary frame: the peer's control frame, or stream bytes for the
+    /// inbound. Some(end) when the session ends here.
+    async fn binary(&mut self, data: bytes::Bytes) -> Option<PeerEnd> {
+        Stats::add(&self.ctx.stats.wire_in, frame_len(data.len(), false));
+        match classify(&data, self.inbound.at_boundary()) {
+            FrameKind::Empty => None,
+            FrameKind::Control(byte) => {
+                if byte == CTRL_NEWREPLICAVERSION && data.len() == 1 {
+                    self.got.newer_version = true;
+                } else {
+                    // Debug, not warn: a newer server's frame is no reason
+                    // for a second line on the user's terminal.
+                    tracing::debug!(byte, len = data.len(), "ignoring an unknown control frame");
+                }
+                None
+            }
+            FrameKind::Stream => match self.inbound.stream(data).await {
+                Ok(()) => None,
+                Err(e @ InboundError::Protocol(_)) => Some(PeerEnd::Protocol(e.to_string())),
+                Err(InboundError::Refused(why)) => Some(PeerEnd::Refused(why)),
+            },
+        }
+    }
+
+    /// A text frame: CONFIG, MESSAGE or ABORT.
+    fn text(&mut self, t: &str) -> Option<PeerEnd> {
+        let wire = frame_len(t.len(), false);
+        Stats::add(&self.ctx.stats.wire_in, wire);
+        Stats::add(&self.ctx.stats.text_in, wire);
+        match ServerText::parse(t) {
+            Ok(ServerText::Config(c)) => {
+                // What we will store or act on must be sane; a server that
+                // sends otherwise is not trusted with the rest either.
+                if let Err(e) = c.check() {
+                    return Some(PeerEnd::Protocol(format!(
+                        "the server sent a bad CONFIG: {e}"
+                    )));
+                }
+                self.inbound.config(&c);
+                self.got.configs.push(c);
+                let _ = self.config_seen.send(true);
+                None
+            }
+            Ok(ServerText::Message(m)) => {
+                if let Some(o) = &self.ctx.observer {
+                    o.message(&m);
+                }
+                self.got.messages.push(m);
+                None
+            }
+            Ok(ServerText::Abort(reason)) => Some(PeerEnd::Aborted(reason)),
+            Err(e) if t.starts_with("CONFIG=") => {
+                Some(PeerEnd::Protocol(crate::wire::one_line(&e)))
+            }
+            // Unknown kinds of text frame may come from newer servers: not
+            // an error.
+            Err(e) => {
+                tracing::debug!("{e}");
+                None
+            }
+        }
+    }
+}
+
+/// The helper's stderr: handed to the observer line by line (live), or
+/// the first 64 lines kept for the result.
+fn spawn_stderr(
+    stderr: Option<ChildStderr>,
+    live: bool,
+    observer: Option<Arc<dyn Observer>>,
+) -> JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let Some(stderr) = stderr else { return kept };
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match (&observer, live) {
+                (Some(o), true) => o.helper_line(&line),
+                _ if kept.len() < 64 => kept.push(line),
+                _ => {}
+            }
+        }
+        kept
+    })
+}
+
+/// Later CONFIG fields win; fields a later frame omits are kept.
+pub fn merge_config(old: ServerConfig, new: ServerConfig) -> ServerConfig {
+    ServerConfig {
+        replica_id: new.replica_id.or(old.replica_id),
+        replica_path: new.replica_path.or(old.replica_path),
+        committed_version_id: new.committed_version_id.or(old.committed_version_id),
+        new_pull_key: new.new_pull_key.or(old.new_pull_key),
+        new_push_key: new.new_push_key.or(old.new_push_key),
+        // The two hashes of one version go together.
+        version_xxh3: if new.version_hash.is_some() {
+            new.version_xxh3
+        } else {
+            old.version_xxh3
+        },
+        version_hash: new.version_hash.or(old.version_hash),
+    }
+}
