@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use super::app::{ServeConfig, run};
-use super::keys::{self, KeyKind};
+use super::keys::{self, KeyKind, PendingKey};
 use super::names;
-use super::store::{self, Store, meta};
+use super::store::{self, Meta, Store};
 
 /// A self-hosted SQLRsync server: keeps every version of the SQLite
 /// databases that `sqlrsync` clients push, storing each changed page once,
@@ -223,17 +223,12 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
         Command::Serve(a) => serve(a),
         Command::Namespace(NamespaceCmd::Create { name, data }) => {
             names::validate_namespace(&name).map_err(anyhow::Error::msg)?;
-            let c = Store::open_meta(&data.data_dir)?;
-            let tx = c.unchecked_transaction()?;
-            if meta::namespace_exists(&tx, &name)? {
+            let meta = Store::open_meta(&data.data_dir)?;
+            let admin = PendingKey::new(KeyKind::Admin, &name, None);
+            if !meta.create_namespace(&name, &admin.record())? {
                 bail!("namespace {name} already exists");
             }
-            tx.execute(
-                "INSERT INTO namespaces(name, created) VALUES (?1, ?2)",
-                rusqlite::params![name, meta::now()],
-            )?;
-            let key = keys::create(&tx, KeyKind::Admin, &name, None)?;
-            tx.commit()?;
+            let key = admin.key;
             println!(
                 "created namespace {name}; its Account Admin key (shown once, keep it secret):"
             );
@@ -241,28 +236,17 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Namespace(NamespaceCmd::List { data }) => {
-            let c = Store::open_meta(&data.data_dir)?;
-            let mut st = c.prepare(
-                "SELECT n.name, n.created, (SELECT count(*) FROM replicas r WHERE r.namespace=n.name) FROM namespaces n ORDER BY n.name",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (n, created, count) = row?;
-                println!("{n}\t{count} replicas\tcreated {created}");
+            let meta = Store::open_meta(&data.data_dir)?;
+            for n in meta.namespaces()? {
+                println!("{}\t{} replicas\tcreated {}", n.name, n.replicas, n.created);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys(KeysCmd::List { namespace, data }) => {
-            let c = Store::open_meta(&data.data_dir)?;
-            ensure_namespace(&c, &namespace)?;
+            let meta = Store::open_meta(&data.data_dir)?;
+            ensure_namespace(&meta, &namespace)?;
             println!("ID\tKIND\tREPLICA\tCREATED\tSTATUS");
-            for (k, path) in keys::list(&c, &namespace)? {
+            for (k, path) in keys::list(&meta, &namespace)? {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
                     k.id,
@@ -284,11 +268,12 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             let kind = KeyKind::parse(&kind).with_context(|| {
                 format!("unknown key kind {kind:?}: use admin, account-pull, replica-push or replica-pull")
             })?;
-            let c = Store::open_meta(&data.data_dir)?;
-            ensure_namespace(&c, &namespace)?;
+            let meta = Store::open_meta(&data.data_dir)?;
+            ensure_namespace(&meta, &namespace)?;
             let replica_id = match (kind, replica) {
                 (KeyKind::ReplicaPush | KeyKind::ReplicaPull, Some(p)) => {
-                    let r = meta::replica_by_path(&c, &p)?
+                    let r = meta
+                        .replica(&p)?
                         .with_context(|| format!("no replica {p}"))?;
                     if r.namespace != namespace {
                         bail!("replica {p} is not in namespace {namespace}");
@@ -301,7 +286,7 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
                 (_, Some(_)) => bail!("--replica is only for replica-push and replica-pull keys"),
                 (_, None) => None,
             };
-            let key = keys::create(&c, kind, &namespace, replica_id)?;
+            let key = keys::create(&meta, kind, &namespace, replica_id)?;
             println!("new {} key for {namespace} (shown once):", kind.as_str());
             println!("{key}");
             Ok(ExitCode::SUCCESS)
@@ -311,13 +296,13 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             key,
             data,
         }) => {
-            let c = Store::open_meta(&data.data_dir)?;
-            ensure_namespace(&c, &namespace)?;
+            let meta = Store::open_meta(&data.data_dir)?;
+            ensure_namespace(&meta, &namespace)?;
             let id = match key.parse::<i64>() {
                 Ok(id) => id,
-                Err(_) => keys::id_of(&c, &key)?.context("no such key")?,
+                Err(_) => keys::id_of(&meta, &key)?.context("no such key")?,
             };
-            keys::revoke(&c, &namespace, id)?;
+            keys::revoke(&meta, &namespace, id)?;
             println!("revoked key {id}");
             Ok(ExitCode::SUCCESS)
         }
@@ -351,8 +336,8 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
     }
 }
 
-fn ensure_namespace(c: &rusqlite::Connection, ns: &str) -> Result<()> {
-    if !meta::namespace_exists(c, ns)? {
+fn ensure_namespace(meta: &Meta, ns: &str) -> Result<()> {
+    if !meta.namespace_exists(ns)? {
         bail!("no namespace {ns}");
     }
     Ok(())

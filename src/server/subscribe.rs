@@ -10,15 +10,15 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::admission::{Reader, admit_reader};
 use super::app::AppState;
-use super::pull::{Reader, admit_reader};
 use super::session::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
-use super::store::meta::ReplicaRow;
+use super::store::ReplicaRow;
 use crate::wire::SubscribeMessage;
 
 /// Longest text frame a subscriber may send.
@@ -34,7 +34,7 @@ pub async fn handler(
         permit, replica, ..
     } = match admit_reader(&st, &uri, &h, "/sapi/subscribe/") {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     ws.max_frame_size(64 * 1024)
         .max_message_size(64 * 1024)
