@@ -241,6 +241,11 @@ impl Meta {
         Ok(Meta::with_backend(Box::new(backend)))
     }
 
+    /// True when `data_dir` holds a store's metadata.
+    pub fn exists(data_dir: &Path) -> bool {
+        sqlite::SqliteMeta::exists(&data_dir.join("meta.db"))
+    }
+
     /// Wraps any backend.
     pub fn with_backend(backend: Box<dyn MetaBackend>) -> Meta {
         Meta {

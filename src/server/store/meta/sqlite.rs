@@ -83,6 +83,11 @@ impl SqliteMeta {
     pub fn open(path: &Path) -> Result<SqliteMeta> {
         Ok(SqliteMeta { c: open(path)? })
     }
+
+    /// True when there is a database at `path`.
+    pub fn exists(path: &Path) -> bool {
+        path.exists()
+    }
 }
 
 fn open(path: &Path) -> Result<Connection> {
