@@ -302,12 +302,7 @@ impl Meta {
 
     /// Version `number` of `r`.
     pub fn version(&self, r: &ReplicaRow, number: u64) -> Result<Option<VersionRow>> {
-        self.version_of(r.id, number)
-    }
-
-    /// Version `number` of replica row `replica`.
-    pub fn version_of(&self, replica: i64, number: u64) -> Result<Option<VersionRow>> {
-        self.read(|b| b.version(replica, number))
+        self.read(|b| b.version(r.id, number))
     }
 
     /// The versions of `r`, newest first.
@@ -411,4 +406,108 @@ impl Meta {
 /// The time now as the metadata records it (RFC 3339, milliseconds, UTC).
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(hash: u8, kind: &'static str, namespace: &str, replica: Option<i64>) -> NewKey {
+        NewKey {
+            hash: [hash; 32],
+            kind,
+            namespace: namespace.into(),
+            replica,
+        }
+    }
+
+    #[test]
+    fn namespaces_replicas_and_keys_round_trip_through_the_facade() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        assert!(Meta::exists(dir.path()));
+        assert!(meta.create_replica("acme", "acme/a.db", "private").is_err());
+        assert!(
+            meta.create_namespace("acme", &key(1, "admin", "acme", None))
+                .unwrap()
+        );
+        assert!(
+            !meta
+                .create_namespace("acme", &key(2, "admin", "acme", None))
+                .unwrap()
+        );
+        assert!(
+            meta.find_key(&[2; 32]).unwrap().is_none(),
+            "nothing of a refused namespace"
+        );
+        let r = meta.create_replica("acme", "acme/a.db", "private").unwrap();
+        let again = meta.create_replica("acme", "acme/a.db", "public").unwrap();
+        assert_eq!((again.id, again.visibility.as_str()), (r.id, "private"));
+        meta.add_key(&key(3, "replica-pull", "acme", Some(r.id)))
+            .unwrap();
+        let (k, stored) = meta.find_key(&[3; 32]).unwrap().unwrap();
+        assert_eq!(
+            (k.kind.as_str(), k.replica, stored),
+            ("replica-pull", Some(r.id), vec![3; 32])
+        );
+        let listed = meta.keys_of("acme").unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[1].1.as_deref(), Some("acme/a.db"));
+        assert!(meta.revoke_key("acme", k.id).unwrap());
+        assert!(!meta.revoke_key("acme", k.id).unwrap(), "revoked once");
+        assert!(
+            !meta.remove_replica_if_empty(r.id).unwrap(),
+            "a key still names it"
+        );
+        let ns = meta.namespaces().unwrap();
+        assert_eq!((ns[0].name.as_str(), ns[0].replicas), ("acme", 1));
+    }
+
+    #[test]
+    fn a_version_commits_only_on_top_of_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.create_namespace("ns", &key(1, "admin", "ns", None))
+            .unwrap();
+        let r = meta.create_replica("ns", "ns/a.db", "private").unwrap();
+        let row = |number| VersionRow {
+            number,
+            created: now(),
+            page_size: 4096,
+            page_count: 1,
+            changed_pages: 1,
+            message: String::new(),
+            version_hash: format!("h{number}"),
+            version_xxh3: None,
+        };
+        let commit = |row: &VersionRow, keys: &[NewKey]| {
+            meta.commit_version(&NewVersion {
+                replica: r.id,
+                row,
+                blobs: &[],
+                back_delta: &[(1, [7; 32])],
+                sums: &[[9; 32]],
+                xxh3: &[[8; 16]],
+                keys,
+            })
+        };
+        commit(&row(1), &[]).unwrap();
+        let pushed_key = key(5, "replica-push", "ns", Some(r.id));
+        assert!(commit(&row(3), std::slice::from_ref(&pushed_key)).is_err());
+        assert!(
+            meta.find_key(&[5; 32]).unwrap().is_none(),
+            "keys go with their version"
+        );
+        commit(&row(2), std::slice::from_ref(&pushed_key)).unwrap();
+        assert!(meta.find_key(&[5; 32]).unwrap().is_some());
+        assert_eq!(meta.replica("ns/a.db").unwrap().unwrap().latest, 2);
+        let (v1, delta) = meta.version_with_delta(&r, 1).unwrap();
+        assert_eq!(
+            (v1.version_hash.as_str(), delta),
+            ("h1", vec![(1, [7; 32])])
+        );
+        let snap = meta.latest_snapshot(&r).unwrap();
+        assert_eq!((snap.latest, snap.sums), (2, vec![[9; 32]]));
+        assert_eq!(meta.latest_state(&r, 2).unwrap().xxh3, vec![[8; 16]]);
+    }
 }
