@@ -5,7 +5,10 @@
 //! its [`Meta`]), never SQL or a connection. Behind it, two small traits
 //! keep the backends replaceable one file at a time: [`pages::PageStore`]
 //! (today the pack files, [`pages::packs`]) and [`meta::MetaBackend`]
-//! (today SQLite, [`meta::sqlite`]). The modules:
+//! (today SQLite, [`meta::sqlite`]). Both are blocking, like the store:
+//! the handlers run commits, rebuilds and `verify` in `spawn_blocking`
+//! tasks and call the short lookups directly, so an async trait would buy
+//! nothing today. The modules:
 //!
 //! - [`meta`]: namespaces, hashed keys, replicas, versions, page index.
 //! - [`pages`]: the bytes of older versions' pages.
