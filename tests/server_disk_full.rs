@@ -327,7 +327,7 @@ fn push_that_fills_the_disk_fails_cleanly_and_the_server_recovers() {
 /// space is freed, later appends land where they are recorded.
 #[test]
 fn pack_append_on_a_full_disk_leaves_no_partial_page() {
-    use sqlrsync::server::store::packs::{BlobStore, PackStore, page_hash};
+    use sqlrsync::server::store::pages::{PackStore, PageStore, page_hash};
     let env = TestEnv::new();
     let Some(disk) = TmpfsMount::mount(&env.path("tiny-disk"), "256k") else {
         return;

@@ -14,16 +14,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::conn::DeadlineAcceptor;
-use super::keys::{self, KeyRecord};
 use super::store::Store;
 use super::{names, pull, push, subscribe, web};
-use crate::wire::headers;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -89,46 +87,19 @@ pub struct AppState {
 
 impl AppState {
     /// A session permit, or 503 when the server is full or stopping.
-    pub fn session_permit(&self) -> Result<OwnedSemaphorePermit, Response> {
+    pub fn session_permit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
         if *self.shutdown.borrow() {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server is shutting down",
             ));
         }
         self.sessions.clone().try_acquire_owned().map_err(|_| {
-            refuse(
+            Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many connections; try again shortly",
             )
         })
-    }
-
-    /// The key in the Authorization header, looked up; Err(401) for a key
-    /// that is given but unknown or revoked.
-    pub fn presented_key(&self, h: &HeaderMap) -> Result<Option<KeyRecord>, Response> {
-        let Some(raw) = h
-            .get(headers::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        else {
-            return Ok(None);
-        };
-        // Tolerate a scheme word some proxies or clients add.
-        let raw = raw
-            .strip_prefix("Bearer ")
-            .or_else(|| raw.strip_prefix("bearer "))
-            .unwrap_or(raw)
-            .trim();
-        match self.store.with_meta(|c| keys::lookup(c, raw)) {
-            Ok(Some(k)) => Ok(Some(k)),
-            Ok(None) => {
-                tracing::warn!("refused an unknown or revoked key");
-                Err(refuse(StatusCode::UNAUTHORIZED, "unknown or revoked key"))
-            }
-            Err(e) => Err(internal(e)),
-        }
     }
 }
 
@@ -151,22 +122,53 @@ pub fn refuse(status: StatusCode, body: &str) -> Response {
 }
 
 pub fn internal(e: anyhow::Error) -> Response {
-    tracing::error!(error = %format!("{e:#}"), "internal error");
-    refuse(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+    Refusal::internal(e).into_response()
+}
+
+/// A request refused before any session starts: the status and short body
+/// that [`refuse`] sends. Small, so that the `Result`s of admission stay
+/// cheap to return; it becomes the response at the handler.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The HTTP status.
+    status: StatusCode,
+    /// The plain-text body (without its newline).
+    body: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, body: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            body: body.into(),
+        }
+    }
+
+    /// A 500 for an error of ours, logged here (the client sees no detail).
+    pub fn internal(e: anyhow::Error) -> Refusal {
+        tracing::error!(error = %format!("{e:#}"), "internal error");
+        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refuse(self.status, &self.body)
+    }
 }
 
 /// The remote path after `prefix` in a request path, validated.
-pub fn remote_path<'a>(raw_path: &'a str, prefix: &str) -> Result<&'a str, Response> {
+pub fn remote_path<'a>(raw_path: &'a str, prefix: &str) -> Result<&'a str, Refusal> {
     let rest = raw_path.strip_prefix(prefix).unwrap_or("");
     if rest.contains('%') || names::has_encoded_separator(rest) {
-        return Err(refuse(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "invalid path: percent-escapes are not allowed in replica paths",
         ));
     }
     names::validate_path(rest)
         .map(|_| rest)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &format!("invalid path: {e}")))
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))
 }
 
 pub fn router(state: AppState) -> Router {

@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use super::app::{ServeConfig, run};
-use super::keys::{self, KeyKind};
+use super::keys::{self, KeyKind, PendingKey};
 use super::names;
-use super::store::{self, Store, meta};
+use super::store::{self, Meta, Store};
 
 /// A self-hosted SQLRsync server: keeps every version of the SQLite
 /// databases that `sqlrsync` clients push, storing each changed page once,
@@ -221,138 +221,137 @@ fn init_logging() {
 fn dispatch(cli: ServerCli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(a) => serve(a),
-        Command::Namespace(NamespaceCmd::Create { name, data }) => {
-            names::validate_namespace(&name).map_err(anyhow::Error::msg)?;
-            let c = Store::open_meta(&data.data_dir)?;
-            let tx = c.unchecked_transaction()?;
-            if meta::namespace_exists(&tx, &name)? {
-                bail!("namespace {name} already exists");
-            }
-            tx.execute(
-                "INSERT INTO namespaces(name, created) VALUES (?1, ?2)",
-                rusqlite::params![name, meta::now()],
-            )?;
-            let key = keys::create(&tx, KeyKind::Admin, &name, None)?;
-            tx.commit()?;
-            println!(
-                "created namespace {name}; its Account Admin key (shown once, keep it secret):"
-            );
-            println!("{key}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Namespace(NamespaceCmd::List { data }) => {
-            let c = Store::open_meta(&data.data_dir)?;
-            let mut st = c.prepare(
-                "SELECT n.name, n.created, (SELECT count(*) FROM replicas r WHERE r.namespace=n.name) FROM namespaces n ORDER BY n.name",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (n, created, count) = row?;
-                println!("{n}\t{count} replicas\tcreated {created}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Keys(KeysCmd::List { namespace, data }) => {
-            let c = Store::open_meta(&data.data_dir)?;
-            ensure_namespace(&c, &namespace)?;
-            println!("ID\tKIND\tREPLICA\tCREATED\tSTATUS");
-            for (k, path) in keys::list(&c, &namespace)? {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    k.id,
-                    k.kind.as_str(),
-                    path.as_deref().unwrap_or("-"),
-                    k.created,
-                    k.revoked
-                        .map_or("active".to_string(), |t| format!("revoked {t}"))
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Namespace(NamespaceCmd::Create { name, data }) => namespace_create(&name, &data),
+        Command::Namespace(NamespaceCmd::List { data }) => namespace_list(&data),
+        Command::Keys(KeysCmd::List { namespace, data }) => keys_list(&namespace, &data),
         Command::Keys(KeysCmd::Create {
             namespace,
             kind,
             replica,
             data,
-        }) => {
-            let kind = KeyKind::parse(&kind).with_context(|| {
-                format!("unknown key kind {kind:?}: use admin, account-pull, replica-push or replica-pull")
-            })?;
-            let c = Store::open_meta(&data.data_dir)?;
-            ensure_namespace(&c, &namespace)?;
-            let replica_id = match (kind, replica) {
-                (KeyKind::ReplicaPush | KeyKind::ReplicaPull, Some(p)) => {
-                    let r = meta::replica_by_path(&c, &p)?
-                        .with_context(|| format!("no replica {p}"))?;
-                    if r.namespace != namespace {
-                        bail!("replica {p} is not in namespace {namespace}");
-                    }
-                    Some(r.id)
-                }
-                (KeyKind::ReplicaPush | KeyKind::ReplicaPull, None) => {
-                    bail!("a {} key needs --replica PATH", kind.as_str())
-                }
-                (_, Some(_)) => bail!("--replica is only for replica-push and replica-pull keys"),
-                (_, None) => None,
-            };
-            let key = keys::create(&c, kind, &namespace, replica_id)?;
-            println!("new {} key for {namespace} (shown once):", kind.as_str());
-            println!("{key}");
-            Ok(ExitCode::SUCCESS)
-        }
+        }) => keys_create(&namespace, &kind, replica, &data),
         Command::Keys(KeysCmd::Revoke {
             namespace,
             key,
             data,
-        }) => {
-            let c = Store::open_meta(&data.data_dir)?;
-            ensure_namespace(&c, &namespace)?;
-            let id = match key.parse::<i64>() {
-                Ok(id) => id,
-                Err(_) => keys::id_of(&c, &key)?.context("no such key")?,
-            };
-            keys::revoke(&c, &namespace, id)?;
-            println!("revoked key {id}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify(d) => {
-            if !d.data_dir.join("meta.db").exists() {
-                bail!("{} holds no sqlrsync-server store", d.data_dir.display());
-            }
-            // Read-only: verify may run next to a live server.
-            let store = Store::open_read_only(&d.data_dir)?;
-            let (damage, counts) = store.verify()?;
-            for line in &damage {
-                println!("DAMAGE: {line}");
-            }
-            println!(
-                "checked {} stored pages, {} replicas, {} versions: {}",
-                counts.pages,
-                counts.replicas,
-                counts.versions,
-                if damage.is_empty() {
-                    "no damage".to_string()
-                } else {
-                    format!("{} problems", damage.len())
-                }
-            );
-            Ok(if damage.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        }) => keys_revoke(&namespace, &key, &data),
+        Command::Verify(d) => verify(&d),
     }
 }
 
-fn ensure_namespace(c: &rusqlite::Connection, ns: &str) -> Result<()> {
-    if !meta::namespace_exists(c, ns)? {
+fn namespace_create(name: &str, data: &DataDirArg) -> Result<ExitCode> {
+    names::validate_namespace(name).map_err(anyhow::Error::msg)?;
+    let meta = Store::open_meta(&data.data_dir)?;
+    let admin = PendingKey::new(KeyKind::Admin, name, None);
+    if !meta.create_namespace(name, &admin.record())? {
+        bail!("namespace {name} already exists");
+    }
+    println!("created namespace {name}; its Account Admin key (shown once, keep it secret):");
+    println!("{}", admin.key);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn namespace_list(data: &DataDirArg) -> Result<ExitCode> {
+    let meta = Store::open_meta(&data.data_dir)?;
+    for n in meta.namespaces()? {
+        println!("{}\t{} replicas\tcreated {}", n.name, n.replicas, n.created);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys_list(namespace: &str, data: &DataDirArg) -> Result<ExitCode> {
+    let meta = Store::open_meta(&data.data_dir)?;
+    ensure_namespace(&meta, namespace)?;
+    println!("ID\tKIND\tREPLICA\tCREATED\tSTATUS");
+    for (k, path) in keys::list(&meta, namespace)? {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            k.id,
+            k.kind.as_str(),
+            path.as_deref().unwrap_or("-"),
+            k.created,
+            k.revoked
+                .map_or("active".to_string(), |t| format!("revoked {t}"))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys_create(
+    namespace: &str,
+    kind: &str,
+    replica: Option<String>,
+    data: &DataDirArg,
+) -> Result<ExitCode> {
+    let kind = KeyKind::parse(kind).with_context(|| {
+        format!("unknown key kind {kind:?}: use admin, account-pull, replica-push or replica-pull")
+    })?;
+    let meta = Store::open_meta(&data.data_dir)?;
+    ensure_namespace(&meta, namespace)?;
+    let replica_id = match (kind, replica) {
+        (KeyKind::ReplicaPush | KeyKind::ReplicaPull, Some(p)) => {
+            let r = meta
+                .replica(&p)?
+                .with_context(|| format!("no replica {p}"))?;
+            if r.namespace != namespace {
+                bail!("replica {p} is not in namespace {namespace}");
+            }
+            Some(r.id)
+        }
+        (KeyKind::ReplicaPush | KeyKind::ReplicaPull, None) => {
+            bail!("a {} key needs --replica PATH", kind.as_str())
+        }
+        (_, Some(_)) => bail!("--replica is only for replica-push and replica-pull keys"),
+        (_, None) => None,
+    };
+    let key = keys::create(&meta, kind, namespace, replica_id)?;
+    println!("new {} key for {namespace} (shown once):", kind.as_str());
+    println!("{key}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keys_revoke(namespace: &str, key: &str, data: &DataDirArg) -> Result<ExitCode> {
+    let meta = Store::open_meta(&data.data_dir)?;
+    ensure_namespace(&meta, namespace)?;
+    let id = match key.parse::<i64>() {
+        Ok(id) => id,
+        Err(_) => keys::id_of(&meta, key)?.context("no such key")?,
+    };
+    keys::revoke(&meta, namespace, id)?;
+    println!("revoked key {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(d: &DataDirArg) -> Result<ExitCode> {
+    if !Meta::exists(&d.data_dir) {
+        bail!("{} holds no sqlrsync-server store", d.data_dir.display());
+    }
+    // Read-only: verify may run next to a live server.
+    let store = Store::open_read_only(&d.data_dir)?;
+    let (damage, counts) = store.verify()?;
+    for line in &damage {
+        println!("DAMAGE: {line}");
+    }
+    println!(
+        "checked {} stored pages, {} replicas, {} versions: {}",
+        counts.pages,
+        counts.replicas,
+        counts.versions,
+        if damage.is_empty() {
+            "no damage".to_string()
+        } else {
+            format!("{} problems", damage.len())
+        }
+    );
+    Ok(if damage.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn ensure_namespace(meta: &Meta, ns: &str) -> Result<()> {
+    if !meta.namespace_exists(ns)? {
         bail!("no namespace {ns}");
     }
     Ok(())

@@ -4,13 +4,16 @@
 //! PROTOCOL.md section 4: an Account Admin key may create, push and pull
 //! every replica of its namespace; an Account Pull key may pull them; a
 //! Replica Push / Replica Pull key may push / pull one replica.
+//!
+//! This is the key policy; the store ([`super::store::Meta`]) only keeps a
+//! key's hash and its kind's name, and finds a key by hash.
 
 use anyhow::{Result, bail};
-use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::store::meta::{self, ReplicaRow};
+use super::store::Meta;
+use super::store::meta::{NewKey, ReplicaRow, StoredKey};
 use crate::wire;
 
 /// What a key may do.
@@ -90,77 +93,55 @@ impl PendingKey {
         }
     }
 
-    /// Stores its hash (use inside the transaction that makes the session
-    /// count).
-    pub fn store(&self, c: &Connection) -> Result<()> {
-        c.execute(
-            "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                &hash_key(&self.key)[..],
-                self.kind.as_str(),
-                self.namespace,
-                self.replica,
-                meta::now()
-            ],
-        )?;
-        Ok(())
+    /// What the store records of it: its hash, never the key.
+    pub fn record(&self) -> NewKey {
+        NewKey {
+            hash: hash_key(&self.key),
+            kind: self.kind.as_str(),
+            namespace: self.namespace.clone(),
+            replica: self.replica,
+        }
     }
 }
 
 /// Creates and stores a key; returns it in clear (the only time it exists so).
-pub fn create(
-    c: &Connection,
-    kind: KeyKind,
-    namespace: &str,
-    replica: Option<i64>,
-) -> Result<String> {
+pub fn create(meta: &Meta, kind: KeyKind, namespace: &str, replica: Option<i64>) -> Result<String> {
     let k = PendingKey::new(kind, namespace, replica);
-    k.store(c)?;
+    meta.add_key(&k.record())?;
     Ok(k.key)
 }
 
 /// Looks a presented key up; None for unknown, malformed or revoked keys.
-pub fn lookup(c: &Connection, presented: &str) -> Result<Option<KeyRecord>> {
+pub fn lookup(meta: &Meta, presented: &str) -> Result<Option<KeyRecord>> {
     if !wire::is_key_shaped(presented) {
         return Ok(None);
     }
     let wanted = hash_key(presented);
-    let row = c
-        .query_row(
-            "SELECT id, hash, kind, namespace, replica, created, revoked FROM keys WHERE hash=?1",
-            [&wanted[..]],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                ))
-            },
-        )
-        .optional()?;
-    let Some((id, stored, kind, namespace, replica, created, revoked)) = row else {
+    let Some((key, stored)) = meta.find_key(&wanted)? else {
         return Ok(None);
     };
     // The index lookup already matched; compare again in constant time so
     // that no code path decides on a byte-by-byte comparison of secrets.
-    if !bool::from(stored.as_slice().ct_eq(&wanted[..])) || revoked.is_some() {
+    if !bool::from(stored.as_slice().ct_eq(&wanted[..])) || key.revoked.is_some() {
         return Ok(None);
     }
-    let Some(kind) = KeyKind::parse(&kind) else {
+    let Some(kind) = KeyKind::parse(&key.kind) else {
         return Ok(None);
     };
-    Ok(Some(KeyRecord {
-        id,
-        kind,
-        namespace,
-        replica,
-        created,
-        revoked,
-    }))
+    Ok(Some(KeyRecord::from_stored(key, kind)))
+}
+
+impl KeyRecord {
+    fn from_stored(k: StoredKey, kind: KeyKind) -> KeyRecord {
+        KeyRecord {
+            id: k.id,
+            kind,
+            namespace: k.namespace,
+            replica: k.replica,
+            created: k.created,
+            revoked: k.revoked,
+        }
+    }
 }
 
 /// True when `key` may push to replica `r`.
@@ -180,45 +161,28 @@ pub fn may_pull(key: &KeyRecord, r: &ReplicaRow) -> bool {
     }
 }
 
-pub fn list(c: &Connection, namespace: &str) -> Result<Vec<(KeyRecord, Option<String>)>> {
-    let mut st = c.prepare(
-        "SELECT k.id, k.kind, k.namespace, k.replica, k.created, k.revoked, r.path
-         FROM keys k LEFT JOIN replicas r ON r.id = k.replica WHERE k.namespace=?1 ORDER BY k.id",
-    )?;
-    let rows = st.query_map([namespace], |r| {
-        Ok((
-            KeyRecord {
-                id: r.get(0)?,
-                kind: KeyKind::parse(&r.get::<_, String>(1)?).unwrap_or(KeyKind::ReplicaPull),
-                namespace: r.get(2)?,
-                replica: r.get(3)?,
-                created: r.get(4)?,
-                revoked: r.get(5)?,
-            },
-            r.get::<_, Option<String>>(6)?,
-        ))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+/// The keys of `namespace`, each with its replica's path (a kind this
+/// release does not know shows as replica-pull).
+pub fn list(meta: &Meta, namespace: &str) -> Result<Vec<(KeyRecord, Option<String>)>> {
+    Ok(meta
+        .keys_of(namespace)?
+        .into_iter()
+        .map(|(k, path)| {
+            let kind = KeyKind::parse(&k.kind).unwrap_or(KeyKind::ReplicaPull);
+            (KeyRecord::from_stored(k, kind), path)
+        })
+        .collect())
 }
 
 /// Revokes key `id` of `namespace`.
-pub fn revoke(c: &Connection, namespace: &str, id: i64) -> Result<()> {
-    let n = c.execute(
-        "UPDATE keys SET revoked=?3 WHERE id=?1 AND namespace=?2 AND revoked IS NULL",
-        params![id, namespace, meta::now()],
-    )?;
-    if n == 0 {
+pub fn revoke(meta: &Meta, namespace: &str, id: i64) -> Result<()> {
+    if !meta.revoke_key(namespace, id)? {
         bail!("no active key {id} in namespace {namespace}");
     }
     Ok(())
 }
 
 /// Finds the id of a key given in clear (for `keys revoke KEY`).
-pub fn id_of(c: &Connection, presented: &str) -> Result<Option<i64>> {
-    Ok(c.query_row(
-        "SELECT id FROM keys WHERE hash=?1",
-        [&hash_key(presented)[..]],
-        |r| r.get(0),
-    )
-    .optional()?)
+pub fn id_of(meta: &Meta, presented: &str) -> Result<Option<i64>> {
+    Ok(meta.find_key(&hash_key(presented))?.map(|(k, _)| k.id))
 }

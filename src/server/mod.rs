@@ -2,15 +2,19 @@
 //!
 //! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify).
 //! - [`app`]: routes, limits, TLS, graceful shutdown ([`app::run`]).
+//! - [`admission`]: who may open which session (slot, key, path, access),
+//!   decided before the upgrade.
 //! - [`push`], [`pull`], [`subscribe`]: the websocket sessions of
 //!   PROTOCOL.md sections 2-5, bridging the embedded helper ([`session`]).
 //! - [`web`]: the HTML pages and downloads.
-//! - [`store`]: metadata, content-addressed pages and materialised versions.
+//! - [`store`]: metadata, content-addressed pages and materialised versions,
+//!   behind typed methods (the only place that knows SQL or pack files).
 //! - [`keys`], [`names`]: key hashing and checks, path validation.
 //! - [`frames`]: what a session does with each client frame, and the
 //!   stream limits; [`conn`]: the deadline for connections that never
 //!   send a request.
 
+pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod conn;

@@ -97,6 +97,29 @@ pub fn sanitise_part(s: &str) -> String {
     out
 }
 
+/// The path a push without one is stored under: `namespace/host/file`,
+/// from the key's namespace and the client's hostname and file name
+/// (headers that may be missing or hold anything).
+pub fn default_push_path(
+    namespace: &str,
+    hostname: Option<&str>,
+    local_path: Option<&str>,
+) -> String {
+    let host = hostname.unwrap_or("host");
+    let file = local_path
+        .and_then(|p| {
+            std::path::Path::new(p)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "db.sqlite".into());
+    format!(
+        "{namespace}/{}/{}",
+        sanitise_part(host),
+        sanitise_part(&file)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,85 +11,20 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::Response;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use super::app::{AppState, internal, refuse, remote_path};
+use super::admission;
+use super::app::AppState;
 use super::frames::{Frame as FrameIn, PullAction, PullFrames};
-use super::keys::{self, KeyKind, KeyRecord, PendingKey};
+use super::keys::{KeyKind, KeyRecord, PendingKey};
 use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
-use super::store::VersionFile;
-use super::store::meta::{self, ReplicaRow, VersionRow};
+use super::store::{ReplicaRow, VersionFile, VersionRow};
 use crate::helper::HelperCommand;
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
-use crate::wire::{
-    CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, VersionRef,
-    Visibility, headers,
-};
-
-/// Who may read `r` with `key` (None: anonymous). Private replicas and
-/// unknown paths must look the same to outsiders, so callers answer 404
-/// for both.
-pub fn may_read(r: &ReplicaRow, key: Option<&KeyRecord>) -> bool {
-    match key {
-        Some(k) => keys::may_pull(k, r) || r.visibility != Visibility::Private.as_str(),
-        None => r.visibility != Visibility::Private.as_str(),
-    }
-}
-
-/// Resolves path + key + version for pull and subscribe.
-/// What a read-side session (pull or subscribe) holds once admitted.
-pub struct Reader {
-    /// Connection-limit permit, held for the session's life.
-    pub permit: OwnedSemaphorePermit,
-    /// The key presented, if any (a pull may ask to issue a pull key).
-    pub key: Option<KeyRecord>,
-    /// The replica the key may read.
-    pub replica: ReplicaRow,
-}
-
-/// Admits a read-side upgrade: a connection slot, a valid path under
-/// `prefix`, a known key if one was presented, and read access to the
-/// replica. Every refusal is the HTTP response to send.
-pub fn admit_reader(
-    st: &AppState,
-    uri: &Uri,
-    h: &HeaderMap,
-    prefix: &str,
-) -> Result<Reader, Response> {
-    let permit = st.session_permit()?;
-    let path = remote_path(uri.path(), prefix)?.to_string();
-    let key = st.presented_key(h)?;
-    let replica = authorise_read(st, &path, key.as_ref())?;
-    Ok(Reader {
-        permit,
-        key,
-        replica,
-    })
-}
-
-pub fn authorise_read(
-    st: &AppState,
-    path: &str,
-    key: Option<&KeyRecord>,
-) -> Result<ReplicaRow, Response> {
-    let not_found = || {
-        refuse(
-            StatusCode::NOT_FOUND,
-            "no such replica (or no access to it)",
-        )
-    };
-    match st.store.with_meta(|c| meta::replica_by_path(c, path)) {
-        Ok(Some(r)) if may_read(&r, key) => Ok(r),
-        Ok(_) => {
-            tracing::warn!(path, "refused read: unknown, private or wrong key");
-            Err(not_found())
-        }
-        Err(e) => Err(internal(e)),
-    }
-}
+use crate::wire::{CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig};
 
 struct PullContext {
     /// The replica.
@@ -108,45 +43,15 @@ pub async fn handler(
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Reader {
-        permit,
-        key,
-        replica,
-    } = match admit_reader(&st, &uri, &h, "/sapi/pull/") {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    let vref = match VersionRef::parse_header(
-        h.get(headers::REPLICA_VERSION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-    ) {
-        Ok(v) => v,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
-    };
-    let latest = st
-        .store
-        .replica_state(&replica)
-        .latest()
-        .map_or(0, |f| f.number);
-    let Some(number) = vref.resolve(latest) else {
-        let msg = if latest == 0 {
-            "the replica has no versions yet".to_string()
-        } else {
-            format!("no version {vref} (latest is {latest})")
-        };
-        return refuse(StatusCode::NOT_FOUND, &msg);
-    };
-    let version = match st.store.with_meta(|c| meta::version(c, replica.id, number)) {
-        Ok(Some(v)) => v,
-        Ok(None) => return refuse(StatusCode::NOT_FOUND, "no such version"),
-        Err(e) => return internal(e),
+    let (reader, version) = match admission::admit_pull(&st, &uri, &h) {
+        Ok(x) => x,
+        Err(r) => return r.into_response(),
     };
     let ctx = PullContext {
-        replica,
+        replica: reader.replica,
         version,
-        key,
-        _permit: permit,
+        key: reader.key,
+        _permit: reader.permit,
     };
     ws.max_frame_size(st.config.max_frame)
         .max_message_size(st.config.max_frame)
@@ -203,7 +108,8 @@ impl PullKey {
             && !self.stored
         {
             st.store
-                .with_meta(|c| k.store(c))
+                .meta()
+                .add_key(&k.record())
                 .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))?;
             self.stored = true;
         }

@@ -1,7 +1,8 @@
 //! `/sapi/push/<path>`: a client's ORIGIN against our REPLICA, making a new
 //! version.
 //!
-//! The key is checked at the upgrade. The session then takes the replica's
+//! Admission ([`super::admission::admit_push`]) checks the key, names the
+//! replica and creates it at the upgrade. The session then takes the replica's
 //! push lock, judges the client's frames with [`PushFrames`] (which finds
 //! message boundaries, so control frames can be told apart, applies the
 //! stream limits, and records the pages sent and the final size), starts
@@ -18,21 +19,20 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::Response;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::app::{AppState, internal, refuse, remote_path};
+use super::admission;
+use super::app::AppState;
 use super::frames::{Frame as FrameIn, PushAction, PushFrames};
-use super::keys::{self, KeyKind, KeyRecord, PendingKey};
-use super::names;
+use super::keys::{KeyKind, KeyRecord, PendingKey};
 use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
-use super::store::meta::{self, ReplicaRow};
-use super::store::{CommitOutcome, ReplicaState};
+use super::store::{CommitOutcome, Pushed, ReplicaRow, ReplicaState, VersionRow};
 use crate::helper::{Helper, HelperCommand};
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
-use crate::wire::{ClientControl, Direction, ServerConfig, ServerText, Visibility, headers};
+use crate::wire::{ClientControl, Direction, ServerConfig, ServerText};
 
 /// Everything a push session needs, settled at the upgrade.
 struct PushContext {
@@ -50,97 +50,13 @@ pub async fn handler(
     headers_in: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let permit = match st.session_permit() {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let key = match st.presented_key(&headers_in) {
-        Ok(Some(k)) => k,
-        Ok(None) => return refuse(StatusCode::UNAUTHORIZED, "a key is required to push"),
-        Err(r) => return r,
-    };
-    let header = |name: &str| {
-        headers_in
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let raw = uri
-        .path()
-        .trim_start_matches("/sapi/push")
-        .trim_start_matches('/');
-    let path = if raw.is_empty() {
-        // No path: name it namespace/host/file from the key's namespace.
-        if key.kind != KeyKind::Admin {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "an account admin key is needed to push a new replica without a path",
-            );
-        }
-        let host = header(headers::LOCAL_HOSTNAME).unwrap_or_else(|| "host".into());
-        let file = header(headers::LOCAL_ABSOLUTE_PATH)
-            .and_then(|p| {
-                Path::new(&p)
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-            })
-            .unwrap_or_else(|| "db.sqlite".into());
-        format!(
-            "{}/{}/{}",
-            key.namespace,
-            names::sanitise_part(&host),
-            names::sanitise_part(&file)
-        )
-    } else {
-        match remote_path(uri.path(), "/sapi/push/") {
-            Ok(p) => p.to_string(),
-            Err(r) => return r,
-        }
-    };
-    let namespace = path.split('/').next().unwrap_or_default().to_string();
-    let visibility = match Visibility::from_header(header(headers::VISIBILITY).as_deref()) {
-        Ok(v) => v,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e),
-    };
-    let existing = match st.store.with_meta(|c| meta::replica_by_path(c, &path)) {
-        Ok(r) => r,
-        Err(e) => return internal(e),
-    };
-    let replica = match existing {
-        Some(r) => {
-            if !keys::may_push(&key, &r) {
-                tracing::warn!(path = %path, key_id = key.id, "refused push: key does not allow it");
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "key does not allow push to this replica",
-                );
-            }
-            r
-        }
-        None => {
-            if !(key.kind == KeyKind::Admin && key.namespace == namespace) {
-                tracing::warn!(path = %path, key_id = key.id, "refused push: cannot create replica");
-                return refuse(
-                    StatusCode::FORBIDDEN,
-                    "key does not allow creating replicas in this namespace",
-                );
-            }
-            match st.store.with_meta(|c| {
-                anyhow::ensure!(meta::namespace_exists(c, &namespace)?, "no namespace");
-                meta::create_replica(c, &namespace, &path, visibility.as_str())
-            }) {
-                Ok(r) => {
-                    tracing::info!(path = %r.path, visibility = r.visibility, "created replica");
-                    r
-                }
-                Err(e) => return internal(e),
-            }
-        }
-    };
-    let ctx = PushContext {
-        replica,
-        key,
-        _permit: permit,
+    let ctx = match admission::admit_push(&st, &uri, &headers_in) {
+        Ok(p) => PushContext {
+            replica: p.replica,
+            key: p.key,
+            _permit: p.permit,
+        },
+        Err(r) => return r.into_response(),
     };
     ws.max_frame_size(st.config.max_frame)
         .max_message_size(st.config.max_frame)
@@ -206,7 +122,7 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
 }
 
 enum PushEnd {
-    Committed(ServerConfig, meta::VersionRow),
+    Committed(ServerConfig, VersionRow),
     NoChange(ServerConfig, u64),
     /// The client closed before sending any stream: nothing to do.
     Withdrawn,
@@ -456,7 +372,12 @@ impl Push<'_> {
         let final_count = self.frames.summary().txn_page_count.unwrap_or(0);
         let sent_pages = self.frames.take_sent_pages();
         let message = self.frames.message().to_string();
-        let new_keys = self.keys_issued.pending();
+        let new_keys: Vec<_> = self
+            .keys_issued
+            .pending()
+            .iter()
+            .map(PendingKey::record)
+            .collect();
         let store = st.store.clone();
         let replica = r.clone();
         let staging = self
@@ -468,30 +389,21 @@ impl Push<'_> {
         let outcome = tokio::task::spawn_blocking(move || {
             // The keys sent on KEYREQUEST are stored with the version, in its
             // transaction: a push that fails leaves none behind.
-            let store_keys = |c: &rusqlite::Connection| -> anyhow::Result<()> {
-                for k in &new_keys {
-                    k.store(c)?;
-                }
-                Ok(())
-            };
             let res = store
                 .commit(
                     &replica,
-                    &staging.0,
-                    &sent_pages,
-                    final_count,
-                    &message,
-                    &store_keys,
+                    &Pushed {
+                        staging: &staging.0,
+                        sent_pages: &sent_pages,
+                        final_count,
+                        message: &message,
+                        keys: &new_keys,
+                    },
                 )
                 .and_then(|o| {
                     if matches!(o, CommitOutcome::NoChange(_)) && !new_keys.is_empty() {
                         // An unchanged push succeeded too: keep its keys.
-                        store.with_meta(|c| {
-                            let tx = c.unchecked_transaction()?;
-                            store_keys(&tx)?;
-                            tx.commit()?;
-                            Ok(())
-                        })?;
+                        store.meta().add_keys(&new_keys)?;
                     }
                     Ok(o)
                 });
@@ -544,7 +456,8 @@ fn latest_hash(st: &AppState, r: &ReplicaRow, version: u64) -> Result<Option<Str
         return Ok(None);
     }
     st.store
-        .with_meta(|c| meta::version(c, r.id, version))
+        .meta()
+        .version(r, version)
         .map(|v| v.map(|v| v.version_hash))
         .map_err(|e| Abort::Server(format!("reading version {version}: {e:#}")))
 }
@@ -605,7 +518,8 @@ async fn prepare_staging(
     let rr = r.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<u32> {
         let v = store
-            .with_meta(|c| meta::version(c, rr.id, number))?
+            .meta()
+            .version(&rr, number)?
             .ok_or_else(|| anyhow::anyhow!("latest version row missing"))?;
         if v.page_size == page_size {
             std::fs::copy(&src, &dst)?;

@@ -10,15 +10,15 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::admission::{Reader, admit_reader};
 use super::app::AppState;
-use super::pull::{Reader, admit_reader};
 use super::session::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
-use super::store::meta::ReplicaRow;
+use super::store::{ReplicaRow, ReplicaState};
 use crate::wire::SubscribeMessage;
 
 /// Longest text frame a subscriber may send.
@@ -34,7 +34,7 @@ pub async fn handler(
         permit, replica, ..
     } = match admit_reader(&st, &uri, &h, "/sapi/subscribe/") {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     ws.max_frame_size(64 * 1024)
         .max_message_size(64 * 1024)
@@ -123,44 +123,66 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
                     Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(_)) => continue,
                 };
-                if t.len() > MAX_SUBSCRIBER_TEXT {
-                    if !send(&mut tx, text("ERROR", json!({"message": "frame too long"}))).await { break; }
-                    continue;
-                }
-                let t = t.as_str().trim();
-                if t.eq_ignore_ascii_case("PING") {
-                    if !send(&mut tx, WsMessage::Text("PONG".into())).await { break; }
-                    continue;
-                }
-                let reply = match serde_json::from_str::<SubscribeMessage>(t) {
-                    Ok(m) => match m.kind.as_str() {
-                        "SUBSCRIBE" => {
-                            subscribed = true;
-                            let latest = state.latest().map_or(0, |f| f.number);
-                            Some(text("SUBSCRIBED", json!({
-                                "replicaID": r.uid,
-                                "replicaPath": r.path,
-                                "version": latest.to_string(),
-                            })))
-                        }
-                        "UNSUBSCRIBE" => {
-                            let _ = send(&mut tx, close(CLOSE_NORMAL, "unsubscribed")).await;
-                            break;
-                        }
-                        "PING" => Some(text("PONG", json!({}))),
-                        "PONG" => None,
-                        other => Some(text("ERROR", json!({"message": format!("unknown message type {other:?}")}))),
-                    },
-                    Err(_) if t.eq_ignore_ascii_case("PONG") => None,
-                    Err(e) => Some(text("ERROR", json!({"message": format!("not a subscribe message: {e}")}))),
-                };
-                if let Some(m) = reply
-                    && !send(&mut tx, m).await
-                {
-                    break;
+                match answer(t.as_str(), &state, &r, &mut subscribed) {
+                    Answer::Send(m) => if !send(&mut tx, m).await { break; },
+                    Answer::Nothing => {}
+                    Answer::Leave => {
+                        let _ = send(&mut tx, close(CLOSE_NORMAL, "unsubscribed")).await;
+                        break;
+                    }
                 }
             }
         }
     }
     tracing::info!(path = %r.path, "subscriber left");
+}
+
+/// What a subscriber's text frame calls for.
+enum Answer {
+    /// Send this.
+    Send(WsMessage),
+    /// Nothing (a PONG).
+    Nothing,
+    /// Close the session (UNSUBSCRIBE).
+    Leave,
+}
+
+/// The answer to text frame `t`; SUBSCRIBE sets `subscribed` (the idle
+/// limit then replaces the handshake timeout).
+fn answer(t: &str, state: &ReplicaState, r: &ReplicaRow, subscribed: &mut bool) -> Answer {
+    if t.len() > MAX_SUBSCRIBER_TEXT {
+        return Answer::Send(text("ERROR", json!({"message": "frame too long"})));
+    }
+    let t = t.trim();
+    if t.eq_ignore_ascii_case("PING") {
+        return Answer::Send(WsMessage::Text("PONG".into()));
+    }
+    match serde_json::from_str::<SubscribeMessage>(t) {
+        Ok(m) => match m.kind.as_str() {
+            "SUBSCRIBE" => {
+                *subscribed = true;
+                let latest = state.latest().map_or(0, |f| f.number);
+                Answer::Send(text(
+                    "SUBSCRIBED",
+                    json!({
+                        "replicaID": r.uid,
+                        "replicaPath": r.path,
+                        "version": latest.to_string(),
+                    }),
+                ))
+            }
+            "UNSUBSCRIBE" => Answer::Leave,
+            "PING" => Answer::Send(text("PONG", json!({}))),
+            "PONG" => Answer::Nothing,
+            other => Answer::Send(text(
+                "ERROR",
+                json!({"message": format!("unknown message type {other:?}")}),
+            )),
+        },
+        Err(_) if t.eq_ignore_ascii_case("PONG") => Answer::Nothing,
+        Err(e) => Answer::Send(text(
+            "ERROR",
+            json!({"message": format!("not a subscribe message: {e}")}),
+        )),
+    }
 }

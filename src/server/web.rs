@@ -14,8 +14,7 @@ use tokio::io::AsyncReadExt;
 
 use super::app::{AppState, internal, refuse};
 use super::names;
-use super::store::VersionFile;
-use super::store::meta::{self, ReplicaRow};
+use super::store::{ReplicaRow, VersionFile};
 use crate::ui::human_bytes;
 use crate::wire::{VersionRef, Visibility};
 
@@ -85,7 +84,7 @@ pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap) -> Response {
     if names::validate_path(path).is_err() {
         return not_found();
     }
-    let replica = match st.store.with_meta(|c| meta::replica_by_path(c, path)) {
+    let replica = match st.store.meta().replica(path) {
         Ok(Some(r)) if r.visibility != Visibility::Private.as_str() => r,
         Ok(_) => return not_found(),
         Err(e) => return internal(e),
@@ -101,9 +100,10 @@ pub async fn page_route(State(st): State<AppState>, uri: Uri, h: HeaderMap) -> R
 }
 
 fn namespace_page(st: &AppState, ns: &str) -> Response {
-    let (exists, replicas) = match st
-        .store
-        .with_meta(|c| Ok((meta::namespace_exists(c, ns)?, meta::replicas_of(c, ns)?)))
+    let meta = st.store.meta();
+    let (exists, replicas) = match meta
+        .namespace_exists(ns)
+        .and_then(|e| Ok((e, meta.replicas_of(ns)?)))
     {
         Ok(x) => x,
         Err(e) => return internal(e),
@@ -135,7 +135,7 @@ fn namespace_page(st: &AppState, ns: &str) -> Response {
 }
 
 fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
-    let versions = match st.store.with_meta(|c| meta::versions(c, r.id)) {
+    let versions = match st.store.meta().versions(r) {
         Ok(v) => v,
         Err(e) => return internal(e),
     };
@@ -169,11 +169,7 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
                 "<tr><td class=\"num\">{n}</td><td>{t}</td><td class=\"num\">{s}</td>\
 <td class=\"num\">{c} of {pc}</td><td>{m}</td><td><a href=\"/{p}@{n}\">{file}@{n}</a></td></tr>\n",
                 n = v.number,
-                t = esc(&v
-                    .created
-                    .replace('T', " ")
-                    .trim_end_matches('Z')
-                    .to_string()),
+                t = esc(v.created.replace('T', " ").trim_end_matches('Z')),
                 s = esc(&human_bytes(v.size())),
                 c = v.changed_pages,
                 pc = v.page_count,

@@ -1,4 +1,5 @@
-//! Content-addressed page blobs in append-only pack files.
+//! The pack-file backend of [`PageStore`]: content-addressed page blobs in
+//! append-only files.
 //!
 //! A page is stored once, under the SHA-256 of its bytes, in the current pack
 //! file `packs/pack-NNNNNN.dat`; its index row (pack, offset, length,
@@ -13,40 +14,15 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
-/// SHA-256 of a page: its address and checksum.
-pub type PageHash = [u8; 32];
+use super::{BlobLocation, BlobPosition, PageHash, PageStore, page_hash};
+use crate::server::store::disk::sync_dir;
 
 /// Packs are closed and a new one started past this size, so no single file
 /// grows without bound.
 const PACK_ROLLOVER: u64 = 256 * 1024 * 1024;
 
-/// Where one stored blob lives (the metadata index row).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlobLocation {
-    /// Pack file number.
-    pub pack: u32,
-    /// Byte offset in the pack.
-    pub offset: u64,
-    /// Bytes stored (compressed or not).
-    pub stored_len: u32,
-    /// True when the stored bytes are zstd-compressed.
-    pub compressed: bool,
-}
-
-/// The page store behind one trait, so another backend (an object store)
-/// can replace the pack files without touching the version logic.
-pub trait BlobStore: Send {
-    /// Appends `data` (not yet durable) and says where it went.
-    fn append(&mut self, data: &[u8]) -> Result<BlobLocation>;
-    /// Makes everything appended so far durable.
-    fn sync(&mut self) -> Result<()>;
-    /// Reads and checks the page stored at `loc` under `hash`.
-    fn read(&self, hash: &PageHash, loc: &BlobLocation) -> Result<Vec<u8>>;
-}
-
-/// The pack-file implementation of [`BlobStore`].
+/// The pack-file implementation of [`PageStore`].
 pub struct PackStore {
     /// `DATA_DIR/packs`.
     dir: PathBuf,
@@ -129,29 +105,6 @@ impl PackStore {
         })
     }
 
-    /// Where the next append goes: (pack number, offset). A commit takes
-    /// this before its appends, so that it can give the space back with
-    /// [`PackStore::cut_back`] if it fails.
-    pub fn end(&self) -> (u32, u64) {
-        (self.current, self.len)
-    }
-
-    /// Drops the bytes appended since `start` when nothing was appended
-    /// after them (`expected_end` is still the end), returning whether it
-    /// did. Bytes no index row refers to are harmless (start-up cuts them)
-    /// but hold disk space, which matters most when a commit failed because
-    /// the disk is full.
-    pub fn cut_back(&mut self, start: (u32, u64), expected_end: (u32, u64)) -> bool {
-        if self.end() != expected_end || start.0 != self.current || start.1 > self.len {
-            return false;
-        }
-        if self.file.set_len(start.1).is_err() {
-            return false;
-        }
-        self.len = start.1;
-        true
-    }
-
     fn roll_over(&mut self) -> Result<()> {
         self.sync()?;
         self.current += 1;
@@ -161,9 +114,7 @@ impl PackStore {
         sync_dir(&self.dir)?;
         Ok(())
     }
-}
 
-impl PackStore {
     /// Compresses `data` into `self.scratch`; false when compression is off
     /// or saves too little to be worth a decompression on every read.
     fn compress(&mut self, data: &[u8]) -> bool {
@@ -187,7 +138,7 @@ impl PackStore {
     }
 }
 
-impl BlobStore for PackStore {
+impl PageStore for PackStore {
     fn append(&mut self, data: &[u8]) -> Result<BlobLocation> {
         if self.len >= PACK_ROLLOVER {
             self.roll_over()?;
@@ -226,6 +177,24 @@ impl BlobStore for PackStore {
         Ok(())
     }
 
+    fn end(&self) -> BlobPosition {
+        BlobPosition {
+            pack: self.current,
+            offset: self.len,
+        }
+    }
+
+    fn cut_back(&mut self, start: BlobPosition, expected_end: BlobPosition) -> bool {
+        if self.end() != expected_end || start.pack != self.current || start.offset > self.len {
+            return false;
+        }
+        if self.file.set_len(start.offset).is_err() {
+            return false;
+        }
+        self.len = start.offset;
+        true
+    }
+
     fn read(&self, hash: &PageHash, loc: &BlobLocation) -> Result<Vec<u8>> {
         let path = pack_path(&self.dir, loc.pack);
         let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -248,15 +217,4 @@ impl BlobStore for PackStore {
         }
         Ok(data)
     }
-}
-
-pub fn page_hash(data: &[u8]) -> PageHash {
-    Sha256::digest(data).into()
-}
-
-/// fsync a directory so a rename or new file in it is durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
 }

@@ -1,0 +1,513 @@
+//! The metadata: namespaces, hashed keys, replicas, versions and the page
+//! index, behind one trait ([`MetaBackend`]) and one facade ([`Meta`]).
+//!
+//! Everything the server records about its data, other than the bytes of
+//! the files and pages, goes through here, and nothing else in the server
+//! speaks SQL: the handlers, the key checks and the commands ask [`Meta`]
+//! typed questions (`replica`, `versions`, `add_key`, `namespaces`...). The
+//! trait is what a backend must do; [`sqlite`] (`DATA_DIR/meta.db`) is the
+//! one backend today, and another (a shared database for several servers)
+//! is a file beside it, as Litestream keeps each replica backend behind
+//! `ReplicaClient`. The trait holds the operations the store uses today and
+//! nothing more; each call that must be atomic (a version's commit, a
+//! namespace with its first key, the latest version's snapshot for
+//! `verify`) is one method, so a backend keeps it one transaction.
+//!
+//! Key policy (hashing, the constant-time check, what a kind may do) is
+//! not here but in [`crate::server::keys`]: this layer stores a key's hash
+//! and its kind's name, and finds a key by hash.
+
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+
+use super::lock;
+use super::pages::{BlobLocation, PageHash};
+
+/// A replica row.
+#[derive(Debug, Clone)]
+pub struct ReplicaRow {
+    /// Internal row id (keys and versions refer to it).
+    pub id: i64,
+    /// Public replica id sent as `replicaID`.
+    pub uid: String,
+    /// Namespace, the first part of the path.
+    pub namespace: String,
+    /// Full remote path `namespace/…/name.db`.
+    pub path: String,
+    /// `private`, `unlisted` or `public`.
+    pub visibility: String,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Newest version number; 0 before the first commit.
+    pub latest: u64,
+}
+
+/// One version row.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    /// Version number, from 1.
+    pub number: u64,
+    /// Commit time (RFC 3339).
+    pub created: String,
+    /// Page size of this version.
+    pub page_size: u32,
+    /// Pages in this version.
+    pub page_count: u32,
+    /// Pages the push that made it changed.
+    pub changed_pages: u32,
+    /// Commit message (may be empty).
+    pub message: String,
+    /// `versionHash` (see sqlite::VersionHasher).
+    pub version_hash: String,
+    /// `versionXxh3`; None for versions committed before the store kept it.
+    pub version_xxh3: Option<String>,
+}
+
+impl VersionRow {
+    pub fn size(&self) -> u64 {
+        self.page_size as u64 * self.page_count as u64
+    }
+}
+
+/// A namespace, as `namespace list` shows it.
+#[derive(Debug, Clone)]
+pub struct NamespaceRow {
+    /// Its name.
+    pub name: String,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// How many replicas it holds.
+    pub replicas: u64,
+}
+
+/// A key to record: only its hash is ever stored.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// SHA-256 of the key (see [`crate::server::keys::hash_key`]).
+    pub hash: [u8; 32],
+    /// Its kind's name (`admin`, `account-pull`...).
+    pub kind: &'static str,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its replica row id (replica keys).
+    pub replica: Option<i64>,
+}
+
+/// A recorded key, as stored (the kind is parsed by the key policy).
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    /// Row id, what `keys revoke` takes.
+    pub id: i64,
+    /// Its kind's name as stored.
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its replica row id (replica keys).
+    pub replica: Option<i64>,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Revocation time, if revoked.
+    pub revoked: Option<String>,
+}
+
+/// Everything one version's commit records, in one transaction: the commit
+/// point of a push (see [`super`]).
+#[derive(Debug)]
+pub struct NewVersion<'a> {
+    /// The replica's row id.
+    pub replica: i64,
+    /// The new version (its number is the replica's latest + 1).
+    pub row: &'a VersionRow,
+    /// Pages appended to the page store for the back delta.
+    pub blobs: &'a [(PageHash, BlobLocation)],
+    /// The back delta of the previous version (row.number - 1).
+    pub back_delta: &'a [(u32, PageHash)],
+    /// SHA-256 of every page of the new version.
+    pub sums: &'a [PageHash],
+    /// XXH3-128 of every page of the new version.
+    pub xxh3: &'a [[u8; 16]],
+    /// Keys issued by the push, stored if and only if the version is.
+    pub keys: &'a [NewKey],
+}
+
+/// The latest version of a replica as one consistent read (for `verify`,
+/// which may run next to a live server's commits).
+#[derive(Debug)]
+pub struct LatestSnapshot {
+    /// The latest version number.
+    pub latest: u64,
+    /// Its row (None if missing: damage).
+    pub row: Option<VersionRow>,
+    /// Its per-page SHA-256 checksums.
+    pub sums: Vec<PageHash>,
+}
+
+/// The latest version as a commit builds on it.
+#[derive(Debug, Default)]
+pub struct LatestState {
+    /// Its row.
+    pub row: Option<VersionRow>,
+    /// Its pages' SHA-256 checksums.
+    pub sums: Vec<PageHash>,
+    /// Its pages' XXH3 digests (empty in a store from before they were kept).
+    pub xxh3: Vec<[u8; 16]>,
+}
+
+/// What a metadata backend does. Reads take `&self`, writes `&mut self`;
+/// the [`Meta`] facade serialises calls. Errors are the backend's own
+/// (I/O, a damaged row), carried as `anyhow` with context.
+pub trait MetaBackend: Send {
+    /// Every replica, ordered by path.
+    fn all_replicas(&self) -> Result<Vec<ReplicaRow>>;
+    /// The replica at `path`.
+    fn replica_by_path(&self, path: &str) -> Result<Option<ReplicaRow>>;
+    /// The replica with row id `id`.
+    fn replica_by_id(&self, id: i64) -> Result<Option<ReplicaRow>>;
+    /// The replicas of a namespace, ordered by path.
+    fn replicas_of(&self, namespace: &str) -> Result<Vec<ReplicaRow>>;
+    /// Creates the replica unless it exists (a concurrent first push may
+    /// win); returns the row either way.
+    fn create_replica(
+        &mut self,
+        namespace: &str,
+        path: &str,
+        visibility: &str,
+    ) -> Result<ReplicaRow>;
+    /// Removes replica `id` if it has no version and no key; true when it
+    /// did.
+    fn remove_replica_if_empty(&mut self, id: i64) -> Result<bool>;
+
+    /// Version `number` of replica `replica`.
+    fn version(&self, replica: i64, number: u64) -> Result<Option<VersionRow>>;
+    /// The versions of a replica, newest first.
+    fn versions(&self, replica: i64) -> Result<Vec<VersionRow>>;
+    /// The back delta of version `number` (the pages in which it differs
+    /// from `number + 1`); empty for the latest.
+    fn back_delta(&self, replica: i64, number: u64) -> Result<Vec<(u32, PageHash)>>;
+    /// SHA-256 of every page of the latest version.
+    fn latest_sums(&self, replica: i64) -> Result<Vec<PageHash>>;
+    /// XXH3-128 of every page of the latest version (empty when the store
+    /// has none yet).
+    fn latest_xxh3(&self, replica: i64) -> Result<Vec<[u8; 16]>>;
+    /// The latest version number, its row and checksums, read at once.
+    fn latest_snapshot(&mut self, replica: i64) -> Result<LatestSnapshot>;
+    /// Records a new version; fails, recording nothing, unless the
+    /// replica's latest is still `row.number - 1`.
+    fn commit_version(&mut self, v: &NewVersion<'_>) -> Result<()>;
+
+    /// Where the page stored under `hash` is.
+    fn blob(&self, hash: &PageHash) -> Result<Option<BlobLocation>>;
+    /// Every stored page and where it is (for `verify`).
+    fn all_blobs(&self) -> Result<Vec<(PageHash, BlobLocation)>>;
+    /// End of the last indexed page of a pack (0 when none).
+    fn pack_end(&self, pack: u32) -> Result<u64>;
+
+    /// True when namespace `name` exists.
+    fn namespace_exists(&self, name: &str) -> Result<bool>;
+    /// Creates namespace `name` with its first key; false (and nothing
+    /// recorded) when it exists already.
+    fn create_namespace(&mut self, name: &str, admin: &NewKey) -> Result<bool>;
+    /// Every namespace with its replica count, ordered by name.
+    fn namespaces(&self) -> Result<Vec<NamespaceRow>>;
+
+    /// Records keys, all or none.
+    fn add_keys(&mut self, keys: &[NewKey]) -> Result<()>;
+    /// The key whose hash is `hash`, with the hash as stored (the caller
+    /// compares it again in constant time).
+    fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>>;
+    /// The keys of a namespace, by id, each with its replica's path.
+    fn keys_of(&self, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>>;
+    /// Revokes active key `id` of `namespace`; false when there is none.
+    fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<bool>;
+}
+
+/// The facade over the metadata backend: typed calls, one at a time.
+///
+/// Opened alone by the key and namespace commands (which may run next to a
+/// live server), and as part of the [`super::Store`] by the server.
+pub struct Meta {
+    /// The backend; short calls, and a commit's one transaction.
+    backend: Mutex<Box<dyn MetaBackend>>,
+}
+
+impl Meta {
+    /// Opens (creating) the SQLite metadata of the store at `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Meta> {
+        let backend = sqlite::SqliteMeta::open(&data_dir.join("meta.db"))?;
+        Ok(Meta::with_backend(Box::new(backend)))
+    }
+
+    /// True when `data_dir` holds a store's metadata.
+    pub fn exists(data_dir: &Path) -> bool {
+        sqlite::SqliteMeta::exists(&data_dir.join("meta.db"))
+    }
+
+    /// Wraps any backend.
+    pub fn with_backend(backend: Box<dyn MetaBackend>) -> Meta {
+        Meta {
+            backend: Mutex::new(backend),
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&dyn MetaBackend) -> Result<T>) -> Result<T> {
+        f(&**lock(&self.backend))
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut dyn MetaBackend) -> Result<T>) -> Result<T> {
+        f(&mut **lock(&self.backend))
+    }
+
+    /// Every replica, ordered by path.
+    pub fn all_replicas(&self) -> Result<Vec<ReplicaRow>> {
+        self.read(|b| b.all_replicas())
+    }
+
+    /// The replica at remote path `path`.
+    pub fn replica(&self, path: &str) -> Result<Option<ReplicaRow>> {
+        self.read(|b| b.replica_by_path(path))
+    }
+
+    /// The replica with row id `id`.
+    pub fn replica_by_id(&self, id: i64) -> Result<Option<ReplicaRow>> {
+        self.read(|b| b.replica_by_id(id))
+    }
+
+    /// The replicas of a namespace, ordered by path.
+    pub fn replicas_of(&self, namespace: &str) -> Result<Vec<ReplicaRow>> {
+        self.read(|b| b.replicas_of(namespace))
+    }
+
+    /// Creates replica `path` in `namespace`, which must exist, unless a
+    /// concurrent first push created it; returns the row either way.
+    pub fn create_replica(
+        &self,
+        namespace: &str,
+        path: &str,
+        visibility: &str,
+    ) -> Result<ReplicaRow> {
+        self.write(|b| {
+            anyhow::ensure!(b.namespace_exists(namespace)?, "no namespace");
+            b.create_replica(namespace, path, visibility)
+        })
+    }
+
+    /// See [`MetaBackend::remove_replica_if_empty`].
+    pub fn remove_replica_if_empty(&self, id: i64) -> Result<bool> {
+        self.write(|b| b.remove_replica_if_empty(id))
+    }
+
+    /// Version `number` of `r`.
+    pub fn version(&self, r: &ReplicaRow, number: u64) -> Result<Option<VersionRow>> {
+        self.read(|b| b.version(r.id, number))
+    }
+
+    /// The versions of `r`, newest first.
+    pub fn versions(&self, r: &ReplicaRow) -> Result<Vec<VersionRow>> {
+        self.read(|b| b.versions(r.id))
+    }
+
+    /// Version `number` of `r` with its back delta, read together (what a
+    /// rebuild applies for one step back).
+    pub fn version_with_delta(
+        &self,
+        r: &ReplicaRow,
+        number: u64,
+    ) -> Result<(VersionRow, Vec<(u32, PageHash)>)> {
+        self.read(|b| {
+            Ok((
+                b.version(r.id, number)?.context("version row missing")?,
+                b.back_delta(r.id, number)?,
+            ))
+        })
+    }
+
+    /// Version `number` of `r` with the latest page checksums and digests
+    /// (what a commit builds on).
+    pub fn latest_state(&self, r: &ReplicaRow, number: u64) -> Result<LatestState> {
+        self.read(|b| {
+            Ok(LatestState {
+                row: b.version(r.id, number)?,
+                sums: b.latest_sums(r.id)?,
+                xxh3: b.latest_xxh3(r.id)?,
+            })
+        })
+    }
+
+    /// See [`MetaBackend::latest_snapshot`].
+    pub fn latest_snapshot(&self, r: &ReplicaRow) -> Result<LatestSnapshot> {
+        self.write(|b| b.latest_snapshot(r.id))
+    }
+
+    /// See [`MetaBackend::commit_version`].
+    pub fn commit_version(&self, v: &NewVersion<'_>) -> Result<()> {
+        self.write(|b| b.commit_version(v))
+    }
+
+    /// Where the page stored under `hash` is.
+    pub fn blob(&self, hash: &PageHash) -> Result<Option<BlobLocation>> {
+        self.read(|b| b.blob(hash))
+    }
+
+    /// Every stored page and where it is.
+    pub fn all_blobs(&self) -> Result<Vec<(PageHash, BlobLocation)>> {
+        self.read(|b| b.all_blobs())
+    }
+
+    /// End of the last indexed page of a pack.
+    pub fn pack_end(&self, pack: u32) -> Result<u64> {
+        self.read(|b| b.pack_end(pack))
+    }
+
+    /// True when namespace `name` exists.
+    pub fn namespace_exists(&self, name: &str) -> Result<bool> {
+        self.read(|b| b.namespace_exists(name))
+    }
+
+    /// See [`MetaBackend::create_namespace`].
+    pub fn create_namespace(&self, name: &str, admin: &NewKey) -> Result<bool> {
+        self.write(|b| b.create_namespace(name, admin))
+    }
+
+    /// Every namespace with its replica count.
+    pub fn namespaces(&self) -> Result<Vec<NamespaceRow>> {
+        self.read(|b| b.namespaces())
+    }
+
+    /// Records one key.
+    pub fn add_key(&self, key: &NewKey) -> Result<()> {
+        self.add_keys(std::slice::from_ref(key))
+    }
+
+    /// Records keys, all or none.
+    pub fn add_keys(&self, keys: &[NewKey]) -> Result<()> {
+        self.write(|b| b.add_keys(keys))
+    }
+
+    /// See [`MetaBackend::key_by_hash`].
+    pub fn find_key(&self, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
+        self.read(|b| b.key_by_hash(hash))
+    }
+
+    /// The keys of a namespace, each with its replica's path.
+    pub fn keys_of(&self, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>> {
+        self.read(|b| b.keys_of(namespace))
+    }
+
+    /// See [`MetaBackend::revoke_key`].
+    pub fn revoke_key(&self, namespace: &str, id: i64) -> Result<bool> {
+        self.write(|b| b.revoke_key(namespace, id))
+    }
+}
+
+/// The time now as the metadata records it (RFC 3339, milliseconds, UTC).
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(hash: u8, kind: &'static str, namespace: &str, replica: Option<i64>) -> NewKey {
+        NewKey {
+            hash: [hash; 32],
+            kind,
+            namespace: namespace.into(),
+            replica,
+        }
+    }
+
+    #[test]
+    fn namespaces_replicas_and_keys_round_trip_through_the_facade() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        assert!(Meta::exists(dir.path()));
+        assert!(meta.create_replica("acme", "acme/a.db", "private").is_err());
+        assert!(
+            meta.create_namespace("acme", &key(1, "admin", "acme", None))
+                .unwrap()
+        );
+        assert!(
+            !meta
+                .create_namespace("acme", &key(2, "admin", "acme", None))
+                .unwrap()
+        );
+        assert!(
+            meta.find_key(&[2; 32]).unwrap().is_none(),
+            "nothing of a refused namespace"
+        );
+        let r = meta.create_replica("acme", "acme/a.db", "private").unwrap();
+        let again = meta.create_replica("acme", "acme/a.db", "public").unwrap();
+        assert_eq!((again.id, again.visibility.as_str()), (r.id, "private"));
+        meta.add_key(&key(3, "replica-pull", "acme", Some(r.id)))
+            .unwrap();
+        let (k, stored) = meta.find_key(&[3; 32]).unwrap().unwrap();
+        assert_eq!(
+            (k.kind.as_str(), k.replica, stored),
+            ("replica-pull", Some(r.id), vec![3; 32])
+        );
+        let listed = meta.keys_of("acme").unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[1].1.as_deref(), Some("acme/a.db"));
+        assert!(meta.revoke_key("acme", k.id).unwrap());
+        assert!(!meta.revoke_key("acme", k.id).unwrap(), "revoked once");
+        assert!(
+            !meta.remove_replica_if_empty(r.id).unwrap(),
+            "a key still names it"
+        );
+        let ns = meta.namespaces().unwrap();
+        assert_eq!((ns[0].name.as_str(), ns[0].replicas), ("acme", 1));
+    }
+
+    #[test]
+    fn a_version_commits_only_on_top_of_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.create_namespace("ns", &key(1, "admin", "ns", None))
+            .unwrap();
+        let r = meta.create_replica("ns", "ns/a.db", "private").unwrap();
+        let row = |number| VersionRow {
+            number,
+            created: now(),
+            page_size: 4096,
+            page_count: 1,
+            changed_pages: 1,
+            message: String::new(),
+            version_hash: format!("h{number}"),
+            version_xxh3: None,
+        };
+        let commit = |row: &VersionRow, keys: &[NewKey]| {
+            meta.commit_version(&NewVersion {
+                replica: r.id,
+                row,
+                blobs: &[],
+                back_delta: &[(1, [7; 32])],
+                sums: &[[9; 32]],
+                xxh3: &[[8; 16]],
+                keys,
+            })
+        };
+        commit(&row(1), &[]).unwrap();
+        let pushed_key = key(5, "replica-push", "ns", Some(r.id));
+        assert!(commit(&row(3), std::slice::from_ref(&pushed_key)).is_err());
+        assert!(
+            meta.find_key(&[5; 32]).unwrap().is_none(),
+            "keys go with their version"
+        );
+        commit(&row(2), std::slice::from_ref(&pushed_key)).unwrap();
+        assert!(meta.find_key(&[5; 32]).unwrap().is_some());
+        assert_eq!(meta.replica("ns/a.db").unwrap().unwrap().latest, 2);
+        let (v1, delta) = meta.version_with_delta(&r, 1).unwrap();
+        assert_eq!(
+            (v1.version_hash.as_str(), delta),
+            ("h1", vec![(1, [7; 32])])
+        );
+        let snap = meta.latest_snapshot(&r).unwrap();
+        assert_eq!((snap.latest, snap.sums), (2, vec![[9; 32]]));
+        assert_eq!(meta.latest_state(&r, 2).unwrap().xxh3, vec![[8; 16]]);
+    }
+}

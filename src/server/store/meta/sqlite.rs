@@ -1,0 +1,628 @@
+//! The SQLite backend of [`MetaBackend`]: `DATA_DIR/meta.db`.
+//!
+//! SQLite in WAL mode so the web pages read while a commit writes; every
+//! version commit is one transaction, which is what makes it atomic. This
+//! file is the only place in the server that holds SQL (besides putting a
+//! pushed database file back in rollback mode, [`crate::server::store::disk`]).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow, StoredKey,
+    VersionRow, now,
+};
+use crate::server::store::pages::{BlobLocation, PageHash};
+
+/// Schema, created on first open. `replicas.latest_sums` is the SHA-256 of
+/// every page of the latest version (32 bytes per page), the checksum of the
+/// materialised latest file; `versions.back_delta` lists, for a version older
+/// than the latest, the pages in which it differs from the next version as
+/// (pgno u32 big-endian, page hash) records. `replicas.latest_xxh3` is the
+/// XXH3-128 of every page of the latest version (16 bytes per page), from
+/// which a commit computes `versions.version_xxh3` by hashing only the
+/// pages that changed (both are added to older stores by [`open`]).
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS namespaces(
+  name TEXT PRIMARY KEY,
+  created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys(
+  id INTEGER PRIMARY KEY,
+  hash BLOB NOT NULL UNIQUE,
+  kind TEXT NOT NULL,
+  namespace TEXT NOT NULL,
+  replica INTEGER,
+  created TEXT NOT NULL,
+  revoked TEXT
+);
+CREATE TABLE IF NOT EXISTS replicas(
+  id INTEGER PRIMARY KEY,
+  uid TEXT NOT NULL UNIQUE,
+  namespace TEXT NOT NULL,
+  path TEXT NOT NULL UNIQUE,
+  visibility TEXT NOT NULL,
+  created TEXT NOT NULL,
+  latest INTEGER NOT NULL DEFAULT 0,
+  latest_sums BLOB,
+  latest_xxh3 BLOB
+);
+CREATE TABLE IF NOT EXISTS versions(
+  replica INTEGER NOT NULL,
+  number INTEGER NOT NULL,
+  created TEXT NOT NULL,
+  page_size INTEGER NOT NULL,
+  page_count INTEGER NOT NULL,
+  changed_pages INTEGER NOT NULL,
+  message TEXT NOT NULL DEFAULT '',
+  version_hash TEXT NOT NULL,
+  back_delta BLOB,
+  version_xxh3 TEXT,
+  PRIMARY KEY(replica, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs(
+  hash BLOB PRIMARY KEY,
+  pack INTEGER NOT NULL,
+  offset INTEGER NOT NULL,
+  stored_len INTEGER NOT NULL,
+  compressed INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// The metadata in one SQLite database.
+pub struct SqliteMeta {
+    /// The connection (short statements and commit transactions).
+    c: Connection,
+}
+
+impl SqliteMeta {
+    /// Opens (creating) the database at `path`, adding what an older
+    /// release's schema lacks.
+    pub fn open(path: &Path) -> Result<SqliteMeta> {
+        Ok(SqliteMeta { c: open(path)? })
+    }
+
+    /// True when there is a database at `path`.
+    pub fn exists(path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    let c = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+    c.busy_timeout(std::time::Duration::from_secs(30))?;
+    c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    c.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+    c.execute_batch(SCHEMA)?;
+    add_column(&c, "replicas", "latest_xxh3", "BLOB")?;
+    add_column(&c, "versions", "version_xxh3", "TEXT")?;
+    Ok(c)
+}
+
+/// Adds a column a store made by an older release lacks (`CREATE TABLE IF
+/// NOT EXISTS` leaves its tables as they were).
+fn add_column(c: &Connection, table: &str, column: &str, decl: &str) -> Result<()> {
+    let has: bool = c.query_row(
+        &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name=?1"),
+        [column],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+            .with_context(|| format!("adding {table}.{column} to an older store"))?;
+    }
+    Ok(())
+}
+
+const REPLICA_COLS: &str = "id, uid, namespace, path, visibility, created, latest";
+
+fn replica_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplicaRow> {
+    Ok(ReplicaRow {
+        id: r.get(0)?,
+        uid: r.get(1)?,
+        namespace: r.get(2)?,
+        path: r.get(3)?,
+        visibility: r.get(4)?,
+        created: r.get(5)?,
+        latest: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+fn replica_by_path(c: &Connection, path: &str) -> Result<Option<ReplicaRow>> {
+    Ok(c.query_row(
+        &format!("SELECT {REPLICA_COLS} FROM replicas WHERE path=?1"),
+        [path],
+        replica_row,
+    )
+    .optional()?)
+}
+
+fn replica_by_id(c: &Connection, id: i64) -> Result<Option<ReplicaRow>> {
+    Ok(c.query_row(
+        &format!("SELECT {REPLICA_COLS} FROM replicas WHERE id=?1"),
+        [id],
+        replica_row,
+    )
+    .optional()?)
+}
+
+fn replicas_of(c: &Connection, namespace: &str) -> Result<Vec<ReplicaRow>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {REPLICA_COLS} FROM replicas WHERE namespace=?1 ORDER BY path"
+    ))?;
+    let rows = st.query_map([namespace], replica_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn all_replicas(c: &Connection) -> Result<Vec<ReplicaRow>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {REPLICA_COLS} FROM replicas ORDER BY path"
+    ))?;
+    let rows = st.query_map([], replica_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Creates the replica unless it exists (a concurrent first push may win);
+/// returns the row either way.
+fn create_replica(
+    c: &Connection,
+    namespace: &str,
+    path: &str,
+    visibility: &str,
+) -> Result<ReplicaRow> {
+    c.execute(
+        "INSERT OR IGNORE INTO replicas(uid, namespace, path, visibility, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![uuid::Uuid::new_v4().to_string(), namespace, path, visibility, now()],
+    )?;
+    replica_by_path(c, path)?.context("replica vanished after creation")
+}
+
+fn namespace_exists(c: &Connection, name: &str) -> Result<bool> {
+    Ok(
+        c.query_row("SELECT 1 FROM namespaces WHERE name=?1", [name], |_| Ok(()))
+            .optional()?
+            .is_some(),
+    )
+}
+
+const VERSION_COLS: &str =
+    "number, created, page_size, page_count, changed_pages, message, version_hash, version_xxh3";
+
+fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
+    Ok(VersionRow {
+        number: r.get::<_, i64>(0)? as u64,
+        created: r.get(1)?,
+        page_size: r.get(2)?,
+        page_count: r.get(3)?,
+        changed_pages: r.get(4)?,
+        message: r.get(5)?,
+        version_hash: r.get(6)?,
+        version_xxh3: r.get(7)?,
+    })
+}
+
+fn version(c: &Connection, replica: i64, number: u64) -> Result<Option<VersionRow>> {
+    Ok(c.query_row(
+        &format!("SELECT {VERSION_COLS} FROM versions WHERE replica=?1 AND number=?2"),
+        params![replica, number as i64],
+        version_row,
+    )
+    .optional()?)
+}
+
+/// Versions of a replica, newest first.
+fn versions(c: &Connection, replica: i64) -> Result<Vec<VersionRow>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {VERSION_COLS} FROM versions WHERE replica=?1 ORDER BY number DESC"
+    ))?;
+    let rows = st.query_map([replica], version_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn back_delta(c: &Connection, replica: i64, number: u64) -> Result<Vec<(u32, PageHash)>> {
+    let blob: Option<Vec<u8>> = c.query_row(
+        "SELECT back_delta FROM versions WHERE replica=?1 AND number=?2",
+        params![replica, number as i64],
+        |r| r.get(0),
+    )?;
+    decode_delta(&blob.unwrap_or_default())
+}
+
+fn encode_delta(entries: &[(u32, PageHash)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(entries.len() * 36);
+    for (pgno, h) in entries {
+        v.extend_from_slice(&pgno.to_be_bytes());
+        v.extend_from_slice(h);
+    }
+    v
+}
+
+fn decode_delta(b: &[u8]) -> Result<Vec<(u32, PageHash)>> {
+    anyhow::ensure!(
+        b.len().is_multiple_of(36),
+        "damaged version delta ({} bytes)",
+        b.len()
+    );
+    Ok(b.chunks_exact(36)
+        .map(|c| {
+            let pgno = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&c[4..]);
+            (pgno, h)
+        })
+        .collect())
+}
+
+fn latest_sums(c: &Connection, replica: i64) -> Result<Vec<PageHash>> {
+    let b: Option<Vec<u8>> = c.query_row(
+        "SELECT latest_sums FROM replicas WHERE id=?1",
+        [replica],
+        |r| r.get(0),
+    )?;
+    let b = b.unwrap_or_default();
+    anyhow::ensure!(b.len().is_multiple_of(32), "damaged page checksums");
+    Ok(b.chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect())
+}
+
+/// `replicas.latest_xxh3`: the latest version's page digests (16 bytes
+/// each), empty when the store has none yet.
+fn latest_xxh3(c: &Connection, replica: i64) -> Result<Vec<[u8; 16]>> {
+    let b: Option<Vec<u8>> = c.query_row(
+        "SELECT latest_xxh3 FROM replicas WHERE id=?1",
+        [replica],
+        |r| r.get(0),
+    )?;
+    let b = b.unwrap_or_default();
+    anyhow::ensure!(b.len().is_multiple_of(16), "damaged page digests");
+    Ok(b.chunks_exact(16)
+        .map(|c| {
+            let mut h = [0u8; 16];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect())
+}
+
+fn blob(c: &Connection, hash: &PageHash) -> Result<Option<BlobLocation>> {
+    // Cached: a commit looks up every page it stores.
+    Ok(
+        c.prepare_cached("SELECT pack, offset, stored_len, compressed FROM blobs WHERE hash=?1")?
+            .query_row([&hash[..]], |r| {
+                Ok(BlobLocation {
+                    pack: r.get(0)?,
+                    offset: r.get::<_, i64>(1)? as u64,
+                    stored_len: r.get(2)?,
+                    compressed: r.get(3)?,
+                })
+            })
+            .optional()?,
+    )
+}
+
+/// End of the last indexed blob of a pack.
+fn pack_end(c: &Connection, pack: u32) -> Result<u64> {
+    let end: Option<i64> = c.query_row(
+        "SELECT max(offset + stored_len) FROM blobs WHERE pack=?1",
+        [pack],
+        |r| r.get(0),
+    )?;
+    Ok(end.unwrap_or(0) as u64)
+}
+
+/// Deletes replica `id` when it has no version and no key.
+fn remove_replica_if_empty(c: &Connection, id: i64) -> Result<bool> {
+    let n = c.execute(
+        "DELETE FROM replicas WHERE id=?1 AND latest=0
+           AND NOT EXISTS (SELECT 1 FROM versions WHERE replica=?1)
+           AND NOT EXISTS (SELECT 1 FROM keys WHERE replica=?1)",
+        [id],
+    )?;
+    Ok(n == 1)
+}
+
+fn all_blobs(c: &Connection) -> Result<Vec<(PageHash, BlobLocation)>> {
+    let mut st = c.prepare("SELECT hash, pack, offset, stored_len, compressed FROM blobs")?;
+    let rows = st.query_map([], |r| {
+        let h: Vec<u8> = r.get(0)?;
+        let mut hash = [0u8; 32];
+        if h.len() == 32 {
+            hash.copy_from_slice(&h);
+        }
+        Ok((
+            hash,
+            BlobLocation {
+                pack: r.get(1)?,
+                offset: r.get::<_, i64>(2)? as u64,
+                stored_len: r.get(3)?,
+                compressed: r.get(4)?,
+            },
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// One version's metadata transaction: its pages' index rows, the back
+/// delta of its predecessor, its row, the replica's new latest with its
+/// checksums, and the push's keys. Then the WAL is checkpointed.
+fn commit_version(c: &mut Connection, v: &NewVersion<'_>) -> Result<()> {
+    let row = v.row;
+    let number = row.number;
+    let tx = c.transaction()?;
+    {
+        let mut ins = tx.prepare(
+            "INSERT OR IGNORE INTO blobs(hash, pack, offset, stored_len, compressed) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (h, loc) in v.blobs {
+            ins.execute(params![
+                &h[..],
+                loc.pack,
+                loc.offset as i64,
+                loc.stored_len,
+                loc.compressed
+            ])?;
+        }
+    }
+    if number > 1 {
+        tx.execute(
+            "UPDATE versions SET back_delta=?3 WHERE replica=?1 AND number=?2",
+            params![v.replica, (number - 1) as i64, encode_delta(v.back_delta)],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO versions(replica, number, created, page_size, page_count, changed_pages, message, version_hash, version_xxh3)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            v.replica,
+            number as i64,
+            row.created,
+            row.page_size,
+            row.page_count,
+            row.changed_pages,
+            row.message,
+            row.version_hash,
+            row.version_xxh3
+        ],
+    )?;
+    let sums_blob: Vec<u8> = v.sums.iter().flatten().copied().collect();
+    let xxh3_blob: Vec<u8> = v.xxh3.iter().flatten().copied().collect();
+    let n = tx.execute(
+        "UPDATE replicas SET latest=?2, latest_sums=?3, latest_xxh3=?5 WHERE id=?1 AND latest=?4",
+        params![
+            v.replica,
+            number as i64,
+            sums_blob,
+            (number - 1) as i64,
+            xxh3_blob
+        ],
+    )?;
+    ensure!(n == 1, "the replica changed under a serialised push");
+    insert_keys(&tx, v.keys)?;
+    tx.commit()?;
+    // Keep the metadata WAL from growing between idle periods; a busy
+    // reader just makes this a no-op.
+    let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    Ok(())
+}
+
+/// The latest version of replica `id`, its row and checksums, in one read
+/// transaction.
+fn latest_snapshot(c: &mut Connection, id: i64) -> Result<LatestSnapshot> {
+    let tx = c.transaction()?;
+    let latest = replica_by_id(&tx, id)?
+        .context("replica row missing")?
+        .latest;
+    let row = version(&tx, id, latest)?;
+    let sums = latest_sums(&tx, id)?;
+    tx.commit()?;
+    Ok(LatestSnapshot { latest, row, sums })
+}
+
+fn insert_keys(c: &Connection, keys: &[NewKey]) -> Result<()> {
+    for k in keys {
+        c.execute(
+            "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&k.hash[..], k.kind, k.namespace, k.replica, now()],
+        )?;
+    }
+    Ok(())
+}
+
+fn create_namespace(c: &mut Connection, name: &str, admin: &NewKey) -> Result<bool> {
+    let tx = c.transaction()?;
+    if namespace_exists(&tx, name)? {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO namespaces(name, created) VALUES (?1, ?2)",
+        params![name, now()],
+    )?;
+    insert_keys(&tx, std::slice::from_ref(admin))?;
+    tx.commit()?;
+    Ok(true)
+}
+
+fn namespaces(c: &Connection) -> Result<Vec<NamespaceRow>> {
+    let mut st = c.prepare(
+        "SELECT n.name, n.created, (SELECT count(*) FROM replicas r WHERE r.namespace=n.name) FROM namespaces n ORDER BY n.name",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(NamespaceRow {
+            name: r.get(0)?,
+            created: r.get(1)?,
+            replicas: r.get::<_, i64>(2)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn key_by_hash(c: &Connection, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
+    Ok(c.query_row(
+        "SELECT id, hash, kind, namespace, replica, created, revoked FROM keys WHERE hash=?1",
+        [&hash[..]],
+        |r| {
+            Ok((
+                StoredKey {
+                    id: r.get(0)?,
+                    kind: r.get(2)?,
+                    namespace: r.get(3)?,
+                    replica: r.get(4)?,
+                    created: r.get(5)?,
+                    revoked: r.get(6)?,
+                },
+                r.get::<_, Vec<u8>>(1)?,
+            ))
+        },
+    )
+    .optional()?)
+}
+
+fn keys_of(c: &Connection, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>> {
+    let mut st = c.prepare(
+        "SELECT k.id, k.kind, k.namespace, k.replica, k.created, k.revoked, r.path
+         FROM keys k LEFT JOIN replicas r ON r.id = k.replica WHERE k.namespace=?1 ORDER BY k.id",
+    )?;
+    let rows = st.query_map([namespace], |r| {
+        Ok((
+            StoredKey {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                namespace: r.get(2)?,
+                replica: r.get(3)?,
+                created: r.get(4)?,
+                revoked: r.get(5)?,
+            },
+            r.get::<_, Option<String>>(6)?,
+        ))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn revoke_key(c: &Connection, namespace: &str, id: i64) -> Result<bool> {
+    let n = c.execute(
+        "UPDATE keys SET revoked=?3 WHERE id=?1 AND namespace=?2 AND revoked IS NULL",
+        params![id, namespace, now()],
+    )?;
+    Ok(n > 0)
+}
+
+impl MetaBackend for SqliteMeta {
+    fn all_replicas(&self) -> Result<Vec<ReplicaRow>> {
+        all_replicas(&self.c)
+    }
+    fn replica_by_path(&self, path: &str) -> Result<Option<ReplicaRow>> {
+        replica_by_path(&self.c, path)
+    }
+    fn replica_by_id(&self, id: i64) -> Result<Option<ReplicaRow>> {
+        replica_by_id(&self.c, id)
+    }
+    fn replicas_of(&self, namespace: &str) -> Result<Vec<ReplicaRow>> {
+        replicas_of(&self.c, namespace)
+    }
+    fn create_replica(
+        &mut self,
+        namespace: &str,
+        path: &str,
+        visibility: &str,
+    ) -> Result<ReplicaRow> {
+        create_replica(&self.c, namespace, path, visibility)
+    }
+    fn remove_replica_if_empty(&mut self, id: i64) -> Result<bool> {
+        remove_replica_if_empty(&self.c, id)
+    }
+    fn version(&self, replica: i64, number: u64) -> Result<Option<VersionRow>> {
+        version(&self.c, replica, number)
+    }
+    fn versions(&self, replica: i64) -> Result<Vec<VersionRow>> {
+        versions(&self.c, replica)
+    }
+    fn back_delta(&self, replica: i64, number: u64) -> Result<Vec<(u32, PageHash)>> {
+        back_delta(&self.c, replica, number)
+    }
+    fn latest_sums(&self, replica: i64) -> Result<Vec<PageHash>> {
+        latest_sums(&self.c, replica)
+    }
+    fn latest_xxh3(&self, replica: i64) -> Result<Vec<[u8; 16]>> {
+        latest_xxh3(&self.c, replica)
+    }
+    fn latest_snapshot(&mut self, replica: i64) -> Result<LatestSnapshot> {
+        latest_snapshot(&mut self.c, replica)
+    }
+    fn commit_version(&mut self, v: &NewVersion<'_>) -> Result<()> {
+        commit_version(&mut self.c, v)
+    }
+    fn blob(&self, hash: &PageHash) -> Result<Option<BlobLocation>> {
+        blob(&self.c, hash)
+    }
+    fn all_blobs(&self) -> Result<Vec<(PageHash, BlobLocation)>> {
+        all_blobs(&self.c)
+    }
+    fn pack_end(&self, pack: u32) -> Result<u64> {
+        pack_end(&self.c, pack)
+    }
+    fn namespace_exists(&self, name: &str) -> Result<bool> {
+        namespace_exists(&self.c, name)
+    }
+    fn create_namespace(&mut self, name: &str, admin: &NewKey) -> Result<bool> {
+        create_namespace(&mut self.c, name, admin)
+    }
+    fn namespaces(&self) -> Result<Vec<NamespaceRow>> {
+        namespaces(&self.c)
+    }
+    fn add_keys(&mut self, keys: &[NewKey]) -> Result<()> {
+        let tx = self.c.transaction()?;
+        insert_keys(&tx, keys)?;
+        tx.commit()?;
+        Ok(())
+    }
+    fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
+        key_by_hash(&self.c, hash)
+    }
+    fn keys_of(&self, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>> {
+        keys_of(&self.c, namespace)
+    }
+    fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<bool> {
+        revoke_key(&self.c, namespace, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_store_gains_the_xxh3_columns_and_keeps_its_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            // The schema before XXH3 digests were kept.
+            let c = Connection::open(&path).unwrap();
+            let old = SCHEMA
+                .replace(",\n  latest_xxh3 BLOB", "")
+                .replace("\n  version_xxh3 TEXT,", "");
+            assert!(!old.contains("xxh3"));
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO versions(replica, number, created, page_size, page_count, changed_pages, version_hash)
+                 VALUES (1, 1, 'then', 4096, 2, 2, 'abc')",
+                [],
+            )
+            .unwrap();
+        }
+        let c = open(&path).unwrap();
+        let v = version(&c, 1, 1).unwrap().unwrap();
+        assert_eq!((v.version_hash.as_str(), v.version_xxh3), ("abc", None));
+        assert!(latest_xxh3(&c, 1).is_err(), "no such replica row");
+        drop(c);
+        // Opening again finds the columns there.
+        let c = open(&path).unwrap();
+        assert_eq!(version(&c, 1, 1).unwrap().unwrap().page_count, 2);
+    }
+}

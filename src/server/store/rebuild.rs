@@ -1,0 +1,146 @@
+//! Older versions rebuilt on demand: the latest file, copied, with the back
+//! deltas applied from the newest down to the version asked for.
+//!
+//! Pulls and downloads of an older version share one rebuilt file per
+//! version (materialised once, pinned while read, removed by its last
+//! reader). A full data-dir disk, which refuses pushes, must not also make
+//! older versions unreadable: the rebuild then goes to the spill folder.
+//! Every rebuild is checked against its versionHash before anyone reads it.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use anyhow::{Context, Result, ensure};
+
+use super::disk::{copy_of, hash_file, is_out_of_space};
+use super::live::VersionFile;
+use super::meta::{ReplicaRow, VersionRow};
+use super::pages::PageHash;
+use super::{Store, lock};
+
+impl Store {
+    /// The file of version `number` (blocking: may materialise it).
+    pub fn version_file(&self, r: &ReplicaRow, number: u64) -> Result<Arc<VersionFile>> {
+        let state = self.replica_state(r);
+        let latest = state.latest().context("the replica has no versions yet")?;
+        ensure!(
+            number >= 1 && number <= latest.number,
+            "no version {number}"
+        );
+        if number == latest.number {
+            return Ok(latest);
+        }
+        let _one_at_a_time = lock(&state.materialising);
+        if let Some(f) = lock(&state.older).get(&number).and_then(Weak::upgrade) {
+            return Ok(f);
+        }
+        let name = format!("{}-v{number}-{}.db", r.uid, uuid::Uuid::new_v4().simple());
+        let final_path = match self.materialise_in(
+            &self.data_dir.join("cache"),
+            &name,
+            r,
+            &latest,
+            number,
+        ) {
+            Err(e) if is_out_of_space(&e) => {
+                // The data dir's disk is full (pushes fail cleanly then);
+                // older versions stay readable through the temp dir.
+                tracing::warn!(
+                    replica = %r.path,
+                    version = number,
+                    spill = %self.spill_dir.display(),
+                    "no space to rebuild an older version in the data dir; using the spill folder"
+                );
+                std::fs::create_dir_all(&self.spill_dir)
+                    .with_context(|| format!("creating {}", self.spill_dir.display()))?;
+                self.materialise_in(&self.spill_dir, &name, r, &latest, number)
+                    .context(
+                        "the data dir's disk is full and the spill folder has no room either",
+                    )?
+            }
+            other => other?,
+        };
+        let f = VersionFile::new(final_path, number, true);
+        let mut older = lock(&state.older);
+        older.retain(|_, w| w.strong_count() > 0);
+        older.insert(number, Arc::downgrade(&f));
+        Ok(f)
+    }
+
+    /// Materialises version `number` as `dir/name` (through a temp name, so
+    /// a half-written file never has the final name); returns its path.
+    fn materialise_in(
+        &self,
+        dir: &Path,
+        name: &str,
+        r: &ReplicaRow,
+        latest: &VersionFile,
+        number: u64,
+    ) -> Result<PathBuf> {
+        let final_path = dir.join(name);
+        let tmp = final_path.with_extension("tmp");
+        let result = File::open(&latest.path)
+            .with_context(|| format!("opening {}", latest.path.display()))
+            .and_then(|src| self.materialise(r, &src, latest.number, number, &tmp));
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &final_path)?;
+        Ok(final_path)
+    }
+
+    /// Rebuilds version `number` into `out` from `latest` (the open file of
+    /// version `latest_number`) and the back deltas, and checks it against
+    /// its versionHash.
+    fn materialise(
+        &self,
+        r: &ReplicaRow,
+        latest: &File,
+        latest_number: u64,
+        number: u64,
+        out: &Path,
+    ) -> Result<VersionRow> {
+        let f = copy_of(latest, out)?;
+        let mut row = None;
+        for k in (number..latest_number).rev() {
+            row = Some(self.step_back(r, &f, k)?);
+        }
+        let row = row.context("nothing to materialise")?;
+        f.sync_all()?;
+        let h = hash_file(out, row.page_size, row.page_count)?;
+        ensure!(
+            h == row.version_hash,
+            "version {number} of {} rebuilt with the wrong hash: the store is damaged",
+            r.path
+        );
+        Ok(row)
+    }
+
+    /// Turns `f`, holding version `k + 1` of `r`, into version `k` by
+    /// applying that version's back delta; returns version `k`'s row.
+    pub(super) fn step_back(&self, r: &ReplicaRow, f: &File, k: u64) -> Result<VersionRow> {
+        let (v, delta) = self.meta.version_with_delta(r, k)?;
+        for (pgno, hash) in delta {
+            let data = self.read_page(&hash)?;
+            ensure!(
+                data.len() == v.page_size as usize,
+                "stored page has the wrong size"
+            );
+            f.write_all_at(&data, (pgno as u64 - 1) * v.page_size as u64)?;
+        }
+        f.set_len(v.size())?;
+        Ok(v)
+    }
+
+    /// Reads one stored page by hash, checking its checksum.
+    pub fn read_page(&self, hash: &PageHash) -> Result<Vec<u8>> {
+        let loc = self
+            .meta
+            .blob(hash)?
+            .with_context(|| format!("page {} is not in the store", hex::encode(&hash[..8])))?;
+        lock(&self.pages).read(hash, &loc)
+    }
+}
