@@ -58,14 +58,15 @@ pub fn fingerprint(db: &Path) -> Option<String> {
         .map(|w| format!("{}:{}.{}", w.len(), w.mtime(), w.mtime_nsec()))
         .unwrap_or_else(|_| "-".into());
     Some(format!(
-        "{}:{}:{}:{}.{}|{w}|{}",
+        "{}:{}:{}:{}.{}|{w}|{:08x}{:08x}",
         m.dev(),
         m.ino(),
         m.len(),
         m.mtime(),
         m.mtime_nsec(),
         // As hex of header bytes 24..32, the form records were written in.
-        format!("{:08x}{:08x}", header.change_counter, header.raw_page_count)
+        header.change_counter,
+        header.raw_page_count
     ))
 }
 

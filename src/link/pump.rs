@@ -82,6 +82,22 @@ pub struct Controls {
     pub at_end: Option<Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>>,
 }
 
+impl Controls {
+    /// The control frames due at a message boundary: those that follow the
+    /// first stream frame once it went out, and the end's once the stream
+    /// ended. Each is handed out once.
+    fn due(&mut self, sent_first: bool, ended: bool) -> Vec<Vec<u8>> {
+        let mut now = Vec::new();
+        if sent_first {
+            now.append(&mut self.after_first);
+        }
+        if ended && let Some(f) = self.at_end.take() {
+            now.extend(f());
+        }
+        now
+    }
+}
+
 /// Why the pump stopped before the helper's EOF.
 #[derive(Debug, thiserror::Error)]
 pub enum PumpError {
@@ -167,16 +183,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
             sent_first = true;
         }
         if framing.whole_messages || parser.at_boundary() {
-            let mut now = Vec::new();
-            if sent_first && !controls.after_first.is_empty() {
-                now.append(&mut controls.after_first);
-            }
-            if parser.ended()
-                && let Some(f) = controls.at_end.take()
-            {
-                now.extend(f());
-            }
-            for f in now {
+            for f in controls.due(sent_first, parser.ended()) {
                 q.send(f).await;
             }
         }
