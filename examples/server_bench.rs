@@ -8,7 +8,7 @@
 //! Runs the real (release) server on 127.0.0.1 with the real helper on
 //! both sides, bridged by the same test-side driver the integration tests use.
 
-#[path = "../tests/server_support/mod.rs"]
+#[path = "../tests/it/support/driver.rs"]
 mod server_support;
 
 use std::io::{BufRead, BufReader};
