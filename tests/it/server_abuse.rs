@@ -12,7 +12,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,77 +25,44 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 // ---------------------------------------------------------------------------
-// A server whose stderr is kept, so the tests can look for panics.
+// A server whose log is searched for panics.
 
 struct Server {
-    child: Child,
+    server: TestServer,
     addr: String,
     data: PathBuf,
-    log: PathBuf,
 }
 
 impl Server {
     fn start(env: &TestEnv, extra: &[&str]) -> Server {
         let data = env.path("data");
-        let log = env.path("server.log");
-        let mut child = env
-            .command(SERVER)
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("SQLRSYNC_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("server starts");
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(a) = line.split("listening on http://").nth(1) {
-                        break a.trim().to_string();
-                    }
-                }
-                _ => panic!(
-                    "server exited: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ),
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let server = TestServer::start_cmd(env, &data, extra, |c| {
+            c.env("SQLRSYNC_LOG", "info");
+        });
         Server {
-            child,
-            addr,
+            addr: server.addr.clone(),
             data,
-            log,
+            server,
         }
     }
 
     fn ws(&self) -> String {
-        format!("ws://{}", self.addr)
+        self.server.ws_url()
     }
 
     fn namespace(&self, env: &TestEnv, name: &str) -> String {
-        let o = run(env
-            .command(SERVER)
-            .args(["namespace", "create", name, "--data-dir"])
-            .arg(&self.data));
-        assert_ok(&o);
-        stdout(&o).lines().last().unwrap().trim().to_string()
+        self.server.create_namespace(env, name)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.server.log()
     }
 
     /// Alive, never panicked, no staging file left.
     #[track_caller]
     fn assert_healthy(&mut self) {
         assert!(
-            self.child.try_wait().unwrap().is_none(),
+            self.server.child.try_wait().unwrap().is_none(),
             "the server exited:\n{}",
             self.log()
         );
@@ -107,7 +74,7 @@ impl Server {
 
     /// Open file descriptors of the server process.
     fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.server.child.id()))
             .map(|d| d.count())
             .unwrap_or(0)
     }
@@ -134,13 +101,6 @@ impl Server {
             .arg(&self.data));
         assert_ok(&o);
         stdout(&o).lines().count() - 1
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

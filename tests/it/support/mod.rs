@@ -233,12 +233,24 @@ pub fn file_sha256(path: &Path) -> String {
 }
 
 /// A running `sqlrsync-server` on a free loopback port, killed on drop.
+///
+/// Its log (stderr) goes to a file in the test's temp dir, not to the
+/// test's output: a green run shows none of it, and a test that fails
+/// prints the log's last lines when it drops the server.
 pub struct TestServer {
     pub child: Child,
     pub data_dir: PathBuf,
     /// `127.0.0.1:PORT`
     pub addr: String,
+    /// Where the server's stderr goes (appended to across restarts on the
+    /// same data dir).
+    pub log_path: PathBuf,
+    /// The log, open for reading: still readable after the temp dir is gone.
+    log: std::fs::File,
 }
+
+/// Lines of the server's log a failing test prints.
+const LOG_TAIL_LINES: usize = 200;
 
 impl TestServer {
     /// Starts `sqlrsync-server serve --data-dir DIR --listen 127.0.0.1:0` and
@@ -247,24 +259,46 @@ impl TestServer {
         Self::start_with(env, data_dir, &[])
     }
 
+    /// Same, with more `serve` arguments.
     pub fn start_with(env: &TestEnv, data_dir: &Path, extra: &[&str]) -> TestServer {
-        let mut child = env
-            .command(SERVER)
-            .args(["serve", "--data-dir"])
+        Self::start_cmd(env, data_dir, extra, |_| {})
+    }
+
+    /// Same, with `adjust` applied to the command first (environment).
+    pub fn start_cmd(
+        env: &TestEnv,
+        data_dir: &Path,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> TestServer {
+        let name = data_dir
+            .file_name()
+            .map_or("server".into(), |n| n.to_string_lossy().into_owned());
+        let log_path = env.path(&format!("{name}.server.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&log_path)
+            .expect("server log");
+        let mut cmd = env.command(SERVER);
+        cmd.args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("server starts");
+            .stderr(log.try_clone().expect("server log"));
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("server starts");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
             assert!(
                 Instant::now() < deadline,
-                "server did not say where it listens"
+                "server did not say where it listens; its log:\n{}",
+                tail(&log_path, LOG_TAIL_LINES)
             );
             match lines.next() {
                 Some(Ok(line)) => {
@@ -276,7 +310,10 @@ impl TestServer {
                         break a.trim_end_matches('/').to_string();
                     }
                 }
-                _ => panic!("server exited before listening"),
+                _ => panic!(
+                    "server exited before listening; its log:\n{}",
+                    tail(&log_path, LOG_TAIL_LINES)
+                ),
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -285,6 +322,8 @@ impl TestServer {
             child,
             data_dir: data_dir.to_path_buf(),
             addr,
+            log_path,
+            log,
         }
     }
 
@@ -294,6 +333,12 @@ impl TestServer {
 
     pub fn http_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Everything the server logged so far (and earlier servers on the
+    /// same data dir in this test).
+    pub fn log(&self) -> String {
+        read_all(&self.log)
     }
 
     /// `sqlrsync-server namespace create NAME`: the new Account Admin key.
@@ -316,7 +361,40 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = read_all(&self.log);
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+            eprintln!(
+                "---- sqlrsync-server on {} (data dir {}): last {} of {} lines of {} ----",
+                self.addr,
+                self.data_dir.display(),
+                lines.len() - from,
+                lines.len(),
+                self.log_path.display()
+            );
+            for l in &lines[from..] {
+                eprintln!("{l}");
+            }
+            eprintln!("---- end of the server log ----");
+        }
     }
+}
+
+/// The whole of a file open for reading, from its start.
+fn read_all(mut f: &std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut b = Vec::new();
+    let _ = f.seek(std::io::SeekFrom::Start(0));
+    let _ = f.read_to_end(&mut b);
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// The last `n` lines of a file.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The `versionHash` of a database file (see protocol::VersionHasher).
