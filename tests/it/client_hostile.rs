@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::frames::*;
 use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use sqlrsync::protocol::{self as proto, Direction, StreamParser};
@@ -100,25 +101,6 @@ where
 /// The websocket upgrade, as a server.
 async fn upgrade(tcp: TcpStream) -> WebSocketStream<TcpStream> {
     tokio_tungstenite::accept_async(tcp).await.unwrap()
-}
-
-fn begin(page_count: u32) -> Vec<u8> {
-    let mut v = vec![proto::ORIGIN_BEGIN, 2, 12];
-    v.extend_from_slice(&page_count.to_be_bytes());
-    v
-}
-
-fn page(pgno: u32, fill: u8) -> Vec<u8> {
-    let mut v = vec![proto::ORIGIN_PAGE];
-    v.extend_from_slice(&pgno.to_be_bytes());
-    v.extend(std::iter::repeat_n(fill, 4096));
-    v
-}
-
-fn txn(page_count: u32) -> Vec<u8> {
-    let mut v = vec![proto::ORIGIN_TXN];
-    v.extend_from_slice(&page_count.to_be_bytes());
-    v
 }
 
 async fn send_bin(ws: &mut WebSocketStream<TcpStream>, b: Vec<u8>) -> bool {
@@ -304,10 +286,10 @@ fn abort_at_once_and_mid_stream() {
         "abort mid-stream",
         scenario(|tcp| async move {
             let mut ws = upgrade(tcp).await;
-            send_bin(&mut ws, begin(40)).await;
+            send_bin(&mut ws, begin(12, 40)).await;
             listen(&mut ws, Duration::from_millis(300)).await;
             for p in 1..=3 {
-                send_bin(&mut ws, page(p, 0xEE)).await;
+                send_bin(&mut ws, page(p, 4096, 0xEE)).await;
             }
             let _ = ws.send(Message::Text("ABORT=changed my mind".into())).await;
             listen(&mut ws, Duration::from_secs(5)).await;
@@ -367,7 +349,7 @@ fn bad_config() {
             scenario(move |tcp| async move {
                 let mut ws = upgrade(tcp).await;
                 let _ = ws.send(Message::Text(text.into())).await;
-                send_bin(&mut ws, begin(40)).await;
+                send_bin(&mut ws, begin(12, 40)).await;
                 listen(&mut ws, Duration::from_secs(5)).await;
                 0
             }),
@@ -386,9 +368,9 @@ fn endless_streams_stop_with_bounded_memory() {
         scenario(|tcp| async move {
             let mut ws = upgrade(tcp).await;
             let mut sent = 0u64;
-            send_bin(&mut ws, begin(8)).await;
+            send_bin(&mut ws, begin(12, 8)).await;
             for i in 0u64.. {
-                let p = page((i % 8) as u32 + 1, i as u8);
+                let p = page((i % 8) as u32 + 1, 4096, i as u8);
                 sent += p.len() as u64;
                 if !send_bin(&mut ws, p).await {
                     break;
@@ -428,8 +410,7 @@ fn endless_streams_stop_with_bounded_memory() {
         "endless messages",
         scenario(|tcp| async move {
             let mut ws = upgrade(tcp).await;
-            let mut msg = vec![proto::ORIGIN_MSG, 0, 0, 0x10, 0];
-            msg.extend(std::iter::repeat_n(b'm', 4096));
+            let msg = origin_msg(&[b'm'; 4096]);
             loop {
                 if !send_bin(&mut ws, msg.clone()).await {
                     break;
@@ -465,7 +446,7 @@ fn closed_early_at_every_stage() {
         "dropped after ORIGIN_BEGIN",
         scenario(|tcp| async move {
             let mut ws = upgrade(tcp).await;
-            send_bin(&mut ws, begin(40)).await;
+            send_bin(&mut ws, begin(12, 40)).await;
             listen(&mut ws, Duration::from_millis(300)).await;
             0
         }),
@@ -475,9 +456,9 @@ fn closed_early_at_every_stage() {
         "dropped mid-page",
         scenario(|tcp| async move {
             let mut ws = upgrade(tcp).await;
-            send_bin(&mut ws, begin(40)).await;
+            send_bin(&mut ws, begin(12, 40)).await;
             listen(&mut ws, Duration::from_millis(300)).await;
-            let mut p = page(1, 0xAB);
+            let mut p = page(1, 4096, 0xAB);
             p.truncate(2000);
             send_bin(&mut ws, p).await;
             0
@@ -490,10 +471,10 @@ fn closed_early_at_every_stage() {
         "dropped between ORIGIN_TXN and ORIGIN_END",
         scenario(|tcp| async move {
             let mut ws = upgrade(tcp).await;
-            send_bin(&mut ws, begin(40)).await;
+            send_bin(&mut ws, begin(12, 40)).await;
             listen(&mut ws, Duration::from_millis(300)).await;
             for p in 1..=40 {
-                send_bin(&mut ws, page(p, 0xCD)).await;
+                send_bin(&mut ws, page(p, 4096, 0xCD)).await;
             }
             send_bin(&mut ws, txn(40)).await;
             listen(&mut ws, Duration::from_millis(300)).await;
@@ -582,8 +563,8 @@ fn stalls_are_given_up_on_and_pings_keep_a_session_alive() {
         "silent mid-stream",
         scenario(|tcp| async move {
             let mut ws = upgrade(tcp).await;
-            send_bin(&mut ws, begin(40)).await;
-            send_bin(&mut ws, page(1, 1)).await;
+            send_bin(&mut ws, begin(12, 40)).await;
+            send_bin(&mut ws, page(1, 4096, 1)).await;
             listen(&mut ws, Duration::from_secs(10)).await;
             0
         }),

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::driver::*;
+use crate::support::frames::*;
 use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use sqlrsync::protocol::{ClientControl, Direction, ServerText, StreamParser};
@@ -206,43 +207,6 @@ impl Drop for Background {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
-}
-
-// ---------------------------------------------------------------------------
-// Stream builders (PROTOCOL.md section 1).
-
-fn begin(log2: u8, pages: u32) -> Vec<u8> {
-    let mut v = vec![0x41, 2, log2];
-    v.extend_from_slice(&pages.to_be_bytes());
-    v
-}
-
-fn page(pgno: u32, size: usize, fill: u8) -> Vec<u8> {
-    let mut v = vec![0x44];
-    v.extend_from_slice(&pgno.to_be_bytes());
-    v.extend(std::iter::repeat_n(fill, size));
-    v
-}
-
-fn txn(pages: u32) -> Vec<u8> {
-    let mut v = vec![0x45];
-    v.extend_from_slice(&pages.to_be_bytes());
-    v
-}
-
-fn origin_msg(text: &[u8]) -> Vec<u8> {
-    let mut v = vec![0x46];
-    v.extend_from_slice(&(text.len() as u32).to_be_bytes());
-    v.extend_from_slice(text);
-    v
-}
-
-fn bin(b: Vec<u8>) -> Message {
-    Message::Binary(b.into())
-}
-
-fn ctrl(c: ClientControl) -> Message {
-    Message::Binary(c.encode().into())
 }
 
 type Ws =
@@ -468,11 +432,12 @@ fn garbage_truncated_and_absurd_streams() {
     );
     // ORIGIN_BEGIN then ORIGIN_END: no transaction.
     let mut s = begin(12, 2);
-    s.push(0x42);
+    s.extend(end());
     refused(vec![bin(s)], "without a complete transaction", "begin+end");
     // Data after ORIGIN_END in the same frame.
     let mut s = begin(12, 2);
-    s.extend([0x42, 0x42]);
+    s.extend(end());
+    s.extend(end());
     refused(vec![bin(s)], "after the end", "data after end");
 
     // Truncated messages: the stream stops mid-message and the client goes
@@ -518,13 +483,10 @@ fn garbage_truncated_and_absurd_streams() {
     let announced = (page1.len() / 512) as u32;
     let mut s = begin(9, announced);
     for (i, p) in page1.chunks(512).enumerate() {
-        let mut m = vec![0x44];
-        m.extend_from_slice(&(i as u32 + 1).to_be_bytes());
-        m.extend_from_slice(p);
-        s.extend(m);
+        s.extend(page_of(i as u32 + 1, p));
     }
     s.extend(txn(4_000_000));
-    s.push(0x42);
+    s.extend(end());
     let started = Instant::now();
     let o = rt.block_on(raw(&ws, push_path, &with_key(&acme), vec![bin(s)]));
     assert!(!o.ok(), "a 2 GB ORIGIN_TXN was accepted: {o:#?}");

@@ -3,6 +3,7 @@
 //! clear HTTP status or ABORT, stores nothing, and the server keeps serving.
 
 use crate::support::driver::*;
+use crate::support::frames::*;
 use crate::support::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -58,7 +59,7 @@ fn bad_streams_abort_and_store_nothing() {
     let acme = server.create_namespace(&env, "acme");
     let rt = rt();
     let ws = server.ws_url();
-    let begin = vec![0x41u8, 2, 12, 0, 0, 0, 1];
+    let begin1 = begin(12, 1);
     let cases: Vec<(&str, Vec<Message>, &str)> = vec![
         (
             "text",
@@ -74,7 +75,7 @@ fn bad_streams_abort_and_store_nothing() {
         ),
         (
             "bad page size",
-            vec![Message::Binary(vec![0x41, 2, 30, 0, 0, 0, 1].into())],
+            vec![bin(begin(30, 1))],
             "not a sqlite3_rsync stream",
         ),
         (
@@ -102,24 +103,14 @@ fn bad_streams_abort_and_store_nothing() {
         (
             "message after begin",
             vec![
-                Message::Binary(begin.clone().into()),
+                bin(begin1.clone()),
                 Message::Binary(vec![0x54, 0, 2, b'h', b'i'].into()),
             ],
             "COMMITMESSAGE must come before ORIGIN_BEGIN",
         ),
         (
             "page out of range",
-            vec![
-                Message::Binary(begin.clone().into()),
-                Message::Binary(
-                    {
-                        let mut f = vec![0x44, 0, 0, 0, 9];
-                        f.extend(vec![0u8; 4096]);
-                        f
-                    }
-                    .into(),
-                ),
-            ],
+            vec![bin(begin1.clone()), bin(page(9, 4096, 0))],
             "outside the announced",
         ),
     ];
@@ -145,7 +136,7 @@ fn bad_streams_abort_and_store_nothing() {
         &ws,
         "/sapi/push/acme/bad.db",
         &with_key(&acme),
-        vec![Message::Binary(begin.into()), Message::Close(None)],
+        vec![bin(begin1), Message::Close(None)],
     ));
     assert!(!o.ok());
 

@@ -7,6 +7,7 @@
 
 pub mod driver;
 pub mod faults;
+pub mod frames;
 pub mod ledger;
 pub mod proxy;
 pub mod remote;
