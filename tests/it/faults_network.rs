@@ -17,6 +17,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::support::faults::*;
+use crate::support::frames::{replica_hash, replica_ready};
 use crate::support::proxy::{Fault, FaultProxy};
 use crate::support::*;
 
@@ -414,9 +415,8 @@ fn frozen_pull(addr: &str, path: &str, key: &str) -> std::net::TcpStream {
     }
     // One masked binary frame: a REPLICA_HASH that matches nothing and
     // REPLICA_READY, so the origin sends every page.
-    let mut payload = vec![0x64u8];
-    payload.extend_from_slice(&[0u8; 20]);
-    payload.push(0x65);
+    let mut payload = replica_hash(&[0u8; 20]);
+    payload.extend(replica_ready());
     let mask = [1u8, 2, 3, 4];
     let mut frame = vec![0x82, 0x80 | payload.len() as u8];
     frame.extend_from_slice(&mask);

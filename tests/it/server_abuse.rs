@@ -639,8 +639,7 @@ fn endless_streams_are_cut_at_the_limits() {
     let (sent, abort, _) = rt.block_on(flood(wsp, 256 << 20, |_| {
         let mut f = Vec::new();
         for _ in 0..1000 {
-            f.push(0x64);
-            f.extend([7u8; 20]);
+            f.extend(replica_hash(&[7u8; 20]));
         }
         bin(f)
     }));
@@ -1080,7 +1079,7 @@ fn a_pull_client_that_never_reads_is_cut() {
             let mut w = connect(&format!("{ws}/sapi/pull/acme/big.db"), Some(&acme))
                 .await
                 .unwrap();
-            w.send(bin(vec![0x65])).await.unwrap();
+            w.send(bin(replica_ready())).await.unwrap();
             v.push(w);
         }
         v

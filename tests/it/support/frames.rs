@@ -58,3 +58,15 @@ pub fn bin(b: Vec<u8>) -> Message {
 pub fn ctrl(c: ClientControl) -> Message {
     Message::Binary(c.encode().into())
 }
+
+/// REPLICA_HASH: one page's 20-byte hash, from the replica's side.
+pub fn replica_hash(hash: &[u8; 20]) -> Vec<u8> {
+    let mut v = vec![proto::REPLICA_HASH];
+    v.extend_from_slice(hash);
+    v
+}
+
+/// REPLICA_READY: the replica sent all its hashes.
+pub fn replica_ready() -> Vec<u8> {
+    vec![proto::REPLICA_READY]
+}

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod driver;
+pub mod fake;
 pub mod faults;
 pub mod frames;
 pub mod ledger;
