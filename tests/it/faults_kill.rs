@@ -62,12 +62,12 @@ fn push_args(origin: &Path) -> Vec<String> {
 fn push(f: &Fixture, origin: &Path) -> std::process::Output {
     let args = push_args(origin);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(&mut f.cmd(&args))
+    run(&mut f.admin_cmd(&args))
 }
 
 #[test]
 fn client_killed_at_random_moments_of_a_large_push() {
-    let f = Fixture::start(&[]);
+    let f = Fixture::start();
     let states = two_states(&f.env);
     let origin = f.path("origin.db");
     let check = f.path("check.db");
@@ -100,7 +100,7 @@ fn client_killed_at_random_moments_of_a_large_push() {
         };
         let args = push_args(&origin);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = spawn_captured(&mut f.cmd(&args));
+        let mut child = spawn_captured(&mut f.admin_cmd(&args));
         if trial == 1 {
             wait_until("the push to end", Duration::from_secs(60), || {
                 child.try_wait().unwrap().is_some()
@@ -132,9 +132,9 @@ fn client_killed_at_random_moments_of_a_large_push() {
         }
         // Pull the latest: whole (the client checks the file against the
         // server's versionHash), and one of the two states.
-        let pulled = run(&mut f.cmd(&["team/big.db", check.to_str().unwrap(), "--json"]));
+        let pulled = run(&mut f.admin_cmd(&["team/big.db", check.to_str().unwrap(), "--json"]));
         assert_ok(&pulled);
-        let report = json_of(&pulled);
+        let report = json(&pulled);
         assert_eq!(report["verified"], true, "trial {trial}");
         let v: u64 = report["version"].as_str().unwrap().parse().unwrap();
         assert!(
@@ -148,7 +148,7 @@ fn client_killed_at_random_moments_of_a_large_push() {
         // killed push stored it already ("no changes") or this one does.
         let redo = push(&f, &origin);
         assert_ok(&redo);
-        let said = json_of(&redo)["messages"].to_string();
+        let said = json(&redo)["messages"].to_string();
         meta = f.meta("team/big.db");
         assert_eq!(meta.latest_hash(), Some(states[next].hash.as_str()));
         assert_eq!(meta.versions, before + 1, "trial {trial}: one new version");
@@ -175,10 +175,12 @@ fn client_killed_at_random_moments_of_a_large_push() {
     for (i, h) in meta.hashes.iter().enumerate() {
         assert_eq!(h, &states[i % 2].hash, "version {}", i + 1);
     }
-    assert_ok(&run(&mut f.cmd(&["team/big.db", check.to_str().unwrap()])));
+    assert_ok(&run(
+        &mut f.admin_cmd(&["team/big.db", check.to_str().unwrap()])
+    ));
     assert_eq!(content_digest(&check), states[current].digest);
     let older = format!("team/big.db@{}", meta.latest - 1);
-    assert_ok(&run(&mut f.cmd(&[&older, check.to_str().unwrap()])));
+    assert_ok(&run(&mut f.admin_cmd(&[&older, check.to_str().unwrap()])));
     assert_eq!(content_digest(&check), states[1 - current].digest);
 }
 
@@ -216,7 +218,7 @@ fn assert_clean_after_restart(f: &Fixture, trial: usize) {
 
 #[test]
 fn server_killed_during_pushes_and_pulls_then_restarted() {
-    let mut f = Fixture::start(&[]);
+    let mut f = Fixture::start();
     let origin = f.path("origin.db");
     let pulled = f.path("pulled.db");
     make_db(
@@ -240,7 +242,9 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
         versions.push(Snapshot::of(&origin));
     }
     let t = Instant::now();
-    assert_ok(&run(&mut f.cmd(&["team/big.db", pulled.to_str().unwrap()])));
+    assert_ok(&run(
+        &mut f.admin_cmd(&["team/big.db", pulled.to_str().unwrap()])
+    ));
     let pull_time = t.elapsed();
     let mut pulled_state = versions.len();
 
@@ -261,10 +265,10 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
             next_state(&origin, versions.len());
             let args = push_args(&origin);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            spawn_captured(&mut f.cmd(&args))
+            spawn_captured(&mut f.admin_cmd(&args))
         } else {
             let at = format!("team/big.db@{target}");
-            spawn_captured(&mut f.cmd(&[&at, pulled.to_str().unwrap(), "--json"]))
+            spawn_captured(&mut f.admin_cmd(&[&at, pulled.to_str().unwrap(), "--json"]))
         };
         // Kill moments: seeded-random over the transfer, or (two of the
         // pushes) the moment the commit starts writing pages to the packs,
@@ -361,7 +365,7 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
                 "trial {trial}: the replica is neither its old version nor the new one"
             );
             let at = format!("team/big.db@{target}");
-            assert_ok(&run(&mut f.cmd(&[&at, pulled.to_str().unwrap()])));
+            assert_ok(&run(&mut f.admin_cmd(&[&at, pulled.to_str().unwrap()])));
             assert_eq!(content_digest(&pulled), versions[target - 1].digest);
             pulled_state = target;
         }
@@ -372,7 +376,7 @@ fn server_killed_during_pushes_and_pulls_then_restarted() {
     let check = f.path("check.db");
     for (i, s) in versions.iter().enumerate() {
         let at = format!("team/big.db@{}", i + 1);
-        assert_ok(&run(&mut f.cmd(&[&at, check.to_str().unwrap()])));
+        assert_ok(&run(&mut f.admin_cmd(&[&at, check.to_str().unwrap()])));
         assert_eq!(content_digest(&check), s.digest, "version {}", i + 1);
     }
     f.kill_server();
@@ -422,19 +426,19 @@ impl Reader {
 
 #[test]
 fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
-    let f = Fixture::start(&[]);
+    let f = Fixture::start();
     let origin = f.path("ledger.db");
     make_ledger(&origin, false, ACCOUNTS);
     // Version 1 and version 2 differ in half the accounts (about 1.5 MB of
     // a 3.3 MB file).
     let a = ledger_bulk(&origin, 0, 2);
     assert_ok(&run(
-        &mut f.cmd(&[origin.to_str().unwrap(), "team/ledger.db"])
+        &mut f.admin_cmd(&[origin.to_str().unwrap(), "team/ledger.db"])
     ));
     let digest_a = content_digest(&origin);
     let b = ledger_bulk(&origin, 1, 2);
     assert_ok(&run(
-        &mut f.cmd(&[origin.to_str().unwrap(), "team/ledger.db"])
+        &mut f.admin_cmd(&[origin.to_str().unwrap(), "team/ledger.db"])
     ));
     let digest_b = content_digest(&origin);
     let digests = [digest_a, digest_b];
@@ -443,7 +447,9 @@ fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
     // Two replicas at version 1: one in rollback-journal mode, one in WAL.
     let replicas = [f.path("replica-rollback.db"), f.path("replica-wal.db")];
     for r in &replicas {
-        assert_ok(&run(&mut f.cmd(&["team/ledger.db@1", r.to_str().unwrap()])));
+        assert_ok(&run(
+            &mut f.admin_cmd(&["team/ledger.db@1", r.to_str().unwrap()])
+        ));
     }
     open_checked(&replicas[1])
         .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
@@ -458,7 +464,7 @@ fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
     for (i, v) in [(0, 2), (0, 1)] {
         let t = Instant::now();
         let at = format!("team/ledger.db@{v}");
-        assert_ok(&run(&mut f.cmd(&[&at, replicas[i].to_str().unwrap()])));
+        assert_ok(&run(&mut f.admin_cmd(&[&at, replicas[i].to_str().unwrap()])));
         pull_time = pull_time.min(t.elapsed());
     }
     let mut state = [0usize, 0usize]; // which version each replica holds (0: v1)
@@ -470,7 +476,7 @@ fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
         let replica = &replicas[i];
         let want = 1 - state[i];
         let at = format!("team/ledger.db@{}", want + 1);
-        let mut child = spawn_captured(&mut f.cmd(&[&at, replica.to_str().unwrap()]));
+        let mut child = spawn_captured(&mut f.admin_cmd(&[&at, replica.to_str().unwrap()]));
         // Seeded-random over the pull and past its end; the first trial
         // kills at once, the second only once the pull has ended.
         let draw = rng.random_range(0.0..1.2);
@@ -512,7 +518,9 @@ fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
     assert!(changed > 0 && changed < n, "kill moments too narrow");
     // The next pull works on both.
     for r in &replicas {
-        assert_ok(&run(&mut f.cmd(&["team/ledger.db", r.to_str().unwrap()])));
+        assert_ok(&run(
+            &mut f.admin_cmd(&["team/ledger.db", r.to_str().unwrap()])
+        ));
         assert_eq!(content_digest(r), digests[1]);
     }
 }
@@ -520,7 +528,7 @@ fn client_killed_during_pulls_while_a_reader_queries_the_replica() {
 /// Pushes ORIGIN `rounds` times while a writer commits to it; every version
 /// the server stored must be a consistent snapshot.
 fn writer_through_pushes(wal: bool) {
-    let f = Fixture::start(&[]);
+    let f = Fixture::start();
     let origin = f.path("live.db");
     make_ledger(&origin, wal, ACCOUNTS);
     let remote = if wal {
@@ -532,9 +540,9 @@ fn writer_through_pushes(wal: bool) {
     let rounds = trials(5, 25);
     for round in 0..rounds {
         let before = writer.commits();
-        let o = run(&mut f.cmd(&[origin.to_str().unwrap(), remote, "--json"]));
+        let o = run(&mut f.admin_cmd(&[origin.to_str().unwrap(), remote, "--json"]));
         assert_ok(&o);
-        assert_eq!(json_of(&o)["version"], (round + 1).to_string().as_str());
+        assert_eq!(json(&o)["version"], (round + 1).to_string().as_str());
         assert!(
             writer.commits() > before || round == 0,
             "the writer did not commit during push {round}"
@@ -549,15 +557,15 @@ fn writer_through_pushes(wal: bool) {
     let mut last = -1;
     for v in 1..=rounds {
         let at = format!("{remote}@{v}");
-        assert_ok(&run(&mut f.cmd(&[&at, check.to_str().unwrap()])));
+        assert_ok(&run(&mut f.admin_cmd(&[&at, check.to_str().unwrap()])));
         assert_integrity(&check);
         let seen = ledger_counter(&check);
         assert!(seen > last, "version {v} has counter {seen} after {last}");
         last = seen;
     }
     // Quiet now: one more push stores exactly the final state.
-    assert_ok(&run(&mut f.cmd(&[origin.to_str().unwrap(), remote])));
-    assert_ok(&run(&mut f.cmd(&[remote, check.to_str().unwrap()])));
+    assert_ok(&run(&mut f.admin_cmd(&[origin.to_str().unwrap(), remote])));
+    assert_ok(&run(&mut f.admin_cmd(&[remote, check.to_str().unwrap()])));
     assert_eq!(content_digest(&check), content_digest(&origin));
     assert_eq!(ledger_counter(&check), total);
 }
@@ -578,7 +586,7 @@ fn writer_commits_to_a_rollback_journal_origin_through_pushes() {
 /// only a commit in progress.
 #[test]
 fn verify_next_to_a_live_server_disturbs_nothing() {
-    let f = Fixture::start(&[]);
+    let f = Fixture::start();
     let states = two_states(&f.env);
     let origin = f.path("origin.db");
     install(&states[0].path, &origin);
@@ -589,7 +597,7 @@ fn verify_next_to_a_live_server_disturbs_nothing() {
         install(&states[next].path, &origin);
         let args = push_args(&origin);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = spawn_captured(&mut f.cmd(&args));
+        let mut child = spawn_captured(&mut f.admin_cmd(&args));
         let mut verifies = 0;
         while child.try_wait().unwrap().is_none() {
             let v = run(f
@@ -608,7 +616,9 @@ fn verify_next_to_a_live_server_disturbs_nothing() {
         assert_eq!(meta.versions, round as u64 + 2);
     }
     let check = f.path("check.db");
-    assert_ok(&run(&mut f.cmd(&["team/big.db", check.to_str().unwrap()])));
+    assert_ok(&run(
+        &mut f.admin_cmd(&["team/big.db", check.to_str().unwrap()])
+    ));
     assert_eq!(content_digest(&check), states[rounds % 2].digest);
     f.verify_store();
 }

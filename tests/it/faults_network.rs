@@ -40,7 +40,7 @@ struct Net {
 
 impl Net {
     fn start() -> Net {
-        let f = Fixture::start(&["--idle-timeout", IDLE_SECS]);
+        let f = Fixture::with("team", &["--idle-timeout", IDLE_SECS]);
         let a = f.path("state-a.db");
         make_db(
             &a,
@@ -78,7 +78,7 @@ impl Net {
 
     /// `sqlrsync ARGS` against `url` with the short idle timeout.
     fn run_via(&self, url: &str, args: &[&str]) -> Output {
-        let mut cmd = self.f.cmd_to(url, args);
+        let mut cmd = self.f.admin_cmd_to(url, args);
         cmd.env("SQLRSYNC_IDLE_TIMEOUT", IDLE_SECS);
         let child = spawn_captured(&mut cmd);
         wait_output(child, HANG_LIMIT)
@@ -228,7 +228,7 @@ fn sliced_and_delayed_connections_still_sync_correctly() {
         let proxy = FaultProxy::start(&net.server_addr(), fault);
         let o = net.pull_via(&proxy.ws_url(), &replica);
         assert_ok(&o);
-        assert_eq!(json_of(&o)["verified"], true);
+        assert_eq!(json(&o)["verified"], true);
         assert_integrity(&replica);
         assert_eq!(content_digest(&replica), net.states[next].digest);
     }
@@ -297,11 +297,7 @@ fn a_push_cut_after_the_server_has_everything_is_not_reported_as_lost() {
     // Pushing again tells: nothing changed.
     let again = net.push_direct();
     assert_ok(&again);
-    assert!(
-        json_of(&again)["messages"]
-            .to_string()
-            .contains("no changes")
-    );
+    assert!(json(&again)["messages"].to_string().contains("no changes"));
     assert_eq!(net.f.meta("team/n.db").versions, before.versions + 1);
 }
 
@@ -430,7 +426,10 @@ fn frozen_pull(addr: &str, path: &str, key: &str) -> std::net::TcpStream {
 /// its writes to that client are stuck, and the slot is free again.
 #[test]
 fn a_client_that_stops_reading_is_let_go() {
-    let f = Fixture::start(&["--idle-timeout", IDLE_SECS, "--max-connections", "1"]);
+    let f = Fixture::with(
+        "team",
+        &["--idle-timeout", IDLE_SECS, "--max-connections", "1"],
+    );
     let db = f.path("big.db");
     make_db(
         &db,
@@ -440,12 +439,14 @@ fn a_client_that_stops_reading_is_let_go() {
             ..DbSpec::default()
         },
     );
-    assert_ok(&run(&mut f.cmd(&[db.to_str().unwrap(), "team/big.db"])));
+    assert_ok(&run(
+        &mut f.admin_cmd(&[db.to_str().unwrap(), "team/big.db"])
+    ));
     let frozen = frozen_pull(&f.server().addr, "team/big.db", &f.admin);
     // The frozen session holds the only slot for now...
     std::thread::sleep(Duration::from_millis(300));
     let copy = f.path("copy.db");
-    let busy = run(&mut f.cmd(&["team/big.db", copy.to_str().unwrap()]));
+    let busy = run(&mut f.admin_cmd(&["team/big.db", copy.to_str().unwrap()]));
     assert!(
         !busy.status.success(),
         "the frozen client should hold the slot"
@@ -454,10 +455,10 @@ fn a_client_that_stops_reading_is_let_go() {
     // ...but not for longer than the idle timeout and the closing grace.
     let t = Instant::now();
     loop {
-        let o = run(&mut f.cmd(&["team/big.db", copy.to_str().unwrap(), "--json"]));
+        let o = run(&mut f.admin_cmd(&["team/big.db", copy.to_str().unwrap(), "--json"]));
         if o.status.success() {
             // The client checked the copy against the versionHash.
-            assert_eq!(json_of(&o)["verified"], true);
+            assert_eq!(json(&o)["verified"], true);
             break;
         }
         assert!(

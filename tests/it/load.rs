@@ -323,11 +323,10 @@ fn memory_kb(pid: u32) -> (u64, u64) {
 #[test]
 fn fifty_pullers_six_pushers_nothing_lost() {
     let seconds = load_seconds();
-    let env = TestEnv::new();
-    let data = env.path("server-data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = TestServer::start(&env, &data);
-    let admin = server.create_namespace(&env, "team");
+    let mut f = Fixture::start();
+    let (env, server) = (&f.env, f.server());
+    let data = f.data.clone();
+    let admin = f.admin.clone();
     let pull_key = create_key(&env, &server, "account-pull");
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -519,8 +518,9 @@ fn fifty_pullers_six_pushers_nothing_lost() {
         peak_kb < MAX_SERVER_RSS_KB,
         "server peak RSS {peak_kb} KiB exceeds {MAX_SERVER_RSS_KB} KiB"
     );
-    drop(server);
-    let o = run(env
+    f.kill_server();
+    let o = run(f
+        .env
         .command(SERVER)
         .args(["verify", "--data-dir"])
         .arg(&data));
@@ -556,11 +556,9 @@ fn fifty_pullers_six_pushers_nothing_lost() {
 #[test]
 fn concurrent_first_pushes_keep_every_secrets_entry() {
     const N: usize = 12;
-    let env = TestEnv::new();
-    let data = env.path("server-data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = TestServer::start(&env, &data);
-    let admin = server.create_namespace(&env, "team");
+    let f = Fixture::start();
+    let (env, server) = (&f.env, f.server());
+    let admin = f.admin.clone();
     for i in 0..N {
         make_db(
             &env.path(&format!("db{i}.db")),

@@ -125,7 +125,7 @@ fn local_dangling_links_and_loops() {
 
 #[test]
 fn push_and_pull_through_links_keep_their_files_by_the_real_file() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let (real, links) = dirs(&r.env);
     make_db(&real.join("app.db"), DbSpec::default());
     symlink("../real/app.db", links.join("app.db")).unwrap();

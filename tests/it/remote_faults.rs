@@ -60,8 +60,8 @@ fn assert_unchanged(db: &Path, want: &str) {
 }
 
 /// A replica with a small v1 and a large v2, and `old.db` holding v1.
-fn two_versions(r: &Remote) -> (String, String) {
-    let a = r.db("a.db");
+fn two_versions(r: &Fixture) -> (String, String) {
+    let a = r.path("a.db");
     make_db(
         &a,
         DbSpec {
@@ -88,12 +88,12 @@ fn two_versions(r: &Remote) -> (String, String) {
         "--pullKey",
         &key,
     ])));
-    assert_eq!(content_digest(&r.db("old.db")), v1);
+    assert_eq!(content_digest(&r.path("old.db")), v1);
     (v1, v2)
 }
 
-fn start_pull(r: &Remote) -> Child {
-    let key = dash_pull_key(&r.db("a.db"));
+fn start_pull(r: &Fixture) -> Child {
+    let key = dash_pull_key(&r.path("a.db"));
     r.cmd(&["team/a.db", "old.db", "--pullKey", &key])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -103,7 +103,7 @@ fn start_pull(r: &Remote) -> Child {
 
 #[test]
 fn unreachable_server_and_refused_handshake() {
-    let r = Remote::start();
+    let r = Fixture::start();
     r.make("a.db", 100);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -128,7 +128,7 @@ fn unreachable_server_and_refused_handshake() {
         &r.admin,
     ]));
     assert_one_line_error(&o, "cannot reach the server");
-    assert!(!r.db("x.db").exists());
+    assert!(!r.path("x.db").exists());
     let o = run(&mut r.cmd(&[
         "a.db",
         "team/a.db",
@@ -136,7 +136,7 @@ fn unreachable_server_and_refused_handshake() {
         "DDDDDDDDDDDDDDDDDDDDDDDD",
     ]));
     assert_one_line_error(&o, "HTTP 401 Unauthorized: ");
-    assert!(!r.db("a.db-sqlrsync").exists());
+    assert!(!r.path("a.db-sqlrsync").exists());
     assert!(
         !r.env
             .home()
@@ -147,11 +147,11 @@ fn unreachable_server_and_refused_handshake() {
 
 #[test]
 fn abort_from_the_server_is_one_line_and_changes_nothing() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let (v1, _v2) = two_versions(&r);
     // Damage the server's page store so that version 1 cannot be read: the
     // server answers the pull with ABORT.
-    for f in files_under(&r.server.data_dir.join("packs")) {
+    for f in files_under(&r.data.join("packs")) {
         std::fs::OpenOptions::new()
             .write(true)
             .open(&f)
@@ -159,18 +159,18 @@ fn abort_from_the_server_is_one_line_and_changes_nothing() {
             .set_len(10)
             .unwrap();
     }
-    let _ = std::fs::remove_dir_all(r.server.data_dir.join("cache"));
-    let key = dash_pull_key(&r.db("a.db"));
+    let _ = std::fs::remove_dir_all(r.data.join("cache"));
+    let key = dash_pull_key(&r.path("a.db"));
     let o = run(&mut r.cmd(&["team/a.db@1", "old.db", "--pullKey", &key]));
     assert_one_line_error(&o, "the server aborted:");
-    assert_unchanged(&r.db("old.db"), &v1);
+    assert_unchanged(&r.path("old.db"), &v1);
 }
 
 #[test]
 fn pull_killed_mid_way_leaves_the_old_replica() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let (v1, _v2) = two_versions(&r);
-    let old = r.db("old.db");
+    let old = r.path("old.db");
     let mut child = start_pull(&r);
     wait_for("pages to arrive", Duration::from_secs(60), || {
         journal(&old).exists()
@@ -182,9 +182,9 @@ fn pull_killed_mid_way_leaves_the_old_replica() {
 
 #[test]
 fn pull_interrupted_with_ctrl_c_stops_cleanly() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let (v1, _v2) = two_versions(&r);
-    let old = r.db("old.db");
+    let old = r.path("old.db");
     let mut child = start_pull(&r);
     wait_for("pages to arrive", Duration::from_secs(60), || {
         journal(&old).exists()
@@ -198,14 +198,14 @@ fn pull_interrupted_with_ctrl_c_stops_cleanly() {
 
 #[test]
 fn server_killed_mid_pull_is_one_line_and_changes_nothing() {
-    let mut r = Remote::start();
+    let mut r = Fixture::start();
     let (v1, _v2) = two_versions(&r);
-    let old = r.db("old.db");
+    let old = r.path("old.db");
     let mut child = start_pull(&r);
     wait_for("pages to arrive", Duration::from_secs(60), || {
         journal(&old).exists()
     });
-    r.server.child.kill().unwrap();
+    r.server_mut().child.kill().unwrap();
     let o = wait_exit(&mut child, Duration::from_secs(30));
     assert_one_line_error(&o, "the local database is unchanged");
     assert_unchanged(&old, &v1);
@@ -230,9 +230,9 @@ fn children_of(pid: u32) -> Vec<i32> {
 
 #[test]
 fn helper_crash_mid_pull_is_one_line_and_changes_nothing() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let (v1, _v2) = two_versions(&r);
-    let old = r.db("old.db");
+    let old = r.path("old.db");
     let mut child = start_pull(&r);
     wait_for("pages to arrive", Duration::from_secs(60), || {
         journal(&old).exists()

@@ -7,11 +7,11 @@ use crate::support::*;
 
 #[test]
 fn each_key_is_refused_where_it_must_be() {
-    let r = Remote::start();
+    let r = Fixture::start();
     r.make("a.db", 400);
     r.make("b.db", 400);
     r.first_push("a.db", "team/a.db");
-    let pull_key = dash_pull_key(&r.db("a.db"));
+    let pull_key = dash_pull_key(&r.path("a.db"));
     let secrets =
         std::fs::read_to_string(r.env.home().join(".config/sqlrsync/local-secrets.toml")).unwrap();
     let at = secrets.find("pushKey = \"").unwrap() + "pushKey = \"".len();
@@ -43,17 +43,17 @@ fn each_key_is_refused_where_it_must_be() {
     assert_one_line_error(&o, "HTTP 40");
 
     // An admin key of another namespace cannot push into team/.
-    let other = r.server.create_namespace(&r.env, "other");
+    let other = r.server().create_namespace(&r.env, "other");
     let o = run(&mut r.cmd(&["b.db", "team/b.db", "--adminKey", &other]));
     assert_one_line_error(&o, "HTTP 40");
 
     // A private replica cannot be pulled without a key, nor with a wrong one.
     let o = run(&mut r.cmd(&["team/a.db", "x.db"]));
     assert_one_line_error(&o, "HTTP 40");
-    assert!(!r.db("x.db").exists(), "a refused pull left a file");
+    assert!(!r.path("x.db").exists(), "a refused pull left a file");
     let o = run(&mut r.cmd(&["team/a.db", "x.db", "--pullKey", "CCCCCCCCCCCCCCCCCCCCCCCC"]));
     assert_one_line_error(&o, "HTTP 40");
-    assert!(!r.db("x.db").exists(), "a refused pull left a file");
+    assert!(!r.path("x.db").exists(), "a refused pull left a file");
 
     // Flags for the other direction are refused before connecting.
     let o = run(&mut r.cmd(&["team/a.db", "x.db", "--pushKey", &push_key]));
@@ -89,8 +89,8 @@ fn each_key_is_refused_where_it_must_be() {
     let o = run(&mut r.cmd(&["team/b.db", "anon.db", "--json"]));
     assert_ok(&o);
     assert_eq!(
-        content_digest(&r.db("anon.db")),
-        content_digest(&r.db("b.db"))
+        content_digest(&r.path("anon.db")),
+        content_digest(&r.path("b.db"))
     );
     // ...and a second push of it cannot change the visibility.
     let o = run(&mut r.cmd(&["b.db", "--public"]));

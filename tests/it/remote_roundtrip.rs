@@ -11,7 +11,7 @@ use crate::support::*;
 
 #[test]
 fn first_push_second_push_and_pulls_of_every_version() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let a = r.make("a.db", 3000);
     let v1 = content_digest(&a);
 
@@ -23,7 +23,7 @@ fn first_push_second_push_and_pulls_of_every_version() {
     assert!(j["bytesOnWire"].as_u64().unwrap() >= j["streamBytes"].as_u64().unwrap());
 
     // It wrote the -sqlrsync file (0755) and stored the push key (0600).
-    let dash = r.db("a.db-sqlrsync");
+    let dash = r.path("a.db-sqlrsync");
     let mode = std::fs::metadata(&dash).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755);
     let secrets = r.env.home().join(".config/sqlrsync/local-secrets.toml");
@@ -70,8 +70,8 @@ fn first_push_second_push_and_pulls_of_every_version() {
         assert_ok(&o);
         let j = json(&o);
         assert_eq!(j["verified"], true, "{at}: {j}");
-        assert_eq!(&content_digest(&r.db(file)), want, "{at}");
-        assert_integrity(&r.db(file));
+        assert_eq!(&content_digest(&r.path(file)), want, "{at}");
+        assert_integrity(&r.path(file));
     }
     // An incremental pull moves only the changed pages.
     let o = run(&mut r.cmd(&["team/app/a.db", "p1.db", "--json", "--pullKey", &key]));
@@ -81,20 +81,20 @@ fn first_push_second_push_and_pulls_of_every_version() {
         j["pagesSent"].as_u64().unwrap() < j["pageCount"].as_u64().unwrap() / 2,
         "{j}"
     );
-    assert_eq!(content_digest(&r.db("p1.db")), v2);
+    assert_eq!(content_digest(&r.path("p1.db")), v2);
 }
 
 #[test]
 fn dash_file_run_as_a_script_pulls() {
-    let r = Remote::start();
+    let r = Fixture::start();
     r.make("a.db", 500);
     r.first_push("a.db", "team/a.db");
-    let want = content_digest(&r.db("a.db"));
+    let want = content_digest(&r.path("a.db"));
     // Another directory gets a copy of the script only.
-    let other = r.db("other");
+    let other = r.path("other");
     std::fs::create_dir(&other).unwrap();
     let script = other.join("a.db-sqlrsync");
-    std::fs::copy(r.db("a.db-sqlrsync"), &script).unwrap();
+    std::fs::copy(r.path("a.db-sqlrsync"), &script).unwrap();
     let bin_dir = std::path::Path::new(SQLRSYNC).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -109,7 +109,7 @@ fn dash_file_run_as_a_script_pulls() {
 
 #[test]
 fn dry_runs_change_nothing_and_connect_nowhere() {
-    let r = Remote::start();
+    let r = Fixture::start();
     r.make("a.db", 300);
     // A listener that must see no connection.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -176,9 +176,10 @@ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out lea
     let data = env.path("data");
     let cert = tls.join("leaf.pem");
     let key = tls.join("leaf.key");
-    let server = TestServer::start_with(
-        &env,
-        &data,
+    let f = Fixture::in_env(
+        env,
+        data,
+        "team",
         &[
             "--tls-cert",
             cert.to_str().unwrap(),
@@ -186,7 +187,8 @@ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out lea
             key.to_str().unwrap(),
         ],
     );
-    let admin = server.create_namespace(&env, "team");
+    let (env, server) = (&f.env, f.server());
+    let admin = f.admin.clone();
     make_db(
         &env.path("a.db"),
         DbSpec {

@@ -11,7 +11,7 @@ use crate::support::*;
 
 #[test]
 fn subscriber_follows_two_new_versions_and_stops_on_ctrl_c() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let a = r.make("a.db", 800);
     r.first_push("a.db", "team/a.db");
     let key = dash_pull_key(&a);
@@ -52,7 +52,7 @@ fn subscriber_follows_two_new_versions_and_stops_on_ctrl_c() {
         assert_eq!(j["version"], v, "{j}");
         assert_eq!(j["verified"], true);
         assert_eq!(
-            content_digest(&r.db("sub.db")),
+            content_digest(&r.path("sub.db")),
             content_digest(&a),
             "after version {v}"
         );
@@ -70,5 +70,5 @@ fn subscriber_follows_two_new_versions_and_stops_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
-    assert_integrity(&r.db("sub.db"));
+    assert_integrity(&r.path("sub.db"));
 }

@@ -7,7 +7,7 @@ use crate::support::*;
 
 #[test]
 fn an_unchanged_database_is_not_pushed_again_but_a_changed_replica_is() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let a = r.make("a.db", 2000);
     let j = r.first_push("a.db", "team/a.db");
     assert_eq!(j["version"], "1");
@@ -44,7 +44,7 @@ fn an_unchanged_database_is_not_pushed_again_but_a_changed_replica_is() {
         .arg("team/a.db")
         .arg("--json")
         .arg("--server")
-        .arg(r.server.ws_url())
+        .arg(r.server().ws_url())
         .env("SQLRSYNC_ADMIN_KEY", &r.admin));
     assert_ok(&o);
     assert_eq!(json(&o)["version"], "2");
@@ -58,7 +58,7 @@ fn an_unchanged_database_is_not_pushed_again_but_a_changed_replica_is() {
     let key = dash_pull_key(&a);
     let o = run(&mut r.cmd(&["team/a.db", "back.db", "--pullKey", &key]));
     assert_ok(&o);
-    assert_eq!(content_digest(&r.db("back.db")), content_digest(&a));
+    assert_eq!(content_digest(&r.path("back.db")), content_digest(&a));
 
     // A real change is pushed as usual, and the next push is a no-op again.
     change_rows(&a, 0.05);

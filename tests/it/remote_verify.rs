@@ -9,8 +9,8 @@ use crate::support::remote::*;
 use crate::support::*;
 
 /// The server's materialised latest file of the only replica.
-fn stored_latest(r: &Remote) -> std::path::PathBuf {
-    let files = files_under(&r.env.path("server-data").join("replicas"));
+fn stored_latest(r: &Fixture) -> std::path::PathBuf {
+    let files = files_under(&r.data.join("replicas"));
     let mut dbs: Vec<_> = files
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "db"))
@@ -36,7 +36,7 @@ fn damage(path: &std::path::Path, pgno: u64) {
 
 #[test]
 fn a_copy_that_does_not_match_the_version_fails_loudly() {
-    let r = Remote::start();
+    let r = Fixture::start();
     let a = r.make("a.db", 1500);
     r.first_push("a.db", "team/v.db");
     let key = dash_pull_key(&a);
@@ -55,7 +55,7 @@ fn a_copy_that_does_not_match_the_version_fails_loudly() {
     // The local replica rots instead (the server's copy restored): the
     // sync sees the page differ, sends it, and the copy verifies again.
     damage(&stored_latest(&r), 20);
-    let good = r.db("good.db");
+    let good = r.path("good.db");
     let before = content_digest(&good);
     damage(&good, 30);
     assert_ne!(content_digest(&good), before);

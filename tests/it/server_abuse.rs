@@ -26,44 +26,41 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 // ---------------------------------------------------------------------------
-// A server whose log is searched for panics.
+// The fixture's server (namespace `acme`), its log searched for panics.
 
 struct Server {
-    server: TestServer,
+    f: Fixture,
     addr: String,
     data: PathBuf,
 }
 
 impl Server {
-    fn start(env: &TestEnv, extra: &[&str]) -> Server {
-        let data = env.path("data");
-        let server = TestServer::start_cmd(env, &data, extra, |c| {
-            c.env("SQLRSYNC_LOG", "info");
-        });
+    fn start(extra: &[&str]) -> Server {
+        let f = Fixture::with_env("acme", extra, &[("SQLRSYNC_LOG", "info")]);
         Server {
-            addr: server.addr.clone(),
-            data,
-            server,
+            addr: f.server().addr.clone(),
+            data: f.data.clone(),
+            f,
         }
     }
 
     fn ws(&self) -> String {
-        self.server.ws_url()
+        self.f.ws_url()
     }
 
     fn namespace(&self, env: &TestEnv, name: &str) -> String {
-        self.server.create_namespace(env, name)
+        self.f.server().create_namespace(env, name)
     }
 
     fn log(&self) -> String {
-        self.server.log()
+        self.f.server().log()
     }
 
     /// Alive, never panicked, no staging file left.
     #[track_caller]
     fn assert_healthy(&mut self) {
         assert!(
-            self.server.child.try_wait().unwrap().is_none(),
+            self.f.server_mut().child.try_wait().unwrap().is_none(),
             "the server exited:\n{}",
             self.log()
         );
@@ -75,7 +72,7 @@ impl Server {
 
     /// Open file descriptors of the server process.
     fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.server.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.f.server().child.id()))
             .map(|d| d.count())
             .unwrap_or(0)
     }
@@ -117,13 +114,6 @@ fn version_files(data: &Path) -> Vec<PathBuf> {
         .into_iter()
         .flat_map(|d| files(&d))
         .collect()
-}
-
-fn with_key(key: &str) -> Opts {
-    Opts {
-        key: Some(key.to_string()),
-        ..Default::default()
-    }
 }
 
 fn small_db(env: &TestEnv, name: &str, rows: u32) -> PathBuf {
@@ -361,9 +351,9 @@ async fn scripted_push(
 
 #[test]
 fn garbage_truncated_and_absurd_streams() {
-    let env = TestEnv::new();
-    let mut server = Server::start(&env, &["--idle-timeout", "2"]);
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&["--idle-timeout", "2"]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
     let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
@@ -531,19 +521,21 @@ fn garbage_truncated_and_absurd_streams() {
         "only the background replica"
     );
     server.assert_healthy();
-    drop(server);
-    assert_ok(&run(env
+    server.f.kill_server();
+    assert_ok(&run(server
+        .f
+        .env
         .command(SERVER)
         .args(["verify", "--data-dir"])
-        .arg(env.path("data"))));
+        .arg(&server.data)));
 }
 
 #[test]
 fn endless_streams_are_cut_at_the_limits() {
-    let env = TestEnv::new();
     // 1 MiB databases at most.
-    let mut server = Server::start(&env, &["--max-db-size", "1048576", "--idle-timeout", "5"]);
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&["--max-db-size", "1048576", "--idle-timeout", "5"]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
     let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
@@ -674,9 +666,9 @@ fn endless_streams_are_cut_at_the_limits() {
 
 #[test]
 fn oversized_frames_and_out_of_place_frames() {
-    let env = TestEnv::new();
-    let mut server = Server::start(&env, &["--max-frame", "65536"]);
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&["--max-frame", "65536"]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
     let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
@@ -835,9 +827,9 @@ fn oversized_frames_and_out_of_place_frames() {
 
 #[test]
 fn close_frames_at_odd_moments() {
-    let env = TestEnv::new();
-    let mut server = Server::start(&env, &[]);
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&[]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
     let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
@@ -928,19 +920,16 @@ fn a_thousand_idle_connections() {
         limit >= 2200,
         "the open-file limit {limit} is too low for this test"
     );
-    let env = TestEnv::new();
-    let mut server = Server::start(
-        &env,
-        &[
-            "--max-connections",
-            "40",
-            "--idle-timeout",
-            "2",
-            "--handshake-timeout",
-            "2",
-        ],
-    );
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&[
+        "--max-connections",
+        "40",
+        "--idle-timeout",
+        "2",
+        "--handshake-timeout",
+        "2",
+    ]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
     let db = small_db(&env, "seed.db", 300);
@@ -1053,9 +1042,9 @@ fn a_thousand_idle_connections() {
 
 #[test]
 fn a_pull_client_that_never_reads_is_cut() {
-    let env = TestEnv::new();
-    let mut server = Server::start(&env, &["--max-connections", "2", "--idle-timeout", "2"]);
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&["--max-connections", "2", "--idle-timeout", "2"]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
     // Bigger than every buffer between the server and a client that stops
@@ -1181,9 +1170,9 @@ const UPGRADE: [(&str, &[u8]); 4] = [
 
 #[test]
 fn path_abuse_is_refused_everywhere() {
-    let env = TestEnv::new();
-    let mut server = Server::start(&env, &[]);
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&[]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
     let db = small_db(&env, "p.db", 200);
@@ -1274,9 +1263,9 @@ fn path_abuse_is_refused_everywhere() {
 
 #[test]
 fn key_abuse_is_refused_everywhere() {
-    let env = TestEnv::new();
-    let mut server = Server::start(&env, &[]);
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&[]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let other = server.namespace(&env, "other");
     let rt = rt();
     let ws = server.ws();
@@ -1436,9 +1425,9 @@ fn key_abuse_is_refused_everywhere() {
 
 #[test]
 fn a_failed_push_leaves_no_keys() {
-    let env = TestEnv::new();
-    let mut server = Server::start(&env, &[]);
-    let acme = server.namespace(&env, "acme");
+    let mut server = Server::start(&[]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
     let db = small_db(&env, "f.db", 1500);

@@ -3,12 +3,11 @@
 //! push stores no version, a version downloaded from the web equals the one
 //! pulled by the CLI, and the store verifies afterwards.
 
-use crate::support::remote::*;
 use crate::support::*;
 
 #[test]
 fn cli_push_web_page_and_unchanged_push() {
-    let r = Remote::start();
+    let mut r = Fixture::start();
     let a = r.make("shop.db", 2000);
     let o = run(&mut r.admin_cmd(&[
         "shop.db",
@@ -33,7 +32,7 @@ fn cli_push_web_page_and_unchanged_push() {
     assert_eq!(json(&o)["version"], "2");
 
     // The web page lists both versions with their messages (escaped).
-    let page = http_get(&r.server.addr, "/team/shop.db");
+    let page = http_get(&r.server().addr, "/team/shop.db");
     assert_eq!(page.0, 200);
     let html = String::from_utf8_lossy(&page.1);
     assert!(html.contains("initial &lt;load&gt;"), "{html}");
@@ -41,20 +40,20 @@ fn cli_push_web_page_and_unchanged_push() {
     assert_eq!(html.matches("<tr><td class=\"num\">").count(), 2, "{html}");
 
     // Web download of @1 equals the CLI's anonymous pull of @1 (public).
-    let dl = http_get(&r.server.addr, "/team/shop.db@1");
+    let dl = http_get(&r.server().addr, "/team/shop.db@1");
     assert_eq!(dl.0, 200);
-    std::fs::write(r.db("web-v1.db"), &dl.1).unwrap();
-    assert_eq!(version_hash(&r.db("web-v1.db")), v1_hash);
+    std::fs::write(r.path("web-v1.db"), &dl.1).unwrap();
+    assert_eq!(version_hash(&r.path("web-v1.db")), v1_hash);
     let o = run(&mut r.cmd(&["team/shop.db@1", "cli-v1.db", "--json"]));
     assert_ok(&o);
     assert_eq!(json(&o)["verified"], true);
     assert_eq!(
-        content_digest(&r.db("cli-v1.db")),
-        content_digest(&r.db("web-v1.db"))
+        content_digest(&r.path("cli-v1.db")),
+        content_digest(&r.path("web-v1.db"))
     );
 
-    let data = r.server.data_dir.clone();
-    drop(r.server);
+    let data = r.data.clone();
+    r.kill_server();
     assert_ok(&run(r
         .env
         .command(SERVER)

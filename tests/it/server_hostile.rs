@@ -7,18 +7,11 @@ use crate::support::frames::*;
 use crate::support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-fn with_key(key: &str) -> Opts {
-    Opts {
-        key: Some(key.to_string()),
-        ..Default::default()
-    }
-}
-
 #[test]
 fn bad_paths_are_400() {
-    let env = TestEnv::new();
-    let server = TestServer::start(&env, &env.path("data"));
-    let acme = server.create_namespace(&env, "acme");
+    let f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let acme = f.admin.clone();
     let rt = rt();
     let ws = server.ws_url();
     let long = format!("acme/{}.db", "a".repeat(300));
@@ -47,16 +40,16 @@ fn bad_paths_are_400() {
     let o = run(env
         .command(SERVER)
         .args(["namespace", "list", "--data-dir"])
-        .arg(env.path("data")));
+        .arg(&f.data));
     assert!(stdout(&o).contains("acme\t0 replicas"), "{}", stdout(&o));
 }
 
 #[test]
 fn bad_streams_abort_and_store_nothing() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let acme = server.create_namespace(&env, "acme");
+    let mut f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let data = f.data.clone();
+    let acme = f.admin.clone();
     let rt = rt();
     let ws = server.ws_url();
     let begin1 = begin(12, 1);
@@ -178,8 +171,9 @@ fn bad_streams_abort_and_store_nothing() {
             .contains("not a sqlite3_rsync stream"),
         "{o:#?}"
     );
-    drop(server);
-    assert_ok(&run(env
+    f.kill_server();
+    assert_ok(&run(f
+        .env
         .command(SERVER)
         .args(["verify", "--data-dir"])
         .arg(&data)));
@@ -230,10 +224,10 @@ fn cli_errors_are_one_line() {
 
 #[test]
 fn verify_reports_damage() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let acme = server.create_namespace(&env, "acme");
+    let mut f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let data = f.data.clone();
+    let acme = f.admin.clone();
     let db = env.path("d.db");
     make_db(
         &db,
@@ -248,8 +242,9 @@ fn verify_reports_damage() {
     change_rows(&db, 0.1);
     rt.block_on(push(&server.ws_url(), "acme/d.db", &db, &with_key(&acme)))
         .assert_ok();
-    drop(server);
-    assert_ok(&run(env
+    f.kill_server();
+    assert_ok(&run(f
+        .env
         .command(SERVER)
         .args(["verify", "--data-dir"])
         .arg(&data)));
@@ -265,7 +260,8 @@ fn verify_reports_damage() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&pack, bytes).unwrap();
-    let o = run(env
+    let o = run(f
+        .env
         .command(SERVER)
         .args(["verify", "--data-dir"])
         .arg(&data));

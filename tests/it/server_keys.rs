@@ -4,13 +4,6 @@
 use crate::support::driver::*;
 use crate::support::*;
 
-fn with_key(key: &str) -> Opts {
-    Opts {
-        key: Some(key.to_string()),
-        ..Default::default()
-    }
-}
-
 fn cli_key(env: &TestEnv, data: &std::path::Path, args: &[&str]) -> String {
     let o = run(env.command(SERVER).args(args).arg("--data-dir").arg(data));
     assert_ok(&o);
@@ -19,10 +12,9 @@ fn cli_key(env: &TestEnv, data: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn key_rules() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let acme = server.create_namespace(&env, "acme");
+    let f = Fixture::with("acme", &[]);
+    let (env, data, server) = (&f.env, &f.data, f.server());
+    let acme = f.admin.clone();
     let other = server.create_namespace(&env, "other");
     let db = env.path("a.db");
     make_db(
@@ -187,10 +179,9 @@ fn key_rules() {
 
 #[test]
 fn visibility_and_assigned_paths() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let acme = server.create_namespace(&env, "acme");
+    let f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let acme = f.admin.clone();
     let db = env.path("shop.db");
     make_db(
         &db,

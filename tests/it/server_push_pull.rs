@@ -13,10 +13,10 @@ fn opts(key: &str) -> Opts {
 
 #[test]
 fn versions_round_trip_and_dedup() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let admin = server.create_namespace(&env, "acme");
+    let mut f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let data = f.data.clone();
+    let admin = f.admin.clone();
     let db = env.path("app.db");
     make_db(
         &db,
@@ -156,8 +156,9 @@ fn versions_round_trip_and_dedup() {
     let (status, _, _) = http_get(&server.addr, "/acme/app.db");
     assert_eq!(status, 404);
 
-    drop(server);
-    let o = run(env
+    f.kill_server();
+    let o = run(f
+        .env
         .command(SERVER)
         .args(["verify", "--data-dir"])
         .arg(&data));
@@ -192,10 +193,10 @@ pub fn change_block(path: &std::path::Path, first: i64, n: i64) {
 
 #[test]
 fn wal_origin_and_page_size_change() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let admin = server.create_namespace(&env, "acme");
+    let mut f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let data = f.data.clone();
+    let admin = f.admin.clone();
     let rt = rt();
     let ws = server.ws_url();
     // A WAL-mode origin: stored files stay in rollback mode, no -wal/-shm.
@@ -281,8 +282,9 @@ fn wal_origin_and_page_size_change() {
     rt.block_on(pull(&ws, "acme/wal.db", &out, &opts(&admin)))
         .assert_ok();
     assert_eq!(content_digest(&out), content_digest(&db2));
-    drop(server);
-    assert_ok(&run(env
+    f.kill_server();
+    assert_ok(&run(f
+        .env
         .command(SERVER)
         .args(["verify", "--data-dir"])
         .arg(&data)));

@@ -10,13 +10,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn with_key(key: &str) -> Opts {
-    Opts {
-        key: Some(key.to_string()),
-        ..Default::default()
-    }
-}
-
 fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
@@ -25,10 +18,9 @@ fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn concurrent_pushes_and_pulls() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let acme = server.create_namespace(&env, "acme");
+    let f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let acme = f.admin.clone();
     let rt = rt();
     let ws = server.ws_url();
 
@@ -112,10 +104,9 @@ fn concurrent_pushes_and_pulls() {
 
 #[test]
 fn subscribers_hear_each_commit() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let acme = server.create_namespace(&env, "acme");
+    let f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let acme = f.admin.clone();
     let db = env.path("s.db");
     make_db(
         &db,
@@ -192,10 +183,9 @@ fn subscribers_hear_each_commit() {
 
 #[test]
 fn a_cut_push_stores_nothing() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let server = TestServer::start(&env, &data);
-    let acme = server.create_namespace(&env, "acme");
+    let f = Fixture::with("acme", &[]);
+    let (env, data, server) = (&f.env, &f.data, f.server());
+    let acme = f.admin.clone();
     let db = env.path("cut.db");
     make_db(
         &db,
@@ -250,11 +240,10 @@ fn a_cut_push_stores_nothing() {
 
 #[test]
 fn kill_9_during_a_push_keeps_the_latest_whole() {
-    let env = TestEnv::new();
-    let data = env.path("data");
-    let mut server = TestServer::start(&env, &data);
-    let acme = server.create_namespace(&env, "acme");
-    let db = env.path("k.db");
+    let mut f = Fixture::with("acme", &[]);
+    let data = f.data.clone();
+    let acme = f.admin.clone();
+    let db = f.path("k.db");
     make_db(
         &db,
         DbSpec {
@@ -263,7 +252,7 @@ fn kill_9_during_a_push_keeps_the_latest_whole() {
         },
     );
     let rt = rt();
-    let ws = server.ws_url();
+    let ws = f.ws_url();
     rt.block_on(push(&ws, "acme/k.db", &db, &with_key(&acme)))
         .assert_ok();
     let v1 = content_digest(&db);
@@ -294,16 +283,16 @@ fn kill_9_during_a_push_keeps_the_latest_whole() {
         assert!(Instant::now() < deadline, "push never started writing");
         std::thread::sleep(Duration::from_millis(5));
     }
-    unsafe { libc::kill(server.child.id() as i32, libc::SIGKILL) };
-    let _ = server.child.wait();
+    f.kill_server();
     let o = pusher.join().unwrap();
     assert!(!o.ok(), "push must not succeed: {o:#?}");
 
     // Restart: the latest version is still v1, whole; leftovers are gone.
-    let server = TestServer::start(&env, &data);
+    f.restart_server();
+    let server = f.server();
     assert!(files_in(&data.join("staging")).is_empty());
     let rt = self::rt();
-    let out = env.path("after-kill.db");
+    let out = f.path("after-kill.db");
     let o = rt.block_on(pull(&server.ws_url(), "acme/k.db", &out, &with_key(&acme)));
     o.assert_ok();
     assert_eq!(o.version(), 1);
@@ -312,8 +301,9 @@ fn kill_9_during_a_push_keeps_the_latest_whole() {
     // And the next push works.
     rt.block_on(push(&server.ws_url(), "acme/k.db", &db, &with_key(&acme)))
         .assert_ok();
-    drop(server);
-    let v = run(env
+    f.kill_server();
+    let v = run(f
+        .env
         .command(SERVER)
         .args(["verify", "--data-dir"])
         .arg(&data));

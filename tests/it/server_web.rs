@@ -7,24 +7,16 @@ use std::process::Command;
 use crate::support::driver::*;
 use crate::support::*;
 
-fn with_key(key: &str) -> Opts {
-    Opts {
-        key: Some(key.to_string()),
-        ..Default::default()
-    }
-}
-
 struct Site {
-    env: TestEnv,
-    server: TestServer,
+    f: Fixture,
     v1_hash: String,
     v2_hash: String,
 }
 
 fn site() -> Site {
-    let env = TestEnv::new();
-    let server = TestServer::start(&env, &env.path("data"));
-    let acme = server.create_namespace(&env, "acme");
+    let f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let acme = f.admin.clone();
     let db = env.path("shop.db");
     make_db(
         &db,
@@ -62,8 +54,7 @@ fn site() -> Site {
     rt.block_on(push(&ws, "acme/secret.db", &db, &with_key(&acme)))
         .assert_ok();
     Site {
-        env,
-        server,
+        f,
         v1_hash,
         v2_hash,
     }
@@ -72,7 +63,7 @@ fn site() -> Site {
 #[test]
 fn pages_and_downloads() {
     let s = site();
-    let addr = &s.server.addr;
+    let addr = &s.f.server().addr;
     let (status, head, body) = http_get(addr, "/acme/shop.db");
     assert_eq!(status, 200);
     assert!(head.to_ascii_lowercase().contains("text/html"));
@@ -104,7 +95,9 @@ fn pages_and_downloads() {
                 .contains("content-disposition: attachment"),
             "{head}"
         );
-        let file = s.env.path(&format!("dl{}.db", reference.replace('@', "_")));
+        let file =
+            s.f.env
+                .path(&format!("dl{}.db", reference.replace('@', "_")));
         std::fs::write(&file, body).unwrap();
         assert_integrity(&file);
         assert_eq!(&version_hash(&file), want, "{reference}");
@@ -167,8 +160,8 @@ fn pages_render_in_chromium() {
         return;
     };
     let s = site();
-    let base = s.server.http_url();
-    let dom = dump_dom(&browser, &s.env, &format!("{base}/acme/shop.db"));
+    let base = s.f.server().http_url();
+    let dom = dump_dom(&browser, &s.f.env, &format!("{base}/acme/shop.db"));
     // The browser built a table with one row per version, newest first.
     let table = dom
         .split("<table id=\"versions\">")
@@ -188,7 +181,7 @@ fn pages_render_in_chromium() {
     );
     assert!(dom.contains("href=\"/acme/shop.db@1\""));
     assert!(dom.contains("id=\"pull-command\""));
-    let ns = dump_dom(&browser, &s.env, &format!("{base}/acme"));
+    let ns = dump_dom(&browser, &s.f.env, &format!("{base}/acme"));
     assert!(ns.contains("href=\"/acme/shop.db\""), "{ns}");
     assert!(!ns.contains("secret.db"));
 }

@@ -93,6 +93,14 @@ pub struct Opts {
     pub cut_after: Option<u64>,
 }
 
+/// Options with `key` in the Authorization header and nothing else.
+pub fn with_key(key: &str) -> Opts {
+    Opts {
+        key: Some(key.to_string()),
+        ..Default::default()
+    }
+}
+
 fn request(url: &str, opts: &Opts) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = url.into_client_request().unwrap();
     let h = req.headers_mut();

@@ -1,10 +1,9 @@
-//! Support shared by the fault-injection tests (tests/faults_*.rs): a real
-//! `sqlrsync-server` that can be SIGKILLed and restarted on the same data
-//! dir, the real `sqlrsync` run as a child that can be SIGKILLed at a chosen
-//! moment, a ledger database whose every committed state keeps an
-//! invariant, and read-only looks into the server's metadata (latest
-//! version, versions count, versionHash) to check what a fault left behind.
-#![allow(dead_code)]
+//! Support shared by the fault-injection tests (faults_*.rs): the real
+//! `sqlrsync` run as a child that can be SIGKILLed at a chosen moment (the
+//! server is killed and restarted by the [`Fixture`]), a ledger database
+//! whose every committed state keeps an invariant, and read-only looks into
+//! the server's metadata (latest version, versions count, versionHash) to
+//! check what a fault left behind.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -25,79 +24,7 @@ pub fn trials(ci: usize, long: usize) -> usize {
     if long_tests() { long } else { ci }
 }
 
-/// A server on loopback that this test may kill and restart, with one
-/// namespace `team` and its Account Admin key.
-pub struct Fixture {
-    pub env: TestEnv,
-    /// The running server (None between a kill and the restart).
-    pub server: Option<TestServer>,
-    /// The server's data dir, kept across restarts.
-    pub data: PathBuf,
-    /// Account Admin key of `team`.
-    pub admin: String,
-    /// Extra `serve` arguments, repeated on every restart.
-    pub serve_args: Vec<String>,
-}
-
 impl Fixture {
-    pub fn start(serve_args: &[&str]) -> Fixture {
-        let env = TestEnv::new();
-        let data = env.path("server-data");
-        std::fs::create_dir_all(&data).unwrap();
-        let serve_args: Vec<String> = serve_args.iter().map(|s| s.to_string()).collect();
-        let args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
-        let server = TestServer::start_with(&env, &data, &args);
-        let admin = server.create_namespace(&env, "team");
-        Fixture {
-            env,
-            server: Some(server),
-            data,
-            admin,
-            serve_args,
-        }
-    }
-
-    pub fn server(&self) -> &TestServer {
-        self.server.as_ref().expect("server running")
-    }
-
-    pub fn ws_url(&self) -> String {
-        self.server().ws_url()
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.env.path(name)
-    }
-
-    /// `sqlrsync ARGS --server URL` with the admin key in SQLRSYNC_ADMIN_KEY.
-    pub fn cmd(&self, args: &[&str]) -> Command {
-        self.cmd_to(&self.ws_url(), args)
-    }
-
-    /// Same, against another URL (a proxy in front of the server).
-    pub fn cmd_to(&self, url: &str, args: &[&str]) -> Command {
-        let mut c = self.env.sqlrsync();
-        c.args(args)
-            .arg("--server")
-            .arg(url)
-            .env("SQLRSYNC_ADMIN_KEY", &self.admin);
-        c
-    }
-
-    /// SIGKILLs the server and reaps it.
-    pub fn kill_server(&mut self) {
-        let mut s = self.server.take().expect("server running");
-        sigkill(&mut s.child);
-        let _ = s.child.wait();
-    }
-
-    /// Starts the server again on the same data dir (a new port).
-    pub fn restart_server(&mut self) {
-        assert!(self.server.is_none(), "kill the server first");
-        let args: Vec<&str> = self.serve_args.iter().map(String::as_str).collect();
-        self.server = Some(TestServer::start_with(&self.env, &self.data, &args));
-    }
-
     /// The replica's state in the server's metadata.
     pub fn meta(&self, remote: &str) -> MetaState {
         meta_state(&self.data, remote)
@@ -169,11 +96,6 @@ pub fn meta_state(data: &Path, remote: &str) -> MetaState {
         versions: hashes.len() as u64,
         hashes,
     }
-}
-
-/// SIGKILL to one process we started (by its pid, never by name).
-pub fn sigkill(child: &mut Child) {
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
 }
 
 /// Spawns `cmd` with both output streams captured.
@@ -378,17 +300,6 @@ pub fn ledger_bulk(path: &Path, class: i64, modulus: i64) -> i64 {
 #[track_caller]
 pub fn ledger_counter(path: &Path) -> i64 {
     ledger_check(&open_checked(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The JSON object on the last stdout line (`--json`).
-#[track_caller]
-pub fn json_of(o: &Output) -> serde_json::Value {
-    let out = stdout(o);
-    let line = out
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no stdout; stderr: {}", stderr(o)));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
 /// The non-empty lines of a command's stderr.

@@ -8,6 +8,7 @@
 pub mod driver;
 pub mod fake;
 pub mod faults;
+pub mod fixture;
 pub mod frames;
 pub mod ledger;
 pub mod proxy;
@@ -19,6 +20,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+
+pub use fixture::Fixture;
 
 pub const SQLRSYNC: &str = env!("CARGO_BIN_EXE_sqlrsync");
 pub const SERVER: &str = env!("CARGO_BIN_EXE_sqlrsync-server");
@@ -111,6 +114,22 @@ pub fn assert_one_line_error(o: &Output, needle: &str) {
         "error line {:?} lacks {needle:?}",
         lines[0]
     );
+}
+
+/// The JSON object on the last stdout line (`--json`).
+#[track_caller]
+pub fn json(o: &Output) -> serde_json::Value {
+    let out = stdout(o);
+    let line = out
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no stdout; stderr: {}", stderr(o)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// SIGKILL to one process we started (by its pid, never by name).
+pub fn sigkill(child: &mut Child) {
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
 }
 
 /// How a test database is laid out.

@@ -1,83 +1,11 @@
-//! Support shared by the remote client tests (tests/remote_*.rs): a real
-//! `sqlrsync-server` on loopback with one namespace, and small helpers to
-//! run the real `sqlrsync` against it.
-#![allow(dead_code)]
+//! Looks into the files a remote test leaves behind: every file under a
+//! dir, the files holding a secret, snapshots to compare, the pull key of a
+//! `-sqlrsync` file. (The server and its namespace are the
+//! [`Fixture`](super::fixture::Fixture).)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use crate::support::*;
-
-/// A test environment with a running server and an Account Admin key.
-pub struct Remote {
-    pub env: TestEnv,
-    pub server: TestServer,
-    /// Account Admin key of namespace `team`.
-    pub admin: String,
-}
-
-impl Remote {
-    pub fn start() -> Remote {
-        let env = TestEnv::new();
-        let data = env.path("server-data");
-        std::fs::create_dir_all(&data).unwrap();
-        let server = TestServer::start(&env, &data);
-        let admin = server.create_namespace(&env, "team");
-        Remote { env, server, admin }
-    }
-
-    /// `sqlrsync ARGS --server ws://…`
-    pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = self.env.sqlrsync();
-        c.args(args).arg("--server").arg(self.server.ws_url());
-        c
-    }
-
-    /// Same, with the admin key in SQLRSYNC_ADMIN_KEY.
-    pub fn admin_cmd(&self, args: &[&str]) -> Command {
-        let mut c = self.cmd(args);
-        c.env("SQLRSYNC_ADMIN_KEY", &self.admin);
-        c
-    }
-
-    pub fn db(&self, name: &str) -> PathBuf {
-        self.env.path(name)
-    }
-
-    /// A database `name` in the env dir with `rows` rows.
-    pub fn make(&self, name: &str, rows: u32) -> PathBuf {
-        let p = self.db(name);
-        make_db(
-            &p,
-            DbSpec {
-                rows,
-                ..DbSpec::default()
-            },
-        );
-        p
-    }
-
-    /// First push of `local` to `remote` with the admin key; returns JSON.
-    pub fn first_push(&self, local: &str, remote: &str) -> serde_json::Value {
-        let o = run(self
-            .admin_cmd(&[local, remote, "--json"])
-            .arg("-m")
-            .arg("first"));
-        assert_ok(&o);
-        json(&o)
-    }
-}
-
-/// The JSON object on the last stdout line.
-#[track_caller]
-pub fn json(o: &Output) -> serde_json::Value {
-    let out = stdout(o);
-    let line = out
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no stdout; stderr: {}", stderr(o)));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-}
 
 /// Every regular file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
