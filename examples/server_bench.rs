@@ -9,7 +9,7 @@
 //! both sides, bridged by the same test-side driver the integration tests use.
 
 #[path = "../tests/it/support/driver.rs"]
-mod server_support;
+mod driver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use rusqlite::Connection;
-use server_support::{Opts, pull, push};
+use driver::{Opts, pull, push};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -112,7 +112,7 @@ fn key(k: &str) -> Opts {
     }
 }
 
-fn changed_pages(o: &server_support::Outcome) -> u64 {
+fn changed_pages(o: &driver::Outcome) -> u64 {
     o.messages
         .iter()
         .find_map(|m| {
