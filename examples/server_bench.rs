@@ -8,7 +8,9 @@
 //! Runs the real (release) server on 127.0.0.1 with the real helper on
 //! both sides, bridged by the same test-side driver the integration tests use.
 
+// The bench uses a part of the tests' driver.
 #[path = "../tests/it/support/driver.rs"]
+#[allow(dead_code)]
 mod driver;
 
 use std::io::{BufRead, BufReader};
@@ -16,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use driver::{Opts, pull, push};
 use futures_util::{SinkExt, StreamExt};
 use rusqlite::Connection;
-use driver::{Opts, pull, push};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

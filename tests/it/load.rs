@@ -327,7 +327,7 @@ fn fifty_pullers_six_pushers_nothing_lost() {
     let (env, server) = (&f.env, f.server());
     let data = f.data.clone();
     let admin = f.admin.clone();
-    let pull_key = create_key(&env, &server, "account-pull");
+    let pull_key = create_key(env, server, "account-pull");
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));
 

@@ -356,7 +356,7 @@ fn garbage_truncated_and_absurd_streams() {
     let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
-    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
+    let bg = Background::start(env, ws.clone(), acme.clone(), "acme/bg.db");
 
     let push_path = "/sapi/push/acme/abuse.db";
     let refused = |frames: Vec<Message>, needle: &str, what: &str| {
@@ -464,7 +464,7 @@ fn garbage_truncated_and_absurd_streams() {
     }
 
     // ORIGIN_TXN growing the database far beyond what was sent and announced.
-    let real = small_db(&env, "real512.db", 0);
+    let real = small_db(env, "real512.db", 0);
     {
         let c = rusqlite::Connection::open(&real).unwrap();
         c.execute_batch("PRAGMA page_size=512; VACUUM;").unwrap();
@@ -516,7 +516,7 @@ fn garbage_truncated_and_absurd_streams() {
     assert_no_version(&rt, &server, &acme, "acme/abuse.db");
     // Failed first pushes leave no (empty) replica behind.
     assert_eq!(
-        server.replicas(&env, "acme"),
+        server.replicas(env, "acme"),
         1,
         "only the background replica"
     );
@@ -538,7 +538,7 @@ fn endless_streams_are_cut_at_the_limits() {
     let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
-    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
+    let bg = Background::start(env, ws.clone(), acme.clone(), "acme/bg.db");
     let url = format!("{ws}/sapi/push/acme/endless.db");
     let connect_push = || rt.block_on(connect(&url, Some(&acme))).expect("upgrade");
 
@@ -657,7 +657,7 @@ fn endless_streams_are_cut_at_the_limits() {
     assert_no_version(&rt, &server, &acme, "acme/endless.db");
     assert_no_version(&rt, &server, &acme, "acme/big.db");
     assert_eq!(
-        server.replicas(&env, "acme"),
+        server.replicas(env, "acme"),
         1,
         "only the background replica"
     );
@@ -671,9 +671,9 @@ fn oversized_frames_and_out_of_place_frames() {
     let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
-    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
-    let db = small_db(&env, "a.db", 400);
-    let keys_before = server.keys(&env, "acme");
+    let bg = Background::start(env, ws.clone(), acme.clone(), "acme/bg.db");
+    let db = small_db(env, "a.db", 400);
+    let keys_before = server.keys(env, "acme");
 
     // A frame over --max-frame: closed with 1009 (message too big).
     for endpoint in ["/sapi/push/acme/x.db", "/sapi/pull/acme/bg.db"] {
@@ -751,7 +751,7 @@ fn oversized_frames_and_out_of_place_frames() {
         o.configs.iter().all(|c| c.new_pull_key.is_none()),
         "a KEYREQUEST after ORIGIN_END issued keys"
     );
-    assert_eq!(server.keys(&env, "acme"), keys_before, "keys were stored");
+    assert_eq!(server.keys(env, "acme"), keys_before, "keys were stored");
     let pulled = env.path("x-pulled.db");
     rt.block_on(pull(&ws, "acme/x.db", &pulled, &with_key(&acme)))
         .assert_ok();
@@ -799,7 +799,7 @@ fn oversized_frames_and_out_of_place_frames() {
     let k1 = o.configs[3].new_pull_key.clone().expect("a pull key");
     assert_eq!(o.configs[4].new_pull_key.as_ref(), Some(&k1));
     assert_eq!(
-        server.keys(&env, "acme"),
+        server.keys(env, "acme"),
         keys_before,
         "an unfinished pull stored its key"
     );
@@ -832,9 +832,9 @@ fn close_frames_at_odd_moments() {
     let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
-    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
-    let db = small_db(&env, "c.db", 1500);
-    let keys_before = server.keys(&env, "acme");
+    let bg = Background::start(env, ws.clone(), acme.clone(), "acme/bg.db");
+    let db = small_db(env, "c.db", 1500);
+    let keys_before = server.keys(env, "acme");
 
     // Raw: close right after the upgrade, after COMMITMESSAGE, after a
     // KEYREQUEST, mid-ORIGIN_BEGIN, after ORIGIN_BEGIN, mid-page.
@@ -882,11 +882,11 @@ fn close_frames_at_odd_moments() {
 
     assert_no_version(&rt, &server, &acme, "acme/c.db");
     assert_eq!(
-        server.replicas(&env, "acme"),
+        server.replicas(env, "acme"),
         1,
         "only the background replica"
     );
-    assert_eq!(server.keys(&env, "acme"), keys_before);
+    assert_eq!(server.keys(env, "acme"), keys_before);
     assert!(bg.finish() >= 1);
     server.assert_healthy();
     // Nothing but the background replica's files.
@@ -932,7 +932,7 @@ fn a_thousand_idle_connections() {
     let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
-    let db = small_db(&env, "seed.db", 300);
+    let db = small_db(env, "seed.db", 300);
     rt.block_on(push(&ws, "acme/seed.db", &db, &with_key(&acme)))
         .assert_ok();
     let baseline = server.fds();
@@ -947,7 +947,7 @@ fn a_thousand_idle_connections() {
         }
         idle_tcp.push(s);
     }
-    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
+    let bg = Background::start(env, ws.clone(), acme.clone(), "acme/bg.db");
     assert!(bg.finish() >= 1);
     // The server closes them after the handshake timeout although the
     // clients keep them open.
@@ -1017,7 +1017,7 @@ fn a_thousand_idle_connections() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(content_digest(&env.path("p.db")), content_digest(&db));
-    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
+    let bg = Background::start(env, ws.clone(), acme.clone(), "acme/bg.db");
     assert!(bg.finish() >= 1);
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -1032,11 +1032,7 @@ fn a_thousand_idle_connections() {
     for i in (0..300).step_by(3) {
         assert_no_version(&rt, &server, &acme, &format!("acme/idle{i}.db"));
     }
-    assert_eq!(
-        server.replicas(&env, "acme"),
-        2,
-        "idle pushes left replicas"
-    );
+    assert_eq!(server.replicas(env, "acme"), 2, "idle pushes left replicas");
     server.assert_healthy();
 }
 
@@ -1175,7 +1171,7 @@ fn path_abuse_is_refused_everywhere() {
     let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
-    let db = small_db(&env, "p.db", 200);
+    let db = small_db(env, "p.db", 200);
     rt.block_on(push(
         &ws,
         "acme/pub.db",
@@ -1211,7 +1207,7 @@ fn path_abuse_is_refused_everywhere() {
         long.as_bytes(),
         long_part.as_bytes(),
     ];
-    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
+    let bg = Background::start(env, ws.clone(), acme.clone(), "acme/bg.db");
     let (good_status, _) = http(&server.addr, b"/acme/pub.db", &[]);
     assert_eq!(good_status, 200);
     for p in &bad {
@@ -1266,10 +1262,10 @@ fn key_abuse_is_refused_everywhere() {
     let mut server = Server::start(&[]);
     let env = &server.f.env;
     let acme = server.f.admin.clone();
-    let other = server.namespace(&env, "other");
+    let other = server.namespace(env, "other");
     let rt = rt();
     let ws = server.ws();
-    let db = small_db(&env, "k.db", 200);
+    let db = small_db(env, "k.db", 200);
     let keyed = |k: &str| Opts {
         key_request: true,
         ..with_key(k)
@@ -1301,8 +1297,8 @@ fn key_abuse_is_refused_everywhere() {
         .command(SERVER)
         .args(["keys", "revoke", "acme", &revoked, "--data-dir"])
         .arg(&server.data)));
-    let keys_before = server.keys(&env, "acme");
-    let bg = Background::start(&env, ws.clone(), acme.clone(), "acme/bg.db");
+    let keys_before = server.keys(env, "acme");
+    let bg = Background::start(env, ws.clone(), acme.clone(), "acme/bg.db");
 
     let flip = |k: &str| {
         let mut b = k.as_bytes().to_vec();
@@ -1408,7 +1404,7 @@ fn key_abuse_is_refused_everywhere() {
     assert!(!body.contains("a.db") && !body.contains("b.db"), "{body}");
 
     // Nothing was stored: same keys, same versions.
-    assert_eq!(server.keys(&env, "acme"), keys_before);
+    assert_eq!(server.keys(env, "acme"), keys_before);
     let o = rt.block_on(pull(
         &ws,
         "acme/a.db",
@@ -1430,8 +1426,8 @@ fn a_failed_push_leaves_no_keys() {
     let acme = server.f.admin.clone();
     let rt = rt();
     let ws = server.ws();
-    let db = small_db(&env, "f.db", 1500);
-    let before = server.keys(&env, "acme");
+    let db = small_db(env, "f.db", 1500);
+    let before = server.keys(env, "acme");
     let size = std::fs::metadata(&db).unwrap().len();
 
     // The client asks for keys, gets them in CONFIG, then the push dies.
@@ -1475,7 +1471,7 @@ fn a_failed_push_leaves_no_keys() {
         .collect();
     assert!(!issued.is_empty(), "the server issued no keys to test with");
     assert_eq!(
-        server.keys(&env, "acme"),
+        server.keys(env, "acme"),
         before,
         "a failed push left keys behind"
     );
@@ -1490,7 +1486,7 @@ fn a_failed_push_leaves_no_keys() {
     // A pull that dies after its KEYREQUEST leaves no key either.
     rt.block_on(push(&ws, "acme/f.db", &db, &with_key(&acme)))
         .assert_ok();
-    let before = server.keys(&env, "acme");
+    let before = server.keys(env, "acme");
     let o = rt.block_on(raw(
         &ws,
         "/sapi/pull/acme/f.db",
@@ -1502,11 +1498,7 @@ fn a_failed_push_leaves_no_keys() {
     ));
     assert!(o.abort.is_some());
     let k = o.config().new_pull_key.expect("a pull key was issued");
-    assert_eq!(
-        server.keys(&env, "acme"),
-        before,
-        "a failed pull left a key"
-    );
+    assert_eq!(server.keys(env, "acme"), before, "a failed pull left a key");
     let r = rt.block_on(pull(&ws, "acme/f.db", &env.path("y.db"), &with_key(&k)));
     assert_eq!(r.http_status, Some(401));
 
@@ -1522,7 +1514,7 @@ fn a_failed_push_leaves_no_keys() {
         },
     ));
     ok.assert_ok();
-    assert_eq!(server.keys(&env, "acme"), before + 2);
+    assert_eq!(server.keys(env, "acme"), before + 2);
     let pull_key = ok.config().new_pull_key.unwrap();
     rt.block_on(pull(
         &ws,
@@ -1542,6 +1534,6 @@ fn a_failed_push_leaves_no_keys() {
         },
     ));
     same.assert_ok();
-    assert_eq!(server.keys(&env, "acme"), before + 4);
+    assert_eq!(server.keys(env, "acme"), before + 4);
     server.assert_healthy();
 }

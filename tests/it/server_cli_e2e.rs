@@ -22,12 +22,12 @@ fn cli_push_web_page_and_unchanged_push() {
     let v1_hash = version_hash(&a);
 
     // An unchanged push: no new version.
-    let o = run(&mut r.env.sqlrsync().arg(&a).arg("--json"));
+    let o = run(r.env.sqlrsync().arg(&a).arg("--json"));
     assert_ok(&o);
     assert_eq!(json(&o)["version"], "1", "{}", stdout(&o));
 
     change_rows(&a, 0.05);
-    let o = run(&mut r.env.sqlrsync().arg(&a).args(["-m", "second", "--json"]));
+    let o = run(r.env.sqlrsync().arg(&a).args(["-m", "second", "--json"]));
     assert_ok(&o);
     assert_eq!(json(&o)["version"], "2");
 

@@ -15,7 +15,7 @@ fn key_rules() {
     let f = Fixture::with("acme", &[]);
     let (env, data, server) = (&f.env, &f.data, f.server());
     let acme = f.admin.clone();
-    let other = server.create_namespace(&env, "other");
+    let other = server.create_namespace(env, "other");
     let db = env.path("a.db");
     make_db(
         &db,
@@ -104,8 +104,8 @@ fn key_rules() {
     assert!(!env.path("p1.db").exists());
     // Admin, account pull, replica pull, replica push keys may pull.
     let account_pull = cli_key(
-        &env,
-        &data,
+        env,
+        data,
         &["keys", "create", "acme", "--kind", "account-pull"],
     );
     for (i, k) in [&acme, &account_pull, &pull_key, &push_key]
@@ -142,7 +142,7 @@ fn key_rules() {
     let o = run(env
         .command(SERVER)
         .args(["keys", "revoke", "acme", &push_key, "--data-dir"])
-        .arg(&data));
+        .arg(data));
     assert_ok(&o);
     change_rows(&db, 0.1);
     let o = rt.block_on(push(&ws, "acme/a.db", &db, &with_key(&push_key)));
@@ -150,7 +150,7 @@ fn key_rules() {
     let listed = run(env
         .command(SERVER)
         .args(["keys", "list", "acme", "--data-dir"])
-        .arg(&data));
+        .arg(data));
     assert_ok(&listed);
     assert!(stdout(&listed).contains("revoked"));
     assert!(

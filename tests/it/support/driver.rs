@@ -1,7 +1,6 @@
 //! Test-side websocket peer for the server tests: the real sqlite3_rsync
 //! helper (embedded in our library) on one side, bridged to the server's
 //! websocket by a small driver, like the `sqlrsync` client does.
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Stdio;
@@ -348,10 +347,7 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
         let size =
             usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {

@@ -18,8 +18,6 @@ pub struct Fixture {
     /// The server's data dir (`server-data` in the env unless the test
     /// chose another), kept across restarts.
     pub data: PathBuf,
-    /// The namespace created at the start.
-    pub namespace: String,
     /// Its Account Admin key.
     pub admin: String,
     /// Extra `serve` arguments and environment, repeated on every restart.
@@ -63,7 +61,6 @@ impl Fixture {
             server: None,
             env,
             data,
-            namespace: namespace.to_string(),
             admin: String::new(),
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             serve_env: serve_env

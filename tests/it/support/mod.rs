@@ -3,7 +3,6 @@
 //!
 //! Every test gets its own temp dir with its own HOME, XDG dirs and cache,
 //! so nothing a test writes leaks into another or into the developer's home.
-#![allow(dead_code)]
 
 pub mod driver;
 pub mod fake;
