@@ -8,17 +8,19 @@
 //! Runs the real (release) server on 127.0.0.1 with the real helper on
 //! both sides, bridged by the same test-side driver the integration tests use.
 
-#[path = "../tests/server_support/mod.rs"]
-mod server_support;
+// The bench uses a part of the tests' driver.
+#[path = "../tests/it/support/driver.rs"]
+#[allow(dead_code)]
+mod driver;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use driver::{Opts, pull, push};
 use futures_util::{SinkExt, StreamExt};
 use rusqlite::Connection;
-use server_support::{Opts, pull, push};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -112,7 +114,7 @@ fn key(k: &str) -> Opts {
     }
 }
 
-fn changed_pages(o: &server_support::Outcome) -> u64 {
+fn changed_pages(o: &driver::Outcome) -> u64 {
     o.messages
         .iter()
         .find_map(|m| {

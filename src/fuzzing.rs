@@ -1,5 +1,5 @@
 //! Property checks shared by the fuzz targets (fuzz/) and the corpus replay
-//! test (tests/fuzz_corpus.rs), so that CI re-runs every input the fuzzers
+//! test (tests/it/fuzz_corpus.rs), so that CI re-runs every input the fuzzers
 //! ever kept without needing a fuzzer.
 #![doc(hidden)]
 

@@ -1,0 +1,187 @@
+//! The web pages: namespace listing, replica page with versions and the pull
+//! command, downloads of `@N` / `@latest-N`, the same 404 for private and
+//! unknown. Rendered in headless Chromium too (skipped loudly without it).
+
+use std::process::Command;
+
+use crate::support::driver::*;
+use crate::support::*;
+
+struct Site {
+    f: Fixture,
+    v1_hash: String,
+    v2_hash: String,
+}
+
+fn site() -> Site {
+    let f = Fixture::with("acme", &[]);
+    let (env, server) = (&f.env, f.server());
+    let acme = f.admin.clone();
+    let db = env.path("shop.db");
+    make_db(
+        &db,
+        DbSpec {
+            rows: 500,
+            ..Default::default()
+        },
+    );
+    let rt = rt();
+    let ws = server.ws_url();
+    rt.block_on(push(
+        &ws,
+        "acme/shop.db",
+        &db,
+        &Opts {
+            visibility: Some("2"),
+            message: Some("first <b>import</b> & setup".into()),
+            ..with_key(&acme)
+        },
+    ))
+    .assert_ok();
+    let v1_hash = version_hash(&db);
+    change_rows(&db, 0.1);
+    rt.block_on(push(
+        &ws,
+        "acme/shop.db",
+        &db,
+        &Opts {
+            message: Some("nightly".into()),
+            ..with_key(&acme)
+        },
+    ))
+    .assert_ok();
+    let v2_hash = version_hash(&db);
+    rt.block_on(push(&ws, "acme/secret.db", &db, &with_key(&acme)))
+        .assert_ok();
+    Site {
+        f,
+        v1_hash,
+        v2_hash,
+    }
+}
+
+#[test]
+fn pages_and_downloads() {
+    let s = site();
+    let addr = &s.f.server().addr;
+    let (status, head, body) = http_get(addr, "/acme/shop.db");
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("text/html"));
+    let html = String::from_utf8_lossy(&body);
+    assert!(
+        html.contains("first &lt;b&gt;import&lt;/b&gt; &amp; setup"),
+        "escaped message: {html}"
+    );
+    assert!(html.contains("nightly"));
+    assert!(
+        html.contains(&format!(
+            "sqlrsync acme/shop.db shop.db --server ws://{addr}"
+        )),
+        "{html}"
+    );
+    assert!(!html.contains("secret.db"));
+
+    // Downloads: @1, @latest, @latest-1 are whole databases of that version.
+    for (reference, want) in [
+        ("@1", &s.v1_hash),
+        ("@latest", &s.v2_hash),
+        ("@latest-1", &s.v1_hash),
+        ("@v2", &s.v2_hash),
+    ] {
+        let (status, head, body) = http_get(addr, &format!("/acme/shop.db{reference}"));
+        assert_eq!(status, 200, "{reference}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-disposition: attachment"),
+            "{head}"
+        );
+        let file =
+            s.f.env
+                .path(&format!("dl{}.db", reference.replace('@', "_")));
+        std::fs::write(&file, body).unwrap();
+        assert_integrity(&file);
+        assert_eq!(&version_hash(&file), want, "{reference}");
+    }
+    assert_eq!(http_get(addr, "/acme/shop.db@3").0, 404);
+    assert_eq!(http_get(addr, "/acme/shop.db@latest+1").0, 400);
+    assert_eq!(http_get(addr, "/acme/shop.db@0").0, 400);
+
+    // Private and unknown: the same 404, downloads included.
+    let private = http_get(addr, "/acme/secret.db");
+    let unknown = http_get(addr, "/acme/nothing.db");
+    assert_eq!(private.0, 404);
+    assert_eq!(
+        (private.0, private.2.clone()),
+        (unknown.0, unknown.2.clone())
+    );
+    assert_eq!(http_get(addr, "/acme/secret.db@1").2, unknown.2);
+}
+
+fn chromium() -> Option<String> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| which::which(c).is_ok())
+        .map(str::to_string)
+}
+
+fn dump_dom(browser: &str, env: &TestEnv, url: &str) -> String {
+    let profile = tempfile::tempdir_in(env.dir.path()).unwrap();
+    let o = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .env("HOME", env.home())
+        .output()
+        .expect("chromium runs");
+    assert!(
+        o.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn pages_render_in_chromium() {
+    let Some(browser) = chromium() else {
+        eprintln!(
+            "\n\n*** SKIPPED: chromium not installed; web pages not rendered in a browser ***\n"
+        );
+        return;
+    };
+    let s = site();
+    let base = s.f.server().http_url();
+    let dom = dump_dom(&browser, &s.f.env, &format!("{base}/acme/shop.db"));
+    // The browser built a table with one row per version, newest first.
+    let table = dom
+        .split("<table id=\"versions\">")
+        .nth(1)
+        .expect("versions table in the DOM");
+    let rows: Vec<&str> = table.split("<tr>").skip(2).collect();
+    assert_eq!(rows.len(), 2, "{dom}");
+    assert!(rows[0].contains(">2<") && rows[0].contains("nightly"));
+    assert!(
+        rows[1].contains("first &lt;b&gt;import&lt;/b&gt; &amp; setup"),
+        "message shown as text: {}",
+        rows[1]
+    );
+    assert!(
+        !dom.contains("<b>import</b>"),
+        "message must not become markup"
+    );
+    assert!(dom.contains("href=\"/acme/shop.db@1\""));
+    assert!(dom.contains("id=\"pull-command\""));
+    let ns = dump_dom(&browser, &s.f.env, &format!("{base}/acme"));
+    assert!(ns.contains("href=\"/acme/shop.db\""), "{ns}");
+    assert!(!ns.contains("secret.db"));
+}
