@@ -221,54 +221,8 @@ pub async fn pull_once(
     interrupt: watch::Receiver<bool>,
 ) -> Result<super::Report, SyncError> {
     let printer = s.printer;
-    let client_id = super::client_id(s)?;
-    let url = super::endpoint_url(&p.server, "pull", &p.remote_path);
-    let headers_for = |p: &Plan| {
-        let mut h =
-            super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
-        h.push((headers::REPLICA_VERSION, p.version.header_value()));
-        h
-    };
-    printer.verbose(&format!(
-        "PULL {url} @{} into {} with key {} from {}",
-        p.version,
-        p.local.display(),
-        p.key.masked(),
-        p.key.source.describe()
-    ));
     let started = Instant::now();
-    let mut stop = interrupt.clone();
-    let first_headers = headers_for(p);
-    let connected = tokio::select! {
-        r = super::connect(&url, &first_headers, s.idle_timeout) => r,
-        _ = super::wait_true(&mut stop) => {
-            return Err(SyncError::Interrupted(anyhow::anyhow!("interrupted; the local database is unchanged")));
-        }
-    };
-    let anonymous = p.key.source == KeySource::Anonymous;
-    let ws = match connected {
-        Ok(ws) => ws,
-        Err(
-            e @ ConnectError::Http {
-                status: 401 | 403, ..
-            },
-        ) if anonymous && s.keys.env.tty => {
-            // A private replica: ask for a key once, then try again.
-            printer.note(&format!("{e:#}"));
-            p.key = Key {
-                value: Some(keys::prompt(
-                    p.remote_path.split('/').next().unwrap_or("?"),
-                )?),
-                source: KeySource::Prompt,
-            };
-            super::connect(&url, &headers_for(p), s.idle_timeout).await?
-        }
-        Err(refused @ ConnectError::Http { status: 401, .. }) if anonymous => {
-            return Err(SyncError::NoKey { refused });
-        }
-        Err(e) => return Err(e.into()),
-    };
-
+    let ws = connect_pull(s, p, interrupt.clone()).await?;
     let (outcome, sink) = match link_pull(s, p, ws, interrupt).await {
         Ok(x) => x,
         Err(e) => {
@@ -307,6 +261,64 @@ pub async fn pull_once(
     report.verify_seconds = verify_seconds;
     report.messages = outcome.messages.clone();
     Ok(report)
+}
+
+/// Opens the pull's websocket. An anonymous pull refused with 401/403 on a
+/// terminal asks for a key once and tries again; without a terminal a 401
+/// is [`SyncError::NoKey`], with the hint of how to pass one.
+async fn connect_pull(
+    s: &Settings,
+    p: &mut Plan,
+    interrupt: watch::Receiver<bool>,
+) -> Result<super::Socket, SyncError> {
+    let printer = s.printer;
+    let client_id = super::client_id(s)?;
+    let url = super::endpoint_url(&p.server, "pull", &p.remote_path);
+    let headers_for = |p: &Plan| {
+        let mut h =
+            super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
+        h.push((headers::REPLICA_VERSION, p.version.header_value()));
+        h
+    };
+    printer.verbose(&format!(
+        "PULL {url} @{} into {} with key {} from {}",
+        p.version,
+        p.local.display(),
+        p.key.masked(),
+        p.key.source.describe()
+    ));
+    let mut stop = interrupt;
+    let first_headers = headers_for(p);
+    let connected = tokio::select! {
+        r = super::connect(&url, &first_headers, s.idle_timeout) => r,
+        _ = super::wait_true(&mut stop) => {
+            return Err(SyncError::Interrupted(anyhow::anyhow!("interrupted; the local database is unchanged")));
+        }
+    };
+    let anonymous = p.key.source == KeySource::Anonymous;
+    let ws = match connected {
+        Ok(ws) => ws,
+        Err(
+            e @ ConnectError::Http {
+                status: 401 | 403, ..
+            },
+        ) if anonymous && s.keys.env.tty => {
+            // A private replica: ask for a key once, then try again.
+            printer.note(&format!("{e:#}"));
+            p.key = Key {
+                value: Some(keys::prompt(
+                    p.remote_path.split('/').next().unwrap_or("?"),
+                )?),
+                source: KeySource::Prompt,
+            };
+            super::connect(&url, &headers_for(p), s.idle_timeout).await?
+        }
+        Err(refused @ ConnectError::Http { status: 401, .. }) if anonymous => {
+            return Err(SyncError::NoKey { refused });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(ws)
 }
 
 /// Checks the pulled copy against the server's versionHash, unless the

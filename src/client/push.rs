@@ -219,18 +219,7 @@ pub async fn run(
             .unwrap_or("your namespace");
         p.key.value = Some(keys::prompt(ns)?);
     }
-    let client_id = super::client_id(s)?;
-    let mut hdrs = super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
-    hdrs.push((headers::LOCAL_HOSTNAME, files::hostname()));
-    hdrs.push((
-        headers::LOCAL_ABSOLUTE_PATH,
-        p.local.to_string_lossy().into_owned(),
-    ));
-    if p.first_push
-        && let Some(v) = p.visibility.header_value()
-    {
-        hdrs.push((headers::VISIBILITY, v.to_string()));
-    }
+    let hdrs = push_headers(s, &p)?;
     let url = super::endpoint_url(&p.server, "push", &p.remote_path);
     printer.verbose(&format!(
         "PUSH {} to {url} with key {} from {}",
@@ -286,6 +275,24 @@ pub async fn run(
     let report = finish(s, &p, &outcome, &stats, started)?;
     report.print(&printer);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The upgrade's headers for a push (PROTOCOL.md section 2): key, client
+/// id, replica, this machine and path, and the visibility of a first push.
+fn push_headers(s: &Settings, p: &Plan) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let client_id = super::client_id(s)?;
+    let mut hdrs = super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
+    hdrs.push((headers::LOCAL_HOSTNAME, files::hostname()));
+    hdrs.push((
+        headers::LOCAL_ABSOLUTE_PATH,
+        p.local.to_string_lossy().into_owned(),
+    ));
+    if p.first_push
+        && let Some(v) = p.visibility.header_value()
+    {
+        hdrs.push((headers::VISIBILITY, v.to_string()));
+    }
+    Ok(hdrs)
 }
 
 /// The server's latest version already holds this database: nothing was

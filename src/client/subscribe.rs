@@ -109,34 +109,59 @@ pub async fn run(
         }
 
         // Wait for news.
-        let url = super::endpoint_url(&plan.server, "subscribe", &plan.remote_path);
-        let hdrs = super::base_headers(
-            plan.key.value.as_deref(),
-            &client_id,
-            plan.replica_id.as_deref(),
-        );
-        let ws = tokio::select! {
-            r = super::connect(&url, &hdrs, s.idle_timeout) => r,
-            _ = wait_true(&mut interrupt) => return Ok(stopped(&printer)),
-        };
-        let mut ws = match ws {
-            Ok(ws) => ws,
-            Err(e) if e.retryable() => {
-                printer.note(&format!(
-                    "sqlrsync: {e:#}; reconnecting in {:.1}s",
-                    follow.backoff.as_secs_f64()
-                ));
-                if follow.back_off(&mut interrupt).await {
-                    return Ok(stopped(&printer));
-                }
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+        let mut ws = match open(s, &plan, &client_id, &mut follow, &mut interrupt).await? {
+            Opened::Socket(ws) => ws,
+            Opened::Retry => continue,
+            Opened::Stopped => return Ok(stopped(&printer)),
         };
         match listen(s, &mut plan, &mut ws, &mut follow, &mut interrupt).await? {
             Ended::Stopped => return Ok(stopped(&printer)),
             Ended::Reconnect => continue,
         }
+    }
+}
+
+/// What opening the subscribe socket came to.
+enum Opened {
+    Socket(super::Socket),
+    /// A failure time may fix; the back-off has been waited.
+    Retry,
+    /// Ctrl-C.
+    Stopped,
+}
+
+/// Opens `/sapi/subscribe/...` for the plan's replica. A retryable
+/// connection failure is noted and backed off from; any other is the error.
+async fn open(
+    s: &Settings,
+    plan: &pull::Plan,
+    client_id: &str,
+    follow: &mut Follow,
+    interrupt: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Opened> {
+    let url = super::endpoint_url(&plan.server, "subscribe", &plan.remote_path);
+    let hdrs = super::base_headers(
+        plan.key.value.as_deref(),
+        client_id,
+        plan.replica_id.as_deref(),
+    );
+    let ws = tokio::select! {
+        r = super::connect(&url, &hdrs, s.idle_timeout) => r,
+        _ = wait_true(interrupt) => return Ok(Opened::Stopped),
+    };
+    match ws {
+        Ok(ws) => Ok(Opened::Socket(ws)),
+        Err(e) if e.retryable() => {
+            s.printer.note(&format!(
+                "sqlrsync: {e:#}; reconnecting in {:.1}s",
+                follow.backoff.as_secs_f64()
+            ));
+            if follow.back_off(interrupt).await {
+                return Ok(Opened::Stopped);
+            }
+            Ok(Opened::Retry)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -200,6 +200,34 @@ fn configure_http<A>(server: &mut axum_server::Server<A>, handshake: Duration) {
         .keep_alive_timeout(Duration::from_secs(20));
 }
 
+/// On `shutdown`: tells sessions (`stop_tx`), stops accepting and gives the
+/// connections 10 s to end.
+fn watch_shutdown(
+    handle: axum_server::Handle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop_tx: watch::Sender<bool>,
+) {
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing sessions");
+        let _ = stop_tx.send(true);
+        handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        // Keep the sender alive so receivers never see a closed channel
+        // before the server has stopped.
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Tells the caller once the server really accepts connections (the store
+/// is open, TLS loaded), so "listening" is never premature.
+fn report_ready(handle: axum_server::Handle, ready: tokio::sync::oneshot::Sender<SocketAddr>) {
+    tokio::spawn(async move {
+        if let Some(addr) = handle.listening().await {
+            let _ = ready.send(addr);
+        }
+    });
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains sessions.
 pub async fn run(
     listener: std::net::TcpListener,
@@ -222,28 +250,8 @@ pub async fn run(
     };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();
-    {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing sessions");
-            let _ = stop_tx.send(true);
-            handle.graceful_shutdown(Some(Duration::from_secs(10)));
-            // Keep the sender alive so receivers never see a closed channel
-            // before the server has stopped.
-            std::future::pending::<()>().await;
-        });
-    }
-    {
-        // Tell the caller once the server really accepts connections (the
-        // store is open, TLS loaded), so "listening" is never premature.
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            if let Some(addr) = handle.listening().await {
-                let _ = ready.send(addr);
-            }
-        });
-    }
+    watch_shutdown(handle.clone(), shutdown, stop_tx);
+    report_ready(handle.clone(), ready);
     listener.set_nonblocking(true)?;
     let handshake = config.handshake_timeout;
     match &config.tls {
