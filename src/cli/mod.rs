@@ -24,9 +24,7 @@ use crate::client::Settings;
 pub use crate::client::{Mode, RemoteRef};
 use crate::helper;
 use crate::ui::Printer;
-/// Kept for `bridge.rs`, which still names it here; the text rule lives
-/// in [`crate::wire::one_line`].
-pub use crate::wire::one_line;
+use crate::wire::one_line;
 use forms::Place;
 
 const AFTER_HELP: &str = "\
