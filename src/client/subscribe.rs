@@ -110,7 +110,7 @@ pub async fn run(
 
         // Wait for news.
         let mut ws = match open(s, &plan, &client_id, &mut follow, &mut interrupt).await? {
-            Opened::Socket(ws) => ws,
+            Opened::Socket(ws) => *ws,
             Opened::Retry => continue,
             Opened::Stopped => return Ok(stopped(&printer)),
         };
@@ -123,7 +123,8 @@ pub async fn run(
 
 /// What opening the subscribe socket came to.
 enum Opened {
-    Socket(super::Socket),
+    /// Boxed: a socket is large next to the other variants.
+    Socket(Box<super::Socket>),
     /// A failure time may fix; the back-off has been waited.
     Retry,
     /// Ctrl-C.
@@ -150,7 +151,7 @@ async fn open(
         _ = wait_true(interrupt) => return Ok(Opened::Stopped),
     };
     match ws {
-        Ok(ws) => Ok(Opened::Socket(ws)),
+        Ok(ws) => Ok(Opened::Socket(Box::new(ws))),
         Err(e) if e.retryable() => {
             s.printer.note(&format!(
                 "sqlrsync: {e:#}; reconnecting in {:.1}s",
