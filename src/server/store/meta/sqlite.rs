@@ -256,38 +256,32 @@ fn decode_delta(b: &[u8]) -> Result<Vec<(u32, PageHash)>> {
 }
 
 fn latest_sums(c: &Connection, replica: i64) -> Result<Vec<PageHash>> {
-    let b: Option<Vec<u8>> = c.query_row(
-        "SELECT latest_sums FROM replicas WHERE id=?1",
-        [replica],
-        |r| r.get(0),
-    )?;
-    let b = b.unwrap_or_default();
-    anyhow::ensure!(b.len().is_multiple_of(32), "damaged page checksums");
-    Ok(b.chunks_exact(32)
-        .map(|c| {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(c);
-            h
-        })
-        .collect())
+    latest_digests(c, replica, "latest_sums", "damaged page checksums")
 }
 
 /// `replicas.latest_xxh3`: the latest version's page digests (16 bytes
 /// each), empty when the store has none yet.
 fn latest_xxh3(c: &Connection, replica: i64) -> Result<Vec<[u8; 16]>> {
+    latest_digests(c, replica, "latest_xxh3", "damaged page digests")
+}
+
+/// A replica's per-page digests of `N` bytes each, kept concatenated in
+/// `column` (one of this file's own column names, never input).
+fn latest_digests<const N: usize>(
+    c: &Connection,
+    replica: i64,
+    column: &'static str,
+    damaged: &'static str,
+) -> Result<Vec<[u8; N]>> {
     let b: Option<Vec<u8>> = c.query_row(
-        "SELECT latest_xxh3 FROM replicas WHERE id=?1",
+        &format!("SELECT {column} FROM replicas WHERE id=?1"),
         [replica],
         |r| r.get(0),
     )?;
     let b = b.unwrap_or_default();
-    anyhow::ensure!(b.len().is_multiple_of(16), "damaged page digests");
-    Ok(b.chunks_exact(16)
-        .map(|c| {
-            let mut h = [0u8; 16];
-            h.copy_from_slice(c);
-            h
-        })
+    anyhow::ensure!(b.len().is_multiple_of(N), "{damaged}");
+    Ok(b.chunks_exact(N)
+        .map(|c| c.try_into().expect("chunks of N bytes"))
         .collect())
 }
 
