@@ -34,6 +34,8 @@ pub struct ProcessEnv {
     pub admin_key: Option<String>,
     /// stdin and stderr are a terminal: a key prompt can be answered.
     pub tty: bool,
+    /// `SQLRSYNC_COMPAT_FRAMES` set (not `0`): never offer large frames.
+    pub compat_frames: bool,
 }
 
 impl ProcessEnv {
@@ -44,6 +46,7 @@ impl ProcessEnv {
             auth_token: var("SQLRSYNC_AUTH_TOKEN"),
             admin_key: var("SQLRSYNC_ADMIN_KEY"),
             tty: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
+            compat_frames: var("SQLRSYNC_COMPAT_FRAMES").is_some_and(|v| v.trim() != "0"),
         }
     }
 }
@@ -90,6 +93,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         },
         idle_timeout: idle_timeout(cli.idle_timeout, env.timeout.as_deref()),
         subscribe: cli.subscribe,
+        large_frames: !env.compat_frames,
         push: PushSettings {
             message: cli.message,
             visibility,

@@ -29,6 +29,24 @@ const MAX_INCOMING_MESSAGE: usize = 4 * 1024 * 1024;
 /// The websocket type every connection uses.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// An opened websocket and what the server's upgrade answer said of it.
+pub struct Connected {
+    pub ws: Socket,
+    /// The largest frame the server said it takes, when it answered our
+    /// offer of large frames (see [`crate::wire::framing`]); `None`: it
+    /// gets compatible frames.
+    pub max_frame: Option<usize>,
+}
+
+/// The header that offers the server large frames: we take frames up to
+/// [`MAX_INCOMING_MESSAGE`] bytes.
+pub fn frame_offer() -> (&'static str, String) {
+    (
+        crate::wire::headers::MAX_FRAME,
+        MAX_INCOMING_MESSAGE.to_string(),
+    )
+}
+
 /// Why no websocket was opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -140,7 +158,7 @@ pub async fn connect(
     url: &str,
     hdrs: &[(&'static str, String)],
     idle: Duration,
-) -> Result<Socket, ConnectError> {
+) -> Result<Connected, ConnectError> {
     let mut req = url
         .into_client_request()
         .map_err(|source| ConnectError::InvalidUrl {
@@ -163,7 +181,16 @@ pub async fn connect(
     match tokio::time::timeout(wait, attempt).await {
         Err(_) => Err(ConnectError::Timeout { host, wait }),
         Ok(Err(e)) => Err(ConnectError::from_handshake(&host, e)),
-        Ok(Ok((ws, _resp))) => Ok(ws),
+        Ok(Ok((ws, resp))) => {
+            // Only an answer to an offer we made counts.
+            let offered = hdrs.iter().any(|(n, _)| *n == crate::wire::headers::MAX_FRAME);
+            let answer = resp
+                .headers()
+                .get(crate::wire::headers::MAX_FRAME)
+                .and_then(|v| v.to_str().ok());
+            let max_frame = crate::wire::offered_max_frame(answer).filter(|_| offered);
+            Ok(Connected { ws, max_frame })
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 
-pub use connect::{ConnectError, Socket, connect};
+pub use connect::{ConnectError, Connected, Socket, connect, frame_offer};
 pub use error::SyncError;
 pub use settings::Settings;
 pub use target::{Mode, RemoteRef};
@@ -175,6 +175,19 @@ pub fn base_headers(
         h.push((headers::REPLICA_ID, id.to_string()));
     }
     h
+}
+
+/// Offers the server large frames unless the settings say not to.
+pub fn offer_frames(s: &Settings, hdrs: &mut Vec<(&'static str, String)>) {
+    if s.large_frames {
+        hdrs.push(frame_offer());
+    }
+}
+
+/// How our frames to this server are cut: large only when it answered our
+/// offer (see [`crate::wire::framing`]).
+pub fn framing_for(c: &Connected) -> crate::link::Framing {
+    crate::link::Framing::for_peer(c.max_frame)
 }
 
 /// Helper arguments shared by both sides.

@@ -21,7 +21,7 @@ use super::files::DashFile;
 use super::keys::{self, Candidates, Key, KeySource};
 use super::{ConnectError, RemoteRef, Settings, SyncError};
 use crate::helper::HelperCommand;
-use crate::link::{Controls, DriveSpec, Framing, drive};
+use crate::link::{Controls, DriveSpec, drive};
 use crate::sqlite::HashKind;
 use crate::sqlite::{self, FileState};
 use crate::ui::Printer;
@@ -222,8 +222,8 @@ pub async fn pull_once(
 ) -> Result<super::Report, SyncError> {
     let printer = s.printer;
     let started = Instant::now();
-    let ws = connect_pull(s, p, interrupt.clone()).await?;
-    let (outcome, sink) = match link_pull(s, p, ws, interrupt).await {
+    let conn = connect_pull(s, p, interrupt.clone()).await?;
+    let (outcome, sink) = match link_pull(s, p, conn, interrupt).await {
         Ok(x) => x,
         Err(e) => {
             remove_if_new(p);
@@ -270,7 +270,7 @@ async fn connect_pull(
     s: &Settings,
     p: &mut Plan,
     interrupt: watch::Receiver<bool>,
-) -> Result<super::Socket, SyncError> {
+) -> Result<super::Connected, SyncError> {
     let printer = s.printer;
     let client_id = super::client_id(s)?;
     let url = super::endpoint_url(&p.server, "pull", &p.remote_path);
@@ -278,6 +278,7 @@ async fn connect_pull(
         let mut h =
             super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
         h.push((headers::REPLICA_VERSION, p.version.header_value()));
+        super::offer_frames(s, &mut h);
         h
     };
     printer.verbose(&format!(
@@ -296,8 +297,8 @@ async fn connect_pull(
         }
     };
     let anonymous = p.key.source == KeySource::Anonymous;
-    let ws = match connected {
-        Ok(ws) => ws,
+    let conn = match connected {
+        Ok(c) => c,
         Err(
             e @ ConnectError::Http {
                 status: 401 | 403, ..
@@ -318,7 +319,7 @@ async fn connect_pull(
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(ws)
+    Ok(conn)
 }
 
 /// Checks the pulled copy against the server's versionHash, unless the
@@ -401,11 +402,11 @@ fn keep_pull_key(p: &mut Plan, pull: &str, printer: &Printer) -> Result<(), Sync
     Ok(())
 }
 
-/// Runs the REPLICA helper over `ws` with the pull's sink.
+/// Runs the REPLICA helper over the connection with the pull's sink.
 async fn link_pull(
     s: &Settings,
     p: &Plan,
-    ws: super::Socket,
+    conn: super::Connected,
     interrupt: watch::Receiver<bool>,
 ) -> Result<(Linked, PullSink), crate::link::DriveError> {
     let helper = HelperCommand::replica(&p.remote_path, &p.local)
@@ -421,7 +422,7 @@ async fn link_pull(
             after_first: after,
             ..Default::default()
         },
-        framing: Framing::CLIENT,
+        framing: super::framing_for(&conn),
         want_config: true,
         idle_timeout: s.idle_timeout,
         live_stderr: s.printer.verbose >= 2,
@@ -443,7 +444,7 @@ async fn link_pull(
     let printer = s.printer;
     let (ctx, progress) = super::observer(printer);
     let stats = ctx.stats.clone();
-    let res = drive(ws, spec, ctx, |feed| PullSink::new(feed, opts), interrupt).await;
+    let res = drive(conn.ws, spec, ctx, |feed| PullSink::new(feed, opts), interrupt).await;
     progress.finish();
     let (outcome, sink) = res?;
     Ok((Linked { outcome, stats }, sink))

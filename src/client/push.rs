@@ -22,7 +22,7 @@ use super::keys::{self, Candidates, Key, KeySource};
 use super::unchanged;
 use super::{RemoteRef, Settings};
 use crate::helper::HelperCommand;
-use crate::link::{Controls, DriveSpec, Framing, drive};
+use crate::link::{Controls, DriveSpec, drive};
 use crate::sqlite::{self, FileState};
 use crate::ui::Printer;
 use crate::wire::{ClientControl, Visibility, headers};
@@ -240,8 +240,8 @@ pub async fn run(
             tokio::task::spawn_blocking(move || sqlite::version_hash(&db))
         });
     let mut stop = interrupt.clone();
-    let mut ws = tokio::select! {
-        ws = super::connect(&url, &hdrs, s.idle_timeout) => ws?,
+    let mut conn = tokio::select! {
+        c = super::connect(&url, &hdrs, s.idle_timeout) => c?,
         _ = super::wait_true(&mut stop) => {
             printer.stderr("sqlrsync: interrupted; nothing was sent");
             return Ok(super::interrupted_exit());
@@ -250,7 +250,7 @@ pub async fn run(
 
     if let Some(local_hash) = probe_hash
         && let unchanged::Probe::Unchanged { config, wire_bytes } =
-            unchanged::probe(&mut ws, local_hash).await?
+            unchanged::probe(&mut conn.ws, local_hash).await?
     {
         unchanged_report(
             &p,
@@ -263,7 +263,7 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
 
-    let (outcome, stats) = link_push(s, &p, ws, interrupt).await?;
+    let (outcome, stats) = link_push(s, &p, conn, interrupt).await?;
     let interrupted = outcome.interrupted;
     if let Err(e) = super::verdict(&outcome, true) {
         if interrupted {
@@ -292,6 +292,7 @@ fn push_headers(s: &Settings, p: &Plan) -> anyhow::Result<Vec<(&'static str, Str
     {
         hdrs.push((headers::VISIBILITY, v.to_string()));
     }
+    super::offer_frames(s, &mut hdrs);
     Ok(hdrs)
 }
 
@@ -380,12 +381,12 @@ fn finish(
     Ok(report)
 }
 
-/// Runs the ORIGIN helper over `ws`: the commit message before the
-/// stream, CONFIG (and KEYREQUEST) at the first message boundary.
+/// Runs the ORIGIN helper over the connection: the commit message before
+/// the stream, CONFIG (and KEYREQUEST) right after its first frame.
 async fn link_push(
     s: &Settings,
     p: &Plan,
-    ws: super::Socket,
+    conn: super::Connected,
     interrupt: watch::Receiver<bool>,
 ) -> Result<(crate::link::Outcome, std::sync::Arc<crate::link::Stats>), crate::link::DriveError> {
     let name = if p.remote_path.is_empty() {
@@ -414,7 +415,7 @@ async fn link_push(
             after_first: after,
             at_end: None,
         },
-        framing: Framing::CLIENT,
+        framing: super::framing_for(&conn),
         want_config: false,
         idle_timeout: s.idle_timeout,
         live_stderr: s.printer.verbose >= 2,
@@ -422,7 +423,7 @@ async fn link_push(
     let printer = s.printer;
     let (ctx, progress) = super::observer(printer);
     let stats = ctx.stats.clone();
-    let linked = drive(ws, spec, ctx, |feed| feed, interrupt).await;
+    let linked = drive(conn.ws, spec, ctx, |feed| feed, interrupt).await;
     progress.finish();
     let (outcome, _) = linked?;
     Ok((outcome, stats))

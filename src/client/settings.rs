@@ -35,6 +35,10 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// `--subscribe`.
     pub subscribe: bool,
+    /// Offer the server large frames (SERVER.md "Extensions");
+    /// `SQLRSYNC_COMPAT_FRAMES=1` turns it off, so every frame is one the
+    /// clients that exist for sqlrsync.com would send.
+    pub large_frames: bool,
     /// What only a push uses.
     pub push: PushSettings,
     /// Keys from flags and environment.

@@ -151,7 +151,7 @@ async fn open(
         _ = wait_true(interrupt) => return Ok(Opened::Stopped),
     };
     match ws {
-        Ok(ws) => Ok(Opened::Socket(Box::new(ws))),
+        Ok(c) => Ok(Opened::Socket(Box::new(c.ws))),
         Err(e) if e.retryable() => {
             s.printer.note(&format!(
                 "sqlrsync: {e:#}; reconnecting in {:.1}s",

@@ -1,71 +1,76 @@
 //! Helper stdout -> binary frames.
 //!
-//! What is ready on the helper's stdout is read into frames of at most
-//! [`Framing::max_frame`] bytes and queued for the writer. A
-//! [`StreamParser`] follows the stream as it goes, for three reasons: the
-//! summaries (did the helper report an error, did the stream end), the
-//! progress counts, and the one rule for our own control frames
-//! (PROTOCOL.md section 3): they go out only where a message of the stream
-//! ends, so the receiver's [`crate::wire::classify`] tells them apart.
-//! Output that is not a sqlite3_rsync stream stops the pump (its own
-//! helper wrote something nobody can follow), so no control frame ever
-//! lands inside a message.
+//! What is ready on the helper's stdout is read, followed by a
+//! [`StreamParser`], and cut into frames under a [`Framing`] policy. The
+//! parser is there for four reasons: the summaries (did the helper report
+//! an error, did the stream end), the progress counts, the cuts (every
+//! frame starts at a message boundary and holds whole messages, as the
+//! clients that exist for sqlrsync.com need: PROTOCOL.md section 3), and
+//! the one rule for our own control frames: they go out only where a
+//! message of the stream ends, so the receiver's [`crate::wire::classify`]
+//! tells them apart. Since every frame ends at a boundary, a control frame
+//! may follow any frame. Output that is not a sqlite3_rsync stream stops
+//! the pump (its own helper wrote something nobody can follow), so no
+//! control frame ever lands inside a message.
 //!
-//! How bytes are cut into frames is the [`Framing`] policy, a value chosen
-//! by the caller, not code in each caller.
+//! How large the frames are is the [`Framing`] value the caller chose for
+//! its peer ([`Framing::for_peer`]), not code in each caller. Frames are
+//! split off the read buffer without copying.
 
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::writer::{Out, OutTx};
 use super::{Observer, Stats};
-use crate::wire::{Direction, OriginSummary, ReplicaSummary, StreamError, StreamParser};
+use crate::wire::{
+    COMPAT_MAX_FRAME, Direction, ORIGIN_END, OriginSummary, ReplicaSummary, StreamError,
+    StreamParser, is_control_byte,
+};
 
-/// How the helper's output is cut into frames.
+/// How the helper's output is cut into frames. Every frame starts at a
+/// message boundary and holds whole messages; a message larger than a
+/// frame goes in pieces of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Framing {
-    /// Largest binary frame sent (with `whole_messages`, a single message
-    /// larger than this still goes whole, in a frame of its own).
+    /// Largest binary frame sent.
     pub max_frame: usize,
-    /// Gather what is already in the pipe into one frame (one read that
-    /// may wait, then more only while data is there); otherwise each read
-    /// of the pipe is one frame.
-    pub coalesce: bool,
-    /// Every frame starts at a message boundary and holds whole messages
-    /// (a message read in part waits for its rest). Then our control
-    /// frames may follow any frame.
-    pub whole_messages: bool,
-    /// Messages (by their first byte) sent in a frame of their own; only
-    /// with `whole_messages`.
+    /// Messages (by their first byte) sent in a frame of their own.
     pub alone: &'static [u8],
 }
 
 impl Framing {
-    /// The client's policy: frames up to 64 KiB, gathered from what is
-    /// ready, so a page stream travels in few large frames.
-    pub const CLIENT: Framing = Framing {
-        max_frame: 64 * 1024,
-        coalesce: true,
-        whole_messages: false,
-        alone: &[],
+    /// For a peer that did not offer larger frames (PROTOCOL.md section 3):
+    /// at most 4101 bytes, ORIGIN_END alone. NEWREPLICAVERSION is a
+    /// control frame, alone anyway.
+    pub const COMPAT: Framing = Framing {
+        max_frame: COMPAT_MAX_FRAME,
+        alone: &[ORIGIN_END],
     };
-    /// The server's policy (pull pages, push replica hashes): one frame
-    /// per read of the pipe, up to 64 KiB.
-    pub const SERVER: Framing = Framing {
+    /// Between peers that agreed on large frames (SERVER.md "Extensions"):
+    /// 64 KiB gathered from what is ready, so a page stream travels in few
+    /// frames.
+    pub const LARGE: Framing = Framing {
         max_frame: 64 * 1024,
-        coalesce: false,
-        whole_messages: false,
-        alone: &[],
+        alone: &[ORIGIN_END],
     };
+
+    /// The policy for a peer that offered frames of up to `offer` bytes
+    /// (see [`crate::wire::offered_max_frame`]), or none.
+    pub fn for_peer(offer: Option<usize>) -> Framing {
+        match offer {
+            Some(n) if n > COMPAT_MAX_FRAME => Framing {
+                max_frame: n.min(Framing::LARGE.max_frame),
+                ..Framing::LARGE
+            },
+            _ => Framing::COMPAT,
+        }
+    }
 
     /// Bytes read from the pipe at a time.
     fn read_size(&self) -> usize {
-        if self.whole_messages {
-            self.max_frame.max(64 * 1024)
-        } else {
-            self.max_frame
-        }
+        self.max_frame.max(64 * 1024)
     }
 }
 
@@ -74,8 +79,7 @@ impl Framing {
 pub struct Controls {
     /// Before any stream data (COMMITMESSAGE).
     pub before: Vec<Vec<u8>>,
-    /// At the first message boundary after the first stream frame (CONFIG,
-    /// KEYREQUEST).
+    /// Right after the first stream frame (CONFIG, KEYREQUEST).
     pub after_first: Vec<Vec<u8>>,
     /// Once the stream ended (a boundary by definition): called once, its
     /// frames are sent then (NEWREPLICAVERSION).
@@ -83,9 +87,9 @@ pub struct Controls {
 }
 
 impl Controls {
-    /// The control frames due at a message boundary: those that follow the
-    /// first stream frame once it went out, and the end's once the stream
-    /// ended. Each is handed out once.
+    /// The control frames due now: those that follow the first stream
+    /// frame once it went out, and the end's once the stream ended. Each
+    /// is handed out once.
     fn due(&mut self, sent_first: bool, ended: bool) -> Vec<Vec<u8>> {
         let mut now = Vec::new();
         if sent_first {
@@ -145,7 +149,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
         all_queued: true,
     };
     for f in std::mem::take(&mut controls.before) {
-        q.send(f).await;
+        q.send(Bytes::from(f)).await;
     }
     let mut sent_first = false;
     let mut framer = Framer::new(framing);
@@ -153,21 +157,22 @@ pub async fn pump<R: AsyncRead + Unpin>(
         if !q.open && !ctx.keep_reading {
             break;
         }
-        let mut buf = Vec::with_capacity(framing.read_size());
-        let eof = match read_frame(&mut stdout, &mut buf, framing.coalesce).await {
+        let before = framer.pending.len();
+        let eof = match read_more(&mut stdout, &mut framer.pending, framing.read_size()).await {
             Ok(eof) => eof,
             Err(e) => {
                 res.error = Some(PumpError::Read(e));
                 break;
             }
         };
-        if !buf.is_empty() {
-            let n = buf.len();
-            let parsed = parser.feed(&buf, |m| {
+        let n = framer.pending.len() - before;
+        if n > 0 {
+            let lens = &mut framer.lens;
+            let parsed = parser.feed(&framer.pending[before..], |m| {
                 ctx.stats.note_message(&m);
                 res.origin.observe(&m);
                 res.replica.observe(&m);
-                framer.message(m.wire_len());
+                lens.push(m.wire_len());
             });
             if let Err(e) = parsed {
                 res.error = Some(PumpError::Stream(e));
@@ -177,15 +182,13 @@ pub async fn pump<R: AsyncRead + Unpin>(
             if let Some(o) = &ctx.observer {
                 o.progress(&ctx.stats);
             }
-            for f in framer.frames(buf, eof) {
-                q.send(f).await;
-            }
+        }
+        for f in framer.cut(eof) {
+            q.send(f).await;
             sent_first = true;
         }
-        if framing.whole_messages || parser.at_boundary() {
-            for f in controls.due(sent_first, parser.ended()) {
-                q.send(f).await;
-            }
+        for f in controls.due(sent_first, parser.ended()) {
+            q.send(Bytes::from(f)).await;
         }
         if eof {
             break;
@@ -208,65 +211,72 @@ pub async fn pump<R: AsyncRead + Unpin>(
 /// Cuts what was read into frames per [`Framing`].
 struct Framer {
     framing: Framing,
-    /// Read but not sent (starts at a message boundary).
-    pending: Vec<u8>,
-    /// Messages completed in `pending`: (start, end).
-    spans: Vec<(usize, usize)>,
-    /// Where the next message starts in `pending`.
-    cursor: usize,
+    /// Read but not sent; starts at a message boundary.
+    pending: BytesMut,
+    /// Lengths of the messages completed in `pending`, in order.
+    lens: Vec<usize>,
 }
 
 impl Framer {
     fn new(framing: Framing) -> Framer {
         Framer {
             framing,
-            pending: Vec::new(),
-            spans: Vec::new(),
-            cursor: 0,
+            pending: BytesMut::new(),
+            lens: Vec::new(),
         }
     }
 
-    /// The parser completed a message of `len` bytes.
-    fn message(&mut self, len: usize) {
-        if self.framing.whole_messages {
-            self.spans.push((self.cursor, self.cursor + len));
-            self.cursor += len;
-        }
-    }
-
-    /// The frames to send now for `buf`, just read (and parsed).
-    fn frames(&mut self, buf: Vec<u8>, eof: bool) -> Vec<Vec<u8>> {
-        if !self.framing.whole_messages {
-            return vec![buf];
-        }
-        self.pending.extend_from_slice(&buf);
+    /// Splits the frames due off `pending`: every completed message, in
+    /// frames of whole messages of at most `max_frame` bytes; a message in
+    /// `alone`, or larger than a frame, in frames of its own. What follows
+    /// the last complete message waits for its rest, unless the helper's
+    /// output ended (`eof`): a message cut short is then sent as it is,
+    /// for the peer's parser to refuse.
+    fn cut(&mut self, eof: bool) -> Vec<Bytes> {
         let max = self.framing.max_frame;
-        let mut frames = Vec::new();
-        let mut start = 0;
-        for &(s, e) in &self.spans {
+        let mut sizes = Vec::new();
+        let (mut frame_start, mut pos) = (0, 0);
+        for &len in &self.lens {
+            let (s, e) = (pos, pos + len);
+            pos = e;
             let alone = self.framing.alone.contains(&self.pending[s]);
-            if s > start && (alone || e - start > max) {
-                frames.push(self.pending[start..s].to_vec());
-                start = s;
+            if s > frame_start && (alone || e - frame_start > max) {
+                sizes.push(s - frame_start);
+                frame_start = s;
             }
-            if alone {
-                frames.push(self.pending[s..e].to_vec());
-                start = e;
+            if alone || len > max {
+                pieces(&self.pending[s..e], max, &mut sizes);
+                frame_start = e;
             }
         }
-        let done = self.cursor;
-        if done > start {
-            frames.push(self.pending[start..done].to_vec());
+        if pos > frame_start {
+            sizes.push(pos - frame_start);
         }
-        self.spans.clear();
-        self.pending.drain(..done);
-        self.cursor = 0;
+        self.lens.clear();
+        let mut frames: Vec<Bytes> = sizes
+            .into_iter()
+            .map(|n| self.pending.split_to(n).freeze())
+            .collect();
         if eof && !self.pending.is_empty() {
-            // A message cut short by the helper's end: sent as it is, for
-            // the peer's parser to refuse.
-            frames.push(std::mem::take(&mut self.pending));
+            frames.push(self.pending.split().freeze());
         }
         frames
+    }
+}
+
+/// The frame sizes for one message: pieces of at most `max` bytes. A piece
+/// after the first never starts with a byte a strict receiver takes for a
+/// frame of its own (ORIGIN_END, a control byte): the cut moves back.
+fn pieces(msg: &[u8], max: usize, sizes: &mut Vec<usize>) {
+    let mut at = 0;
+    while at < msg.len() {
+        let mut end = (at + max).min(msg.len());
+        while end < msg.len() && end > at + 1 && (msg[end] == ORIGIN_END || is_control_byte(msg[end]))
+        {
+            end -= 1;
+        }
+        sizes.push(end - at);
+        at = end;
     }
 }
 
@@ -280,7 +290,7 @@ struct Queue {
 }
 
 impl Queue {
-    async fn send(&mut self, frame: Vec<u8>) {
+    async fn send(&mut self, frame: Bytes) {
         if self.open && self.out.send(Out::binary(frame)).await.is_ok() {
             return;
         }
@@ -289,27 +299,25 @@ impl Queue {
     }
 }
 
-/// Reads one frame's worth into `buf` (empty, with the frame size as
-/// capacity). Returns true at EOF.
-async fn read_frame<R: AsyncRead + Unpin>(
+/// Reads into `buf`: one read that may wait, then more while data is
+/// ready, `max` bytes at most in all. Returns true at EOF.
+async fn read_more<R: AsyncRead + Unpin>(
     r: &mut R,
-    buf: &mut Vec<u8>,
-    coalesce: bool,
+    buf: &mut BytesMut,
+    max: usize,
 ) -> std::io::Result<bool> {
     use futures_util::FutureExt;
-    let max = buf.capacity();
-    if r.read_buf(buf).await? == 0 {
+    buf.reserve(max);
+    let mut got = (&mut *r).take(max as u64).read_buf(buf).await?;
+    if got == 0 {
         return Ok(true);
     }
-    if !coalesce {
-        return Ok(false);
-    }
-    while buf.len() < max {
-        // Never past the frame size: read_buf would grow the Vec.
-        let mut limited = (&mut *r).take((max - buf.len()) as u64);
+    while got < max {
+        // Never past `max`: read_buf would read all the spare capacity.
+        let mut limited = (&mut *r).take((max - got) as u64);
         match limited.read_buf(buf).now_or_never() {
             Some(Ok(0)) => return Ok(true),
-            Some(Ok(_)) => {}
+            Some(Ok(n)) => got += n,
             Some(Err(e)) => return Err(e),
             None => break,
         }
@@ -325,33 +333,39 @@ mod tests {
     use tokio::sync::mpsc;
 
     #[tokio::test]
-    async fn coalesces_what_is_ready() {
+    async fn reads_what_is_ready_up_to_the_limit() {
         let (mut a, mut b) = tokio::io::duplex(256 * 1024);
         for _ in 0..10 {
             a.write_all(&[7u8; 10_000]).await.unwrap();
         }
-        let max = Framing::CLIENT.max_frame;
-        let mut buf = Vec::with_capacity(max);
-        let eof = read_frame(&mut b, &mut buf, true).await.unwrap();
+        let max = 64 * 1024;
+        let mut buf = BytesMut::new();
+        let eof = read_more(&mut b, &mut buf, max).await.unwrap();
         assert_eq!((buf.len(), eof), (max, false));
-        let mut buf = Vec::with_capacity(max);
-        let eof = read_frame(&mut b, &mut buf, true).await.unwrap();
+        let mut buf = BytesMut::new();
+        let eof = read_more(&mut b, &mut buf, max).await.unwrap();
         assert_eq!((buf.len(), eof), (100_000 - max, false));
         drop(a);
-        let mut buf = Vec::with_capacity(max);
-        let eof = read_frame(&mut b, &mut buf, true).await.unwrap();
+        let mut buf = BytesMut::new();
+        let eof = read_more(&mut b, &mut buf, max).await.unwrap();
         assert_eq!((buf.len(), eof), (0, true));
     }
 
     /// An ORIGIN stream as the helper writes it: BEGIN, `pages` pages of
     /// 4 KiB, TXN, END.
     fn origin_stream(pages: u32) -> Vec<u8> {
-        let mut s = vec![0x41, 2, 12];
+        origin_stream_of(pages, 12, |p, _| (p % 251) as u8)
+    }
+
+    /// The same with pages of `2^log2` bytes whose byte `i` of page `p`
+    /// is `fill(p, i)`.
+    fn origin_stream_of(pages: u32, log2: u8, fill: impl Fn(u32, usize) -> u8) -> Vec<u8> {
+        let mut s = vec![0x41, 2, log2];
         s.extend_from_slice(&pages.to_be_bytes());
         for p in 1..=pages {
             s.push(0x44);
             s.extend_from_slice(&p.to_be_bytes());
-            s.extend(std::iter::repeat_n((p % 251) as u8, 4096));
+            s.extend((0..1usize << log2).map(|i| fill(p, i)));
         }
         s.push(0x45);
         s.extend_from_slice(&pages.to_be_bytes());
@@ -392,47 +406,80 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn whole_message_framing_starts_every_frame_at_a_boundary() {
-        let stream = origin_stream(20);
-        let framing = Framing {
-            max_frame: 4101,
-            coalesce: true,
-            whole_messages: true,
-            alone: &[0x42],
-        };
+    /// Pumps `stream` through a trickling pipe under `framing`; the
+    /// frames sent, in order.
+    async fn frames_of(stream: &[u8], framing: Framing, controls: Controls) -> Vec<Bytes> {
         let reader = Trickle {
-            data: stream.clone(),
+            data: stream.to_vec(),
             pos: 0,
             step: 0,
             polls: 0,
         };
-        let (tx, mut rx) = mpsc::channel::<Out>(1024);
+        let (tx, mut rx) = mpsc::channel::<Out>(1 << 16);
         let ctx = PumpCtx {
             stats: Arc::new(Stats::default()),
             observer: None,
             keep_reading: true,
         };
+        let res = pump(reader, Direction::FromOrigin, framing, controls, tx, ctx).await;
+        assert!(res.error.is_none(), "{:?}", res.error);
+        assert!(res.origin.complete() && res.all_queued);
+        let mut frames = Vec::new();
+        while let Ok(Out::Binary(f)) = rx.try_recv() {
+            frames.push(f);
+        }
+        frames
+    }
+
+    /// Checks what a strict client needs of `frames` (PROTOCOL.md section
+    /// 3) and returns the stream they carry.
+    fn strictly_framed(frames: &[Bytes], max: usize) -> Vec<u8> {
+        let mut p = StreamParser::new(Direction::FromOrigin);
+        let mut data = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            if p.at_boundary()
+                && let FrameKind::Control(_) = classify(f, true)
+            {
+                continue;
+            }
+            assert!(f.len() <= max, "frame {i} of {}", f.len());
+            let last = i + 1 == frames.len();
+            assert!(f[0] != 0x42 || (last && f.len() == 1), "frame {i} looks like ORIGIN_END");
+            p.feed(f, |_| {}).unwrap();
+            data.extend_from_slice(f);
+        }
+        data
+    }
+
+    #[tokio::test]
+    async fn compatible_framing_starts_every_frame_at_a_boundary() {
+        let stream = origin_stream(20);
         let controls = Controls {
             after_first: vec![crate::wire::ClientControl::Config.encode()],
             ..Default::default()
         };
-        let res = pump(reader, Direction::FromOrigin, framing, controls, tx, ctx).await;
-        assert!(res.error.is_none() && res.origin.complete());
+        let frames = frames_of(&stream, Framing::COMPAT, controls).await;
         let mut p = StreamParser::new(Direction::FromOrigin);
-        let (mut data, mut frames) = (Vec::new(), Vec::new());
-        while let Ok(Out::Binary(f)) = rx.try_recv() {
+        for f in &frames {
             assert!(p.at_boundary(), "a frame starts mid-message");
-            if let FrameKind::Control(_) = classify(&f, true) {
-                continue;
+            if let FrameKind::Stream = classify(f, true) {
+                p.feed(f, |_| {}).unwrap();
             }
-            assert!(f.len() <= 4101, "frame of {}", f.len());
-            p.feed(&f, |_| {}).unwrap();
-            data.extend_from_slice(&f);
-            frames.push(f);
         }
-        assert_eq!(data, stream);
+        assert_eq!(strictly_framed(&frames, 4101), stream);
         assert_eq!(&frames.last().unwrap()[..], &[0x42], "ORIGIN_END alone");
+    }
+
+    #[tokio::test]
+    async fn pages_larger_than_a_frame_go_in_pieces_that_never_look_like_an_end() {
+        // 64 KiB pages full of 0x42 and control bytes, where cuts would go.
+        let fill = |p: u32, i: usize| [0x42, 0x51, 0x52, 0x53, 0x54, p as u8][i % 6];
+        let stream = origin_stream_of(5, 16, fill);
+        let frames = frames_of(&stream, Framing::COMPAT, Controls::default()).await;
+        assert_eq!(strictly_framed(&frames, 4101), stream);
+        assert!(frames.len() > 5 * 16, "{} frames", frames.len());
+        let large = frames_of(&stream, Framing::LARGE, Controls::default()).await;
+        assert_eq!(strictly_framed(&large, 64 * 1024), stream);
     }
 
     #[tokio::test]
@@ -464,7 +511,7 @@ mod tests {
         let res = pump(
             reader,
             Direction::FromOrigin,
-            Framing::CLIENT,
+            Framing::LARGE,
             controls,
             tx,
             ctx,
@@ -479,7 +526,7 @@ mod tests {
         let mut stream_frames = 0;
         while let Ok(Out::Binary(f)) = rx.try_recv() {
             assert!(
-                !f.is_empty() && f.len() <= Framing::CLIENT.max_frame,
+                !f.is_empty() && f.len() <= Framing::LARGE.max_frame,
                 "frame of {}",
                 f.len()
             );

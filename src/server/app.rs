@@ -34,6 +34,9 @@ pub struct ServeConfig {
     pub max_sessions: usize,
     /// Largest websocket frame/message accepted, in bytes.
     pub max_frame: usize,
+    /// Offer and send large frames to clients that offer them (SERVER.md
+    /// "Extensions"); off: every client gets compatible frames.
+    pub large_frames: bool,
     /// zstd level for stored pages (0: none).
     pub compression: i32,
     /// Largest database a push may announce; also scales how much a pull
@@ -56,10 +59,34 @@ impl ServeConfig {
             tls: None,
             max_sessions: 256,
             max_frame: 1024 * 1024,
+            large_frames: true,
             compression: super::store::DEFAULT_COMPRESSION,
             max_db_bytes: crate::wire::DEFAULT_MAX_DB_BYTES,
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// How to frame what a session sends its client, from the offer in
+    /// the upgrade request (see [`crate::wire::framing`]).
+    pub fn framing_for(&self, h: &axum::http::HeaderMap) -> crate::link::Framing {
+        crate::link::Framing::for_peer(self.large_frame_offer(h))
+    }
+
+    /// The client's offer of large frames, when we take it.
+    fn large_frame_offer(&self, h: &axum::http::HeaderMap) -> Option<usize> {
+        let v = h.get(crate::wire::headers::MAX_FRAME)?.to_str().ok();
+        crate::wire::offered_max_frame(v).filter(|_| self.large_frames)
+    }
+
+    /// Answers a client's offer of large frames on the upgrade response
+    /// with our own limit; a client that offered none gets no header.
+    pub fn answer_offer(&self, h: &axum::http::HeaderMap, resp: &mut axum::response::Response) {
+        if self.large_frame_offer(h).is_some() {
+            resp.headers_mut().insert(
+                crate::wire::headers::MAX_FRAME,
+                axum::http::HeaderValue::from(self.max_frame),
+            );
         }
     }
 

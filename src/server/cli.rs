@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// Largest websocket frame accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub max_frame: usize,
+    /// Never offer or send frames over 4101 bytes, even to clients that
+    /// offer to take them (by default our own client and server agree on
+    /// 64 KiB frames; see SERVER.md "Extensions").
+    #[arg(long)]
+    pub compat_frames: bool,
     /// zstd level for stored pages (0 stores them uncompressed).
     #[arg(long, default_value_t = store::DEFAULT_COMPRESSION, value_name = "LEVEL",
           value_parser = clap::value_parser!(i32).range(0..=19))]
@@ -374,6 +379,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             tls,
             max_sessions: a.max_connections.max(1),
             max_frame: a.max_frame.max(64 * 1024),
+            large_frames: !a.compat_frames,
             compression: a.compression,
             max_db_bytes: a.max_db_size,
             idle_timeout: std::time::Duration::from_secs(a.idle_timeout),

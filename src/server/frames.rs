@@ -4,8 +4,10 @@
 //!
 //! A frame is a control frame (PROTOCOL.md section 3) only when it is a
 //! whole binary frame that starts at a message boundary of the stream with
-//! one of sqlrsync's bytes; every other binary frame is stream bytes, which
-//! are parsed ([`StreamParser`]) and judged against [`StreamLimits`]. The
+//! one of sqlrsync's bytes, or a one-byte CONFIG or KEYREQUEST right after
+//! the client's first stream frame ([`ClientFrames`]: the clients that exist
+//! send them there, even mid-message); every other binary frame is stream
+//! bytes, which are parsed ([`StreamParser`]) and judged against [`StreamLimits`]. The
 //! limits exist because a client controls how long a stream is: without
 //! them a push could announce a database of any size, send the same valid
 //! page forever, or repeat ORIGIN_BEGIN (each one restarts the replica's
@@ -15,8 +17,8 @@ use std::collections::BTreeSet;
 
 use crate::ui::human_bytes;
 use crate::wire::{
-    ClientControl, DEFAULT_MAX_DB_BYTES, Direction, FrameKind, MAX_CONTROL_FRAMES, Message,
-    OVERHEAD_BASE, OVERHEAD_PER_PAGE, OriginSummary, StreamParser, classify,
+    ClientControl, ClientFrames, DEFAULT_MAX_DB_BYTES, Direction, FrameKind, MAX_CONTROL_FRAMES,
+    Message, OVERHEAD_BASE, OVERHEAD_PER_PAGE, OriginSummary, StreamParser,
 };
 
 /// A websocket data frame from the client.
@@ -77,6 +79,8 @@ pub struct PushFrames {
     limits: StreamLimits,
     /// Finds message boundaries and checks the stream's own rules.
     parser: StreamParser,
+    /// Tells control frames from stream bytes.
+    kinds: ClientFrames,
     /// What the origin said: page size, final count, errors, end.
     summary: OriginSummary,
     /// Page numbers the stream carried (the commit checks only these).
@@ -168,6 +172,7 @@ impl PushFrames {
         PushFrames {
             limits,
             parser: StreamParser::new(Direction::FromOrigin),
+            kinds: ClientFrames::default(),
             summary: OriginSummary::default(),
             sent_pages: BTreeSet::new(),
             prefix: Vec::new(),
@@ -189,7 +194,7 @@ impl PushFrames {
             }
             Frame::Binary(d) => d,
         };
-        match classify(data, self.parser.at_boundary()) {
+        match self.kinds.classify(data, self.parser.at_boundary()) {
             FrameKind::Empty => return Ok(PushAction::Skip),
             FrameKind::Control(_) => return self.control(data),
             FrameKind::Stream => {}
@@ -376,6 +381,8 @@ pub enum PullAction {
 pub struct PullFrames {
     /// Checks the REPLICA stream's own rules and finds boundaries.
     parser: StreamParser,
+    /// Tells control frames from stream bytes.
+    kinds: ClientFrames,
     /// Control frames so far ([`MAX_CONTROL_FRAMES`]).
     controls: u32,
     /// Bytes the client may send in all: the client's hashes describe its
@@ -392,6 +399,7 @@ impl PullFrames {
         let pages = (limits.max_db_bytes / page_size.max(512) as u64).max(version_pages as u64);
         PullFrames {
             parser: StreamParser::new(Direction::FromReplica),
+            kinds: ClientFrames::default(),
             controls: 0,
             budget: OVERHEAD_BASE.saturating_add(OVERHEAD_PER_PAGE.saturating_mul(pages)),
             received: 0,
@@ -406,7 +414,7 @@ impl PullFrames {
             }
             Frame::Binary(d) => d,
         };
-        let kind = classify(data, self.parser.at_boundary());
+        let kind = self.kinds.classify(data, self.parser.at_boundary());
         if kind == FrameKind::Empty {
             return Ok(PullAction::Skip);
         }
@@ -476,11 +484,12 @@ mod tests {
         let mut p = PushFrames::new(small());
         let msg = ClientControl::CommitMessage("m".into()).encode();
         assert_eq!(p.frame(Frame::Binary(&msg)), Ok(PushAction::Skip));
-        assert_eq!(p.frame(Frame::Binary(&[0x41, 2])), Ok(PushAction::Buffered));
+        assert_eq!(p.frame(Frame::Binary(&[0x41])), Ok(PushAction::Buffered));
+        assert_eq!(p.frame(Frame::Binary(&[2])), Ok(PushAction::Buffered));
         assert_eq!(
             p.frame(Frame::Binary(&[0x51])),
             Ok(PushAction::Buffered),
-            "0x51 inside a message is stream data"
+            "0x51 inside a message (not right after the first frame) is stream data"
         );
         assert_eq!(p.message(), "m");
         let err = PushFrames::new(small())
@@ -605,5 +614,36 @@ mod tests {
             }
         }
         assert!(err.unwrap().0.contains("sent more than"));
+    }
+
+    #[test]
+    fn config_after_a_first_frame_that_ends_mid_message() {
+        // An existing client's first frame is one pipe read: here it ends
+        // inside a REPLICA_HASH; CONFIG and KEYREQUEST follow at once.
+        let mut p = PullFrames::new(small(), 4, 4096);
+        let mut first = vec![0x61, 2];
+        first.extend_from_slice(&[0x64; 10]);
+        assert_eq!(p.frame(Frame::Binary(&first)), Ok(PullAction::Forward));
+        assert_eq!(
+            p.frame(Frame::Binary(&[0x51])),
+            Ok(PullAction::Control(ClientControl::Config))
+        );
+        assert_eq!(
+            p.frame(Frame::Binary(&[0x53])),
+            Ok(PullAction::Control(ClientControl::KeyRequest))
+        );
+        assert_eq!(p.frame(Frame::Binary(&[0x64; 11])), Ok(PullAction::Forward));
+        // The same on a push, before ORIGIN_BEGIN is even whole.
+        let mut f = PushFrames::new(small());
+        assert_eq!(f.frame(Frame::Binary(&[0x41, 2])), Ok(PushAction::Buffered));
+        assert_eq!(
+            f.frame(Frame::Binary(&[0x51])),
+            Ok(PushAction::Control(ClientControl::Config))
+        );
+        let rest = [9, 0, 0, 0, 4];
+        assert!(matches!(
+            f.frame(Frame::Binary(&rest)),
+            Ok(PushAction::Start { page_size: 512, .. })
+        ));
     }
 }

@@ -26,6 +26,12 @@ use crate::helper::HelperCommand;
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
 use crate::wire::{CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig};
 
+/// How long a pull whose stream went out whole waits for the client to
+/// close before closing itself (PROTOCOL.md section 3): the clients that
+/// exist close once their replica finished, and drop the frames they have
+/// not read yet when the server closes first.
+const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 struct PullContext {
     /// The replica.
     replica: ReplicaRow,
@@ -35,6 +41,8 @@ struct PullContext {
     key: Option<KeyRecord>,
     /// Connection-limit permit.
     _permit: OwnedSemaphorePermit,
+    /// How our frames to this client are cut.
+    framing: Framing,
 }
 
 pub async fn handler(
@@ -52,10 +60,15 @@ pub async fn handler(
         version,
         key: reader.key,
         _permit: reader.permit,
+        framing: st.config.framing_for(&h),
     };
-    ws.max_frame_size(st.config.max_frame)
+    let config = st.config.clone();
+    let mut resp = ws
+        .max_frame_size(st.config.max_frame)
         .max_message_size(st.config.max_frame)
-        .on_upgrade(move |socket| session(socket, st, ctx))
+        .on_upgrade(move |socket| session(socket, st, ctx));
+    config.answer_offer(&h, &mut resp);
+    resp
 }
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
@@ -135,7 +148,13 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
         state: st.store.replica_state(&ctx.replica),
         pulled: n,
     };
-    let pump = tokio::spawn(pump_origin(stdout, link.out.clone(), ended_tx, newer));
+    let pump = tokio::spawn(pump_origin(
+        stdout,
+        ctx.framing,
+        link.out.clone(),
+        ended_tx,
+        newer,
+    ));
     let mut serve = Serve {
         st,
         ctx,
@@ -147,6 +166,7 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
         ),
         pull_key: PullKey::default(),
         origin_ended: false,
+        client_closed: false,
     };
     let summary = serve.serve(link, pump, ended_rx).await?;
     drop(serve.stdin.take());
@@ -159,6 +179,7 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
         return Err(Abort::Server("the origin side stopped early".into()));
     }
     serve.pull_key.store(st)?;
+    serve.await_close(link).await;
     Ok(summary.pages_sent)
 }
 
@@ -172,6 +193,8 @@ struct Serve<'a> {
     pull_key: PullKey,
     /// ORIGIN_END went out.
     origin_ended: bool,
+    /// The client closed (or its connection ended).
+    client_closed: bool,
 }
 
 impl Serve<'_> {
@@ -206,6 +229,7 @@ impl Serve<'_> {
                 frame = recv(&mut link.rx, &activity) => {
                     let msg = match frame {
                         None | Some(Ok(Frame::Close(..))) => {
+                            self.client_closed = true;
                             if self.origin_ended {
                                 // The client has everything; wait for the helper.
                                 self.stdin = None;
@@ -227,6 +251,32 @@ impl Serve<'_> {
             summary.errors.push(format!("helper stream: {e}"));
         }
         Ok(summary)
+    }
+
+    /// Once the whole stream went out: waits (at most [`CLIENT_CLOSE_WAIT`])
+    /// for the client to close, dropping what it still sends.
+    async fn await_close(&mut self, link: &mut Session) {
+        if self.client_closed {
+            return;
+        }
+        let mut shutdown = self.st.shutdown.clone();
+        let activity = link.activity.clone();
+        let waited = tokio::time::timeout(CLIENT_CLOSE_WAIT, async {
+            loop {
+                tokio::select! {
+                    f = recv(&mut link.rx, &activity) => match f {
+                        None | Some(Ok(Frame::Close(..)) | Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    },
+                    _ = super::app::stopped(&mut shutdown) => break,
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::debug!(path = %self.ctx.replica.path, "the client did not close; closing");
+        }
+        self.client_closed = true;
     }
 
     /// Does what [`PullFrames`] decides for a client frame.
@@ -281,6 +331,7 @@ struct NewerCheck {
 
 async fn pump_origin(
     stdout: tokio::process::ChildStdout,
+    framing: Framing,
     out: OutTx,
     ended: oneshot::Sender<()>,
     newer: NewerCheck,
@@ -312,7 +363,7 @@ async fn pump_origin(
     pump(
         stdout,
         Direction::FromOrigin,
-        Framing::SERVER,
+        framing,
         controls,
         out,
         ctx,

@@ -42,6 +42,8 @@ struct PushContext {
     key: KeyRecord,
     /// The session permit (connection limit, shutdown wait).
     _permit: OwnedSemaphorePermit,
+    /// How our frames to this client are cut.
+    framing: Framing,
 }
 
 pub async fn handler(
@@ -55,12 +57,17 @@ pub async fn handler(
             replica: p.replica,
             key: p.key,
             _permit: p.permit,
+            framing: st.config.framing_for(&headers_in),
         },
         Err(r) => return r.into_response(),
     };
-    ws.max_frame_size(st.config.max_frame)
+    let config = st.config.clone();
+    let mut resp = ws
+        .max_frame_size(st.config.max_frame)
         .max_message_size(st.config.max_frame)
-        .on_upgrade(move |socket| session(socket, st, ctx))
+        .on_upgrade(move |socket| session(socket, st, ctx));
+    config.answer_offer(&headers_in, &mut resp);
+    resp
 }
 
 async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
@@ -298,7 +305,8 @@ impl Push<'_> {
                 tracing::debug!(secs = t.elapsed().as_secs_f64(), "staging copy ready");
                 let mut h = spawn_helper(&HelperCommand::replica(&r.path, &guard.0))?;
                 let stdout = h.stdout.take().expect("piped stdout");
-                self.pump = Some(tokio::spawn(pump_replica(stdout, self.out.clone())));
+                let pumped = pump_replica(stdout, ctx.framing, self.out.clone());
+                self.pump = Some(tokio::spawn(pumped));
                 self.staging = Some(guard);
                 write_helper(&mut h, &bytes, st.config.idle_timeout).await?;
                 self.helper = Some(h);
@@ -581,7 +589,11 @@ async fn write_helper(h: &mut Helper, data: &[u8], limit: Duration) -> Result<()
 
 /// Carries the helper's REPLICA stream (its hashes and its verdict) to
 /// the client, following it for REPLICA_ERROR (the helper always exits 0).
-async fn pump_replica(stdout: tokio::process::ChildStdout, out: OutTx) -> PumpEnd {
+async fn pump_replica(
+    stdout: tokio::process::ChildStdout,
+    framing: Framing,
+    out: OutTx,
+) -> PumpEnd {
     let ctx = PumpCtx {
         stats: std::sync::Arc::new(Stats::default()),
         observer: None,
@@ -590,7 +602,7 @@ async fn pump_replica(stdout: tokio::process::ChildStdout, out: OutTx) -> PumpEn
     pump(
         stdout,
         Direction::FromReplica,
-        Framing::SERVER,
+        framing,
         Controls::default(),
         out,
         ctx,

@@ -26,6 +26,10 @@ pub use crate::link::Activity;
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Server going away (shutdown).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Service restart: how subscribers are closed at shutdown, because the
+/// clients that exist take 1000 and 1001 as final and reconnect after
+/// anything else (PROTOCOL.md section 5).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// The peer broke the protocol.
 pub const CLOSE_POLICY: u16 = 1008;
 /// The server failed.

@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::admission::{Reader, admit_reader};
 use super::app::AppState;
-use super::session::{CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY};
+use super::session::{CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SERVICE_RESTART};
 use super::store::{ReplicaRow, ReplicaState};
 use crate::wire::SubscribeMessage;
 
@@ -91,7 +91,8 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
         };
         tokio::select! {
             _ = super::app::stopped(&mut shutdown) => {
-                let _ = send(&mut tx, close(CLOSE_GOING_AWAY, "server shutting down")).await;
+                // 1012, not 1001: subscribers reconnect to the next server.
+                let _ = send(&mut tx, close(CLOSE_SERVICE_RESTART, "server restarting")).await;
                 break;
             }
             _ = tokio::time::sleep_until(last_inbound + limit) => {
@@ -155,7 +156,8 @@ fn answer(t: &str, state: &ReplicaState, r: &ReplicaRow, subscribed: &mut bool) 
     }
     let t = t.trim();
     if t.eq_ignore_ascii_case("PING") {
-        return Answer::Send(WsMessage::Text("PONG".into()));
+        // JSON, like every other frame: the clients that exist parse each.
+        return Answer::Send(text("PONG", json!({})));
     }
     match serde_json::from_str::<SubscribeMessage>(t) {
         Ok(m) => match m.kind.as_str() {

@@ -116,9 +116,53 @@ pub fn classify(frame: &[u8], at_boundary: bool) -> FrameKind {
     }
 }
 
+/// [`classify`] for what a client sends, with the one exception to the
+/// boundary rule (PROTOCOL.md section 3): the clients that exist send
+/// CONFIG and KEYREQUEST right after their first stream frame, which may
+/// end in the middle of a message. A one-byte frame of either there, before
+/// any other stream frame, is a control frame.
+#[derive(Debug, Default)]
+pub struct ClientFrames {
+    /// Stream frames seen so far (saturating).
+    stream_frames: u32,
+}
+
+impl ClientFrames {
+    /// Classifies the client's next binary frame.
+    pub fn classify(&mut self, frame: &[u8], at_boundary: bool) -> FrameKind {
+        let kind = match frame {
+            [b @ (CTRL_CONFIG | CTRL_KEYREQUEST)] if self.stream_frames == 1 => {
+                FrameKind::Control(*b)
+            }
+            _ => classify(frame, at_boundary),
+        };
+        if kind == FrameKind::Stream {
+            self.stream_frames = self.stream_frames.saturating_add(1);
+        }
+        kind
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_right_after_the_first_frame_is_control_even_mid_message() {
+        let mut c = ClientFrames::default();
+        assert_eq!(c.classify(&[CTRL_CONFIG], true), FrameKind::Control(CTRL_CONFIG));
+        // The first stream frame, ending mid-message.
+        assert_eq!(c.classify(&[0x41, 2], false), FrameKind::Stream);
+        assert_eq!(c.classify(&[CTRL_CONFIG], false), FrameKind::Control(CTRL_CONFIG));
+        assert_eq!(
+            c.classify(&[CTRL_KEYREQUEST], false),
+            FrameKind::Control(CTRL_KEYREQUEST)
+        );
+        // Anything else there, and the same bytes later, are stream data.
+        assert_eq!(c.classify(&[CTRL_CONFIG, 0], false), FrameKind::Stream);
+        assert_eq!(c.classify(&[CTRL_CONFIG], false), FrameKind::Stream);
+        assert_eq!(c.classify(&[CTRL_CONFIG], true), FrameKind::Control(CTRL_CONFIG));
+    }
 
     #[test]
     fn control_frames_round_trip() {

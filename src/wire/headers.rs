@@ -11,6 +11,9 @@ pub const LOCAL_ABSOLUTE_PATH: &str = "x-localabsolutepath";
 pub const REPLICA_VERSION: &str = "x-replicaversion";
 pub const REPLICA_ID: &str = "x-replicaid";
 pub const VISIBILITY: &str = "x-visibility";
+/// Our extension (SERVER.md "Extensions"): the largest binary frame the
+/// sender of this header accepts; see [`super::framing`].
+pub const MAX_FRAME: &str = "x-sqlrsync-max-frame";
 
 /// Who may read a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -11,6 +11,7 @@
 //!   subscribe messages;
 //! - [`refs`]: version references (`@7`, `@latest-2`);
 //! - [`headers`]: the upgrade's HTTP headers and visibility;
+//! - [`framing`]: how large a frame may be, and the header that offers more;
 //! - [`keys`]: key shapes;
 //! - [`limits`]: every bound on what a peer may send.
 //!
@@ -18,6 +19,7 @@
 //! `wire::StreamParser` rather than a path per module.
 
 pub mod control;
+pub mod framing;
 pub mod headers;
 pub mod keys;
 pub mod limits;
@@ -27,6 +29,7 @@ pub mod summary;
 pub mod texts;
 
 pub use control::*;
+pub use framing::*;
 pub use headers::Visibility;
 pub use keys::*;
 pub use limits::*;

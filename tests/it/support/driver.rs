@@ -195,7 +195,7 @@ async fn session(
     let spec = DriveSpec {
         helper: helper.stderr(Stderr::Inherit),
         controls,
-        framing: Framing::CLIENT,
+        framing: Framing::LARGE,
         want_config,
         live_stderr: false,
         idle_timeout: Duration::from_secs(60),
