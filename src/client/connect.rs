@@ -183,7 +183,9 @@ pub async fn connect(
         Ok(Err(e)) => Err(ConnectError::from_handshake(&host, e)),
         Ok(Ok((ws, resp))) => {
             // Only an answer to an offer we made counts.
-            let offered = hdrs.iter().any(|(n, _)| *n == crate::wire::headers::MAX_FRAME);
+            let offered = hdrs
+                .iter()
+                .any(|(n, _)| *n == crate::wire::headers::MAX_FRAME);
             let answer = resp
                 .headers()
                 .get(crate::wire::headers::MAX_FRAME)

@@ -215,6 +215,9 @@ pub struct Report {
     pub stream_bytes: u64,
     /// Wire bytes of the server's text frames (CONFIG, MESSAGE).
     pub text_bytes: u64,
+    /// Data frames sent and received, and the largest binary one each way.
+    pub frames: [u64; 2],
+    pub largest_frame: [u64; 2],
     pub seconds: f64,
     /// Seconds spent hashing the pulled file to verify it (part of `seconds`).
     pub verify_seconds: f64,
@@ -242,6 +245,11 @@ impl Report {
             wire_received: Stats::get(&stats.wire_in),
             stream_bytes: Stats::get(&stats.stream_out) + Stats::get(&stats.stream_in),
             text_bytes: Stats::get(&stats.text_in),
+            frames: [Stats::get(&stats.frames_out), Stats::get(&stats.frames_in)],
+            largest_frame: [
+                Stats::get(&stats.largest_out),
+                Stats::get(&stats.largest_in),
+            ],
             seconds: started.elapsed().as_secs_f64(),
             verify_seconds: 0.0,
             verified: None,
@@ -279,6 +287,10 @@ impl Report {
                 "bytesReceived": self.wire_received,
                 "streamBytes": self.stream_bytes,
                 "textBytes": self.text_bytes,
+                "framesSent": self.frames[0],
+                "framesReceived": self.frames[1],
+                "largestFrameSent": self.largest_frame[0],
+                "largestFrameReceived": self.largest_frame[1],
                 "speedup": (self.speedup() * 100.0).round() / 100.0,
                 "seconds": (self.seconds * 1000.0).round() / 1000.0,
                 "verifySeconds": (self.verify_seconds * 1000.0).round() / 1000.0,

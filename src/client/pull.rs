@@ -444,7 +444,14 @@ async fn link_pull(
     let printer = s.printer;
     let (ctx, progress) = super::observer(printer);
     let stats = ctx.stats.clone();
-    let res = drive(conn.ws, spec, ctx, |feed| PullSink::new(feed, opts), interrupt).await;
+    let res = drive(
+        conn.ws,
+        spec,
+        ctx,
+        |feed| PullSink::new(feed, opts),
+        interrupt,
+    )
+    .await;
     progress.finish();
     let (outcome, sink) = res?;
     Ok((Linked { outcome, stats }, sink))

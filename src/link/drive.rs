@@ -442,6 +442,7 @@ impl<R: SocketRx, I: Inbound> Reader<R, I> {
     /// inbound. Some(end) when the session ends here.
     async fn binary(&mut self, data: bytes::Bytes) -> Option<PeerEnd> {
         Stats::add(&self.ctx.stats.wire_in, frame_len(data.len(), false));
+        self.ctx.stats.note_frame(false, data.len(), true);
         match classify(&data, self.inbound.at_boundary()) {
             FrameKind::Empty => None,
             FrameKind::Control(byte) => {
@@ -467,6 +468,7 @@ impl<R: SocketRx, I: Inbound> Reader<R, I> {
         let wire = frame_len(t.len(), false);
         Stats::add(&self.ctx.stats.wire_in, wire);
         Stats::add(&self.ctx.stats.text_in, wire);
+        self.ctx.stats.note_frame(false, t.len(), false);
         match ServerText::parse(t) {
             Ok(ServerText::Config(c)) => {
                 // What we will store or act on must be sane; a server that

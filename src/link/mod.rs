@@ -63,6 +63,12 @@ pub struct Stats {
     /// Wire bytes of the peer's text frames (CONFIG, MESSAGE, ABORT): part
     /// of `wire_in`, but replies rather than framing of the stream.
     pub text_in: AtomicU64,
+    /// Data frames (binary and text) sent and received.
+    pub frames_out: AtomicU64,
+    pub frames_in: AtomicU64,
+    /// Payload bytes of the largest binary frame sent and received.
+    pub largest_out: AtomicU64,
+    pub largest_in: AtomicU64,
     /// Pages carried (ORIGIN_PAGE, whichever way they flow).
     pub pages: AtomicU64,
     /// Page count announced by ORIGIN_BEGIN (progress total).
@@ -78,6 +84,19 @@ impl Stats {
 
     pub(crate) fn add(a: &AtomicU64, n: u64) {
         a.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one data frame of `payload` bytes, sent (`out`) or received.
+    pub(crate) fn note_frame(&self, out: bool, payload: usize, binary: bool) {
+        let (n, largest) = if out {
+            (&self.frames_out, &self.largest_out)
+        } else {
+            (&self.frames_in, &self.largest_in)
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+        if binary {
+            largest.fetch_max(payload as u64, Ordering::Relaxed);
+        }
     }
 
     /// Counts what a stream message says about progress.

@@ -271,7 +271,9 @@ fn pieces(msg: &[u8], max: usize, sizes: &mut Vec<usize>) {
     let mut at = 0;
     while at < msg.len() {
         let mut end = (at + max).min(msg.len());
-        while end < msg.len() && end > at + 1 && (msg[end] == ORIGIN_END || is_control_byte(msg[end]))
+        while end < msg.len()
+            && end > at + 1
+            && (msg[end] == ORIGIN_END || is_control_byte(msg[end]))
         {
             end -= 1;
         }
@@ -444,7 +446,10 @@ mod tests {
             }
             assert!(f.len() <= max, "frame {i} of {}", f.len());
             let last = i + 1 == frames.len();
-            assert!(f[0] != 0x42 || (last && f.len() == 1), "frame {i} looks like ORIGIN_END");
+            assert!(
+                f[0] != 0x42 || (last && f.len() == 1),
+                "frame {i} looks like ORIGIN_END"
+            );
             p.feed(f, |_| {}).unwrap();
             data.extend_from_slice(f);
         }

@@ -122,6 +122,7 @@ async fn write_loop<T: SocketTx>(
             }
         };
         let len = frame.data_len();
+        let binary = matches!(frame, Frame::Binary(_));
         if send(&mut sink, frame, cfg.stall).await.is_err() {
             all_sent = last && all_sent;
             break;
@@ -131,6 +132,7 @@ async fn write_loop<T: SocketTx>(
         }
         if let Some(n) = len {
             Stats::add(&stats.wire_out, frame_len(n, cfg.masked));
+            stats.note_frame(true, n, binary);
         }
         if let Some(a) = &activity {
             a.touch();

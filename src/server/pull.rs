@@ -360,13 +360,5 @@ async fn pump_origin(
         observer: None,
         keep_reading: false,
     };
-    pump(
-        stdout,
-        Direction::FromOrigin,
-        framing,
-        controls,
-        out,
-        ctx,
-    )
-    .await
+    pump(stdout, Direction::FromOrigin, framing, controls, out, ctx).await
 }

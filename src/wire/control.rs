@@ -150,10 +150,16 @@ mod tests {
     #[test]
     fn config_right_after_the_first_frame_is_control_even_mid_message() {
         let mut c = ClientFrames::default();
-        assert_eq!(c.classify(&[CTRL_CONFIG], true), FrameKind::Control(CTRL_CONFIG));
+        assert_eq!(
+            c.classify(&[CTRL_CONFIG], true),
+            FrameKind::Control(CTRL_CONFIG)
+        );
         // The first stream frame, ending mid-message.
         assert_eq!(c.classify(&[0x41, 2], false), FrameKind::Stream);
-        assert_eq!(c.classify(&[CTRL_CONFIG], false), FrameKind::Control(CTRL_CONFIG));
+        assert_eq!(
+            c.classify(&[CTRL_CONFIG], false),
+            FrameKind::Control(CTRL_CONFIG)
+        );
         assert_eq!(
             c.classify(&[CTRL_KEYREQUEST], false),
             FrameKind::Control(CTRL_KEYREQUEST)
@@ -161,7 +167,10 @@ mod tests {
         // Anything else there, and the same bytes later, are stream data.
         assert_eq!(c.classify(&[CTRL_CONFIG, 0], false), FrameKind::Stream);
         assert_eq!(c.classify(&[CTRL_CONFIG], false), FrameKind::Stream);
-        assert_eq!(c.classify(&[CTRL_CONFIG], true), FrameKind::Control(CTRL_CONFIG));
+        assert_eq!(
+            c.classify(&[CTRL_CONFIG], true),
+            FrameKind::Control(CTRL_CONFIG)
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub fn offered_max_frame(value: Option<&str>) -> Option<usize> {
     }
     // Any figure of more digits than a u64 holds is more than we need.
     let n = v.parse::<u64>().unwrap_or(u64::MAX);
-    let n = usize::try_from(n).unwrap_or(usize::MAX).min(MAX_OFFERED_FRAME);
+    let n = usize::try_from(n)
+        .unwrap_or(usize::MAX)
+        .min(MAX_OFFERED_FRAME);
     (n > COMPAT_MAX_FRAME).then_some(n)
 }
 

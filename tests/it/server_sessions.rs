@@ -160,7 +160,10 @@ fn subscribers_hear_each_commit() {
         assert_eq!(sub["data"]["version"], "1");
         sock.send(Message::Text("PING".into())).await.unwrap();
         let pong: serde_json::Value = serde_json::from_str(&next_text(&mut sock).await).unwrap();
-        assert_eq!(pong["type"], "PONG", "a JSON PONG, as existing clients parse every frame");
+        assert_eq!(
+            pong["type"], "PONG",
+            "a JSON PONG, as existing clients parse every frame"
+        );
         for expect in ["2", "3"] {
             change_rows(&db, 0.1);
             push(&ws, "acme/s.db", &db, &with_key(&acme))
