@@ -12,6 +12,7 @@ pub mod frames;
 pub mod ledger;
 pub mod proxy;
 pub mod remote;
+pub mod strict;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
