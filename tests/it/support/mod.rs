@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod proxy;
 pub mod remote;
 pub mod strict;
+pub mod wsrecord;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
