@@ -141,6 +141,35 @@ impl Fixture {
         let _ = s.child.wait();
     }
 
+    /// SIGTERMs the server (a graceful stop), waits up to 30 s for it to
+    /// exit and returns the address it listened on.
+    pub fn stop_server(&mut self) -> String {
+        let mut s = self.server.take().expect("server running");
+        unsafe { libc::kill(s.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop within 30 s of SIGTERM; its log:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.addr.clone()
+    }
+
+    /// Starts the server again on the same data dir and on `addr` (the
+    /// port a graceful stop freed), so clients reconnect to the same URL.
+    pub fn restart_server_at(&mut self, addr: &str) {
+        assert!(self.server.is_none(), "stop the server first");
+        let mut args: Vec<&str> = self.serve_args.iter().map(String::as_str).collect();
+        args.extend(["--listen", addr]);
+        let vars = &self.serve_env;
+        self.server = Some(TestServer::start_cmd(&self.env, &self.data, &args, |c| {
+            c.envs(vars.iter().map(|(k, v)| (k, v)));
+        }));
+    }
+
     /// Starts the server again on the same data dir (a new port).
     pub fn restart_server(&mut self) {
         assert!(self.server.is_none(), "kill the server first");

@@ -12,6 +12,8 @@ pub mod frames;
 pub mod ledger;
 pub mod proxy;
 pub mod remote;
+pub mod strict;
+pub mod wsrecord;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -302,10 +304,13 @@ impl TestServer {
             .open(&log_path)
             .expect("server log");
         let mut cmd = env.command(SERVER);
-        cmd.args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
+        cmd.args(["serve", "--data-dir"]).arg(data_dir);
+        // A free port unless the caller names the address (a restart on
+        // the port a graceful stop freed).
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(log.try_clone().expect("server log"));
