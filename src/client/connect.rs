@@ -174,7 +174,9 @@ pub async fn connect(
     cfg.max_message_size = Some(MAX_INCOMING_MESSAGE);
     cfg.max_frame_size = Some(MAX_INCOMING_MESSAGE);
     cfg.read_buffer_size = 128 * 1024;
-    cfg.write_buffer_size = 0;
+    // Frames queued in a burst are written together (see
+    // link::writer); each burst's last frame flushes.
+    cfg.write_buffer_size = 128 * 1024;
     let host = host_of(url);
     let attempt = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true);
     let wait = CONNECT_TIMEOUT.min(idle);

@@ -28,16 +28,14 @@ use tokio::process::ChildStderr;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::inbound::{Feed, Inbound, InboundError};
+use super::inbound::{Feed, Inbound};
 use super::pump::{Controls, Framing, PumpCtx, PumpEnd, PumpError, pump};
-use super::socket::{Frame, Socket, SocketError, SocketRx};
+use super::reader::{Reader, ReaderDone, Received};
+use super::socket::Socket;
 use super::writer::{Out, OutTx, Writer, WriterConfig, spawn_writer};
-use super::{Observer, Stats, frame_len, wait_true};
+use super::{Observer, Stats, wait_true};
 use crate::helper::{Helper, HelperCommand, HelperExit, Side, SpawnError};
-use crate::wire::{
-    CTRL_NEWREPLICAVERSION, Direction, FrameKind, OriginSummary, ReplicaSummary, ServerConfig,
-    ServerText, classify, keepalive_interval,
-};
+use crate::wire::{Direction, OriginSummary, ReplicaSummary, ServerConfig, keepalive_interval};
 
 /// Frames queued between the stdout pump and the socket writer.
 const QUEUE: usize = 4;
@@ -216,6 +214,7 @@ where
         config_seen: seen_tx,
         idle: spec.idle_timeout,
         got: Received::default(),
+        ahead: None,
     };
     let stdout = helper.stdout.take().expect("piped stdout");
     let pump_ctx = PumpCtx {
@@ -245,14 +244,6 @@ where
     running.finish(interrupt).await
 }
 
-/// What the reader collected besides the stream.
-#[derive(Default)]
-struct Received {
-    configs: Vec<ServerConfig>,
-    messages: Vec<String>,
-    newer_version: bool,
-}
-
 /// The tasks of a session, and the order in which they are ended.
 struct Running<I> {
     helper: Helper,
@@ -266,8 +257,6 @@ struct Running<I> {
     want_config: bool,
     side: Side,
 }
-
-type ReaderDone<I> = (PeerEnd, I, Received);
 
 impl<I: Inbound> Running<I> {
     async fn finish(
@@ -380,125 +369,6 @@ impl<I: Inbound> Running<I> {
             Err(_) => {
                 let _ = self.cancel.send(true);
                 Ok((&mut self.reader).await?)
-            }
-        }
-    }
-}
-
-/// Reads the peer's frames until its side ends.
-struct Reader<R, I> {
-    stream: R,
-    inbound: I,
-    ctx: DriveCtx,
-    /// Stop reading (Ctrl-C, or no close reply in time).
-    cancel: watch::Receiver<bool>,
-    /// Turns true at the first CONFIG.
-    config_seen: watch::Sender<bool>,
-    idle: Duration,
-    got: Received,
-}
-
-impl<R: SocketRx, I: Inbound> Reader<R, I> {
-    /// Reads, then closes the inbound (the helper's stdin: its EOF).
-    async fn run(mut self) -> ReaderDone<I> {
-        let end = self.read().await;
-        self.inbound.close().await;
-        (end, self.inbound, self.got)
-    }
-
-    async fn read(&mut self) -> PeerEnd {
-        // Anything the peer sends keeps the session alive, its keepalive
-        // Pings included, except Pongs: those are its websocket library
-        // answering our own pings, which it does even when stuck.
-        let mut deadline = tokio::time::Instant::now() + self.idle;
-        loop {
-            let frame = tokio::select! {
-                m = tokio::time::timeout_at(deadline, self.stream.recv()) => match m {
-                    Ok(m) => m,
-                    Err(_) => return PeerEnd::Lost(ConnectionLost::Stalled(self.idle)),
-                },
-                _ = wait_true(&mut self.cancel) => return PeerEnd::Cancelled,
-            };
-            if !matches!(frame, Some(Ok(Frame::Pong(_)))) {
-                deadline = tokio::time::Instant::now() + self.idle;
-            }
-            let end = match frame {
-                None => Some(PeerEnd::Lost(ConnectionLost::Ended)),
-                Some(Err(SocketError::TooBig(e) | SocketError::Failed(e))) => {
-                    Some(PeerEnd::Lost(ConnectionLost::Failed(e)))
-                }
-                Some(Ok(Frame::Binary(b))) => self.binary(b).await,
-                Some(Ok(Frame::Text(t))) => self.text(&t),
-                Some(Ok(Frame::Close(code, reason))) => Some(PeerEnd::Closed(code, reason)),
-                Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => None,
-            };
-            if let Some(end) = end {
-                return end;
-            }
-        }
-    }
-
-    /// A binary frame: the peer's control frame, or stream bytes for the
-    /// inbound. Some(end) when the session ends here.
-    async fn binary(&mut self, data: bytes::Bytes) -> Option<PeerEnd> {
-        Stats::add(&self.ctx.stats.wire_in, frame_len(data.len(), false));
-        self.ctx.stats.note_frame(false, data.len(), true);
-        match classify(&data, self.inbound.at_boundary()) {
-            FrameKind::Empty => None,
-            FrameKind::Control(byte) => {
-                if byte == CTRL_NEWREPLICAVERSION && data.len() == 1 {
-                    self.got.newer_version = true;
-                } else {
-                    // Debug, not warn: a newer server's frame is no reason
-                    // for a second line on the user's terminal.
-                    tracing::debug!(byte, len = data.len(), "ignoring an unknown control frame");
-                }
-                None
-            }
-            FrameKind::Stream => match self.inbound.stream(data).await {
-                Ok(()) => None,
-                Err(e @ InboundError::Protocol(_)) => Some(PeerEnd::Protocol(e.to_string())),
-                Err(InboundError::Refused(why)) => Some(PeerEnd::Refused(why)),
-            },
-        }
-    }
-
-    /// A text frame: CONFIG, MESSAGE or ABORT.
-    fn text(&mut self, t: &str) -> Option<PeerEnd> {
-        let wire = frame_len(t.len(), false);
-        Stats::add(&self.ctx.stats.wire_in, wire);
-        Stats::add(&self.ctx.stats.text_in, wire);
-        self.ctx.stats.note_frame(false, t.len(), false);
-        match ServerText::parse(t) {
-            Ok(ServerText::Config(c)) => {
-                // What we will store or act on must be sane; a server that
-                // sends otherwise is not trusted with the rest either.
-                if let Err(e) = c.check() {
-                    return Some(PeerEnd::Protocol(format!(
-                        "the server sent a bad CONFIG: {e}"
-                    )));
-                }
-                self.inbound.config(&c);
-                self.got.configs.push(c);
-                let _ = self.config_seen.send(true);
-                None
-            }
-            Ok(ServerText::Message(m)) => {
-                if let Some(o) = &self.ctx.observer {
-                    o.message(&m);
-                }
-                self.got.messages.push(m);
-                None
-            }
-            Ok(ServerText::Abort(reason)) => Some(PeerEnd::Aborted(reason)),
-            Err(e) if t.starts_with("CONFIG=") => {
-                Some(PeerEnd::Protocol(crate::wire::one_line(&e)))
-            }
-            // Unknown kinds of text frame may come from newer servers: not
-            // an error.
-            Err(e) => {
-                tracing::debug!("{e}");
-                None
             }
         }
     }

@@ -17,9 +17,11 @@
 //! - [`inbound`]: the receiving side of a stream (what a driver does with
 //!   the peer's stream bytes), with [`Feed`] as the plain helper feeder;
 //! - [`drive`]: a whole helper session on the connecting side (client and
-//!   tests): spawn, pump, writer, reader with the control-frame rule
-//!   ([`crate::wire::classify`]), the shutdown order, and a typed
-//!   [`Outcome`].
+//!   tests): spawn, pump, writer, reader, the shutdown order, and a typed
+//!   [`Outcome`];
+//! - `reader`: the connecting side's reader of the peer's frames, with
+//!   the control-frame rule ([`crate::wire::classify`]), handing stream
+//!   frames that arrived together to the inbound at once.
 //!
 //! The server keeps its own per-endpoint loops (their frames are judged
 //! by the pure state machines in `server::frames`), but they are built of
@@ -31,6 +33,7 @@
 pub mod drive;
 pub mod inbound;
 pub mod pump;
+mod reader;
 pub mod socket;
 pub mod writer;
 

@@ -50,8 +50,19 @@ pub enum SocketError {
 
 /// The sending half of a websocket.
 pub trait SocketTx: Send + 'static {
-    /// Sends one frame.
-    fn send(&mut self, frame: Frame) -> impl Future<Output = Result<(), SocketError>> + Send;
+    /// Sends one frame, or with `flush` false only queues it in the
+    /// library's write buffer (written once it fills, or at the next
+    /// flushing send): a burst of small frames then costs a few writes
+    /// instead of one system call each.
+    fn send_frame(
+        &mut self,
+        frame: Frame,
+        flush: bool,
+    ) -> impl Future<Output = Result<(), SocketError>> + Send;
+    /// Sends one frame and flushes.
+    fn send(&mut self, frame: Frame) -> impl Future<Output = Result<(), SocketError>> + Send {
+        self.send_frame(frame, true)
+    }
     /// Flushes and closes the sending side.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -88,7 +99,11 @@ impl<S> SocketTx for SplitSink<WebSocketStream<S>, TMsg>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    fn send(&mut self, frame: Frame) -> impl Future<Output = Result<(), SocketError>> + Send {
+    fn send_frame(
+        &mut self,
+        frame: Frame,
+        flush: bool,
+    ) -> impl Future<Output = Result<(), SocketError>> + Send {
         use tungstenite::protocol::CloseFrame;
         let msg = match frame {
             Frame::Binary(b) => TMsg::Binary(b),
@@ -101,9 +116,12 @@ where
             })),
         };
         async move {
-            SinkExt::send(self, msg)
-                .await
-                .map_err(|e| SocketError::Failed(e.to_string()))
+            let sent = if flush {
+                SinkExt::send(self, msg).await
+            } else {
+                SinkExt::feed(self, msg).await
+            };
+            sent.map_err(|e| SocketError::Failed(e.to_string()))
         }
     }
 
@@ -154,7 +172,11 @@ impl Socket for WebSocket {
 }
 
 impl SocketTx for SplitSink<WebSocket, AMsg> {
-    fn send(&mut self, frame: Frame) -> impl Future<Output = Result<(), SocketError>> + Send {
+    fn send_frame(
+        &mut self,
+        frame: Frame,
+        flush: bool,
+    ) -> impl Future<Output = Result<(), SocketError>> + Send {
         use axum::extract::ws::CloseFrame;
         let msg = match frame {
             Frame::Binary(b) => AMsg::Binary(b),
@@ -167,9 +189,12 @@ impl SocketTx for SplitSink<WebSocket, AMsg> {
             })),
         };
         async move {
-            SinkExt::send(self, msg)
-                .await
-                .map_err(|e| SocketError::Failed(e.to_string()))
+            let sent = if flush {
+                SinkExt::send(self, msg).await
+            } else {
+                SinkExt::feed(self, msg).await
+            };
+            sent.map_err(|e| SocketError::Failed(e.to_string()))
         }
     }
 

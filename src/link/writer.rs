@@ -105,7 +105,7 @@ async fn write_loop<T: SocketTx>(
             Err(_) => {
                 // Not activity: our own pings must not keep a connection
                 // with a vanished peer alive.
-                if send(&mut sink, Frame::Ping(Bytes::new()), cfg.stall)
+                if send(&mut sink, Frame::Ping(Bytes::new()), true, cfg.stall)
                     .await
                     .is_err()
                 {
@@ -123,7 +123,9 @@ async fn write_loop<T: SocketTx>(
         };
         let len = frame.data_len();
         let binary = matches!(frame, Frame::Binary(_));
-        if send(&mut sink, frame, cfg.stall).await.is_err() {
+        // More already queued: the next send flushes this one too.
+        let flush = last || rx.is_empty();
+        if send(&mut sink, frame, flush, cfg.stall).await.is_err() {
             all_sent = last && all_sent;
             break;
         }
@@ -147,12 +149,18 @@ async fn write_loop<T: SocketTx>(
     all_sent
 }
 
-/// Sends one frame, within the stall bound when there is one.
-async fn send<T: SocketTx>(sink: &mut T, frame: Frame, stall: Option<Duration>) -> Result<(), ()> {
+/// Sends one frame (see [`SocketTx::send_frame`]), within the stall bound
+/// when there is one.
+async fn send<T: SocketTx>(
+    sink: &mut T,
+    frame: Frame,
+    flush: bool,
+    stall: Option<Duration>,
+) -> Result<(), ()> {
     let Some(stall) = stall else {
-        return sink.send(frame).await.map_err(|_| ());
+        return sink.send_frame(frame, flush).await.map_err(|_| ());
     };
-    match tokio::time::timeout(stall, sink.send(frame)).await {
+    match tokio::time::timeout(stall, sink.send_frame(frame, flush)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(()),
         Err(_) => {
