@@ -77,7 +77,7 @@ pub struct ServeArgs {
     pub max_frame: usize,
     /// Never offer or send frames over 4101 bytes, even to clients that
     /// offer to take them (by default our own client and server agree on
-    /// 64 KiB frames; see SERVER.md "Extensions").
+    /// 16 KiB frames; see SERVER.md "Extensions").
     #[arg(long)]
     pub compat_frames: bool,
     /// zstd level for stored pages (0 stores them uncompressed).

@@ -119,7 +119,7 @@ pub async fn recv(rx: &mut Rx, activity: &Activity) -> Option<Result<Frame, Sock
 
 /// How long one frame may wait for the client to take it: the idle
 /// timeout, but never under 10 s, because a slow client that keeps reading
-/// (a thin link) takes a 64 KiB frame in many small pieces.
+/// (a thin link) takes a frame in many small pieces.
 pub fn stall_limit(idle: Duration) -> Duration {
     idle.max(Duration::from_secs(10))
 }
