@@ -97,27 +97,37 @@ pub fn sanitise_part(s: &str) -> String {
     out
 }
 
-/// The path a push without one is stored under: `namespace/host/file`,
-/// from the key's namespace and the client's hostname and file name
-/// (headers that may be missing or hold anything).
+/// The path a push without one is stored under:
+/// `namespace/host/<absolute path of the database>` (PROTOCOL.md section
+/// 2), from the key's namespace and the client's hostname and local path
+/// (headers that may be missing or hold anything), so that `d1/data.db`
+/// and `d2/data.db` of one machine never share a replica. A path too deep
+/// or too long for a replica path keeps its last parts.
 pub fn default_push_path(
     namespace: &str,
     hostname: Option<&str>,
     local_path: Option<&str>,
 ) -> String {
-    let host = hostname.unwrap_or("host");
-    let file = local_path
-        .and_then(|p| {
-            std::path::Path::new(p)
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
+    let host = sanitise_part(hostname.unwrap_or("host"));
+    let mut parts: Vec<String> = local_path
+        .map(|p| {
+            p.split('/')
+                .filter(|s| !s.is_empty() && *s != "." && *s != "..")
+                .map(sanitise_part)
+                .collect()
         })
-        .unwrap_or_else(|| "db.sqlite".into());
-    format!(
-        "{namespace}/{}/{}",
-        sanitise_part(host),
-        sanitise_part(&file)
-    )
+        .unwrap_or_default();
+    if parts.is_empty() {
+        parts.push("db.sqlite".into());
+    }
+    let fixed = namespace.len() + host.len() + 2;
+    while parts.len() > 1
+        && (parts.len() + 2 > MAX_PARTS
+            || fixed + parts.iter().map(|p| p.len() + 1).sum::<usize>() > MAX_PATH)
+    {
+        parts.remove(0);
+    }
+    format!("{namespace}/{host}/{}", parts.join("/"))
 }
 
 #[cfg(test)]
@@ -146,5 +156,18 @@ mod tests {
         assert!(has_encoded_separator("/sapi/pull/ns%2Fa.db"));
         assert!(!has_encoded_separator("/sapi/pull/ns/a.db"));
         assert_eq!(sanitise_part("..my host"), "my_host");
+    }
+
+    #[test]
+    fn default_names_keep_the_whole_local_path() {
+        let name = |p| default_push_path("ns", Some("homelab1"), Some(p));
+        assert_eq!(name("/path/to/app/data.db"), "ns/homelab1/path/to/app/data.db");
+        assert_ne!(name("/srv/d1/data.db"), name("/srv/d2/data.db"));
+        assert_eq!(name("/a/../b/./c.db"), "ns/homelab1/a/b/c.db");
+        assert_eq!(default_push_path("ns", None, None), "ns/host/db.sqlite");
+        let deep = format!("/{}x.db", "d/".repeat(40));
+        let n = name(&deep);
+        assert!(validate_path(&n).is_ok(), "{n}");
+        assert!(n.ends_with("/d/x.db"), "{n}");
     }
 }

@@ -258,7 +258,8 @@ fn visibility_and_assigned_paths() {
     assert_eq!(http_get(&server.addr, "/acme/none.db").0, 404);
     assert_eq!(http_get(&server.addr, "/nobody").0, 404);
 
-    // An empty push path: the server names it namespace/host/file.
+    // An empty push path: the server names it namespace/host/<absolute
+    // path>, so two databases of one name never share a replica.
     let o = rt.block_on(push(
         &ws,
         "",
@@ -273,7 +274,23 @@ fn visibility_and_assigned_paths() {
     o.assert_ok();
     assert_eq!(
         o.config().replica_path.as_deref(),
-        Some("acme/box.example/shop.db")
+        Some("acme/box.example/srv/data/shop.db")
+    );
+    let other = rt.block_on(push(
+        &ws,
+        "",
+        &db,
+        &Opts {
+            hostname: Some("box.example".into()),
+            abs_path: Some("/srv/other/shop.db".into()),
+            ..with_key(&acme)
+        },
+    ));
+    other.assert_ok();
+    assert_eq!(other.version(), 1, "a new replica, not version 2 of the first");
+    assert_eq!(
+        other.config().replica_path.as_deref(),
+        Some("acme/box.example/srv/other/shop.db")
     );
     // ... and only an admin key may do that.
     let push_key = o.config().new_push_key.unwrap();

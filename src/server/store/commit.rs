@@ -125,10 +125,19 @@ impl Store {
         {
             return Ok(CommitOutcome::NoChange(prev.meta.row));
         }
+        // One commit at a time, from its first append to its commit
+        // point, so that what a crash leaves past the last commit belongs
+        // to the one commit whose start is on record (see recovery).
+        let _one_at_a_time = lock(&self.commit_serial);
+        let number = prev.file.as_ref().map_or(0, |p| p.number) + 1;
+        let start = lock(&self.pages).end();
+        let in_flight = self.meta().begin_commit(r.id, number, start)?;
         // Gives the page bytes this commit appends back if it fails.
         let mut tail = PackTailGuard {
             store: self,
             appended: None,
+            in_flight: Some(in_flight),
+            file: Some(self.version_path(r, number)),
         };
         let back = self.store_back_delta(r, &prev, &pages, final_count, &mut tail)?;
         tracing::debug!(
@@ -138,7 +147,6 @@ impl Store {
             "commit: back delta done"
         );
         // The new latest file, durable before the metadata points at it.
-        let number = prev.file.as_ref().map_or(0, |p| p.number) + 1;
         drop(staging_file);
         let path = self.install_file(r, staging, number)?;
         tracing::debug!(
@@ -163,17 +171,20 @@ impl Store {
             sums: &pages.sums,
             xxh3: &pages.xxh3,
             keys: pushed.keys,
+            in_flight: Some(in_flight),
         });
-        if let Err(e) = txn {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
+        // On an error the guard removes the new file and gives the bytes
+        // back.
+        txn?;
         tracing::debug!(
             secs = t0.elapsed().as_secs_f64(),
             "commit: metadata committed"
         );
-        // Committed: the appended pages are referenced now.
+        // Committed: the appended pages are referenced now, and the
+        // transaction ended the in-flight record.
         tail.appended = None;
+        tail.in_flight = None;
+        tail.file = None;
         state.publish(VersionFile::new(path, number, false));
         Ok(CommitOutcome::Committed(row))
     }
@@ -361,21 +372,41 @@ fn version_hashes(staging: &File, pages: &NewPages, page_size: u32) -> Result<(S
     Ok((h.finish(), x.finish()))
 }
 
-/// Cuts the page bytes a failed commit appended (when nothing was appended
-/// after them), so that a commit that failed for lack of space gives the
-/// space back at once instead of at the next start.
+/// Cuts the page bytes a failed commit appended, so that a commit that
+/// failed for lack of space gives the space back at once, and then ends
+/// its in-flight record. When the bytes cannot be cut the record stays:
+/// it is what proves them garbage at the next start.
 struct PackTailGuard<'a> {
     /// The store whose page store was appended to.
     store: &'a Store,
     /// (start, end) of this commit's appends; None once committed.
     appended: Option<(BlobPosition, BlobPosition)>,
+    /// The in-flight record; None once committed.
+    in_flight: Option<i64>,
+    /// The new version's file, wherever the commit got to; None once
+    /// committed.
+    file: Option<std::path::PathBuf>,
 }
 
 impl Drop for PackTailGuard<'_> {
     fn drop(&mut self) {
+        let mut given_back = true;
+        if let Some(f) = &self.file {
+            match std::fs::remove_file(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => given_back = false,
+            }
+        }
         if let Some((start, end)) = self.appended {
-            let cut = lock(&self.store.pages).cut_back(start, end);
-            tracing::info!(cut, "commit failed; giving back its pack bytes");
+            given_back = lock(&self.store.pages).cut_back(start, end);
+            tracing::info!(cut = given_back, "commit failed; giving back its pack bytes");
+        }
+        if let Some(id) = self.in_flight
+            && given_back
+            && let Err(e) = self.store.meta().end_commit(id)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not end a failed commit's record; the next start cleans up");
         }
     }
 }

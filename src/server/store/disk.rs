@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use rusqlite::Connection;
@@ -21,14 +21,14 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
-/// The spill folder of the store at `data_dir`: in the system temp dir,
-/// named after the data dir so that two servers on one machine never clear
-/// each other's files.
-pub fn spill_dir_for(data_dir: &Path) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    let abs = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let h = hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()));
-    std::env::temp_dir().join(format!("sqlrsync-server-spill-{}", &h[..16]))
+/// Creates `dir` (and its parents) if needed and makes it private (0700):
+/// the data dir holds every version and the key hashes, whatever the
+/// umask of whoever started the server.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
 }
 
 /// True when `e` comes from a full disk (or quota).

@@ -27,9 +27,14 @@
 //! - `staging/`: copies being written by push sessions (deleted on start).
 //! - `cache/`: older versions materialised on demand for pulls (deleted when
 //!   their last reader finishes, and on start). When the data dir's disk is
-//!   full, they go to a spill folder in the system temp dir instead (one per
-//!   data dir, also cleared on start), so that a full disk, which already
-//!   refuses new pushes, does not also make older versions unreadable.
+//!   full, they go to a spill folder in the system temp dir instead: a
+//!   fresh private (0700) folder with a random name made by this process
+//!   and removed when it ends, never a name another user could prepare as
+//!   a link, so that a full disk, which already refuses new pushes, does
+//!   not also make older versions unreadable.
+//! - `server.lock`: held by the one process serving the dir ([`dirlock`]).
+//! - `lost+found/`: what `sqlrsync-server repair` could not account for
+//!   ([`recovery`]).
 //!
 //! The latest file *is* the store of the latest version's pages (its per-page
 //! SHA-256 checksums are kept in `replicas.latest_sums`). Every older version
@@ -49,11 +54,13 @@
 //! a crash after it leaves `v<N>.db` as an orphan that start-up removes.
 
 mod commit;
+pub mod dirlock;
 pub mod disk;
 mod live;
 pub mod meta;
 pub mod pages;
 mod rebuild;
+pub mod recovery;
 mod verify;
 
 use std::collections::HashMap;
@@ -63,7 +70,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::{Context, Result};
 
 pub use commit::{CommitOutcome, Pushed};
-pub use disk::{is_out_of_space, normalise_journal_mode, spill_dir_for};
+pub use dirlock::{DataDirLock, LockError};
+pub use disk::{is_out_of_space, normalise_journal_mode, private_dir};
 pub use live::{ReplicaState, VersionFile, VersionNotice};
 pub use meta::{Meta, ReplicaRow, VersionRow};
 pub use verify::VerifyCounts;
@@ -81,9 +89,15 @@ pub struct Store {
     pages: Mutex<Box<dyn PageStore>>,
     /// Live replica states by replica row id.
     replicas: Mutex<HashMap<i64, Arc<ReplicaState>>>,
-    /// Where older versions are materialised when `cache/` has no room
-    /// (see [`spill_dir_for`]).
+    /// Where older versions are materialised when `cache/` has no room:
+    /// the path of `_spill`.
     spill_dir: PathBuf,
+    /// The private spill folder, removed with the store.
+    _spill: tempfile::TempDir,
+    /// The data dir's lock, for a store that writes (see [`dirlock`]).
+    _lock: Option<DataDirLock>,
+    /// Held by a commit from its first page append to its commit point.
+    commit_serial: Mutex<()>,
 }
 
 /// Locks a std mutex, surviving poisoning (a panicked holder leaves data
@@ -96,91 +110,82 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub const DEFAULT_COMPRESSION: i32 = 3;
 
 impl Store {
-    /// Opens (creating) the store and recovers from any crash: removes
-    /// staging and cache files, orphan version files and unreferenced pack
-    /// tails, and checks every latest file is present and whole.
+    /// Opens (creating) the store for serving: locks the data dir (one
+    /// server per dir), then recovers from a crash, deleting only what it
+    /// can prove is garbage ([`recovery`]). Anything it cannot account for
+    /// is a refusal to start ([`recovery::Refusal`], inside the error),
+    /// naming `sqlrsync-server repair`, with nothing changed.
     pub fn open(data_dir: &Path, compress_level: i32) -> Result<Store> {
-        for d in ["", "packs", "replicas", "staging", "cache"] {
-            std::fs::create_dir_all(data_dir.join(d))
-                .with_context(|| format!("creating {}", data_dir.join(d).display()))?;
+        let (lock, meta) = Store::lock_and_meta(data_dir)?;
+        let findings = recovery::recover(data_dir, &meta, false)?;
+        if !findings.is_clean() {
+            return Err(recovery::Refusal { findings }.into());
         }
-        let meta = Meta::open(data_dir)?;
-        let packs = PackStore::open(&data_dir.join("packs"), compress_level, |p| {
-            meta.pack_end(p)
-        })?;
-        let store = Store {
-            data_dir: data_dir.to_path_buf(),
-            meta,
-            pages: Mutex::new(Box::new(packs)),
-            replicas: Mutex::new(HashMap::new()),
-            spill_dir: spill_dir_for(data_dir),
-        };
-        store.recover()?;
-        Ok(store)
+        recovery::recover(data_dir, &meta, true)?;
+        Store::with_packs(data_dir, meta, compress_level, lock)
+    }
+
+    /// Opens the store for `repair`: locked, garbage removed as at start,
+    /// and what recovery could not account for handed back.
+    pub fn open_for_repair(data_dir: &Path) -> Result<(Store, recovery::Findings)> {
+        let (lock, meta) = Store::lock_and_meta(data_dir)?;
+        let findings = recovery::recover(data_dir, &meta, true)?;
+        let store = Store::with_packs(data_dir, meta, DEFAULT_COMPRESSION, lock)?;
+        Ok((store, findings))
+    }
+
+    fn lock_and_meta(data_dir: &Path) -> Result<(DataDirLock, Meta)> {
+        private_dir(data_dir)?;
+        let lock = DataDirLock::acquire(data_dir)?;
+        for d in ["packs", "replicas", "staging", "cache"] {
+            private_dir(&data_dir.join(d))?;
+        }
+        Ok((lock, Meta::open(data_dir)?))
+    }
+
+    fn with_packs(data_dir: &Path, meta: Meta, level: i32, lock: DataDirLock) -> Result<Store> {
+        let packs = PackStore::open(&data_dir.join("packs"), level)?;
+        Store::assemble(data_dir, meta, Box::new(packs), Some(lock))
     }
 
     /// Opens the store to read it only, for `verify`, which may run next to
-    /// a live server: no crash recovery. Recovery would delete a live
+    /// a live server: no lock, no crash recovery. Recovery would delete a live
     /// push's staging file, cut pack bytes that a live commit has appended
     /// but not yet indexed, and remove a version file it has just renamed
     /// into place, destroying the commit in flight.
     pub fn open_read_only(data_dir: &Path) -> Result<Store> {
         let meta = Meta::open(data_dir)?;
-        // u64::MAX as every pack's referenced end: never cut anything.
-        let packs = PackStore::open(&data_dir.join("packs"), 0, |_| Ok(u64::MAX))?;
+        let packs = PackStore::open(&data_dir.join("packs"), 0)?;
+        Store::assemble(data_dir, meta, Box::new(packs), None)
+    }
+
+    fn assemble(
+        data_dir: &Path,
+        meta: Meta,
+        pages: Box<dyn PageStore>,
+        lock: Option<DataDirLock>,
+    ) -> Result<Store> {
+        let spill = tempfile::Builder::new()
+            .prefix("sqlrsync-server-spill-")
+            .tempdir()
+            .context("creating a private spill folder in the temp dir")?;
         Ok(Store {
             data_dir: data_dir.to_path_buf(),
             meta,
-            pages: Mutex::new(Box::new(packs)),
+            pages: Mutex::new(pages),
             replicas: Mutex::new(HashMap::new()),
-            spill_dir: spill_dir_for(data_dir),
+            spill_dir: spill.path().to_path_buf(),
+            _spill: spill,
+            _lock: lock,
+            commit_serial: Mutex::new(()),
         })
     }
 
     /// Opens only the metadata (for the key and namespace commands, which
     /// may run next to a live server).
     pub fn open_meta(data_dir: &Path) -> Result<Meta> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating {}", data_dir.display()))?;
+        private_dir(data_dir)?;
         Meta::open(data_dir)
-    }
-
-    fn recover(&self) -> Result<()> {
-        for d in ["staging", "cache"] {
-            for e in std::fs::read_dir(self.data_dir.join(d))? {
-                let p = e?.path();
-                tracing::info!(file = %p.display(), "removing leftover file");
-                let _ = std::fs::remove_file(&p);
-            }
-        }
-        if let Ok(rd) = std::fs::read_dir(&self.spill_dir) {
-            for e in rd.flatten() {
-                tracing::info!(file = %e.path().display(), "removing leftover spill file");
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let replicas = self.meta.all_replicas()?;
-        for r in replicas {
-            let dir = self.replica_dir(&r);
-            std::fs::create_dir_all(&dir)?;
-            let keep = (r.latest > 0).then(|| self.version_path(&r, r.latest));
-            for e in std::fs::read_dir(&dir)? {
-                let p = e?.path();
-                if Some(&p) != keep.as_ref() {
-                    tracing::info!(file = %p.display(), "removing orphan file");
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
-            if let Some(path) = keep {
-                let v = self.meta.version(&r, r.latest)?;
-                let len = std::fs::metadata(&path).map(|m| m.len()).ok();
-                if v.as_ref().map(|v| v.size()) != len {
-                    tracing::error!(replica = %r.path, file = %path.display(),
-                        "latest version file is missing or has the wrong size; run `sqlrsync-server verify`");
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The metadata: replicas, versions, keys and namespaces.

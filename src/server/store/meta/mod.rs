@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 use super::lock;
-use super::pages::{BlobLocation, PageHash};
+use super::pages::{BlobLocation, BlobPosition, PageHash};
 
 /// A replica row.
 #[derive(Debug, Clone)]
@@ -132,6 +132,21 @@ pub struct NewVersion<'a> {
     pub xxh3: &'a [[u8; 16]],
     /// Keys issued by the push, stored if and only if the version is.
     pub keys: &'a [NewKey],
+    /// The commit's in-flight record, ended by the same transaction.
+    pub in_flight: Option<i64>,
+}
+
+/// A commit that recorded its start and has not reached its commit point
+/// (or given its bytes back): after a crash, what it wrote is provably
+/// garbage (see `store::recovery`).
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub id: i64,
+    pub replica: i64,
+    /// The version number it was writing.
+    pub number: u64,
+    /// Where its page appends began.
+    pub start: BlobPosition,
 }
 
 /// The latest version of a replica as one consistent read (for `verify`,
@@ -205,6 +220,15 @@ pub trait MetaBackend: Send {
     fn all_blobs(&self) -> Result<Vec<(PageHash, BlobLocation)>>;
     /// End of the last indexed page of a pack (0 when none).
     fn pack_end(&self, pack: u32) -> Result<u64>;
+    /// (pack, referenced end) of every pack that holds an indexed page.
+    fn pack_ends(&self) -> Result<Vec<(u32, u64)>>;
+    /// Records that a commit of version `number` of `replica` starts
+    /// appending at `start` (durable before any append); its id.
+    fn begin_commit(&mut self, replica: i64, number: u64, start: BlobPosition) -> Result<i64>;
+    /// Ends an in-flight record whose commit gave everything back.
+    fn end_commit(&mut self, id: i64) -> Result<()>;
+    /// The in-flight records.
+    fn commits_in_flight(&self) -> Result<Vec<InFlight>>;
 
     /// True when namespace `name` exists.
     fn namespace_exists(&self, name: &str) -> Result<bool>;
@@ -360,6 +384,26 @@ impl Meta {
     /// End of the last indexed page of a pack.
     pub fn pack_end(&self, pack: u32) -> Result<u64> {
         self.read(|b| b.pack_end(pack))
+    }
+
+    /// See [`MetaBackend::pack_ends`].
+    pub fn pack_ends(&self) -> Result<Vec<(u32, u64)>> {
+        self.read(|b| b.pack_ends())
+    }
+
+    /// See [`MetaBackend::begin_commit`].
+    pub fn begin_commit(&self, replica: i64, number: u64, start: BlobPosition) -> Result<i64> {
+        self.write(|b| b.begin_commit(replica, number, start))
+    }
+
+    /// See [`MetaBackend::end_commit`].
+    pub fn end_commit(&self, id: i64) -> Result<()> {
+        self.write(|b| b.end_commit(id))
+    }
+
+    /// See [`MetaBackend::commits_in_flight`].
+    pub fn commits_in_flight(&self) -> Result<Vec<InFlight>> {
+        self.read(|b| b.commits_in_flight())
     }
 
     /// True when namespace `name` exists.

@@ -11,10 +11,10 @@ use anyhow::{Context, Result, ensure};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow, StoredKey,
-    VersionRow, now,
+    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow,
+    StoredKey, VersionRow, now,
 };
-use crate::server::store::pages::{BlobLocation, PageHash};
+use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
 /// Schema, created on first open. `replicas.latest_sums` is the SHA-256 of
 /// every page of the latest version (32 bytes per page), the checksum of the
@@ -69,6 +69,13 @@ CREATE TABLE IF NOT EXISTS blobs(
   stored_len INTEGER NOT NULL,
   compressed INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS commits_in_flight(
+  id INTEGER PRIMARY KEY,
+  replica INTEGER NOT NULL,
+  number INTEGER NOT NULL,
+  pack INTEGER NOT NULL,
+  offset INTEGER NOT NULL
+);
 ";
 
 /// The metadata in one SQLite database.
@@ -311,6 +318,38 @@ fn pack_end(c: &Connection, pack: u32) -> Result<u64> {
     Ok(end.unwrap_or(0) as u64)
 }
 
+/// The end of the referenced bytes of every pack that has any.
+fn pack_ends(c: &Connection) -> Result<Vec<(u32, u64)>> {
+    let mut st =
+        c.prepare("SELECT pack, max(offset + stored_len) FROM blobs GROUP BY pack ORDER BY pack")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn begin_commit(c: &Connection, replica: i64, number: u64, start: BlobPosition) -> Result<i64> {
+    c.execute(
+        "INSERT INTO commits_in_flight(replica, number, pack, offset) VALUES (?1, ?2, ?3, ?4)",
+        params![replica, number as i64, start.pack, start.offset as i64],
+    )?;
+    Ok(c.last_insert_rowid())
+}
+
+fn commits_in_flight(c: &Connection) -> Result<Vec<InFlight>> {
+    let mut st = c.prepare("SELECT id, replica, number, pack, offset FROM commits_in_flight")?;
+    let rows = st.query_map([], |r| {
+        Ok(InFlight {
+            id: r.get(0)?,
+            replica: r.get(1)?,
+            number: r.get::<_, i64>(2)? as u64,
+            start: BlobPosition {
+                pack: r.get(3)?,
+                offset: r.get::<_, i64>(4)? as u64,
+            },
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Deletes replica `id` when it has no version and no key.
 fn remove_replica_if_empty(c: &Connection, id: i64) -> Result<bool> {
     let n = c.execute(
@@ -350,6 +389,10 @@ fn commit_version(c: &mut Connection, v: &NewVersion<'_>) -> Result<()> {
     let row = v.row;
     let number = row.number;
     let tx = c.transaction()?;
+    // The commit point also ends the record that it was in flight.
+    if let Some(id) = v.in_flight {
+        tx.execute("DELETE FROM commits_in_flight WHERE id=?1", [id])?;
+    }
     {
         let mut ins = tx.prepare(
             "INSERT OR IGNORE INTO blobs(hash, pack, offset, stored_len, compressed) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -560,6 +603,20 @@ impl MetaBackend for SqliteMeta {
     }
     fn pack_end(&self, pack: u32) -> Result<u64> {
         pack_end(&self.c, pack)
+    }
+    fn pack_ends(&self) -> Result<Vec<(u32, u64)>> {
+        pack_ends(&self.c)
+    }
+    fn begin_commit(&mut self, replica: i64, number: u64, start: BlobPosition) -> Result<i64> {
+        begin_commit(&self.c, replica, number, start)
+    }
+    fn end_commit(&mut self, id: i64) -> Result<()> {
+        self.c
+            .execute("DELETE FROM commits_in_flight WHERE id=?1", [id])?;
+        Ok(())
+    }
+    fn commits_in_flight(&self) -> Result<Vec<InFlight>> {
+        commits_in_flight(&self.c)
     }
     fn namespace_exists(&self, name: &str) -> Result<bool> {
         namespace_exists(&self.c, name)

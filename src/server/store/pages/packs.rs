@@ -5,7 +5,8 @@
 //! file `packs/pack-NNNNNN.dat`; its index row (pack, offset, length,
 //! compression) lives in the metadata database and is written in the same
 //! transaction as the version that needs it. Bytes appended by a commit that
-//! then failed or crashed are unreferenced tails, cut off at start-up. The
+//! then failed are given back at once; after a crash, start-up recovery
+//! cuts them when the commit's in-flight record proves them garbage. The
 //! SHA-256 address doubles as the page's checksum: a read re-hashes what it
 //! decompressed and refuses a mismatch.
 
@@ -49,13 +50,10 @@ pub fn pack_path(dir: &Path, pack: u32) -> PathBuf {
 }
 
 impl PackStore {
-    /// Opens the store, cutting every pack back to `referenced_end(pack)`:
-    /// bytes past the last indexed blob belong to commits that never landed.
-    pub fn open(
-        dir: &Path,
-        compress_level: i32,
-        referenced_end: impl Fn(u32) -> Result<u64>,
-    ) -> Result<PackStore> {
+    /// Opens the store, appending to the last pack. Unreferenced tails are
+    /// start-up recovery's to judge (`store::recovery`): only there is it
+    /// known whether they are garbage.
+    pub fn open(dir: &Path, compress_level: i32) -> Result<PackStore> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut packs: Vec<u32> = Vec::new();
         for e in std::fs::read_dir(dir)? {
@@ -70,21 +68,6 @@ impl PackStore {
             }
         }
         packs.sort_unstable();
-        for &p in &packs {
-            let end = referenced_end(p)?;
-            let path = pack_path(dir, p);
-            let len = std::fs::metadata(&path)?.len();
-            if len > end {
-                tracing::warn!(
-                    pack = p,
-                    bytes = len - end,
-                    "cutting unreferenced pack tail"
-                );
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(end)?;
-                f.sync_all()?;
-            }
-        }
         let current = packs.last().copied().unwrap_or(1);
         let path = pack_path(dir, current);
         let file = OpenOptions::new()
