@@ -47,6 +47,11 @@ pub enum Command {
     /// Re-read the whole store: every stored page against its checksum and
     /// every version against its versionHash. Exits non-zero on any damage.
     Verify(DataDirArg),
+    /// Make a data dir that `serve` refused to start on servable again:
+    /// sets aside (in DATA_DIR/lost+found/, never deletes) what the
+    /// metadata does not account for, and turns version files newer than
+    /// the metadata knows into versions. Not while a server runs.
+    Repair(DataDirArg),
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +206,12 @@ pub enum KeysCmd {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = ServerCli::parse();
+    // Everything the server writes (versions, packs, key hashes) is for
+    // its own user only, whatever umask it was started with.
+    // SAFETY: umask only sets the process's file-mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     init_logging();
     match dispatch(cli) {
         Ok(code) => code,
@@ -241,6 +252,36 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             data,
         }) => keys_revoke(&namespace, &key, &data),
         Command::Verify(d) => verify(&d),
+        Command::Repair(d) => repair(&d),
+    }
+}
+
+fn repair(d: &DataDirArg) -> Result<ExitCode> {
+    if !Meta::exists(&d.data_dir) {
+        bail!("{} holds no sqlrsync-server store", d.data_dir.display());
+    }
+    let (report, remaining) = Store::repair(&d.data_dir)?;
+    for f in &report.set_aside {
+        println!("set aside: {f}");
+    }
+    if let Some(lf) = &report.lost_found {
+        println!("set-aside files are in {}", lf.display());
+    }
+    for a in &report.adopted {
+        println!("rebuilt: {a}");
+    }
+    for u in &report.unresolved {
+        println!("NOT FIXED: {u}");
+    }
+    if remaining.is_clean() {
+        println!("the store is consistent; `sqlrsync-server serve` will start");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for f in &remaining.items {
+            println!("STILL: {f}");
+        }
+        println!("the store still does not match its metadata");
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -161,7 +161,10 @@ mod tests {
     #[test]
     fn default_names_keep_the_whole_local_path() {
         let name = |p| default_push_path("ns", Some("homelab1"), Some(p));
-        assert_eq!(name("/path/to/app/data.db"), "ns/homelab1/path/to/app/data.db");
+        assert_eq!(
+            name("/path/to/app/data.db"),
+            "ns/homelab1/path/to/app/data.db"
+        );
         assert_ne!(name("/srv/d1/data.db"), name("/srv/d2/data.db"));
         assert_eq!(name("/a/../b/./c.db"), "ns/homelab1/a/b/c.db");
         assert_eq!(default_push_path("ns", None, None), "ns/host/db.sqlite");

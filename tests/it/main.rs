@@ -34,5 +34,6 @@ mod server_hostile;
 mod server_keys;
 mod server_push_pull;
 mod server_sessions;
+mod server_store_safety;
 mod server_tls;
 mod server_web;

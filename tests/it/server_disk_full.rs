@@ -334,7 +334,7 @@ fn pack_append_on_a_full_disk_leaves_no_partial_page() {
     std::fs::write(&ballast, vec![1u8; 64 * 1024]).unwrap();
     let dir = disk.dir.join("packs");
     // Level 0: pages stored raw, so each takes exactly its size.
-    let mut packs = PackStore::open(&dir, 0, |_| Ok(0)).unwrap();
+    let mut packs = PackStore::open(&dir, 0).unwrap();
     let page = |i: u32| -> Vec<u8> {
         // Distinct, incompressible-looking pages.
         let mut v = Vec::with_capacity(3000);

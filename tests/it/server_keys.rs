@@ -287,7 +287,11 @@ fn visibility_and_assigned_paths() {
         },
     ));
     other.assert_ok();
-    assert_eq!(other.version(), 1, "a new replica, not version 2 of the first");
+    assert_eq!(
+        other.version(),
+        1,
+        "a new replica, not version 2 of the first"
+    );
     assert_eq!(
         other.config().replica_path.as_deref(),
         Some("acme/box.example/srv/other/shop.db")

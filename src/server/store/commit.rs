@@ -99,6 +99,8 @@ impl Store {
         result
     }
 
+    /// Long: the commit's steps in their one order (module doc), with the
+    /// guard that undoes them; split up, that order would be spread out.
     fn commit_inner(&self, r: &ReplicaRow, pushed: &Pushed<'_>) -> Result<CommitOutcome> {
         let (staging, final_count) = (pushed.staging, pushed.final_count);
         ensure!(final_count > 0, "the pushed database is empty");
@@ -400,7 +402,10 @@ impl Drop for PackTailGuard<'_> {
         }
         if let Some((start, end)) = self.appended {
             given_back = lock(&self.store.pages).cut_back(start, end);
-            tracing::info!(cut = given_back, "commit failed; giving back its pack bytes");
+            tracing::info!(
+                cut = given_back,
+                "commit failed; giving back its pack bytes"
+            );
         }
         if let Some(id) = self.in_flight
             && given_back

@@ -61,6 +61,7 @@ pub mod meta;
 pub mod pages;
 mod rebuild;
 pub mod recovery;
+pub mod repair;
 mod verify;
 
 use std::collections::HashMap;
@@ -125,13 +126,19 @@ impl Store {
         Store::with_packs(data_dir, meta, compress_level, lock)
     }
 
-    /// Opens the store for `repair`: locked, garbage removed as at start,
-    /// and what recovery could not account for handed back.
-    pub fn open_for_repair(data_dir: &Path) -> Result<(Store, recovery::Findings)> {
+    /// `sqlrsync-server repair` ([`repair`]): locked, garbage removed as
+    /// at start, what recovery could not account for set aside in
+    /// `lost+found/`, newer version files adopted; then checked again
+    /// (`remaining` is what still stops a start).
+    pub fn repair(data_dir: &Path) -> Result<(repair::RepairReport, recovery::Findings)> {
         let (lock, meta) = Store::lock_and_meta(data_dir)?;
         let findings = recovery::recover(data_dir, &meta, true)?;
+        let mut report = repair::RepairReport::default();
+        let orphans = repair::set_aside(data_dir, &meta, &findings, &mut report)?;
         let store = Store::with_packs(data_dir, meta, DEFAULT_COMPRESSION, lock)?;
-        Ok((store, findings))
+        store.adopt(&orphans, &mut report)?;
+        let remaining = recovery::recover(data_dir, store.meta(), false)?;
+        Ok((report, remaining))
     }
 
     fn lock_and_meta(data_dir: &Path) -> Result<(DataDirLock, Meta)> {

@@ -53,9 +53,17 @@ impl fmt::Display for Finding {
                 replica,
                 file,
                 problem,
-            } => write!(f, "the latest file of {replica} ({}) is {problem}", name(file)),
+            } => write!(
+                f,
+                "the latest file of {replica} ({}) is {problem}",
+                name(file)
+            ),
             Finding::UnknownFile { replica, file } => {
-                write!(f, "{} in {replica} is not a version the metadata knows", name(file))
+                write!(
+                    f,
+                    "{} in {replica} is not a version the metadata knows",
+                    name(file)
+                )
             }
             Finding::UnknownReplicaDir { dir } => {
                 write!(f, "replicas/{} belongs to no replica", name(dir))
@@ -152,7 +160,10 @@ fn replica_files(
         let dir = e?.path();
         let uid = name(&dir);
         let Some(r) = by_uid.get(uid.as_str()) else {
-            if std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(false) {
+            if std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false)
+            {
                 if apply {
                     let _ = std::fs::remove_dir(&dir);
                 }
@@ -287,7 +298,11 @@ fn packs(
             match covered_from {
                 Some(c) if c <= end => {
                     if apply {
-                        tracing::warn!(pack, bytes = len - end, "cutting the pack bytes of a commit that never landed");
+                        tracing::warn!(
+                            pack,
+                            bytes = len - end,
+                            "cutting the pack bytes of a commit that never landed"
+                        );
                         let f = std::fs::OpenOptions::new().write(true).open(&path)?;
                         f.set_len(end)?;
                         f.sync_all()?;

@@ -533,6 +533,7 @@ mod tests {
                 sums: &[[9; 32]],
                 xxh3: &[[8; 16]],
                 keys,
+                in_flight: None,
             })
         };
         commit(&row(1), &[]).unwrap();

@@ -11,8 +11,8 @@ use anyhow::{Context, Result, ensure};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow,
-    StoredKey, VersionRow, now,
+    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow, StoredKey,
+    VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
@@ -322,7 +322,9 @@ fn pack_end(c: &Connection, pack: u32) -> Result<u64> {
 fn pack_ends(c: &Connection) -> Result<Vec<(u32, u64)>> {
     let mut st =
         c.prepare("SELECT pack, max(offset + stored_len) FROM blobs GROUP BY pack ORDER BY pack")?;
-    let rows = st.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    let rows = st.query_map([], |r| {
+        Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
