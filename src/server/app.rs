@@ -1,6 +1,7 @@
 //! The HTTP side: shared state, routes, limits, TLS and graceful shutdown.
 //!
-//! [`run`] serves on an already bound listener until `shutdown` resolves
+//! [`run`] serves on already bound listeners (several `--listen`, plain and
+//! TLS in one process) until `shutdown` resolves
 //! (mini-redis style), so tests and the CLI bind port 0 and print the real
 //! address. Shutdown stops accepting, tells every session (a `watch`
 //! channel), and waits for them: each session holds a permit of the
@@ -210,6 +211,42 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serves `app` on one listener (TLS when `tls` is given) until its handle
+/// shuts it down.
+async fn serve_one(
+    tcp: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    handle: axum_server::Handle,
+    handshake: Duration,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
+) -> Result<()> {
+    match tls {
+        Some(tls) => {
+            // TCP_NODELAY: protocol 2 is a ping-pong of small frames, which
+            // Nagle + delayed ACKs would stall by tens of milliseconds a round.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                .handshake_timeout(handshake)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            let mut server = axum_server::from_tcp(tcp)
+                .acceptor(DeadlineAcceptor::new(acceptor, handshake))
+                .handle(handle);
+            configure_http(&mut server, handshake);
+            server.serve(app).await?;
+        }
+        None => {
+            let mut server = axum_server::from_tcp(tcp)
+                .acceptor(DeadlineAcceptor::new(
+                    axum_server::accept::NoDelayAcceptor::new(),
+                    handshake,
+                ))
+                .handle(handle);
+            configure_http(&mut server, handshake);
+            server.serve(app).await?;
+        }
+    }
+    Ok(())
+}
+
 /// hyper's header timeout (it needs a timer) bounds reading a request
 /// head, and how long an idle keep-alive connection waits for its next
 /// request; HTTP/2 connections are pinged so dead peers go away.
@@ -227,10 +264,10 @@ fn configure_http<A>(server: &mut axum_server::Server<A>, handshake: Duration) {
         .keep_alive_timeout(Duration::from_secs(20));
 }
 
-/// On `shutdown`: tells sessions (`stop_tx`), stops accepting and gives the
-/// connections 10 s to end.
+/// On `shutdown`: tells sessions (`stop_tx`), stops accepting on every
+/// listener and gives the connections 10 s to end.
 fn watch_shutdown(
-    handle: axum_server::Handle,
+    handles: Vec<axum_server::Handle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     stop_tx: watch::Sender<bool>,
 ) {
@@ -238,29 +275,41 @@ fn watch_shutdown(
         shutdown.await;
         tracing::info!("shutting down: no new connections, finishing sessions");
         let _ = stop_tx.send(true);
-        handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        for h in &handles {
+            h.graceful_shutdown(Some(Duration::from_secs(10)));
+        }
         // Keep the sender alive so receivers never see a closed channel
         // before the server has stopped.
         std::future::pending::<()>().await;
     });
 }
 
-/// Tells the caller once the server really accepts connections (the store
-/// is open, TLS loaded), so "listening" is never premature.
-fn report_ready(handle: axum_server::Handle, ready: tokio::sync::oneshot::Sender<SocketAddr>) {
+/// Tells the caller once every listener really accepts connections (the
+/// store is open, TLS loaded), so "listening" is never premature.
+fn report_ready(handles: Vec<axum_server::Handle>, ready: tokio::sync::oneshot::Sender<()>) {
     tokio::spawn(async move {
-        if let Some(addr) = handle.listening().await {
-            let _ = ready.send(addr);
+        for h in handles {
+            if h.listening().await.is_none() {
+                return;
+            }
         }
+        let _ = ready.send(());
     });
 }
 
-/// Serves on `listener` until `shutdown` resolves, then drains sessions.
+/// One bound `--listen` address.
+pub struct Listener {
+    pub tcp: std::net::TcpListener,
+    /// Serve TLS (https/wss) there.
+    pub tls: bool,
+}
+
+/// Serves on every listener until `shutdown` resolves, then drains sessions.
 pub async fn run(
-    listener: std::net::TcpListener,
+    listeners: Vec<Listener>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: tokio::sync::oneshot::Sender<SocketAddr>,
+    ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<()> {
     let data_dir = config.data_dir.clone();
     let compression = config.compression;
@@ -275,15 +324,9 @@ pub async fn run(
         shutdown: stop_rx,
         config: Arc::new(config.clone()),
     };
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let handle = axum_server::Handle::new();
-    watch_shutdown(handle.clone(), shutdown, stop_tx);
-    report_ready(handle.clone(), ready);
-    listener.set_nonblocking(true)?;
-    let handshake = config.handshake_timeout;
-    match &config.tls {
-        Some((cert, key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+    let tls = match &config.tls {
+        Some((cert, key)) if listeners.iter().any(|l| l.tls) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .with_context(|| {
                     format!(
@@ -291,28 +334,25 @@ pub async fn run(
                         cert.display(),
                         key.display()
                     )
-                })?;
-            // TCP_NODELAY: protocol 2 is a ping-pong of small frames, which
-            // Nagle + delayed ACKs would stall by tens of milliseconds a round.
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
-                .handshake_timeout(handshake)
-                .acceptor(axum_server::accept::NoDelayAcceptor::new());
-            let mut server = axum_server::from_tcp(listener)
-                .acceptor(DeadlineAcceptor::new(acceptor, handshake))
-                .handle(handle);
-            configure_http(&mut server, handshake);
-            server.serve(app).await?;
-        }
-        None => {
-            let mut server = axum_server::from_tcp(listener)
-                .acceptor(DeadlineAcceptor::new(
-                    axum_server::accept::NoDelayAcceptor::new(),
-                    handshake,
-                ))
-                .handle(handle);
-            configure_http(&mut server, handshake);
-            server.serve(app).await?;
-        }
+                })?,
+        ),
+        _ => None,
+    };
+    let handles: Vec<_> = listeners
+        .iter()
+        .map(|_| axum_server::Handle::new())
+        .collect();
+    watch_shutdown(handles.clone(), shutdown, stop_tx);
+    report_ready(handles.clone(), ready);
+    let mut servers = tokio::task::JoinSet::new();
+    for (l, handle) in listeners.into_iter().zip(handles) {
+        let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        l.tcp.set_nonblocking(true)?;
+        let tls = if l.tls { tls.clone() } else { None };
+        servers.spawn(serve_one(l.tcp, tls, handle, config.handshake_timeout, app));
+    }
+    while let Some(r) = servers.join_next().await {
+        r.context("a listener's task failed")??;
     }
     // Every session holds a permit; getting them all back means all ended.
     let drained = tokio::time::timeout(

@@ -65,9 +65,11 @@ pub struct DataDirArg {
 pub struct ServeArgs {
     #[command(flatten)]
     pub data: DataDirArg,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8462", value_name = "ADDR")]
-    pub listen: SocketAddr,
+    /// Address to listen on; may be given several times. `https://ADDR`
+    /// serves TLS there (needs --tls-cert), `http://ADDR` plain; a bare ADDR
+    /// is TLS when --tls-cert is given. [default: 127.0.0.1:8462]
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub listen: Vec<ListenSpec>,
     /// PEM certificate chain: serve https:// and wss:// (needs --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -104,6 +106,28 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout: u64,
+}
+
+/// One `--listen` value.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenSpec {
+    pub addr: SocketAddr,
+    /// Some(true) for `https://`, Some(false) for `http://`, None bare.
+    pub tls: Option<bool>,
+}
+
+fn parse_listen(s: &str) -> Result<ListenSpec, String> {
+    let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+        (Some(true), r)
+    } else if let Some(r) = s.strip_prefix("http://") {
+        (Some(false), r)
+    } else {
+        (None, s)
+    };
+    let addr = rest.trim_end_matches('/').parse().map_err(|_| {
+        format!("{s:?} is not an address to listen on (e.g. 127.0.0.1:8462, https://0.0.0.0:443)")
+    })?;
+    Ok(ListenSpec { addr, tls })
 }
 
 /// A size in bytes: digits with an optional K, M, G or T (binary units;
@@ -410,11 +434,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     rt.block_on(async move {
         // Extract the helper now, so a broken install fails at start, not mid-push.
         crate::helper::path().context("extracting the embedded sqlite3_rsync helper")?;
-        let listener = std::net::TcpListener::bind(a.listen)
-            .with_context(|| format!("cannot listen on {}", a.listen))?;
-        let addr = listener.local_addr()?;
         let tls = a.tls_cert.zip(a.tls_key);
-        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listeners = bind_all(&a.listen, tls.is_some())?;
         raise_open_file_limit();
         let config = ServeConfig {
             tls,
@@ -428,7 +449,20 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             ..ServeConfig::new(a.data.data_dir)
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut server = tokio::spawn(run(listener, config, shutdown_signal()?, ready_tx));
+        let shown: Vec<String> = listeners
+            .iter()
+            .map(|l| {
+                let scheme = if l.tls { "https" } else { "http" };
+                format!(
+                    "{scheme}://{}",
+                    l.tcp
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        let mut server = tokio::spawn(run(listeners, config, shutdown_signal()?, ready_tx));
         // Announce only once the store opened and the server accepts.
         tokio::select! {
             r = ready_rx => if r.is_err() {
@@ -437,12 +471,39 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             },
             r = &mut server => return r?.map(|_| ExitCode::FAILURE),
         }
-        println!("sqlrsync-server listening on {scheme}://{addr}");
+        for l in &shown {
+            println!("sqlrsync-server listening on {l}");
+        }
         use std::io::Write;
         let _ = std::io::stdout().flush();
         server.await??;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Binds every `--listen` address (the default one when none is given);
+/// any that cannot be bound, or TLS without a certificate, is one line.
+fn bind_all(specs: &[ListenSpec], have_tls: bool) -> Result<Vec<super::app::Listener>> {
+    let default = [ListenSpec {
+        addr: "127.0.0.1:8462".parse().expect("a valid address"),
+        tls: None,
+    }];
+    let specs = if specs.is_empty() {
+        &default[..]
+    } else {
+        specs
+    };
+    let mut out = Vec::new();
+    for s in specs {
+        let tls = s.tls.unwrap_or(have_tls);
+        if tls && !have_tls {
+            bail!("--listen https://{} needs --tls-cert and --tls-key", s.addr);
+        }
+        let tcp = std::net::TcpListener::bind(s.addr)
+            .with_context(|| format!("cannot listen on {}", s.addr))?;
+        out.push(super::app::Listener { tcp, tls });
+    }
+    Ok(out)
 }
 
 /// SIGTERM or Ctrl-C. The handlers are installed before this returns (not

@@ -67,4 +67,50 @@ fn serves_https_with_the_given_certificate() {
         .arg("--data-dir")
         .arg(env.path("data2")));
     assert_one_line_error(&o, "TLS");
+
+    // Plain and TLS from one process (one server per data dir), each on
+    // its own --listen.
+    let mut child = env
+        .command(SERVER)
+        .args(["serve", "--listen", "http://127.0.0.1:0", "--listen"])
+        .arg("https://127.0.0.1:0")
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(env.path("data3"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let lines: Vec<String> = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .take(2)
+        .map(|l| l.unwrap())
+        .collect();
+    let url = |scheme: &str| {
+        lines
+            .iter()
+            .find_map(|l| {
+                l.split("listening on ")
+                    .nth(1)
+                    .filter(|u| u.starts_with(scheme))
+            })
+            .unwrap_or_else(|| panic!("no {scheme} listener in {lines:?}"))
+            .to_string()
+    };
+    let (plain, secure) = (url("http://"), url("https://"));
+    let o = run(Command::new("curl")
+        .args(["-sS", "-m", "5"])
+        .arg(format!("{plain}/")));
+    assert!(stdout(&o).contains("sqlrsync server"), "{}", stdout(&o));
+    let o = run(Command::new("curl")
+        .args(["-sS", "-m", "5", "--cacert"])
+        .arg(&cert)
+        .arg(format!("{secure}/")));
+    assert!(stdout(&o).contains("sqlrsync server"), "{}", stdout(&o));
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }
