@@ -119,6 +119,9 @@ fn check_push_frames(limits: StreamLimits, base: u32, frames: &[(bool, &[u8])]) 
             PushAction::Skip | PushAction::Control(_) => {
                 assert!(bytes.is_empty() || is_control_byte(bytes[0]));
             }
+            PushAction::Digest(_) => {
+                assert!(push.ended(), "a digest before the stream ended");
+            }
             PushAction::Buffered => {
                 assert!(!started);
                 accepted.extend_from_slice(bytes);

@@ -36,6 +36,9 @@ pub struct Connected {
     /// offer of large frames (see [`crate::wire::framing`]); `None`: it
     /// gets compatible frames.
     pub max_frame: Option<usize>,
+    /// The server answered our offer of a verified push: it expects the
+    /// stream's digest after ORIGIN_END.
+    pub stream_digest: bool,
 }
 
 /// The header that offers the server large frames: we take frames up to
@@ -193,9 +196,26 @@ pub async fn connect(
                 .get(crate::wire::headers::MAX_FRAME)
                 .and_then(|v| v.to_str().ok());
             let max_frame = crate::wire::offered_max_frame(answer).filter(|_| offered);
-            Ok(Connected { ws, max_frame })
+            let stream_digest = offered_digest(hdrs)
+                && resp
+                    .headers()
+                    .get(crate::wire::headers::STREAM_DIGEST)
+                    .is_some_and(|v| {
+                        v.as_bytes() == crate::wire::headers::STREAM_DIGEST_XXH3.as_bytes()
+                    });
+            Ok(Connected {
+                ws,
+                max_frame,
+                stream_digest,
+            })
         }
     }
+}
+
+/// True when `hdrs` offer a verified push.
+fn offered_digest(hdrs: &[(&'static str, String)]) -> bool {
+    hdrs.iter()
+        .any(|(n, _)| *n == crate::wire::headers::STREAM_DIGEST)
 }
 
 fn host_of(url: &str) -> String {

@@ -293,6 +293,12 @@ fn push_headers(s: &Settings, p: &Plan) -> anyhow::Result<Vec<(&'static str, Str
         hdrs.push((headers::VISIBILITY, v.to_string()));
     }
     super::offer_frames(s, &mut hdrs);
+    // A verified push (SERVER.md "Extensions"): the server commits only a
+    // stream that arrived as we sent it.
+    hdrs.push((
+        headers::STREAM_DIGEST,
+        headers::STREAM_DIGEST_XXH3.to_string(),
+    ));
     Ok(hdrs)
 }
 
@@ -414,6 +420,7 @@ async fn link_push(
             before,
             after_first: after,
             at_end: None,
+            digest_at_end: conn.stream_digest,
         },
         framing: super::framing_for(&conn),
         want_config: false,

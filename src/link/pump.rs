@@ -86,6 +86,9 @@ pub struct Controls {
     /// Once the stream ended (a boundary by definition): called once, its
     /// frames are sent then (NEWREPLICAVERSION).
     pub at_end: Option<Box<dyn FnOnce() -> Vec<Vec<u8>> + Send>>,
+    /// After the stream's end, send STREAMDIGEST: the XXH3-128 of every
+    /// stream byte sent (a verified push, SERVER.md "Extensions").
+    pub digest_at_end: bool,
 }
 
 impl Controls {
@@ -155,6 +158,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
     }
     let mut sent_first = false;
     let mut framer = Framer::new(framing);
+    let mut digest = controls.digest_at_end.then(xxhash_rust::xxh3::Xxh3::new);
     loop {
         if !q.open && !ctx.keep_reading {
             break;
@@ -180,6 +184,9 @@ pub async fn pump<R: AsyncRead + Unpin>(
                 res.error = Some(PumpError::Stream(e));
                 break;
             }
+            if let Some(d) = digest.as_mut() {
+                d.update(&framer.pending[before..]);
+            }
             Stats::add(&ctx.stats.stream_out, n as u64);
             if let Some(o) = &ctx.observer {
                 o.progress(&ctx.stats);
@@ -192,22 +199,35 @@ pub async fn pump<R: AsyncRead + Unpin>(
         for f in controls.due(sent_first, parser.ended()) {
             q.send(Bytes::from(f)).await;
         }
+        if parser.ended()
+            && let Some(d) = digest.take()
+        {
+            let sum = d.digest128().to_be_bytes();
+            q.send(Bytes::from(
+                crate::wire::ClientControl::StreamDigest(sum).encode(),
+            ))
+            .await;
+        }
         if eof {
             break;
         }
     }
     res.all_queued = q.all_queued;
-    // Keep draining so a helper that still writes never blocks on a full
-    // pipe while it winds down.
     if ctx.keep_reading {
-        let mut sink = [0u8; 8192];
-        while let Ok(n) = stdout.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
+        drain(&mut stdout).await;
     }
     res
+}
+
+/// Reads the helper's output to its end, so a helper that still writes
+/// never blocks on a full pipe while it winds down.
+async fn drain<R: AsyncRead + Unpin>(stdout: &mut R) {
+    let mut sink = [0u8; 8192];
+    while let Ok(n) = stdout.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// Cuts what was read into frames per [`Framing`].
@@ -509,6 +529,7 @@ mod tests {
             before: before.clone(),
             after_first: after.clone(),
             at_end: Some(Box::new(|| vec![vec![crate::wire::CTRL_NEWREPLICAVERSION]])),
+            digest_at_end: false,
         };
         let ctx = PumpCtx {
             stats: Arc::new(Stats::default()),

@@ -70,6 +70,8 @@ pub enum PushAction {
     Start { page_size: u32, bytes: Vec<u8> },
     /// Stream bytes for the running replica side: the frame as it is.
     Forward,
+    /// The client's STREAMDIGEST (a verified push).
+    Digest([u8; 16]),
 }
 
 /// The client side of a push, frame by frame.
@@ -99,6 +101,17 @@ pub struct PushFrames {
     counts: Counts,
     /// Bytes of control frames so far (overhead too).
     control_bytes: u64,
+    /// XXH3-128 of every stream byte, for a verified push.
+    digest: StreamDigest,
+}
+
+/// The running XXH3-128 of a push's stream (a wrapper only to be `Debug`).
+struct StreamDigest(xxhash_rust::xxh3::Xxh3);
+
+impl std::fmt::Debug for StreamDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamDigest")
+    }
 }
 
 /// The running counts of a push stream that its limits are judged on.
@@ -182,6 +195,7 @@ impl PushFrames {
             controls: 0,
             counts: Counts::default(),
             control_bytes: 0,
+            digest: StreamDigest(xxhash_rust::xxh3::Xxh3::new()),
         }
     }
 
@@ -245,6 +259,12 @@ impl PushFrames {
                 self.message = Some(m);
                 Ok(PushAction::Skip)
             }
+            Ok(ClientControl::StreamDigest(d)) => {
+                if !self.parser.ended() {
+                    return refused("STREAMDIGEST before ORIGIN_END");
+                }
+                Ok(PushAction::Digest(d))
+            }
             Ok(c) => Ok(PushAction::Control(c)),
             Err(e) => refused(format!("bad control frame: {e}")),
         }
@@ -252,6 +272,7 @@ impl PushFrames {
 
     /// Parses stream bytes and applies the limits to every message.
     fn stream(&mut self, data: &[u8]) -> Result<(), Refused> {
+        self.digest.0.update(data);
         let limits = self.limits;
         let mut violation: Option<String> = None;
         let PushFrames {
@@ -363,6 +384,11 @@ impl PushFrames {
     pub fn max_pages(&self) -> u32 {
         self.counts.max_pages
     }
+
+    /// XXH3-128 of the stream received so far.
+    pub fn stream_digest(&self) -> [u8; 16] {
+        self.digest.0.digest128().to_be_bytes()
+    }
 }
 
 /// What the pull session does with a frame.
@@ -434,6 +460,7 @@ impl PullFrames {
             }
             return match ClientControl::parse(data) {
                 Ok(ClientControl::CommitMessage(_)) => refused("COMMITMESSAGE is for pushes"),
+                Ok(ClientControl::StreamDigest(_)) => refused("STREAMDIGEST is for pushes"),
                 Ok(c) => Ok(PullAction::Control(c)),
                 Err(e) => refused(format!("bad control frame: {e}")),
             };

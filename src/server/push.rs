@@ -32,7 +32,7 @@ use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, 
 use super::store::{CommitOutcome, Pushed, ReplicaRow, ReplicaState, VersionRow};
 use crate::helper::{Helper, HelperCommand};
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
-use crate::wire::{ClientControl, Direction, ServerConfig, ServerText};
+use crate::wire::{ClientControl, Direction, ServerConfig, ServerText, headers};
 
 /// Everything a push session needs, settled at the upgrade.
 struct PushContext {
@@ -44,6 +44,9 @@ struct PushContext {
     _permit: OwnedSemaphorePermit,
     /// How our frames to this client are cut.
     framing: Framing,
+    /// The client offered a verified push and we answered: commit only a
+    /// stream that matches its STREAMDIGEST.
+    verified: bool,
 }
 
 pub async fn handler(
@@ -58,6 +61,7 @@ pub async fn handler(
             key: p.key,
             _permit: p.permit,
             framing: st.config.framing_for(&headers_in),
+            verified: wants_digest(&headers_in),
         },
         Err(r) => return r.into_response(),
     };
@@ -67,7 +71,19 @@ pub async fn handler(
         .max_message_size(st.config.max_frame)
         .on_upgrade(move |socket| session(socket, st, ctx));
     config.answer_offer(&headers_in, &mut resp);
+    if wants_digest(&headers_in) {
+        resp.headers_mut().insert(
+            headers::STREAM_DIGEST,
+            axum::http::HeaderValue::from_static(headers::STREAM_DIGEST_XXH3),
+        );
+    }
     resp
+}
+
+/// The client offered a verified push with a digest we compute.
+fn wants_digest(h: &HeaderMap) -> bool {
+    h.get(headers::STREAM_DIGEST)
+        .is_some_and(|v| v.as_bytes() == headers::STREAM_DIGEST_XXH3.as_bytes())
 }
 
 async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
@@ -177,6 +193,9 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PushContext) -> Result<Pus
     if push.receive(link).await? == Received::Withdrawn {
         return Ok(PushEnd::Withdrawn);
     }
+    if ctx.verified {
+        push.check_digest(link).await?;
+    }
     let pumped = push.end_helper().await?;
     push.judge(&pumped)?;
     push.commit().await
@@ -276,11 +295,47 @@ impl Push<'_> {
         }
     }
 
+    /// A verified push: the client's STREAMDIGEST, which must come next and
+    /// match what arrived, or nothing is stored.
+    async fn check_digest(&mut self, link: &mut Session) -> Result<(), Abort> {
+        let st = self.st;
+        let activity = link.activity.clone();
+        loop {
+            let frame = tokio::select! {
+                f = recv(&mut link.rx, &activity) => f,
+                _ = activity.idle(st.config.idle_timeout) => {
+                    return Err(Abort::Client("no stream digest from the client".into()));
+                }
+            };
+            let b = match frame {
+                Some(Ok(Frame::Binary(b))) => b,
+                Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
+                Some(Err(e)) => return Err(Abort::from_read_error(e, st.config.max_frame)),
+                _ => {
+                    return Err(Abort::Cut(
+                        "connection closed before the stream digest".into(),
+                    ));
+                }
+            };
+            match self.frames.frame(FrameIn::Binary(&b)) {
+                Ok(PushAction::Digest(d)) if d == self.frames.stream_digest() => return Ok(()),
+                Ok(PushAction::Digest(_)) => {
+                    return Err(Abort::Client(
+                        "the stream was damaged on its way to the server (its digest does not match); nothing was stored, push again".into(),
+                    ));
+                }
+                Ok(PushAction::Skip | PushAction::Control(_)) => continue,
+                Ok(_) => return Err(Abort::Client("data after ORIGIN_END".into())),
+                Err(e) => return Err(Abort::Client(e.0)),
+            }
+        }
+    }
+
     /// Does what [`PushFrames`] decided for a frame.
     async fn act(&mut self, action: PushAction, msg: &Frame) -> Result<(), Abort> {
         let (st, ctx, r) = (self.st, self.ctx, &self.ctx.replica);
         match action {
-            PushAction::Skip | PushAction::Buffered => {}
+            PushAction::Skip | PushAction::Buffered | PushAction::Digest(_) => {}
             PushAction::Control(c) => {
                 let key_request = c == ClientControl::KeyRequest;
                 let mut cfg = config_for(

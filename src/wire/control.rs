@@ -20,10 +20,16 @@ pub const CTRL_NEWREPLICAVERSION: u8 = 0x52;
 pub const CTRL_KEYREQUEST: u8 = 0x53;
 /// Client sends the commit message of a push.
 pub const CTRL_COMMITMESSAGE: u8 = 0x54;
+/// Our extension (SERVER.md "Extensions", negotiated by
+/// [`super::headers::STREAM_DIGEST`]): after ORIGIN_END, the XXH3-128 of
+/// every stream byte the client sent, so the server commits only what
+/// arrived unchanged.
+pub const CTRL_STREAMDIGEST: u8 = 0x55;
 
-/// True for a first byte that only sqlrsync control frames use.
+/// True for a first byte that only sqlrsync control frames use (0x55 only
+/// between peers that agreed on it, but never a sqlite3_rsync type byte).
 pub fn is_control_byte(b: u8) -> bool {
-    (CTRL_CONFIG..=CTRL_COMMITMESSAGE).contains(&b)
+    (CTRL_CONFIG..=CTRL_STREAMDIGEST).contains(&b)
 }
 
 /// A control frame sent by the client.
@@ -32,6 +38,8 @@ pub enum ClientControl {
     Config,
     KeyRequest,
     CommitMessage(String),
+    /// XXH3-128 of the push's stream, big-endian.
+    StreamDigest([u8; 16]),
 }
 
 /// Why a control frame was refused.
@@ -65,6 +73,9 @@ impl ClientControl {
                     .map(ClientControl::CommitMessage)
                     .map_err(|_| ControlError::CommitMessageNotUtf8)
             }
+            [CTRL_STREAMDIGEST, rest @ ..] => <[u8; 16]>::try_from(rest)
+                .map(ClientControl::StreamDigest)
+                .map_err(|_| ControlError::BadLength(CTRL_STREAMDIGEST)),
             [b @ (CTRL_CONFIG | CTRL_KEYREQUEST | CTRL_COMMITMESSAGE), ..] => {
                 Err(ControlError::BadLength(*b))
             }
@@ -88,6 +99,11 @@ impl ClientControl {
                 f.push(CTRL_COMMITMESSAGE);
                 f.extend_from_slice(&(end as u16).to_be_bytes());
                 f.extend_from_slice(&m.as_bytes()[..end]);
+                f
+            }
+            ClientControl::StreamDigest(d) => {
+                let mut f = vec![CTRL_STREAMDIGEST];
+                f.extend_from_slice(d);
                 f
             }
         }
@@ -179,12 +195,14 @@ mod tests {
             ClientControl::Config,
             ClientControl::KeyRequest,
             ClientControl::CommitMessage("héllo".into()),
+            ClientControl::StreamDigest([7; 16]),
         ] {
             assert_eq!(ClientControl::parse(&c.encode()).unwrap(), c);
         }
         assert!(ClientControl::parse(&[CTRL_CONFIG, 1]).is_err());
         assert!(ClientControl::parse(&[CTRL_COMMITMESSAGE, 0, 5, b'a']).is_err());
         assert!(ClientControl::parse(&[CTRL_NEWREPLICAVERSION]).is_err());
+        assert!(ClientControl::parse(&[CTRL_STREAMDIGEST, 1, 2]).is_err());
         assert!(
             (0x41..=0x48)
                 .chain(0x61..=0x67)

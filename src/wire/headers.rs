@@ -14,6 +14,14 @@ pub const VISIBILITY: &str = "x-visibility";
 /// Our extension (SERVER.md "Extensions"): the largest binary frame the
 /// sender of this header accepts; see [`super::framing`].
 pub const MAX_FRAME: &str = "x-sqlrsync-max-frame";
+/// Our extension: a verified push. The client offers it with the value
+/// [`STREAM_DIGEST_XXH3`]; a server that answers with the same sends
+/// nothing different but expects the client's
+/// [`super::control::CTRL_STREAMDIGEST`] after ORIGIN_END, and commits
+/// only a stream that matches it.
+pub const STREAM_DIGEST: &str = "x-sqlrsync-stream-digest";
+/// The one digest offered today.
+pub const STREAM_DIGEST_XXH3: &str = "xxh3-128";
 
 /// Who may read a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -247,3 +247,30 @@ fn copy_tree(from: &Path, to: &Path) {
         std::fs::copy(&p, &dest).unwrap();
     }
 }
+
+#[test]
+fn a_bit_flipped_on_the_wire_is_never_committed() {
+    use crate::support::proxy::{Fault, FaultProxy};
+    let f = Fixture::start();
+    let db = f.make("app.db", 2000);
+    f.first_push(db.to_str().unwrap(), "team/app.db");
+    let v1 = content_digest(&db);
+    change_rows(&db, 0.5);
+    let changed = content_digest(&db);
+    let addr = f.ws_url().trim_start_matches("ws://").to_string();
+    // Well inside the pages of the push (hundreds of KB of them).
+    let proxy = FaultProxy::start(&addr, Fault::FlipUpstreamBitAt(200_000));
+    let o = f
+        .admin_cmd_to(&proxy.ws_url(), &[db.to_str().unwrap(), "team/app.db"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a corrupted push succeeded: {err}");
+    assert!(err.contains("damaged on its way"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // Nothing was stored: the latest is still version 1.
+    assert_eq!(pull_digest(&f, "team/app.db", "latest.db"), v1);
+    // The same push without the corruption lands.
+    push(&f, &db);
+    assert_eq!(pull_digest(&f, "team/app.db", "again.db"), changed);
+}

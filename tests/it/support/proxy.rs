@@ -32,6 +32,9 @@ pub enum Fault {
     StallUpstreamAfter(u64),
     /// Same, server to client: the client hears nothing more.
     StallDownstreamAfter(u64),
+    /// Flip one bit of the upstream byte at this offset (counted from the
+    /// connection's first byte): a corrupting network or middlebox.
+    FlipUpstreamBitAt(u64),
 }
 
 /// A running proxy; stops accepting when dropped.
@@ -132,6 +135,11 @@ fn pump(
         }
         if stalled {
             continue; // swallow silently
+        }
+        if let (Fault::FlipUpstreamBitAt(at), true) = (fault, upstream)
+            && (total..total + n as u64).contains(&at)
+        {
+            buf[(at - total) as usize] ^= 0x10;
         }
         let mut chunk = &buf[..n];
         let limit = match (fault, upstream) {
