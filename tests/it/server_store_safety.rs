@@ -274,3 +274,49 @@ fn a_bit_flipped_on_the_wire_is_never_committed() {
     push(&f, &db);
     assert_eq!(pull_digest(&f, "team/app.db", "again.db"), changed);
 }
+
+#[test]
+fn metadata_one_commit_behind_loses_no_version_after_repair() {
+    // The case: meta.db one commit behind the files (restored, or
+    // a lost WAL tail). v2.db is gone (the commit of 3 removed it); v3.db
+    // and the pack bytes of that commit remain.
+    let mut f = Fixture::start();
+    let db = f.make("app.db", 600);
+    f.first_push(db.to_str().unwrap(), "team/app.db");
+    let v1 = content_digest(&db);
+    change_rows(&db, 0.3);
+    push(&f, &db);
+    let v2 = content_digest(&db);
+    let addr = f.stop_server();
+    backup_meta(&f.data, &f.path("meta-v2.db"));
+    f.restart_server_at(&addr);
+    change_rows(&db, 0.3);
+    push(&f, &db);
+    let v3 = content_digest(&db);
+    f.stop_server();
+    restore_meta(&f.data, &f.path("meta-v2.db"));
+    let err = serve_refused(&f);
+    assert!(err.contains("v2.db) is missing"), "{err}");
+    assert!(err.contains("v3.db"), "{err}");
+    let o = server_cmd(&f, &["repair"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("v2.db of team/app.db rebuilt from v3.db"),
+        "{out}"
+    );
+    assert!(
+        out.contains("v3.db of team/app.db is now version 3"),
+        "{out}"
+    );
+    f.restart_server_at(&addr);
+    assert_eq!(pull_digest(&f, "team/app.db", "latest.db"), v3);
+    assert_eq!(pull_digest(&f, "team/app.db@2", "two.db"), v2);
+    assert_eq!(pull_digest(&f, "team/app.db@1", "one.db"), v1);
+    let v = server_cmd(&f, &["verify"]).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}

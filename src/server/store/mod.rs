@@ -62,6 +62,7 @@ pub mod pages;
 mod rebuild;
 pub mod recovery;
 pub mod repair;
+mod repair_latest;
 mod verify;
 
 use std::collections::HashMap;

@@ -4,12 +4,14 @@
 //! Whatever recovery could not account for ([`recovery::Finding`]) is
 //! first set aside, never deleted: moved (or, for pack tails, copied and
 //! then cut) into `lost+found/<time>/` under the same relative path. Then
-//! what can be rebuilt from those files is: a version file newer than the
+//! what can be rebuilt from those files is: a missing latest file from the
+//! next version's file and the pack bytes of its lost commit
+//! ([`super::repair_latest`]), and a version file newer than the
 //! metadata's latest (a commit whose metadata was lost, or meta.db
 //! restored from an older backup) becomes the next version, through the
-//! ordinary commit, when the latest it builds on is whole. What cannot be
-//! rebuilt (a missing latest file, a missing or short pack) is reported
-//! with what would fix it; the copies stay in `lost+found/`.
+//! ordinary commit. What cannot be rebuilt (a missing or short pack, a
+//! latest file with no newer file) is reported with what would fix it; the
+//! copies stay in `lost+found/`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use super::commit::{CommitOutcome, Pushed};
 use super::disk::{header_page_size, private_dir};
 use super::meta::{Meta, ReplicaRow};
 use super::recovery::{Finding, Findings};
+use super::repair_latest::rebuild_latest;
 
 /// What `repair` did.
 #[derive(Debug, Default)]
@@ -53,17 +56,21 @@ pub fn set_aside(
     let stamp = chrono_stamp();
     let lf = data_dir.join("lost+found").join(stamp);
     let replicas = meta.all_replicas()?;
+    let rebuilt = rebuild_missing_latest(data_dir, meta, &replicas, findings, report)?;
     let broken_latest: BTreeSet<&str> = findings
         .items
         .iter()
         .filter_map(|f| match f {
-            Finding::LatestFile { replica, .. } => Some(replica.as_str()),
+            Finding::LatestFile { replica, .. } if !rebuilt.contains(replica) => {
+                Some(replica.as_str())
+            }
             _ => None,
         })
         .collect();
     let mut orphans = Vec::new();
     for f in &findings.items {
         match f {
+            Finding::LatestFile { replica, .. } if rebuilt.contains(replica) => {}
             Finding::UnknownFile { replica, file } => {
                 let copy = move_aside(data_dir, &lf, file, report)?;
                 let r = replicas.iter().find(|r| &r.path == replica);
@@ -108,6 +115,62 @@ pub fn set_aside(
         .into_iter()
         .map(|o| (o.replica, o.number, o.copy))
         .collect())
+}
+
+/// For each replica whose latest file is missing and that has a newer
+/// version file, rebuilds the latest from it ([`rebuild_latest`]); the
+/// replicas rebuilt.
+fn rebuild_missing_latest(
+    data_dir: &Path,
+    meta: &Meta,
+    replicas: &[ReplicaRow],
+    findings: &Findings,
+    report: &mut RepairReport,
+) -> Result<BTreeSet<String>> {
+    let mut rebuilt = BTreeSet::new();
+    for f in &findings.items {
+        let Finding::LatestFile {
+            replica,
+            problem: "missing",
+            ..
+        } = f
+        else {
+            continue;
+        };
+        let Some(r) = replicas.iter().find(|r| &r.path == replica) else {
+            continue;
+        };
+        // The oldest version file newer than the latest: the next one.
+        let next = findings
+            .items
+            .iter()
+            .filter_map(|g| match g {
+                Finding::UnknownFile { replica: rr, file } if rr == replica => version_number(file)
+                    .filter(|n| *n > r.latest)
+                    .map(|n| (n, file)),
+                _ => None,
+            })
+            .min_by_key(|(n, _)| *n);
+        let Some((n, file)) = next else { continue };
+        match rebuild_latest(data_dir, meta, r, file) {
+            Ok(true) => {
+                report.adopted.push(format!(
+                    "v{}.db of {replica} rebuilt from v{n}.db and the pack",
+                    r.latest
+                ));
+                rebuilt.insert(replica.clone());
+            }
+            Ok(false) => report.unresolved.push(format!(
+                "v{}.db of {replica} cannot be rebuilt from v{n}.db: some of its pages are nowhere",
+                r.latest
+            )),
+            Err(e) => report.unresolved.push(format!(
+                "v{}.db of {replica} cannot be rebuilt from v{n}.db: {e:#}",
+                r.latest
+            )),
+        }
+    }
+    Ok(rebuilt)
 }
 
 impl Store {
