@@ -27,4 +27,6 @@ pub use header::MAGIC;
 pub use paths::{
     can_create_in, io_reason, link_note, parent_dir, resolve_links, same_file, writable,
 };
-pub use version::{ReceivedPages, hash_file_pages, version_hash, version_hash_with};
+pub use version::{
+    ReceivedPages, hash_file_pages, version_hash, version_hash_with, xxh3_file_pages,
+};

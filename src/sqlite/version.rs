@@ -159,6 +159,18 @@ pub fn hash_file_pages(path: &Path, page_size: u32, page_count: u32) -> anyhow::
     )
 }
 
+/// The versionXxh3 of a file's first `page_count` pages (the same
+/// construction with XXH3-128, see [`hash_file_pages`]).
+pub fn xxh3_file_pages(path: &Path, page_size: u32, page_count: u32) -> anyhow::Result<String> {
+    digest_file_pages(
+        HashKind::Xxh3,
+        path,
+        page_size,
+        page_count,
+        vec![None; page_count as usize],
+    )
+}
+
 /// Like [`hash_file_pages`], taking the digests already `known` (indexed by
 /// page number - 1) and reading only the 1 MiB stretches that hold some
 /// page still unknown.

@@ -320,3 +320,27 @@ fn metadata_one_commit_behind_loses_no_version_after_repair() {
     let v = server_cmd(&f, &["verify"]).output().unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
+
+#[test]
+fn verify_checks_version_xxh3_too() {
+    let mut f = Fixture::start();
+    let db = f.make("app.db", 300);
+    f.first_push(db.to_str().unwrap(), "team/app.db");
+    change_rows(&db, 0.3);
+    push(&f, &db);
+    f.stop_server();
+    let c = rusqlite::Connection::open(f.data.join("meta.db")).unwrap();
+    let n = c
+        .execute("UPDATE versions SET version_xxh3=?1", [&"0".repeat(32)])
+        .unwrap();
+    assert_eq!(n, 2);
+    drop(c);
+    let v = server_cmd(&f, &["verify"]).output().unwrap();
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(!v.status.success(), "{out}");
+    assert!(out.contains("v2: versionXxh3 does not match"), "{out}");
+    assert!(
+        out.contains("v1: rebuilt with the wrong versionXxh3"),
+        "{out}"
+    );
+}

@@ -157,6 +157,12 @@ impl Store {
                     hash_file(tmp, v.page_size, v.page_count)? == v.version_hash,
                     "rebuilt with the wrong hash: the store is damaged"
                 );
+                if let Some(x) = &v.version_xxh3 {
+                    ensure!(
+                        crate::sqlite::xxh3_file_pages(tmp, v.page_size, v.page_count)? == *x,
+                        "rebuilt with the wrong versionXxh3: the store is damaged"
+                    );
+                }
                 Ok(())
             })();
             if let Err(e) = step {
@@ -185,6 +191,7 @@ impl Store {
         }
         let mut buf = vec![0u8; row.page_size as usize];
         let mut hasher = VersionHasher::new();
+        let mut xxh3 = VersionHasher::with_kind(crate::sqlite::HashKind::Xxh3);
         for pgno in 1..=row.page_count {
             file.read_exact_at(&mut buf, (pgno as u64 - 1) * row.page_size as u64)?;
             if let Some(s) = sums.get(pgno as usize - 1)
@@ -196,10 +203,21 @@ impl Store {
                 ));
             }
             hasher.page(pgno, &buf);
+            xxh3.page(pgno, &buf);
         }
         if hasher.finish() != row.version_hash {
             bad.push(format!(
                 "{} v{}: versionHash does not match",
+                r.path, row.number
+            ));
+        }
+        if row
+            .version_xxh3
+            .as_ref()
+            .is_some_and(|x| *x != xxh3.finish())
+        {
+            bad.push(format!(
+                "{} v{}: versionXxh3 does not match",
                 r.path, row.number
             ));
         }
