@@ -66,6 +66,33 @@ fn pull_digest(f: &Fixture, remote: &str, name: &str) -> String {
     content_digest(&out)
 }
 
+/// `app.db` pushed as team/app.db twice: (db, content of v1, of v2).
+fn two_versions(f: &Fixture, rows: u32) -> (PathBuf, String, String) {
+    let db = f.make("app.db", rows);
+    f.first_push(db.to_str().unwrap(), "team/app.db");
+    let v1 = content_digest(&db);
+    change_rows(&db, 0.3);
+    push(f, &db);
+    (db.clone(), v1, content_digest(&db))
+}
+
+/// `repair` that must succeed: its stdout.
+fn repair_ok(f: &Fixture) -> String {
+    let o = server_cmd(f, &["repair"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+fn assert_verify_clean(f: &Fixture) {
+    let v = server_cmd(f, &["verify"]).output().unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
 #[test]
 fn a_second_server_on_one_data_dir_is_refused_and_admin_commands_work_beside() {
     let f = Fixture::start();
@@ -89,11 +116,7 @@ fn a_second_server_on_one_data_dir_is_refused_and_admin_commands_work_beside() {
 #[test]
 fn metadata_behind_the_files_refuses_to_start_and_repair_rebuilds_the_lost_version() {
     let mut f = Fixture::start();
-    let db = f.make("app.db", 600);
-    f.first_push(db.to_str().unwrap(), "team/app.db");
-    change_rows(&db, 0.3);
-    push(&f, &db);
-    let v2 = content_digest(&db);
+    let (db, _, v2) = two_versions(&f, 600);
     let addr = f.stop_server();
     // A backup of meta.db and of the replica files at version 2.
     backup_meta(&f.data, &f.path("meta-v2.db"));
@@ -123,13 +146,7 @@ fn metadata_behind_the_files_refuses_to_start_and_repair_rebuilds_the_lost_versi
         "packs touched"
     );
 
-    let o = server_cmd(&f, &["repair"]).output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = repair_ok(&f);
     assert!(
         out.contains("v3.db of team/app.db is now version 3"),
         "{out}"
@@ -141,17 +158,13 @@ fn metadata_behind_the_files_refuses_to_start_and_repair_rebuilds_the_lost_versi
     f.restart_server_at(&addr);
     assert_eq!(pull_digest(&f, "team/app.db", "latest.db"), v3);
     assert_eq!(pull_digest(&f, "team/app.db@2", "two.db"), v2);
-    let v = server_cmd(&f, &["verify"]).output().unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    assert_verify_clean(&f);
 }
 
 #[test]
 fn a_lost_latest_file_or_pack_is_a_refusal_not_a_silent_empty_store() {
     let mut f = Fixture::start();
-    let db = f.make("app.db", 600);
-    f.first_push(db.to_str().unwrap(), "team/app.db");
-    change_rows(&db, 0.3);
-    push(&f, &db);
+    two_versions(&f, 600);
     f.stop_server();
     let pack = f.data.join("packs/pack-000001.dat");
     std::fs::rename(&pack, f.path("pack-aside")).unwrap();
@@ -281,12 +294,7 @@ fn metadata_one_commit_behind_loses_no_version_after_repair() {
     // a lost WAL tail). v2.db is gone (the commit of 3 removed it); v3.db
     // and the pack bytes of that commit remain.
     let mut f = Fixture::start();
-    let db = f.make("app.db", 600);
-    f.first_push(db.to_str().unwrap(), "team/app.db");
-    let v1 = content_digest(&db);
-    change_rows(&db, 0.3);
-    push(&f, &db);
-    let v2 = content_digest(&db);
+    let (db, v1, v2) = two_versions(&f, 600);
     let addr = f.stop_server();
     backup_meta(&f.data, &f.path("meta-v2.db"));
     f.restart_server_at(&addr);
@@ -298,13 +306,7 @@ fn metadata_one_commit_behind_loses_no_version_after_repair() {
     let err = serve_refused(&f);
     assert!(err.contains("v2.db) is missing"), "{err}");
     assert!(err.contains("v3.db"), "{err}");
-    let o = server_cmd(&f, &["repair"]).output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = repair_ok(&f);
     assert!(
         out.contains("v2.db of team/app.db rebuilt from v3.db"),
         "{out}"
@@ -317,17 +319,13 @@ fn metadata_one_commit_behind_loses_no_version_after_repair() {
     assert_eq!(pull_digest(&f, "team/app.db", "latest.db"), v3);
     assert_eq!(pull_digest(&f, "team/app.db@2", "two.db"), v2);
     assert_eq!(pull_digest(&f, "team/app.db@1", "one.db"), v1);
-    let v = server_cmd(&f, &["verify"]).output().unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    assert_verify_clean(&f);
 }
 
 #[test]
 fn verify_checks_version_xxh3_too() {
     let mut f = Fixture::start();
-    let db = f.make("app.db", 300);
-    f.first_push(db.to_str().unwrap(), "team/app.db");
-    change_rows(&db, 0.3);
-    push(&f, &db);
+    two_versions(&f, 300);
     f.stop_server();
     let c = rusqlite::Connection::open(f.data.join("meta.db")).unwrap();
     let n = c
