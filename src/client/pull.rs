@@ -243,6 +243,11 @@ pub async fn pull_once(
     }
     if let Some(pull) = &cfg.new_pull_key {
         keep_pull_key(p, pull, &printer)?;
+    } else if let Some(given) = given_pull_key(p) {
+        // Servers mint pull keys for admin keys only: a Replica Pull key
+        // the user gave that just worked is the one to keep, as a push
+        // keeps a --pushKey.
+        keep_pull_key(p, &given, &printer)?;
     }
     for l in &outcome.helper_stderr {
         printer.verbose(&format!("sqlite3_rsync: {l}"));
@@ -373,6 +378,14 @@ fn verify(
         None => None,
     };
     Ok((verified, verify_seconds))
+}
+
+/// The `--pullKey` this pull used, when there is no `-sqlrsync` file for
+/// the replica yet (a pull that asked for a key and got none).
+fn given_pull_key(p: &Plan) -> Option<String> {
+    (p.key_request && p.key.source == KeySource::Flag("--pullKey"))
+        .then(|| p.key.value.clone())
+        .flatten()
 }
 
 /// Keeps the pull key the server issued in the `-sqlrsync` file; later

@@ -37,7 +37,10 @@ pub fn presented_key(st: &AppState, h: &HeaderMap) -> Result<Option<KeyRecord>, 
         .unwrap_or(raw)
         .trim();
     match keys::lookup(st.store.meta(), raw) {
-        Ok(Some(k)) => Ok(Some(k)),
+        Ok(Some(k)) => {
+            note_use(st, &k);
+            Ok(Some(k))
+        }
         Ok(None) => {
             tracing::warn!("refused an unknown or revoked key");
             Err(Refusal::new(
@@ -47,6 +50,20 @@ pub fn presented_key(st: &AppState, h: &HeaderMap) -> Result<Option<KeyRecord>, 
         }
         Err(e) => Err(Refusal::internal(e)),
     }
+}
+
+/// Records when `key` was last used, off the request's path, when the
+/// record is older than a minute ([`keys::use_is_stale`]).
+fn note_use(st: &AppState, key: &KeyRecord) {
+    if !keys::use_is_stale(key) {
+        return;
+    }
+    let (store, key) = (st.store.clone(), key.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = keys::note_use(store.meta(), &key) {
+            tracing::warn!(error = %format!("{e:#}"), key_id = key.id, "could not record a key's use");
+        }
+    });
 }
 
 /// An admitted push.

@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use super::admission;
 use super::app::AppState;
 use super::frames::{Frame as FrameIn, PullAction, PullFrames};
-use super::keys::{KeyKind, KeyRecord, PendingKey};
+use super::keys::{self, KeyKind, KeyRecord, MintedOn, PendingKey};
 use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
 use super::store::{ReplicaRow, VersionFile, VersionRow};
 use crate::helper::HelperCommand;
@@ -101,7 +101,9 @@ fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
 }
 
 /// The Replica Pull key a puller asked for: made at once (the client
-/// needs it in CONFIG), stored only once our side of the pull completed.
+/// needs it in CONFIG), stored only once our side of the pull completed,
+/// replacing the one the same admin key minted for this replica before
+/// (only hashes are kept, so the old key cannot be handed out again).
 #[derive(Default)]
 struct PullKey {
     /// The key, once made.
@@ -122,7 +124,7 @@ impl PullKey {
         {
             st.store
                 .meta()
-                .add_key(&k.record())
+                .replace_minted_key(&k.record())
                 .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))?;
             self.stored = true;
         }
@@ -290,17 +292,21 @@ impl Serve<'_> {
         match action.map_err(|e| Abort::Client(e.0))? {
             PullAction::Skip => {}
             PullAction::Control(c) => {
-                // Only someone who may already pull with a key gets
-                // a Replica Pull key to keep.
+                // Only the namespace's admin key gets a Replica Pull key
+                // to keep (keys::mints_on_pull); anyone else is answered
+                // with CONFIG and no key.
                 if c == ClientControl::KeyRequest
-                    && ctx.key.is_some()
                     && self.pull_key.key.is_none()
+                    && let Some(by) = ctx
+                        .key
+                        .as_ref()
+                        .filter(|k| keys::mints_on_pull(k, &ctx.replica))
                 {
-                    let r = &ctx.replica;
-                    self.pull_key.key = Some(PendingKey::new(
+                    self.pull_key.key = Some(PendingKey::minted(
                         KeyKind::ReplicaPull,
-                        &r.namespace,
-                        Some(r.id),
+                        &ctx.replica,
+                        by,
+                        MintedOn::Pull,
                     ));
                     if self.origin_ended {
                         self.pull_key.store(st)?;

@@ -27,7 +27,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::admission;
 use super::app::AppState;
 use super::frames::{Frame as FrameIn, PushAction, PushFrames};
-use super::keys::{KeyKind, KeyRecord, PendingKey};
+use super::keys::{KeyKind, KeyRecord, MintedOn, PendingKey};
 use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
 use super::store::{CommitOutcome, Pushed, ReplicaRow, ReplicaState, VersionRow};
 use crate::helper::{Helper, HelperCommand};
@@ -472,7 +472,8 @@ fn latest_hash(st: &AppState, r: &ReplicaRow, version: u64) -> Result<Option<Str
 
 /// The CONFIG answer; on KEYREQUEST a new Replica Pull key, and for a push
 /// authorised by the Account Admin key a new Replica Push key (made now,
-/// stored with the version).
+/// stored with the version), both tied to the key that authorised the
+/// push: revoking it revokes them.
 fn config_for(
     ctx: &PushContext,
     version: u64,
@@ -481,12 +482,13 @@ fn config_for(
 ) -> ServerConfig {
     let r = &ctx.replica;
     if key_request {
+        let by = &ctx.key;
         issued
             .pull
-            .get_or_insert_with(|| PendingKey::new(KeyKind::ReplicaPull, &r.namespace, Some(r.id)));
-        if ctx.key.kind == KeyKind::Admin {
+            .get_or_insert_with(|| PendingKey::minted(KeyKind::ReplicaPull, r, by, MintedOn::Push));
+        if by.kind == KeyKind::Admin {
             issued.push.get_or_insert_with(|| {
-                PendingKey::new(KeyKind::ReplicaPush, &r.namespace, Some(r.id))
+                PendingKey::minted(KeyKind::ReplicaPush, r, by, MintedOn::Push)
             });
         }
     }

@@ -24,6 +24,12 @@ use crate::server::store::pages::{BlobLocation, PageHash};
 /// XXH3-128 of every page of the latest version (16 bytes per page), from
 /// which a commit computes `versions.version_xxh3` by hashing only the
 /// pages that changed (both are added to older stores by [`open`]).
+/// `keys.minted_by` is the id of the key whose session minted a key
+/// (revoking it revokes what it minted), `keys.minted_on` that session's
+/// kind (`push`, `pull`), `keys.label` the operator's note, and
+/// `keys.last_used` when the key last opened a session (kept to the
+/// minute); all four are added to older stores by [`open`], where their
+/// keys keep NULL (made before keys were tied to their minter).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces(
   name TEXT PRIMARY KEY,
@@ -36,7 +42,11 @@ CREATE TABLE IF NOT EXISTS keys(
   namespace TEXT NOT NULL,
   replica INTEGER,
   created TEXT NOT NULL,
-  revoked TEXT
+  revoked TEXT,
+  minted_by INTEGER,
+  minted_on TEXT,
+  label TEXT,
+  last_used TEXT
 );
 CREATE TABLE IF NOT EXISTS replicas(
   id INTEGER PRIMARY KEY,
@@ -98,6 +108,16 @@ fn open(path: &Path) -> Result<Connection> {
     c.execute_batch(SCHEMA)?;
     add_column(&c, "replicas", "latest_xxh3", "BLOB")?;
     add_column(&c, "versions", "version_xxh3", "TEXT")?;
+    for (column, decl) in [
+        ("minted_by", "INTEGER"),
+        ("minted_on", "TEXT"),
+        ("label", "TEXT"),
+        ("last_used", "TEXT"),
+    ] {
+        add_column(&c, "keys", column, decl)?;
+    }
+    // After the columns: revocation follows minted_by down the tree.
+    c.execute_batch("CREATE INDEX IF NOT EXISTS keys_minted_by ON keys(minted_by)")?;
     Ok(c)
 }
 
@@ -422,15 +442,55 @@ fn latest_snapshot(c: &mut Connection, id: i64) -> Result<LatestSnapshot> {
 fn insert_keys(c: &Connection, keys: &[NewKey]) -> Result<()> {
     for k in keys {
         c.execute(
-            "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&k.hash[..], k.kind, k.namespace, k.replica, now()],
+            "INSERT INTO keys(hash, kind, namespace, replica, created, minted_by, minted_on, label)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                &k.hash[..],
+                k.kind,
+                k.namespace,
+                k.replica,
+                now(),
+                k.minted_by,
+                k.minted_on,
+                k.label
+            ],
         )?;
     }
     Ok(())
 }
 
-fn create_namespace(c: &mut Connection, name: &str, admin: &NewKey) -> Result<bool> {
+/// Inserts `k` after revoking the active keys it replaces: same kind,
+/// replica, minter and kind of session. Keys without a minter replace
+/// nothing.
+fn replace_minted_key(c: &mut Connection, k: &NewKey) -> Result<()> {
     let tx = c.transaction()?;
+    if k.minted_by.is_some() {
+        tx.execute(
+            "UPDATE keys SET revoked=?1 WHERE revoked IS NULL AND kind=?2 AND replica IS ?3
+               AND minted_by=?4 AND minted_on IS ?5",
+            params![now(), k.kind, k.replica, k.minted_by, k.minted_on],
+        )?;
+    }
+    insert_keys(&tx, std::slice::from_ref(k))?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn touch_key(c: &Connection, id: i64, at: &str) -> Result<()> {
+    c.execute("UPDATE keys SET last_used=?2 WHERE id=?1", params![id, at])?;
+    Ok(())
+}
+
+/// A transaction that reads before it writes, begun IMMEDIATE: a deferred
+/// one would take its read snapshot first and then fail at once with
+/// "database is locked" (no busy wait in WAL mode) if the server wrote in
+/// between, which it does whenever a key is used (`touch_key`).
+fn write_transaction(c: &mut Connection) -> Result<rusqlite::Transaction<'_>> {
+    Ok(c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+}
+
+fn create_namespace(c: &mut Connection, name: &str, admin: &NewKey) -> Result<bool> {
+    let tx = write_transaction(c)?;
     if namespace_exists(&tx, name)? {
         return Ok(false);
     }
@@ -457,54 +517,71 @@ fn namespaces(c: &Connection) -> Result<Vec<NamespaceRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+const KEY_COLS: &str = "k.id, k.kind, k.namespace, k.replica, k.created, k.revoked, k.minted_by, k.minted_on, k.label, k.last_used";
+
+fn stored_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
+    Ok(StoredKey {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        namespace: r.get(2)?,
+        replica: r.get(3)?,
+        created: r.get(4)?,
+        revoked: r.get(5)?,
+        minted_by: r.get(6)?,
+        minted_on: r.get(7)?,
+        label: r.get(8)?,
+        last_used: r.get(9)?,
+    })
+}
+
 fn key_by_hash(c: &Connection, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
-    Ok(c.query_row(
-        "SELECT id, hash, kind, namespace, replica, created, revoked FROM keys WHERE hash=?1",
-        [&hash[..]],
-        |r| {
-            Ok((
-                StoredKey {
-                    id: r.get(0)?,
-                    kind: r.get(2)?,
-                    namespace: r.get(3)?,
-                    replica: r.get(4)?,
-                    created: r.get(5)?,
-                    revoked: r.get(6)?,
-                },
-                r.get::<_, Vec<u8>>(1)?,
-            ))
-        },
-    )
+    // Cached: every keyed session asks.
+    Ok(c.prepare_cached(&format!(
+        "SELECT {KEY_COLS}, k.hash FROM keys k WHERE k.hash=?1"
+    ))?
+    .query_row([&hash[..]], |r| {
+        Ok((stored_key(r)?, r.get::<_, Vec<u8>>(10)?))
+    })
     .optional()?)
 }
 
 fn keys_of(c: &Connection, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>> {
-    let mut st = c.prepare(
-        "SELECT k.id, k.kind, k.namespace, k.replica, k.created, k.revoked, r.path
-         FROM keys k LEFT JOIN replicas r ON r.id = k.replica WHERE k.namespace=?1 ORDER BY k.id",
-    )?;
+    let mut st = c.prepare(&format!(
+        "SELECT {KEY_COLS}, r.path
+         FROM keys k LEFT JOIN replicas r ON r.id = k.replica WHERE k.namespace=?1 ORDER BY k.id"
+    ))?;
     let rows = st.query_map([namespace], |r| {
-        Ok((
-            StoredKey {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                namespace: r.get(2)?,
-                replica: r.get(3)?,
-                created: r.get(4)?,
-                revoked: r.get(5)?,
-            },
-            r.get::<_, Option<String>>(6)?,
-        ))
+        Ok((stored_key(r)?, r.get::<_, Option<String>>(10)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-fn revoke_key(c: &Connection, namespace: &str, id: i64) -> Result<bool> {
-    let n = c.execute(
-        "UPDATE keys SET revoked=?3 WHERE id=?1 AND namespace=?2 AND revoked IS NULL",
-        params![id, namespace, now()],
+/// Revokes active key `id` and, in the same transaction, every active key
+/// minted from it, following `minted_by` down (revoked keys on the way
+/// are followed too: what they minted must not outlive them either).
+fn revoke_key(c: &mut Connection, namespace: &str, id: i64) -> Result<usize> {
+    let tx = write_transaction(c)?;
+    let active = tx
+        .query_row(
+            "SELECT 1 FROM keys WHERE id=?1 AND namespace=?2 AND revoked IS NULL",
+            params![id, namespace],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !active {
+        return Ok(0);
+    }
+    let n = tx.execute(
+        "WITH RECURSIVE tree(id) AS (
+           SELECT ?1
+           UNION SELECT k.id FROM keys k JOIN tree t ON k.minted_by = t.id
+         )
+         UPDATE keys SET revoked=?2 WHERE revoked IS NULL AND id IN (SELECT id FROM tree)",
+        params![id, now()],
     )?;
-    Ok(n > 0)
+    tx.commit()?;
+    Ok(n)
 }
 
 impl MetaBackend for SqliteMeta {
@@ -576,14 +653,20 @@ impl MetaBackend for SqliteMeta {
         tx.commit()?;
         Ok(())
     }
+    fn replace_minted_key(&mut self, key: &NewKey) -> Result<()> {
+        replace_minted_key(&mut self.c, key)
+    }
+    fn touch_key(&mut self, id: i64, at: &str) -> Result<()> {
+        touch_key(&self.c, id, at)
+    }
     fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
         key_by_hash(&self.c, hash)
     }
     fn keys_of(&self, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>> {
         keys_of(&self.c, namespace)
     }
-    fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<bool> {
-        revoke_key(&self.c, namespace, id)
+    fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<usize> {
+        revoke_key(&mut self.c, namespace, id)
     }
 }
 
@@ -618,5 +701,144 @@ mod tests {
         // Opening again finds the columns there.
         let c = open(&path).unwrap();
         assert_eq!(version(&c, 1, 1).unwrap().unwrap().page_count, 2);
+    }
+
+    #[test]
+    fn an_older_store_gains_the_key_columns_and_its_keys_keep_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            // The keys table before keys were tied to their minter.
+            let c = Connection::open(&path).unwrap();
+            let old = SCHEMA.replace(
+                ",\n  minted_by INTEGER,\n  minted_on TEXT,\n  label TEXT,\n  last_used TEXT",
+                "",
+            );
+            assert!(!old.contains("minted_by") && !old.contains("last_used"));
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, 'admin', 'ns', NULL, 'then')",
+                [&[4u8; 32][..]],
+            )
+            .unwrap();
+        }
+        let mut c = open(&path).unwrap();
+        let (k, _) = key_by_hash(&c, &[4; 32]).unwrap().unwrap();
+        assert_eq!(
+            (k.kind.as_str(), k.minted_by, k.label, k.last_used),
+            ("admin", None, None, None)
+        );
+        // New keys minted by the old one are revoked with it.
+        let minted = NewKey {
+            hash: [5; 32],
+            kind: "replica-pull",
+            namespace: "ns".into(),
+            replica: Some(1),
+            minted_by: Some(k.id),
+            minted_on: Some("pull"),
+            label: None,
+        };
+        replace_minted_key(&mut c, &minted).unwrap();
+        touch_key(&c, k.id, "2030-01-01T00:00:00.000Z").unwrap();
+        let listed = keys_of(&c, "ns").unwrap();
+        assert_eq!(
+            listed[0].0.last_used.as_deref(),
+            Some("2030-01-01T00:00:00.000Z")
+        );
+        assert_eq!(listed[1].0.minted_on.as_deref(), Some("pull"));
+        assert_eq!(revoke_key(&mut c, "ns", k.id).unwrap(), 2);
+        drop(c);
+        // Opening again finds the columns and the index there.
+        let c = open(&path).unwrap();
+        let indexed: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name='keys_minted_by'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 1);
+        assert!(
+            key_by_hash(&c, &[5; 32])
+                .unwrap()
+                .unwrap()
+                .0
+                .revoked
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_minted_key_replaces_only_its_own_kind_minter_replica_and_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = open(&dir.path().join("meta.db")).unwrap();
+        let key = |h: u8, kind: &'static str, replica, by, on| NewKey {
+            hash: [h; 32],
+            kind,
+            namespace: "ns".into(),
+            replica,
+            minted_by: by,
+            minted_on: on,
+            label: None,
+        };
+        insert_keys(&c, &[key(1, "admin", None, None, None)]).unwrap();
+        insert_keys(&c, &[key(2, "admin", None, None, None)]).unwrap();
+        let live = |c: &Connection, h: u8| {
+            key_by_hash(c, &[h; 32])
+                .unwrap()
+                .unwrap()
+                .0
+                .revoked
+                .is_none()
+        };
+        for (h, kind, replica, by, on) in [
+            (10, "replica-pull", Some(7), Some(1), Some("pull")),
+            (11, "replica-pull", Some(7), Some(1), Some("push")),
+            (12, "replica-push", Some(7), Some(1), Some("push")),
+            (13, "replica-pull", Some(8), Some(1), Some("pull")),
+            (14, "replica-pull", Some(7), Some(2), Some("pull")),
+        ] {
+            replace_minted_key(&mut c, &key(h, kind, replica, by, on)).unwrap();
+        }
+        replace_minted_key(
+            &mut c,
+            &key(20, "replica-pull", Some(7), Some(1), Some("pull")),
+        )
+        .unwrap();
+        assert!(!live(&c, 10), "the key it replaces");
+        for h in [11, 12, 13, 14, 20, 1, 2] {
+            assert!(live(&c, h), "key {h} was revoked");
+        }
+        // Revoking a minter revokes down the tree, and nothing else.
+        let id = |c: &Connection, h: u8| key_by_hash(c, &[h; 32]).unwrap().unwrap().0.id;
+        let push_key = id(&c, 12);
+        insert_keys(
+            &c,
+            &[key(
+                30,
+                "replica-pull",
+                Some(7),
+                Some(push_key),
+                Some("push"),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            {
+                let admin = id(&c, 1);
+                revoke_key(&mut c, "ns", admin).unwrap()
+            },
+            6
+        );
+        assert!(!live(&c, 30), "minted by a key the revoked one minted");
+        assert!(live(&c, 14) && live(&c, 2));
+        assert_eq!(
+            {
+                let other = id(&c, 2);
+                revoke_key(&mut c, "other", other).unwrap()
+            },
+            0,
+            "another namespace"
+        );
     }
 }
