@@ -110,15 +110,20 @@ pub fn admit_push(st: &AppState, uri: &Uri, h: &HeaderMap) -> Result<Pusher, Ref
     };
     let visibility = Visibility::from_header(header(headers::VISIBILITY))
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e))?;
-    let replica = match st.store.meta().replica(&path).map_err(Refusal::internal)? {
-        Some(r) if keys::may_push(&key, &r) => r,
-        Some(_) => {
-            tracing::warn!(path = %path, key_id = key.id, "refused push: key does not allow it");
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "key does not allow push to this replica",
-            ));
-        }
+    // One lookup and one decision, whether the replica exists or not: a
+    // key that may not push here must not learn which (same status, body
+    // and work on both paths).
+    let existing = st.store.meta().replica(&path).map_err(Refusal::internal)?;
+    let allowed = match &existing {
+        Some(r) => keys::may_push(&key, r),
+        None => may_create(&key, &path),
+    };
+    if !allowed {
+        tracing::warn!(path = %path, key_id = key.id, "refused push: key does not allow it");
+        return Err(push_refused());
+    }
+    let replica = match existing {
+        Some(r) => r,
         None => create_replica(st, &key, &path, visibility)?,
     };
     Ok(Pusher {
@@ -126,6 +131,23 @@ pub fn admit_push(st: &AppState, uri: &Uri, h: &HeaderMap) -> Result<Pusher, Ref
         key,
         replica,
     })
+}
+
+/// The one refusal of a push with a real key that may not push to the
+/// path: for a replica it may not push and for one that does not exist
+/// alike, so that a private replica cannot be told from an absent one.
+fn push_refused() -> Refusal {
+    Refusal::new(
+        StatusCode::FORBIDDEN,
+        "key does not allow pushing to this path",
+    )
+}
+
+/// True when `key` may create a replica at `path`: its namespace's
+/// Account Admin key.
+fn may_create(key: &KeyRecord, path: &str) -> bool {
+    let namespace = path.split('/').next().unwrap_or_default();
+    key.kind == KeyKind::Admin && key.namespace == namespace
 }
 
 /// Creates replica `path` for a first push, if `key` is its namespace's
@@ -137,12 +159,8 @@ fn create_replica(
     visibility: Visibility,
 ) -> Result<ReplicaRow, Refusal> {
     let namespace = path.split('/').next().unwrap_or_default();
-    if !(key.kind == KeyKind::Admin && key.namespace == namespace) {
-        tracing::warn!(path = %path, key_id = key.id, "refused push: cannot create replica");
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "key does not allow creating replicas in this namespace",
-        ));
+    if !may_create(key, path) {
+        return Err(push_refused());
     }
     let r = st
         .store

@@ -256,7 +256,10 @@ fn visibility_and_assigned_paths() {
     assert_eq!(http_get(&server.addr, "/acme/unl.db").0, 200);
     assert_eq!(http_get(&server.addr, "/acme/priv.db").0, 404);
     assert_eq!(http_get(&server.addr, "/acme/none.db").0, 404);
-    assert_eq!(http_get(&server.addr, "/nobody").0, 404);
+    // A namespace that does not exist looks like one with nothing public.
+    let (status, _, body) = http_get(&server.addr, "/nobody");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("No public replicas."));
 
     // An empty push path: the server names it namespace/host/file.
     let o = rt.block_on(push(
@@ -558,4 +561,97 @@ fn only_admin_pulls_mint_and_minted_keys_go_with_their_minter() {
         rt.block_on(pull(&ws, "acme/a.db", &out, &with_key(k)))
             .assert_ok();
     }
+}
+
+#[test]
+fn push_refusals_do_not_tell_a_private_replica_from_an_absent_one() {
+    let f = Fixture::with("acme", &[]);
+    let (env, data, server) = (&f.env, &f.data, f.server());
+    let acme = f.admin.clone();
+    let other = server.create_namespace(env, "other");
+    let db = env.path("a.db");
+    make_db(
+        &db,
+        DbSpec {
+            rows: 100,
+            ..Default::default()
+        },
+    );
+    let rt = rt();
+    let ws = server.ws_url();
+    let o = rt.block_on(push(
+        &ws,
+        "acme/a.db",
+        &db,
+        &Opts {
+            key_request: true,
+            ..with_key(&acme)
+        },
+    ));
+    o.assert_ok();
+    let (a_push, a_pull) = (
+        o.config().new_push_key.unwrap(),
+        o.config().new_pull_key.unwrap(),
+    );
+    rt.block_on(push(&ws, "acme/secret.db", &db, &with_key(&acme)))
+        .assert_ok();
+    let account_pull = cli_key(
+        env,
+        data,
+        &["keys", "create", "acme", "--kind", "account-pull"],
+    );
+
+    // Every real key that may not push there: the same answer for the
+    // private replica as for a path where nothing is.
+    for k in [&a_push, &a_pull, &account_pull, &other] {
+        let private = http_upgrade(&server.addr, "/sapi/push/acme/secret.db", Some(k));
+        let absent = http_upgrade(&server.addr, "/sapi/push/acme/absent.db", Some(k));
+        assert_eq!(private.0, 403, "{private:?}");
+        assert_eq!(
+            private, absent,
+            "a private replica told apart from an absent one"
+        );
+    }
+    assert_eq!(
+        http_get(&server.addr, "/acme/absent.db").0,
+        404,
+        "nothing was created"
+    );
+
+    // The same work on both paths: the medians of alternating refusals
+    // differ by no more than the noise (a generous bound; it measures
+    // that neither path does, say, an extra store write).
+    let time = |path: &str| {
+        let t = std::time::Instant::now();
+        assert_eq!(http_upgrade(&server.addr, path, Some(&a_push)).0, 403);
+        t.elapsed().as_micros()
+    };
+    let (secret, absent) = ("/sapi/push/acme/secret.db", "/sapi/push/acme/absent.db");
+    let (mut t_private, mut t_absent) = (Vec::new(), Vec::new());
+    for i in 0..300 {
+        if i % 2 == 0 {
+            t_private.push(time(secret));
+            t_absent.push(time(absent));
+        } else {
+            t_absent.push(time(absent));
+            t_private.push(time(secret));
+        }
+    }
+    let median = |v: &mut Vec<u128>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let (mp, ma) = (median(&mut t_private), median(&mut t_absent));
+    assert!(
+        mp.abs_diff(ma) <= 300.max(mp.max(ma) / 4),
+        "medians {mp} us (private) and {ma} us (absent) differ beyond the noise"
+    );
+
+    // The namespace page: the same for a namespace that does not exist as
+    // for one with no public replicas (here: only private ones).
+    let (s1, _, b1) = http_get(&server.addr, "/acme");
+    let (s2, _, b2) = http_get(&server.addr, "/nosuch");
+    assert_eq!((s1, s2), (200, 200));
+    let (b1, b2) = (String::from_utf8_lossy(&b1), String::from_utf8_lossy(&b2));
+    assert_eq!(b1.replace("acme", "NS"), b2.replace("nosuch", "NS"));
 }
