@@ -20,7 +20,9 @@ use super::admission;
 use super::app::AppState;
 use super::frames::{Frame as FrameIn, PullAction, PullFrames};
 use super::keys::{self, KeyKind, KeyRecord, MintedOn, PendingKey};
-use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
+use super::session::{
+    Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper, split_file,
+};
 use super::store::{ReplicaRow, VersionFile, VersionRow};
 use crate::helper::HelperCommand;
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
@@ -125,7 +127,7 @@ impl PullKey {
             st.store
                 .meta()
                 .replace_minted_key(&k.record())
-                .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))?;
+                .map_err(|e| Abort::server("the server could not issue a key", format!("{e:#}")))?;
             self.stored = true;
         }
         Ok(())
@@ -140,10 +142,17 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
     let n = ctx.version.number;
     let file: Arc<VersionFile> = tokio::task::spawn_blocking(move || store.version_file(&r, n))
         .await
-        .map_err(|e| Abort::Server(format!("materialise task failed: {e}")))?
-        .map_err(|e| Abort::Server(format!("cannot read version {n}: {e:#}")))?;
+        .map_err(|e| Abort::server(format!("the server could not read version {n}"), e))?
+        .map_err(|e| {
+            Abort::server(
+                format!("the server could not read version {n}"),
+                format!("{e:#}"),
+            )
+        })?;
     send_out(&link.out, config_text(config(ctx, None))).await;
-    let mut helper = spawn_helper(&HelperCommand::origin(&file.path, &ctx.replica.path))?;
+    let (dir, name) = split_file(&file.path);
+    let mut helper =
+        spawn_helper(&HelperCommand::origin(name, &ctx.replica.path).current_dir(dir))?;
     let stdout = helper.stdout.take().expect("piped stdout");
     let (ended_tx, ended_rx) = oneshot::channel::<()>();
     let newer = NewerCheck {
@@ -175,10 +184,10 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
     let _ = helper.wait(Duration::from_secs(10)).await;
     drop(file);
     if let Some(e) = summary.errors.first() {
-        return Err(Abort::Server(format!("origin error: {e}")));
+        return Err(Abort::server("the server's origin side failed", e));
     }
     if !summary.complete() {
-        return Err(Abort::Server("the origin side stopped early".into()));
+        return Err(Abort::server("the server's origin side stopped early", ""));
     }
     serve.pull_key.store(st)?;
     serve.await_close(link).await;
@@ -214,7 +223,7 @@ impl Serve<'_> {
         let pumped = loop {
             tokio::select! {
                 res = &mut pump => {
-                    break res.map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
+                    break res.map_err(|e| Abort::server("the server's origin side failed", e))?;
                 }
                 _ = &mut ended_rx, if !self.origin_ended => {
                     // ORIGIN_END sent: the helper waits for the replica's EOF,
@@ -237,7 +246,7 @@ impl Serve<'_> {
                                 self.stdin = None;
                                 break tokio::time::timeout(Duration::from_secs(30), &mut pump).await
                                     .map_err(|_| Abort::Cut("helper did not finish".into()))?
-                                    .map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
+                                    .map_err(|e| Abort::server("the server's origin side failed", e))?;
                             }
                             return Err(Abort::Cut("client left before the pull finished".into()));
                         }

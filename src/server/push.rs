@@ -28,7 +28,9 @@ use super::admission;
 use super::app::AppState;
 use super::frames::{Frame as FrameIn, PushAction, PushFrames};
 use super::keys::{KeyKind, KeyRecord, MintedOn, PendingKey};
-use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
+use super::session::{
+    Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper, split_file,
+};
 use super::store::{CommitOutcome, Pushed, ReplicaRow, ReplicaState, VersionRow};
 use crate::helper::{Helper, HelperCommand};
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
@@ -241,7 +243,7 @@ impl Push<'_> {
                             .unwrap_or_else(|| "the replica side stopped early".into()),
                         Err(e) => format!("replica task failed: {e}"),
                     };
-                    return Err(Abort::Server(format!("replica side failed: {why}")));
+                    return Err(Abort::server("the server's replica side failed", why));
                 }
                 _ = activity.idle(wait) => return Err(Abort::Client(why.into())),
             };
@@ -303,7 +305,8 @@ impl Push<'_> {
                 self.base_pages =
                     prepare_staging(st, r, self.latest.as_deref(), &guard.0, page_size).await?;
                 tracing::debug!(secs = t.elapsed().as_secs_f64(), "staging copy ready");
-                let mut h = spawn_helper(&HelperCommand::replica(&r.path, &guard.0))?;
+                let (dir, name) = split_file(&guard.0);
+                let mut h = spawn_helper(&HelperCommand::replica(&r.path, name).current_dir(dir))?;
                 let stdout = h.stdout.take().expect("piped stdout");
                 let pumped = pump_replica(stdout, ctx.framing, self.out.clone());
                 self.pump = Some(tokio::spawn(pumped));
@@ -327,20 +330,20 @@ impl Push<'_> {
         let h = self
             .helper
             .as_mut()
-            .ok_or_else(|| Abort::Server("replica side missing".into()))?;
+            .ok_or_else(|| Abort::server("the server's replica side is missing", ""))?;
         h.stdin = None;
         let pumped = match self.pump.take() {
             Some(p) => tokio::time::timeout(Duration::from_secs(600), p)
                 .await
-                .map_err(|_| Abort::Server("the replica side did not finish".into()))?
-                .map_err(|e| Abort::Server(format!("replica task failed: {e}")))?,
-            None => return Err(Abort::Server("replica side missing".into())),
+                .map_err(|_| Abort::server("the server's replica side did not finish", ""))?
+                .map_err(|e| Abort::server("the server's replica side failed", e))?,
+            None => return Err(Abort::server("the server's replica side is missing", "")),
         };
         let status = h
             .wait(Duration::from_secs(60))
             .await
-            .ok_or_else(|| Abort::Server("the helper did not exit".into()))?
-            .map_err(|e| Abort::Server(format!("waiting for the helper: {e}")))?;
+            .ok_or_else(|| Abort::server("the server's sync helper did not exit", ""))?
+            .map_err(|e| Abort::server("the server's sync helper failed", e))?;
         Ok((pumped, status))
     }
 
@@ -348,12 +351,13 @@ impl Push<'_> {
     /// that exited, and every page of the result sent or already there.
     fn judge(&self, (pumped, status): &(PumpEnd, std::process::ExitStatus)) -> Result<(), Abort> {
         if let Some(e) = stream_error(pumped) {
-            return Err(Abort::Server(format!("replica stream: {e}")));
+            return Err(Abort::server("the server's replica side failed", e));
         }
         if let Some(e) = pumped.replica.errors.first() {
-            return Err(Abort::Client(format!(
-                "the replica side refused the push: {e}"
-            )));
+            return Err(Abort::rejected(
+                "the server's replica side refused the push",
+                e,
+            ));
         }
         let summary = self.frames.summary();
         if let Some(e) = summary.errors.first() {
@@ -388,10 +392,9 @@ impl Push<'_> {
             .collect();
         let store = st.store.clone();
         let replica = r.clone();
-        let staging = self
-            .staging
-            .take()
-            .ok_or_else(|| Abort::Server("staging file missing".into()))?;
+        let staging = self.staging.take().ok_or_else(|| {
+            Abort::server("the server lost the pushed copy", "staging file missing")
+        })?;
         let mut keys_issued = self.keys_issued;
         tracing::debug!("replica side finished; committing");
         let outcome = tokio::task::spawn_blocking(move || {
@@ -419,10 +422,13 @@ impl Push<'_> {
             res
         })
         .await
-        .map_err(|e| Abort::Server(format!("commit task failed: {e}")))?
+        .map_err(|e| Abort::server("the server could not store the version", e))?
         .map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "commit failed");
-            Abort::Server(format!("could not store the version: {e:#}"))
+            Abort::server(
+                store_failure(&e, "the server could not store the version"),
+                format!("{e:#}"),
+            )
         })?;
         match outcome {
             CommitOutcome::Committed(row) => {
@@ -437,6 +443,17 @@ impl Push<'_> {
                 Ok(PushEnd::NoChange(cfg, n))
             }
         }
+    }
+}
+
+/// The client's text for a store error: a full disk says so (the client
+/// can do nothing else about it, and it is no secret), anything else is
+/// `otherwise`; the error itself goes to the log.
+fn store_failure(e: &anyhow::Error, otherwise: &str) -> String {
+    if super::store::is_out_of_space(e) {
+        "the server's disk is full; nothing was stored".into()
+    } else {
+        otherwise.into()
     }
 }
 
@@ -467,7 +484,12 @@ fn latest_hash(st: &AppState, r: &ReplicaRow, version: u64) -> Result<Option<Str
         .meta()
         .version(r, version)
         .map(|v| v.map(|v| v.version_hash))
-        .map_err(|e| Abort::Server(format!("reading version {version}: {e:#}")))
+        .map_err(|e| {
+            Abort::server(
+                format!("the server could not read version {version}"),
+                format!("{e:#}"),
+            )
+        })
 }
 
 /// The CONFIG answer; on KEYREQUEST a new Replica Pull key, and for a push
@@ -539,8 +561,13 @@ async fn prepare_staging(
         Ok(0)
     })
     .await
-    .map_err(|e| Abort::Server(format!("staging task failed: {e}")))?
-    .map_err(|e| Abort::Server(format!("preparing the staging copy: {e:#}")))
+    .map_err(|e| Abort::server("the server could not prepare the push", e))?
+    .map_err(|e| {
+        Abort::server(
+            store_failure(&e, "the server could not prepare the push"),
+            format!("{e:#}"),
+        )
+    })
 }
 
 /// Starts writing the fresh staging copy to disk now, without waiting: the
