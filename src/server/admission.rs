@@ -19,15 +19,20 @@ use super::names;
 use super::store::{ReplicaRow, VersionRow};
 use crate::wire::{VersionRef, Visibility, headers};
 
-/// The key in the Authorization header, looked up; Err(401) for a key that
-/// is given but unknown or revoked.
-pub fn presented_key(st: &AppState, h: &HeaderMap) -> Result<Option<KeyRecord>, Refusal> {
-    let Some(raw) = h
-        .get(headers::AUTHORIZATION)
+/// The Authorization header's value when there is one to look up (text,
+/// not blank); a request without one is anonymous.
+pub fn authorization(h: &HeaderMap) -> Option<&str> {
+    h.get(headers::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|s| !s.is_empty())
-    else {
+}
+
+/// The key in the Authorization header, looked up; Err(401) for a key that
+/// is given but unknown or revoked (logged, in summary, by
+/// [`super::throttle`]).
+pub fn presented_key(st: &AppState, h: &HeaderMap) -> Result<Option<KeyRecord>, Refusal> {
+    let Some(raw) = authorization(h) else {
         return Ok(None);
     };
     // Tolerate a scheme word some proxies or clients add.
@@ -41,13 +46,10 @@ pub fn presented_key(st: &AppState, h: &HeaderMap) -> Result<Option<KeyRecord>, 
             note_use(st, &k);
             Ok(Some(k))
         }
-        Ok(None) => {
-            tracing::warn!("refused an unknown or revoked key");
-            Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unknown or revoked key",
-            ))
-        }
+        Ok(None) => Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown or revoked key",
+        )),
         Err(e) => Err(Refusal::internal(e)),
     }
 }

@@ -49,6 +49,9 @@ pub struct ServeConfig {
     /// A connection must send its HTTP request head, and a push its first
     /// frame, within this long ([`super::conn`]).
     pub handshake_timeout: Duration,
+    /// Longest wait before checking a key from an address that sent wrong
+    /// keys ([`super::throttle`]); zero: no wait.
+    pub max_key_delay: Duration,
 }
 
 impl ServeConfig {
@@ -64,6 +67,7 @@ impl ServeConfig {
             max_db_bytes: crate::wire::DEFAULT_MAX_DB_BYTES,
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(30),
+            max_key_delay: Duration::from_secs(1),
         }
     }
 
@@ -110,6 +114,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Limits and options.
     pub config: Arc<ServeConfig>,
+    /// Addresses that sent wrong keys.
+    pub key_throttle: Arc<super::throttle::KeyThrottle>,
 }
 
 impl AppState {
@@ -169,6 +175,11 @@ impl Refusal {
             status,
             body: body.into(),
         }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// A 500 for an error of ours, logged here (the client sees no detail).
@@ -274,6 +285,7 @@ pub async fn run(
         sessions: Arc::new(Semaphore::new(max)),
         shutdown: stop_rx,
         config: Arc::new(config.clone()),
+        key_throttle: super::throttle::KeyThrottle::new(config.max_key_delay),
     };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = axum_server::Handle::new();

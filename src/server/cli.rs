@@ -99,6 +99,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout: u64,
+    /// Longest wait, in milliseconds, before checking a key from an address
+    /// that sent wrong keys: after 3 wrong keys each check waits 50 ms,
+    /// doubling up to this (0: never wait; refusals are still logged in
+    /// summary). A right key clears the address's record.
+    #[arg(long, default_value_t = 1000, value_name = "MILLIS")]
+    pub max_key_delay: u64,
 }
 
 /// A size in bytes: digits with an optional K, M, G or T (binary units;
@@ -400,6 +406,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_db_bytes: a.max_db_size,
             idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
             handshake_timeout: std::time::Duration::from_secs(a.handshake_timeout),
+            max_key_delay: std::time::Duration::from_millis(a.max_key_delay),
             ..ServeConfig::new(a.data.data_dir)
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

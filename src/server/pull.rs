@@ -9,8 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
@@ -49,11 +51,16 @@ struct PullContext {
 
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (reader, version) = match admission::admit_pull(&st, &uri, &h) {
+    let admitted = st
+        .key_throttle
+        .admit(peer.ip(), &h, || admission::admit_pull(&st, &uri, &h))
+        .await;
+    let (reader, version) = match admitted {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };

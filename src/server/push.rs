@@ -17,8 +17,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
@@ -50,11 +52,18 @@ struct PushContext {
 
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers_in: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ctx = match admission::admit_push(&st, &uri, &headers_in) {
+    let admitted = st
+        .key_throttle
+        .admit(peer.ip(), &headers_in, || {
+            admission::admit_push(&st, &uri, &headers_in)
+        })
+        .await;
+    let ctx = match admitted {
         Ok(p) => PushContext {
             replica: p.replica,
             key: p.key,
