@@ -8,7 +8,10 @@
 //! of the checks is part of the contract the tests hold: a connection slot
 //! first (503), then the key (401), then the path (400), then access (403
 //! for a push; 404 for a read, so that private replicas and unknown paths
-//! look the same to outsiders).
+//! look the same to outsiders). Before any of it, a request with a key from
+//! an address that sent wrong keys waits its turn (or gets 429) in
+//! [`super::throttle`], which reads the outcome of the key check from
+//! these statuses.
 
 use axum::http::{HeaderMap, StatusCode, Uri};
 use tokio::sync::OwnedSemaphorePermit;
