@@ -283,6 +283,14 @@ async fn connect_pull(
         let mut h =
             super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
         h.push((headers::REPLICA_VERSION, p.version.header_value()));
+        if p.key_request {
+            // So that a pull key the server mints for this copy replaces
+            // only the one it minted for this copy before (SERVER.md, Pull).
+            h.push((
+                headers::LOCAL_ABSOLUTE_PATH,
+                p.local.to_string_lossy().into_owned(),
+            ));
+        }
         super::offer_frames(s, &mut h);
         h
     };

@@ -121,6 +121,8 @@ pub struct PendingKey {
     pub key: String,
     /// The key whose session minted it, and that session's kind.
     pub minted: Option<(i64, MintedOn)>,
+    /// Whom it was minted for ([`destination`]), on a pull.
+    pub minted_for: Option<String>,
     /// The operator's note.
     pub label: Option<String>,
 }
@@ -134,6 +136,7 @@ impl PendingKey {
             replica,
             key: wire::new_key(),
             minted: None,
+            minted_for: None,
             label: None,
         }
     }
@@ -156,6 +159,7 @@ impl PendingKey {
             replica: self.replica,
             minted_by: self.minted.map(|(id, _)| id),
             minted_on: self.minted.map(|(_, on)| on.as_str()),
+            minted_for: self.minted_for.clone(),
             label: self.label.clone(),
         }
     }
@@ -192,6 +196,20 @@ fn check_label(l: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whom a pull's minted key is for: a digest of the client's id
+/// (`X-ClientID`) and the local database (`X-LocalAbsolutePath`, which our
+/// client sends with a KEYREQUEST), either possibly absent. A new key for
+/// the same destination replaces the one before (the client lost it or
+/// never kept it); copies elsewhere keep theirs. Only a digest is stored:
+/// the server needs to compare them, not to know the paths.
+pub fn destination(client_id: Option<&str>, local_path: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    h.update(client_id.unwrap_or("").as_bytes());
+    h.update([0]);
+    h.update(local_path.unwrap_or("").as_bytes());
+    hex::encode(&h.finalize()[..16])
+}
+
 /// True when `key`, which opened a pull of `r`, may have a Replica Pull key
 /// minted on KEYREQUEST: only the namespace's Account Admin key. Every
 /// other key that may pull is a key the puller has already (and keeps),
@@ -212,8 +230,23 @@ pub fn use_is_stale(key: &KeyRecord) -> bool {
         .is_none_or(|t| now.signed_duration_since(t) >= LAST_USED_RESOLUTION)
 }
 
-/// Records that `key` opened a session now.
+/// Records that `key` opened a session now. The first use of a pull key
+/// minted on a pull revokes the keys minted before it for the same copy:
+/// the client has the new key, so the old ones are superseded. (Minting
+/// itself revokes only the never-used ones: a client whose pull failed
+/// after the server stored a new key never got it, and keeps using the
+/// old one.)
 pub fn note_use(meta: &Meta, key: &KeyRecord) -> Result<()> {
+    if key.last_used.is_none() && key.minted_on.as_deref() == Some(MintedOn::Pull.as_str()) {
+        let n = meta.supersede_minted(key.id)?;
+        if n > 0 {
+            tracing::info!(
+                key_id = key.id,
+                superseded = n,
+                "a new pull key was used; revoked the ones it replaced"
+            );
+        }
+    }
     meta.touch_key(key.id, &crate::server::store::meta::now())
 }
 

@@ -28,7 +28,9 @@ use super::session::{
 use super::store::{ReplicaRow, VersionFile, VersionRow};
 use crate::helper::HelperCommand;
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
-use crate::wire::{CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig};
+use crate::wire::{
+    CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, headers,
+};
 
 /// How long a pull whose stream went out whole waits for the client to
 /// close before closing itself (PROTOCOL.md section 3): the clients that
@@ -47,6 +49,8 @@ struct PullContext {
     _permit: OwnedSemaphorePermit,
     /// How our frames to this client are cut.
     framing: Framing,
+    /// Whom a pull key minted here is for ([`keys::destination`]).
+    destination: String,
 }
 
 pub async fn handler(
@@ -70,6 +74,10 @@ pub async fn handler(
         key: reader.key,
         _permit: reader.permit,
         framing: st.config.framing_for(&h),
+        destination: keys::destination(
+            header(&h, headers::CLIENT_ID),
+            header(&h, headers::LOCAL_ABSOLUTE_PATH),
+        ),
     };
     let config = st.config.clone();
     let mut resp = ws
@@ -78,6 +86,10 @@ pub async fn handler(
         .on_upgrade(move |socket| session(socket, st, ctx));
     config.answer_offer(&h, &mut resp);
     resp
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
 }
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
@@ -111,8 +123,10 @@ fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
 
 /// The Replica Pull key a puller asked for: made at once (the client
 /// needs it in CONFIG), stored only once our side of the pull completed,
-/// replacing the one the same admin key minted for this replica before
-/// (only hashes are kept, so the old key cannot be handed out again).
+/// replacing the ones the same admin key minted for this copy before
+/// (only hashes are kept, so an old key cannot be handed out again): at
+/// once those never used, the others when the new one is first used
+/// ([`keys::note_use`]).
 #[derive(Default)]
 struct PullKey {
     /// The key, once made.
@@ -318,12 +332,10 @@ impl Serve<'_> {
                         .as_ref()
                         .filter(|k| keys::mints_on_pull(k, &ctx.replica))
                 {
-                    self.pull_key.key = Some(PendingKey::minted(
-                        KeyKind::ReplicaPull,
-                        &ctx.replica,
-                        by,
-                        MintedOn::Pull,
-                    ));
+                    self.pull_key.key = Some(PendingKey {
+                        minted_for: Some(ctx.destination.clone()),
+                        ..PendingKey::minted(KeyKind::ReplicaPull, &ctx.replica, by, MintedOn::Pull)
+                    });
                     if self.origin_ended {
                         self.pull_key.store(st)?;
                     }

@@ -310,6 +310,22 @@ fn row(rows: &[Vec<String>], id: &str) -> Vec<String> {
         .clone()
 }
 
+/// Waits until `keys list` shows a last use for key `id`; returns it.
+fn wait_used(env: &TestEnv, data: &std::path::Path, id: &str) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let r = row(&listing(env, data, "acme"), id);
+        if r[4] != "never" {
+            return r[4].clone();
+        }
+        assert!(
+            t.elapsed().as_secs() < 10,
+            "key {id}'s use was never recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The one row added between two listings.
 fn new_row(before: &[Vec<String>], after: &[Vec<String>]) -> Vec<String> {
     let added: Vec<_> = after
@@ -450,6 +466,80 @@ fn only_admin_pulls_mint_and_minted_keys_go_with_their_minter() {
         1,
         "minted pull keys piled up: {rows:?}"
     );
+    // Copies elsewhere (another local path) keep their own key; a new key
+    // for the same copy replaces only that copy's.
+    let at = |path: &str| Opts {
+        abs_path: Some(path.into()),
+        ..keyed(&acme)
+    };
+    let mut copies = Vec::new();
+    for (i, path) in ["/srv/one.db", "/srv/two.db", "/srv/one.db"]
+        .into_iter()
+        .enumerate()
+    {
+        let o = rt.block_on(pull(
+            &ws,
+            "acme/a.db",
+            &env.path(&format!("copy{i}.db")),
+            &at(path),
+        ));
+        o.assert_ok();
+        copies.push(o.config().new_pull_key.unwrap());
+    }
+    for (i, live) in [(0, false), (1, true), (2, true)] {
+        let o = rt.block_on(pull(
+            &ws,
+            "acme/a.db",
+            &env.path(&format!("c{i}.db")),
+            &with_key(&copies[i]),
+        ));
+        assert_eq!(o.ok(), live, "copy key {i}: {o:#?}");
+    }
+    rt.block_on(pull(
+        &ws,
+        "acme/a.db",
+        &env.path("still.db"),
+        &with_key(&minted[2]),
+    ))
+    .assert_ok();
+    // A copy whose key is in use keeps it when a new one is minted for it
+    // (the client may never have got the new one: a pull cut at its very
+    // end), until the new key is used.
+    let before = listing(env, data, "acme");
+    let o = rt.block_on(pull(
+        &ws,
+        "acme/a.db",
+        &env.path("t0.db"),
+        &at("/srv/three.db"),
+    ));
+    o.assert_ok();
+    let t0 = o.config().new_pull_key.unwrap();
+    let t0_id = new_row(&before, &listing(env, data, "acme"))[0].clone();
+    rt.block_on(pull(&ws, "acme/a.db", &env.path("t0b.db"), &with_key(&t0)))
+        .assert_ok();
+    wait_used(env, data, &t0_id);
+    let o = rt.block_on(pull(
+        &ws,
+        "acme/a.db",
+        &env.path("t1.db"),
+        &at("/srv/three.db"),
+    ));
+    o.assert_ok();
+    let t1 = o.config().new_pull_key.unwrap();
+    rt.block_on(pull(&ws, "acme/a.db", &env.path("t0c.db"), &with_key(&t0)))
+        .assert_ok();
+    rt.block_on(pull(&ws, "acme/a.db", &env.path("t1b.db"), &with_key(&t1)))
+        .assert_ok();
+    let t = std::time::Instant::now();
+    while rt
+        .block_on(pull(&ws, "acme/a.db", &env.path("t0d.db"), &with_key(&t0)))
+        .ok()
+    {
+        assert!(t.elapsed().as_secs() < 10, "the superseded key still works");
+        let _ = std::fs::remove_file(env.path("t0d.db"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let rows = listing(env, data, "acme");
     // What minted what, the label, and the last use.
     let on_push: Vec<_> = rows
         .iter()
@@ -463,18 +553,7 @@ fn only_admin_pulls_mint_and_minted_keys_go_with_their_minter() {
         ("-", "ci box #3")
     );
     // Uses are recorded off the request's path: wait for the write.
-    let t = std::time::Instant::now();
-    let used = loop {
-        let r = row(&listing(env, data, "acme"), &labelled[0]);
-        if r[4] != "never" {
-            break r[4].clone();
-        }
-        assert!(
-            t.elapsed().as_secs() < 10,
-            "the account pull key's use was never recorded"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let used = wait_used(env, data, &labelled[0]);
     assert!(
         used > labelled[3],
         "last use {used} before creation {}",

@@ -102,6 +102,11 @@ pub struct NewKey {
     /// The kind of session that minted it (`push` or `pull`); None for keys
     /// made by `namespace create` and `keys create`.
     pub minted_on: Option<&'static str>,
+    /// Whom a key minted on a pull was for: a digest of the client's id and
+    /// local path (see [`crate::server::keys::destination`]), so that a new
+    /// key for the same copy replaces the old one while each copy keeps its
+    /// own.
+    pub minted_for: Option<String>,
     /// A note from whoever made it (`keys create --label`).
     pub label: Option<String>,
 }
@@ -235,8 +240,12 @@ pub trait MetaBackend: Send {
     fn add_keys(&mut self, keys: &[NewKey]) -> Result<()>;
     /// Records `key` and, in the same transaction, revokes the active keys
     /// of its kind that the same key minted for the same replica in the
-    /// same kind of session (so re-minting replaces instead of piling up).
+    /// same kind of session for the same destination and that were never
+    /// used (so re-minting replaces instead of piling up).
     fn replace_minted_key(&mut self, key: &NewKey) -> Result<()>;
+    /// Revokes the active keys minted before key `id` by the same key for
+    /// the same replica, kind, kind of session and destination; how many.
+    fn supersede_minted(&mut self, id: i64) -> Result<usize>;
     /// Records that key `id` was used at `at` (RFC 3339).
     fn touch_key(&mut self, id: i64, at: &str) -> Result<()>;
     /// The key whose hash is `hash`, with the hash as stored (the caller
@@ -417,6 +426,11 @@ impl Meta {
         self.write(|b| b.replace_minted_key(key))
     }
 
+    /// See [`MetaBackend::supersede_minted`].
+    pub fn supersede_minted(&self, id: i64) -> Result<usize> {
+        self.write(|b| b.supersede_minted(id))
+    }
+
     /// See [`MetaBackend::touch_key`].
     pub fn touch_key(&self, id: i64, at: &str) -> Result<()> {
         self.write(|b| b.touch_key(id, at))
@@ -455,6 +469,7 @@ mod tests {
             replica,
             minted_by: None,
             minted_on: None,
+            minted_for: None,
             label: None,
         }
     }

@@ -26,9 +26,10 @@ use crate::server::store::pages::{BlobLocation, PageHash};
 /// pages that changed (both are added to older stores by [`open`]).
 /// `keys.minted_by` is the id of the key whose session minted a key
 /// (revoking it revokes what it minted), `keys.minted_on` that session's
-/// kind (`push`, `pull`), `keys.label` the operator's note, and
+/// kind (`push`, `pull`), `keys.minted_for` a digest of whom a pull's key
+/// was minted for (client id and local path), `keys.label` the operator's note, and
 /// `keys.last_used` when the key last opened a session (kept to the
-/// minute); all four are added to older stores by [`open`], where their
+/// minute); all five are added to older stores by [`open`], where their
 /// keys keep NULL (made before keys were tied to their minter).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces(
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS keys(
   revoked TEXT,
   minted_by INTEGER,
   minted_on TEXT,
+  minted_for TEXT,
   label TEXT,
   last_used TEXT
 );
@@ -111,6 +113,7 @@ fn open(path: &Path) -> Result<Connection> {
     for (column, decl) in [
         ("minted_by", "INTEGER"),
         ("minted_on", "TEXT"),
+        ("minted_for", "TEXT"),
         ("label", "TEXT"),
         ("last_used", "TEXT"),
     ] {
@@ -442,8 +445,8 @@ fn latest_snapshot(c: &mut Connection, id: i64) -> Result<LatestSnapshot> {
 fn insert_keys(c: &Connection, keys: &[NewKey]) -> Result<()> {
     for k in keys {
         c.execute(
-            "INSERT INTO keys(hash, kind, namespace, replica, created, minted_by, minted_on, label)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO keys(hash, kind, namespace, replica, created, minted_by, minted_on, minted_for, label)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 &k.hash[..],
                 k.kind,
@@ -452,6 +455,7 @@ fn insert_keys(c: &Connection, keys: &[NewKey]) -> Result<()> {
                 now(),
                 k.minted_by,
                 k.minted_on,
+                k.minted_for,
                 k.label
             ],
         )?;
@@ -459,21 +463,43 @@ fn insert_keys(c: &Connection, keys: &[NewKey]) -> Result<()> {
     Ok(())
 }
 
-/// Inserts `k` after revoking the active keys it replaces: same kind,
-/// replica, minter and kind of session. Keys without a minter replace
-/// nothing.
+/// Inserts `k` after revoking the active, never used keys it replaces:
+/// same kind, replica, minter, kind of session and destination. Keys
+/// without a minter replace nothing.
 fn replace_minted_key(c: &mut Connection, k: &NewKey) -> Result<()> {
     let tx = c.transaction()?;
     if k.minted_by.is_some() {
         tx.execute(
-            "UPDATE keys SET revoked=?1 WHERE revoked IS NULL AND kind=?2 AND replica IS ?3
-               AND minted_by=?4 AND minted_on IS ?5",
-            params![now(), k.kind, k.replica, k.minted_by, k.minted_on],
+            "UPDATE keys SET revoked=?1 WHERE revoked IS NULL AND last_used IS NULL
+               AND kind=?2 AND replica IS ?3
+               AND minted_by=?4 AND minted_on IS ?5 AND minted_for IS ?6",
+            params![
+                now(),
+                k.kind,
+                k.replica,
+                k.minted_by,
+                k.minted_on,
+                k.minted_for
+            ],
         )?;
     }
     insert_keys(&tx, std::slice::from_ref(k))?;
     tx.commit()?;
     Ok(())
+}
+
+/// Revokes the active keys minted before key `id` with the same kind,
+/// replica, minter, kind of session and destination (none when `id` was
+/// not minted).
+fn supersede_minted(c: &Connection, id: i64) -> Result<usize> {
+    Ok(c.execute(
+        "UPDATE keys SET revoked=?2 WHERE revoked IS NULL AND id < ?1 AND id IN (
+           SELECT o.id FROM keys o JOIN keys n ON n.id = ?1
+            WHERE n.minted_by IS NOT NULL AND o.minted_by = n.minted_by
+              AND o.kind = n.kind AND o.replica IS n.replica
+              AND o.minted_on IS n.minted_on AND o.minted_for IS n.minted_for)",
+        params![id, now()],
+    )?)
 }
 
 fn touch_key(c: &Connection, id: i64, at: &str) -> Result<()> {
@@ -659,6 +685,9 @@ impl MetaBackend for SqliteMeta {
     fn touch_key(&mut self, id: i64, at: &str) -> Result<()> {
         touch_key(&self.c, id, at)
     }
+    fn supersede_minted(&mut self, id: i64) -> Result<usize> {
+        supersede_minted(&self.c, id)
+    }
     fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
         key_by_hash(&self.c, hash)
     }
@@ -711,7 +740,7 @@ mod tests {
             // The keys table before keys were tied to their minter.
             let c = Connection::open(&path).unwrap();
             let old = SCHEMA.replace(
-                ",\n  minted_by INTEGER,\n  minted_on TEXT,\n  label TEXT,\n  last_used TEXT",
+                ",\n  minted_by INTEGER,\n  minted_on TEXT,\n  minted_for TEXT,\n  label TEXT,\n  last_used TEXT",
                 "",
             );
             assert!(!old.contains("minted_by") && !old.contains("last_used"));
@@ -736,6 +765,7 @@ mod tests {
             replica: Some(1),
             minted_by: Some(k.id),
             minted_on: Some("pull"),
+            minted_for: None,
             label: None,
         };
         replace_minted_key(&mut c, &minted).unwrap();
@@ -768,6 +798,8 @@ mod tests {
         );
     }
 
+    /// Long: one story, each step working on the keys the step before left
+    /// (replacement, supersession on use, then revocation down the tree).
     #[test]
     fn a_minted_key_replaces_only_its_own_kind_minter_replica_and_session() {
         let dir = tempfile::tempdir().unwrap();
@@ -779,6 +811,7 @@ mod tests {
             replica,
             minted_by: by,
             minted_on: on,
+            minted_for: None,
             label: None,
         };
         insert_keys(&c, &[key(1, "admin", None, None, None)]).unwrap();
@@ -800,17 +833,34 @@ mod tests {
         ] {
             replace_minted_key(&mut c, &key(h, kind, replica, by, on)).unwrap();
         }
+        let elsewhere = NewKey {
+            minted_for: Some("another copy".into()),
+            ..key(15, "replica-pull", Some(7), Some(1), Some("pull"))
+        };
+        replace_minted_key(&mut c, &elsewhere).unwrap();
         replace_minted_key(
             &mut c,
             &key(20, "replica-pull", Some(7), Some(1), Some("pull")),
         )
         .unwrap();
         assert!(!live(&c, 10), "the key it replaces");
-        for h in [11, 12, 13, 14, 20, 1, 2] {
+        for h in [11, 12, 13, 14, 15, 20, 1, 2] {
             assert!(live(&c, h), "key {h} was revoked");
         }
         // Revoking a minter revokes down the tree, and nothing else.
         let id = |c: &Connection, h: u8| key_by_hash(c, &[h; 32]).unwrap().unwrap().0.id;
+        // A key in use survives the next mint, until the new one is used.
+        let in_use = id(&c, 20);
+        touch_key(&c, in_use, "2030-01-01T00:00:00.000Z").unwrap();
+        replace_minted_key(
+            &mut c,
+            &key(21, "replica-pull", Some(7), Some(1), Some("pull")),
+        )
+        .unwrap();
+        assert!(live(&c, 20), "minting revoked a key in use");
+        assert_eq!(supersede_minted(&c, id(&c, 21)).unwrap(), 1);
+        assert!(!live(&c, 20) && live(&c, 21) && live(&c, 15));
+        assert_eq!(supersede_minted(&c, id(&c, 2)).unwrap(), 0, "not minted");
         let push_key = id(&c, 12);
         insert_keys(
             &c,
@@ -828,7 +878,7 @@ mod tests {
                 let admin = id(&c, 1);
                 revoke_key(&mut c, "ns", admin).unwrap()
             },
-            6
+            7
         );
         assert!(!live(&c, 30), "minted by a key the revoked one minted");
         assert!(live(&c, 14) && live(&c, 2));
