@@ -252,7 +252,10 @@ impl Push<'_> {
                             .unwrap_or_else(|| "the replica side stopped early".into()),
                         Err(e) => format!("replica task failed: {e}"),
                     };
-                    return Err(Abort::server("the server's replica side failed", why));
+                    return Err(Abort::server(
+                        helper_failure(&why, "the server's replica side failed"),
+                        why,
+                    ));
                 }
                 _ = activity.idle(wait) => return Err(Abort::Client(why.into())),
             };
@@ -363,10 +366,8 @@ impl Push<'_> {
             return Err(Abort::server("the server's replica side failed", e));
         }
         if let Some(e) = pumped.replica.errors.first() {
-            return Err(Abort::rejected(
-                "the server's replica side refused the push",
-                e,
-            ));
+            let public = helper_failure(e, "the server's replica side refused the push");
+            return Err(Abort::rejected(public, e));
         }
         let summary = self.frames.summary();
         if let Some(e) = summary.errors.first() {
@@ -460,11 +461,25 @@ impl Push<'_> {
 /// `otherwise`; the error itself goes to the log.
 fn store_failure(e: &anyhow::Error, otherwise: &str) -> String {
     if super::store::is_out_of_space(e) {
-        "the server's disk is full; nothing was stored".into()
+        DISK_FULL.into()
     } else {
         otherwise.into()
     }
 }
+
+/// The client's text for what our helper reported: SQLite's words for a
+/// full disk ("database or disk is full") say that the server's disk is
+/// full, anything else is `otherwise`; the helper's text goes to the log.
+fn helper_failure(said: &str, otherwise: &str) -> String {
+    if said.contains("disk is full") || said.contains("No space left") {
+        DISK_FULL.into()
+    } else {
+        otherwise.into()
+    }
+}
+
+/// What a push is told when the server's disk is full.
+const DISK_FULL: &str = "the server's disk is full; nothing was stored";
 
 fn latest_number(state: &ReplicaState) -> u64 {
     state.latest().map_or(0, |f| f.number)
