@@ -6,10 +6,9 @@
 //! latest, materialised on demand. The helper `--origin` runs on it; its
 //! stream is carried to the client as read, never buffered whole.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::net::SocketAddr;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};

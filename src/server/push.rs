@@ -14,10 +14,9 @@
 //! either sent or already in the previous version. Keys issued on
 //! KEYREQUEST are stored in the same transaction as the version.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use std::net::SocketAddr;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};

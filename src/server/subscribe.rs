@@ -5,9 +5,8 @@
 //! version number on; every subscriber session receives it. A subscriber that
 //! falls behind gets the newest number (it pulls the latest anyway).
 
-use std::time::Duration;
-
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
