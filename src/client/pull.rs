@@ -243,6 +243,11 @@ pub async fn pull_once(
     }
     if let Some(pull) = &cfg.new_pull_key {
         keep_pull_key(p, pull, &printer)?;
+    } else if let Some(given) = given_pull_key(p) {
+        // Servers mint pull keys for admin keys only: a Replica Pull key
+        // the user gave that just worked is the one to keep, as a push
+        // keeps a --pushKey.
+        keep_pull_key(p, &given, &printer)?;
     }
     for l in &outcome.helper_stderr {
         printer.verbose(&format!("sqlite3_rsync: {l}"));
@@ -278,6 +283,14 @@ async fn connect_pull(
         let mut h =
             super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
         h.push((headers::REPLICA_VERSION, p.version.header_value()));
+        if p.key_request {
+            // So that a pull key the server mints for this copy replaces
+            // only the one it minted for this copy before (SERVER.md, Pull).
+            h.push((
+                headers::LOCAL_ABSOLUTE_PATH,
+                p.local.to_string_lossy().into_owned(),
+            ));
+        }
         super::offer_frames(s, &mut h);
         h
     };
@@ -373,6 +386,14 @@ fn verify(
         None => None,
     };
     Ok((verified, verify_seconds))
+}
+
+/// The `--pullKey` this pull used, when there is no `-sqlrsync` file for
+/// the replica yet (a pull that asked for a key and got none).
+fn given_pull_key(p: &Plan) -> Option<String> {
+    (p.key_request && p.key.source == KeySource::Flag("--pullKey"))
+        .then(|| p.key.value.clone())
+        .flatten()
 }
 
 /// Keeps the pull key the server issued in the `-sqlrsync` file; later

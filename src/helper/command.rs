@@ -51,6 +51,8 @@ pub struct HelperCommand {
     /// Run in a process group of its own, so Ctrl-C reaches only us and we
     /// can close its input and let an unfinished replica roll back cleanly.
     own_group: bool,
+    /// Its working directory (None: ours).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl HelperCommand {
@@ -70,6 +72,7 @@ impl HelperCommand {
             args: vec![side.flag().into(), first, second],
             stderr: Stderr::Piped,
             own_group: false,
+            dir: None,
         }
     }
 
@@ -88,6 +91,14 @@ impl HelperCommand {
     /// Runs it in a process group of its own (the interactive client).
     pub fn own_process_group(mut self) -> HelperCommand {
         self.own_group = true;
+        self
+    }
+
+    /// Runs it in `dir`. The server names its database relative to it,
+    /// because the helper's error texts (which name its database) travel
+    /// to the peer in the stream, and must not show the server's paths.
+    pub fn current_dir(mut self, dir: &Path) -> HelperCommand {
+        self.dir = Some(dir.to_path_buf());
         self
     }
 
@@ -110,6 +121,9 @@ impl HelperCommand {
             .kill_on_drop(true);
         if self.own_group {
             cmd.process_group(0);
+        }
+        if let Some(d) = &self.dir {
+            cmd.current_dir(d);
         }
         tracing::debug!(helper = ?exe, args = ?self.args, "starting helper");
         let mut child = cmd.spawn().map_err(|source| SpawnError::Spawn {

@@ -8,7 +8,10 @@
 //! of the checks is part of the contract the tests hold: a connection slot
 //! first (503), then the key (401), then the path (400), then access (403
 //! for a push; 404 for a read, so that private replicas and unknown paths
-//! look the same to outsiders).
+//! look the same to outsiders). Before any of it, a request with a key from
+//! an address that sent wrong keys waits its turn (or gets 429) in
+//! [`super::throttle`], which reads the outcome of the key check from
+//! these statuses.
 
 use axum::http::{HeaderMap, StatusCode, Uri};
 use tokio::sync::OwnedSemaphorePermit;
@@ -19,15 +22,20 @@ use super::names;
 use super::store::{ReplicaRow, VersionRow};
 use crate::wire::{VersionRef, Visibility, headers};
 
-/// The key in the Authorization header, looked up; Err(401) for a key that
-/// is given but unknown or revoked.
-pub fn presented_key(st: &AppState, h: &HeaderMap) -> Result<Option<KeyRecord>, Refusal> {
-    let Some(raw) = h
-        .get(headers::AUTHORIZATION)
+/// The Authorization header's value when there is one to look up (text,
+/// not blank); a request without one is anonymous.
+pub fn authorization(h: &HeaderMap) -> Option<&str> {
+    h.get(headers::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|s| !s.is_empty())
-    else {
+}
+
+/// The key in the Authorization header, looked up; Err(401) for a key that
+/// is given but unknown or revoked (logged, in summary, by
+/// [`super::throttle`]).
+pub fn presented_key(st: &AppState, h: &HeaderMap) -> Result<Option<KeyRecord>, Refusal> {
+    let Some(raw) = authorization(h) else {
         return Ok(None);
     };
     // Tolerate a scheme word some proxies or clients add.
@@ -37,16 +45,30 @@ pub fn presented_key(st: &AppState, h: &HeaderMap) -> Result<Option<KeyRecord>, 
         .unwrap_or(raw)
         .trim();
     match keys::lookup(st.store.meta(), raw) {
-        Ok(Some(k)) => Ok(Some(k)),
-        Ok(None) => {
-            tracing::warn!("refused an unknown or revoked key");
-            Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "unknown or revoked key",
-            ))
+        Ok(Some(k)) => {
+            note_use(st, &k);
+            Ok(Some(k))
         }
+        Ok(None) => Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown or revoked key",
+        )),
         Err(e) => Err(Refusal::internal(e)),
     }
+}
+
+/// Records when `key` was last used, off the request's path, when the
+/// record is older than a minute ([`keys::use_is_stale`]).
+fn note_use(st: &AppState, key: &KeyRecord) {
+    if !keys::use_is_stale(key) {
+        return;
+    }
+    let (store, key) = (st.store.clone(), key.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = keys::note_use(store.meta(), &key) {
+            tracing::warn!(error = %format!("{e:#}"), key_id = key.id, "could not record a key's use");
+        }
+    });
 }
 
 /// An admitted push.
@@ -93,15 +115,20 @@ pub fn admit_push(st: &AppState, uri: &Uri, h: &HeaderMap) -> Result<Pusher, Ref
     };
     let visibility = Visibility::from_header(header(headers::VISIBILITY))
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e))?;
-    let replica = match st.store.meta().replica(&path).map_err(Refusal::internal)? {
-        Some(r) if keys::may_push(&key, &r) => r,
-        Some(_) => {
-            tracing::warn!(path = %path, key_id = key.id, "refused push: key does not allow it");
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                "key does not allow push to this replica",
-            ));
-        }
+    // One lookup and one decision, whether the replica exists or not: a
+    // key that may not push here must not learn which (same status, body
+    // and work on both paths).
+    let existing = st.store.meta().replica(&path).map_err(Refusal::internal)?;
+    let allowed = match &existing {
+        Some(r) => keys::may_push(&key, r),
+        None => may_create(&key, &path),
+    };
+    if !allowed {
+        tracing::warn!(path = %path, key_id = key.id, "refused push: key does not allow it");
+        return Err(push_refused());
+    }
+    let replica = match existing {
+        Some(r) => r,
         None => create_replica(st, &key, &path, visibility)?,
     };
     Ok(Pusher {
@@ -109,6 +136,23 @@ pub fn admit_push(st: &AppState, uri: &Uri, h: &HeaderMap) -> Result<Pusher, Ref
         key,
         replica,
     })
+}
+
+/// The one refusal of a push with a real key that may not push to the
+/// path: for a replica it may not push and for one that does not exist
+/// alike, so that a private replica cannot be told from an absent one.
+fn push_refused() -> Refusal {
+    Refusal::new(
+        StatusCode::FORBIDDEN,
+        "key does not allow pushing to this path",
+    )
+}
+
+/// True when `key` may create a replica at `path`: its namespace's
+/// Account Admin key.
+fn may_create(key: &KeyRecord, path: &str) -> bool {
+    let namespace = path.split('/').next().unwrap_or_default();
+    key.kind == KeyKind::Admin && key.namespace == namespace
 }
 
 /// Creates replica `path` for a first push, if `key` is its namespace's
@@ -120,12 +164,8 @@ fn create_replica(
     visibility: Visibility,
 ) -> Result<ReplicaRow, Refusal> {
     let namespace = path.split('/').next().unwrap_or_default();
-    if !(key.kind == KeyKind::Admin && key.namespace == namespace) {
-        tracing::warn!(path = %path, key_id = key.id, "refused push: cannot create replica");
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "key does not allow creating replicas in this namespace",
-        ));
+    if !may_create(key, path) {
+        return Err(push_refused());
     }
     let r = st
         .store

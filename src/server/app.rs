@@ -50,6 +50,9 @@ pub struct ServeConfig {
     /// A connection must send its HTTP request head, and a push its first
     /// frame, within this long ([`super::conn`]).
     pub handshake_timeout: Duration,
+    /// Longest wait before checking a key from an address that sent wrong
+    /// keys ([`super::throttle`]); zero: no wait.
+    pub max_key_delay: Duration,
 }
 
 impl ServeConfig {
@@ -65,6 +68,7 @@ impl ServeConfig {
             max_db_bytes: crate::wire::DEFAULT_MAX_DB_BYTES,
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(30),
+            max_key_delay: Duration::from_secs(1),
         }
     }
 
@@ -111,6 +115,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Limits and options.
     pub config: Arc<ServeConfig>,
+    /// Addresses that sent wrong keys.
+    pub key_throttle: Arc<super::throttle::KeyThrottle>,
 }
 
 impl AppState {
@@ -170,6 +176,11 @@ impl Refusal {
             status,
             body: body.into(),
         }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 
     /// A 500 for an error of ours, logged here (the client sees no detail).
@@ -323,6 +334,7 @@ pub async fn run(
         sessions: Arc::new(Semaphore::new(max)),
         shutdown: stop_rx,
         config: Arc::new(config.clone()),
+        key_throttle: super::throttle::KeyThrottle::new(config.max_key_delay),
     };
     let tls = match &config.tls {
         Some((cert, key)) if listeners.iter().any(|l| l.tls) => Some(

@@ -106,6 +106,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout: u64,
+    /// Longest wait, in milliseconds, before checking a key from an address
+    /// that sent wrong keys: after 3 wrong keys each check waits 50 ms,
+    /// doubling up to this (0: never wait; refusals are still logged in
+    /// summary). A right key clears the address's record.
+    #[arg(long, default_value_t = 1000, value_name = "MILLIS")]
+    pub max_key_delay: u64,
 }
 
 /// One `--listen` value.
@@ -213,10 +219,14 @@ pub enum KeysCmd {
         /// Remote path of the replica (for replica-push and replica-pull).
         #[arg(long, value_name = "PATH")]
         replica: Option<String>,
+        /// A note to tell the key apart in `keys list` (who has it, what for).
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
         #[command(flatten)]
         data: DataDirArg,
     },
-    /// Revoke a key, by the id `keys list` shows or by the key itself.
+    /// Revoke a key, by the id `keys list` shows or by the key itself;
+    /// the keys the server minted for sessions it opened go with it.
     Revoke {
         /// The namespace.
         namespace: String,
@@ -268,8 +278,9 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             namespace,
             kind,
             replica,
+            label,
             data,
-        }) => keys_create(&namespace, &kind, replica, &data),
+        }) => keys_create(&namespace, &kind, replica, label.as_deref(), &data),
         Command::Keys(KeysCmd::Revoke {
             namespace,
             key,
@@ -332,14 +343,22 @@ fn namespace_list(data: &DataDirArg) -> Result<ExitCode> {
 fn keys_list(namespace: &str, data: &DataDirArg) -> Result<ExitCode> {
     let meta = Store::open_meta(&data.data_dir)?;
     ensure_namespace(&meta, namespace)?;
-    println!("ID\tKIND\tREPLICA\tCREATED\tSTATUS");
+    println!("ID\tKIND\tREPLICA\tCREATED\tLAST USED\tMINTED BY\tLABEL\tSTATUS");
     for (k, path) in keys::list(&meta, namespace)? {
+        let minted = match (k.minted_by, &k.minted_on) {
+            (Some(by), Some(on)) => format!("key {by} on a {on}"),
+            (Some(by), None) => format!("key {by}"),
+            _ => "-".into(),
+        };
         println!(
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             k.id,
             k.kind.as_str(),
             path.as_deref().unwrap_or("-"),
             k.created,
+            k.last_used.as_deref().unwrap_or("never"),
+            minted,
+            k.label.as_deref().unwrap_or("-"),
             k.revoked
                 .map_or("active".to_string(), |t| format!("revoked {t}"))
         );
@@ -351,6 +370,7 @@ fn keys_create(
     namespace: &str,
     kind: &str,
     replica: Option<String>,
+    label: Option<&str>,
     data: &DataDirArg,
 ) -> Result<ExitCode> {
     let kind = KeyKind::parse(kind).with_context(|| {
@@ -374,7 +394,7 @@ fn keys_create(
         (_, Some(_)) => bail!("--replica is only for replica-push and replica-pull keys"),
         (_, None) => None,
     };
-    let key = keys::create(&meta, kind, namespace, replica_id)?;
+    let key = keys::create(&meta, kind, namespace, replica_id, label)?;
     println!("new {} key for {namespace} (shown once):", kind.as_str());
     println!("{key}");
     Ok(ExitCode::SUCCESS)
@@ -387,8 +407,10 @@ fn keys_revoke(namespace: &str, key: &str, data: &DataDirArg) -> Result<ExitCode
         Ok(id) => id,
         Err(_) => keys::id_of(&meta, key)?.context("no such key")?,
     };
-    keys::revoke(&meta, namespace, id)?;
-    println!("revoked key {id}");
+    match keys::revoke(&meta, namespace, id)? {
+        1 => println!("revoked key {id}"),
+        n => println!("revoked key {id} and {} keys minted from it", n - 1),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -446,6 +468,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_db_bytes: a.max_db_size,
             idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
             handshake_timeout: std::time::Duration::from_secs(a.handshake_timeout),
+            max_key_delay: std::time::Duration::from_millis(a.max_key_delay),
             ..ServeConfig::new(a.data.data_dir)
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

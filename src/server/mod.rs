@@ -10,6 +10,8 @@
 //! - [`store`]: metadata, content-addressed pages and materialised versions,
 //!   behind typed methods (the only place that knows SQL or pack files).
 //! - [`keys`], [`names`]: key hashing and checks, path validation.
+//! - [`throttle`]: addresses that send wrong keys are slowed down, and
+//!   their refusals logged in summary.
 //! - [`frames`]: what a session does with each client frame, and the
 //!   stream limits; [`conn`]: the deadline for connections that never
 //!   send a request.
@@ -26,6 +28,7 @@ pub mod push;
 pub mod session;
 pub mod store;
 pub mod subscribe;
+pub mod throttle;
 pub mod web;
 
 pub use app::{ServeConfig, run};

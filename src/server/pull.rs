@@ -6,11 +6,12 @@
 //! latest, materialised on demand. The helper `--origin` runs on it; its
 //! stream is carried to the client as read, never buffered whole.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
@@ -19,12 +20,16 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use super::admission;
 use super::app::AppState;
 use super::frames::{Frame as FrameIn, PullAction, PullFrames};
-use super::keys::{KeyKind, KeyRecord, PendingKey};
-use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
+use super::keys::{self, KeyKind, KeyRecord, MintedOn, PendingKey};
+use super::session::{
+    Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper, split_file,
+};
 use super::store::{ReplicaRow, VersionFile, VersionRow};
 use crate::helper::HelperCommand;
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
-use crate::wire::{CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig};
+use crate::wire::{
+    CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, headers,
+};
 
 /// How long a pull whose stream went out whole waits for the client to
 /// close before closing itself (PROTOCOL.md section 3): the clients that
@@ -43,15 +48,22 @@ struct PullContext {
     _permit: OwnedSemaphorePermit,
     /// How our frames to this client are cut.
     framing: Framing,
+    /// Whom a pull key minted here is for ([`keys::destination`]).
+    destination: String,
 }
 
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (reader, version) = match admission::admit_pull(&st, &uri, &h) {
+    let admitted = st
+        .key_throttle
+        .admit(peer.ip(), &h, || admission::admit_pull(&st, &uri, &h))
+        .await;
+    let (reader, version) = match admitted {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
@@ -61,6 +73,10 @@ pub async fn handler(
         key: reader.key,
         _permit: reader.permit,
         framing: st.config.framing_for(&h),
+        destination: keys::destination(
+            header(&h, headers::CLIENT_ID),
+            header(&h, headers::LOCAL_ABSOLUTE_PATH),
+        ),
     };
     let config = st.config.clone();
     let mut resp = ws
@@ -69,6 +85,10 @@ pub async fn handler(
         .on_upgrade(move |socket| session(socket, st, ctx));
     config.answer_offer(&h, &mut resp);
     resp
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
 }
 
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
@@ -101,7 +121,11 @@ fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
 }
 
 /// The Replica Pull key a puller asked for: made at once (the client
-/// needs it in CONFIG), stored only once our side of the pull completed.
+/// needs it in CONFIG), stored only once our side of the pull completed,
+/// replacing the ones the same admin key minted for this copy before
+/// (only hashes are kept, so an old key cannot be handed out again): at
+/// once those never used, the others when the new one is first used
+/// ([`keys::note_use`]).
 #[derive(Default)]
 struct PullKey {
     /// The key, once made.
@@ -122,8 +146,8 @@ impl PullKey {
         {
             st.store
                 .meta()
-                .add_key(&k.record())
-                .map_err(|e| Abort::Server(format!("issuing a key: {e:#}")))?;
+                .replace_minted_key(&k.record())
+                .map_err(|e| Abort::server("the server could not issue a key", format!("{e:#}")))?;
             self.stored = true;
         }
         Ok(())
@@ -138,10 +162,17 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
     let n = ctx.version.number;
     let file: Arc<VersionFile> = tokio::task::spawn_blocking(move || store.version_file(&r, n))
         .await
-        .map_err(|e| Abort::Server(format!("materialise task failed: {e}")))?
-        .map_err(|e| Abort::Server(format!("cannot read version {n}: {e:#}")))?;
+        .map_err(|e| Abort::server(format!("the server could not read version {n}"), e))?
+        .map_err(|e| {
+            Abort::server(
+                format!("the server could not read version {n}"),
+                format!("{e:#}"),
+            )
+        })?;
     send_out(&link.out, config_text(config(ctx, None))).await;
-    let mut helper = spawn_helper(&HelperCommand::origin(&file.path, &ctx.replica.path))?;
+    let (dir, name) = split_file(&file.path);
+    let mut helper =
+        spawn_helper(&HelperCommand::origin(name, &ctx.replica.path).current_dir(dir))?;
     let stdout = helper.stdout.take().expect("piped stdout");
     let (ended_tx, ended_rx) = oneshot::channel::<()>();
     let newer = NewerCheck {
@@ -173,10 +204,10 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
     let _ = helper.wait(Duration::from_secs(10)).await;
     drop(file);
     if let Some(e) = summary.errors.first() {
-        return Err(Abort::Server(format!("origin error: {e}")));
+        return Err(Abort::server("the server's origin side failed", e));
     }
     if !summary.complete() {
-        return Err(Abort::Server("the origin side stopped early".into()));
+        return Err(Abort::server("the server's origin side stopped early", ""));
     }
     serve.pull_key.store(st)?;
     serve.await_close(link).await;
@@ -212,7 +243,7 @@ impl Serve<'_> {
         let pumped = loop {
             tokio::select! {
                 res = &mut pump => {
-                    break res.map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
+                    break res.map_err(|e| Abort::server("the server's origin side failed", e))?;
                 }
                 _ = &mut ended_rx, if !self.origin_ended => {
                     // ORIGIN_END sent: the helper waits for the replica's EOF,
@@ -235,7 +266,7 @@ impl Serve<'_> {
                                 self.stdin = None;
                                 break tokio::time::timeout(Duration::from_secs(30), &mut pump).await
                                     .map_err(|_| Abort::Cut("helper did not finish".into()))?
-                                    .map_err(|e| Abort::Server(format!("origin task failed: {e}")))?;
+                                    .map_err(|e| Abort::server("the server's origin side failed", e))?;
                             }
                             return Err(Abort::Cut("client left before the pull finished".into()));
                         }
@@ -290,18 +321,20 @@ impl Serve<'_> {
         match action.map_err(|e| Abort::Client(e.0))? {
             PullAction::Skip => {}
             PullAction::Control(c) => {
-                // Only someone who may already pull with a key gets
-                // a Replica Pull key to keep.
+                // Only the namespace's admin key gets a Replica Pull key
+                // to keep (keys::mints_on_pull); anyone else is answered
+                // with CONFIG and no key.
                 if c == ClientControl::KeyRequest
-                    && ctx.key.is_some()
                     && self.pull_key.key.is_none()
+                    && let Some(by) = ctx
+                        .key
+                        .as_ref()
+                        .filter(|k| keys::mints_on_pull(k, &ctx.replica))
                 {
-                    let r = &ctx.replica;
-                    self.pull_key.key = Some(PendingKey::new(
-                        KeyKind::ReplicaPull,
-                        &r.namespace,
-                        Some(r.id),
-                    ));
+                    self.pull_key.key = Some(PendingKey {
+                        minted_for: Some(ctx.destination.clone()),
+                        ..PendingKey::minted(KeyKind::ReplicaPull, &ctx.replica, by, MintedOn::Pull)
+                    });
                     if self.origin_ended {
                         self.pull_key.store(st)?;
                     }

@@ -14,11 +14,12 @@
 //! either sent or already in the previous version. Keys issued on
 //! KEYREQUEST are stored in the same transaction as the version.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
@@ -27,8 +28,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::admission;
 use super::app::AppState;
 use super::frames::{Frame as FrameIn, PushAction, PushFrames};
-use super::keys::{KeyKind, KeyRecord, PendingKey};
-use super::session::{Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper};
+use super::keys::{KeyKind, KeyRecord, MintedOn, PendingKey};
+use super::session::{
+    Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper, split_file,
+};
 use super::store::{CommitOutcome, Pushed, ReplicaRow, ReplicaState, VersionRow};
 use crate::helper::{Helper, HelperCommand};
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
@@ -51,11 +54,18 @@ struct PushContext {
 
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers_in: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ctx = match admission::admit_push(&st, &uri, &headers_in) {
+    let admitted = st
+        .key_throttle
+        .admit(peer.ip(), &headers_in, || {
+            admission::admit_push(&st, &uri, &headers_in)
+        })
+        .await;
+    let ctx = match admitted {
         Ok(p) => PushContext {
             replica: p.replica,
             key: p.key,
@@ -260,7 +270,10 @@ impl Push<'_> {
                             .unwrap_or_else(|| "the replica side stopped early".into()),
                         Err(e) => format!("replica task failed: {e}"),
                     };
-                    return Err(Abort::Server(format!("replica side failed: {why}")));
+                    return Err(Abort::server(
+                        helper_failure(&why, "the server's replica side failed"),
+                        why,
+                    ));
                 }
                 _ = activity.idle(wait) => return Err(Abort::Client(why.into())),
             };
@@ -358,7 +371,8 @@ impl Push<'_> {
                 self.base_pages =
                     prepare_staging(st, r, self.latest.as_deref(), &guard.0, page_size).await?;
                 tracing::debug!(secs = t.elapsed().as_secs_f64(), "staging copy ready");
-                let mut h = spawn_helper(&HelperCommand::replica(&r.path, &guard.0))?;
+                let (dir, name) = split_file(&guard.0);
+                let mut h = spawn_helper(&HelperCommand::replica(&r.path, name).current_dir(dir))?;
                 let stdout = h.stdout.take().expect("piped stdout");
                 let pumped = pump_replica(stdout, ctx.framing, self.out.clone());
                 self.pump = Some(tokio::spawn(pumped));
@@ -382,20 +396,20 @@ impl Push<'_> {
         let h = self
             .helper
             .as_mut()
-            .ok_or_else(|| Abort::Server("replica side missing".into()))?;
+            .ok_or_else(|| Abort::server("the server's replica side is missing", ""))?;
         h.stdin = None;
         let pumped = match self.pump.take() {
             Some(p) => tokio::time::timeout(Duration::from_secs(600), p)
                 .await
-                .map_err(|_| Abort::Server("the replica side did not finish".into()))?
-                .map_err(|e| Abort::Server(format!("replica task failed: {e}")))?,
-            None => return Err(Abort::Server("replica side missing".into())),
+                .map_err(|_| Abort::server("the server's replica side did not finish", ""))?
+                .map_err(|e| Abort::server("the server's replica side failed", e))?,
+            None => return Err(Abort::server("the server's replica side is missing", "")),
         };
         let status = h
             .wait(Duration::from_secs(60))
             .await
-            .ok_or_else(|| Abort::Server("the helper did not exit".into()))?
-            .map_err(|e| Abort::Server(format!("waiting for the helper: {e}")))?;
+            .ok_or_else(|| Abort::server("the server's sync helper did not exit", ""))?
+            .map_err(|e| Abort::server("the server's sync helper failed", e))?;
         Ok((pumped, status))
     }
 
@@ -403,12 +417,11 @@ impl Push<'_> {
     /// that exited, and every page of the result sent or already there.
     fn judge(&self, (pumped, status): &(PumpEnd, std::process::ExitStatus)) -> Result<(), Abort> {
         if let Some(e) = stream_error(pumped) {
-            return Err(Abort::Server(format!("replica stream: {e}")));
+            return Err(Abort::server("the server's replica side failed", e));
         }
         if let Some(e) = pumped.replica.errors.first() {
-            return Err(Abort::Client(format!(
-                "the replica side refused the push: {e}"
-            )));
+            let public = helper_failure(e, "the server's replica side refused the push");
+            return Err(Abort::rejected(public, e));
         }
         let summary = self.frames.summary();
         if let Some(e) = summary.errors.first() {
@@ -443,10 +456,9 @@ impl Push<'_> {
             .collect();
         let store = st.store.clone();
         let replica = r.clone();
-        let staging = self
-            .staging
-            .take()
-            .ok_or_else(|| Abort::Server("staging file missing".into()))?;
+        let staging = self.staging.take().ok_or_else(|| {
+            Abort::server("the server lost the pushed copy", "staging file missing")
+        })?;
         let mut keys_issued = self.keys_issued;
         tracing::debug!("replica side finished; committing");
         let outcome = tokio::task::spawn_blocking(move || {
@@ -474,10 +486,13 @@ impl Push<'_> {
             res
         })
         .await
-        .map_err(|e| Abort::Server(format!("commit task failed: {e}")))?
+        .map_err(|e| Abort::server("the server could not store the version", e))?
         .map_err(|e| {
             tracing::error!(error = %format!("{e:#}"), "commit failed");
-            Abort::Server(format!("could not store the version: {e:#}"))
+            Abort::server(
+                store_failure(&e, "the server could not store the version"),
+                format!("{e:#}"),
+            )
         })?;
         match outcome {
             CommitOutcome::Committed(row) => {
@@ -494,6 +509,31 @@ impl Push<'_> {
         }
     }
 }
+
+/// The client's text for a store error: a full disk says so (the client
+/// can do nothing else about it, and it is no secret), anything else is
+/// `otherwise`; the error itself goes to the log.
+fn store_failure(e: &anyhow::Error, otherwise: &str) -> String {
+    if super::store::is_out_of_space(e) {
+        DISK_FULL.into()
+    } else {
+        otherwise.into()
+    }
+}
+
+/// The client's text for what our helper reported: SQLite's words for a
+/// full disk ("database or disk is full") say that the server's disk is
+/// full, anything else is `otherwise`; the helper's text goes to the log.
+fn helper_failure(said: &str, otherwise: &str) -> String {
+    if said.contains("disk is full") || said.contains("No space left") {
+        DISK_FULL.into()
+    } else {
+        otherwise.into()
+    }
+}
+
+/// What a push is told when the server's disk is full.
+const DISK_FULL: &str = "the server's disk is full; nothing was stored";
 
 fn latest_number(state: &ReplicaState) -> u64 {
     state.latest().map_or(0, |f| f.number)
@@ -522,12 +562,18 @@ fn latest_hash(st: &AppState, r: &ReplicaRow, version: u64) -> Result<Option<Str
         .meta()
         .version(r, version)
         .map(|v| v.map(|v| v.version_hash))
-        .map_err(|e| Abort::Server(format!("reading version {version}: {e:#}")))
+        .map_err(|e| {
+            Abort::server(
+                format!("the server could not read version {version}"),
+                format!("{e:#}"),
+            )
+        })
 }
 
 /// The CONFIG answer; on KEYREQUEST a new Replica Pull key, and for a push
 /// authorised by the Account Admin key a new Replica Push key (made now,
-/// stored with the version).
+/// stored with the version), both tied to the key that authorised the
+/// push: revoking it revokes them.
 fn config_for(
     ctx: &PushContext,
     version: u64,
@@ -536,12 +582,13 @@ fn config_for(
 ) -> ServerConfig {
     let r = &ctx.replica;
     if key_request {
+        let by = &ctx.key;
         issued
             .pull
-            .get_or_insert_with(|| PendingKey::new(KeyKind::ReplicaPull, &r.namespace, Some(r.id)));
-        if ctx.key.kind == KeyKind::Admin {
+            .get_or_insert_with(|| PendingKey::minted(KeyKind::ReplicaPull, r, by, MintedOn::Push));
+        if by.kind == KeyKind::Admin {
             issued.push.get_or_insert_with(|| {
-                PendingKey::new(KeyKind::ReplicaPush, &r.namespace, Some(r.id))
+                PendingKey::minted(KeyKind::ReplicaPush, r, by, MintedOn::Push)
             });
         }
     }
@@ -592,8 +639,13 @@ async fn prepare_staging(
         Ok(0)
     })
     .await
-    .map_err(|e| Abort::Server(format!("staging task failed: {e}")))?
-    .map_err(|e| Abort::Server(format!("preparing the staging copy: {e:#}")))
+    .map_err(|e| Abort::server("the server could not prepare the push", e))?
+    .map_err(|e| {
+        Abort::server(
+            store_failure(&e, "the server could not prepare the push"),
+            format!("{e:#}"),
+        )
+    })
 }
 
 /// Starts writing the fresh staging copy to disk now, without waiting: the

@@ -141,12 +141,21 @@ async fn drain_until_closed(rx: &mut Rx) {
 }
 
 /// Why a session stopped early.
+///
+/// What a client is told (`ABORT=`, the close reason) never names a
+/// server path, a pack offset or the store's own error text: a failure of
+/// ours carries a generic text for the client and its detail for our log
+/// ([`Abort::server`], [`Abort::rejected`]).
 #[derive(Debug)]
 pub enum Abort {
     /// The client broke the protocol or is not allowed: ABORT=reason, 1008.
+    /// The reason speaks of the client's own stream only.
     Client(String),
-    /// The server failed: ABORT=reason, 1011.
-    Server(String),
+    /// Our replica side refused what the client sent: ABORT=public, 1008;
+    /// the helper's words (which may name our files) only in the log.
+    Rejected { public: String, detail: String },
+    /// The server failed: ABORT=public, 1011; the detail only in the log.
+    Server { public: String, detail: String },
     /// The server is shutting down: ABORT=reason, 1001.
     Shutdown,
     /// The connection is gone: nothing to send.
@@ -156,9 +165,43 @@ pub enum Abort {
 }
 
 impl Abort {
+    /// A failure of ours: `public` is what the client reads, `detail`
+    /// (paths, offsets, the store's error) goes to the log only.
+    pub fn server(public: impl Into<String>, detail: impl std::fmt::Display) -> Abort {
+        Abort::Server {
+            public: public.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Our replica side refused the client's stream: `public` for the
+    /// client, `detail` (the helper's own words) for the log.
+    pub fn rejected(public: impl Into<String>, detail: impl std::fmt::Display) -> Abort {
+        Abort::Rejected {
+            public: public.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The whole reason, for our log.
     pub fn reason(&self) -> String {
         match self {
-            Abort::Client(r) | Abort::Server(r) | Abort::Cut(r) | Abort::TooBig(r) => r.clone(),
+            Abort::Server { public, detail } | Abort::Rejected { public, detail } => {
+                if detail.is_empty() {
+                    public.clone()
+                } else {
+                    format!("{public}: {detail}")
+                }
+            }
+            _ => self.public(),
+        }
+    }
+
+    /// What the client is told.
+    fn public(&self) -> String {
+        match self {
+            Abort::Client(r) | Abort::Cut(r) | Abort::TooBig(r) => r.clone(),
+            Abort::Server { public, .. } | Abort::Rejected { public, .. } => public.clone(),
             Abort::Shutdown => "the server is shutting down".into(),
         }
     }
@@ -168,13 +211,13 @@ impl Abort {
     /// gives up after a few seconds.
     pub async fn send(&self, out: &OutTx) {
         let code = match self {
-            Abort::Client(_) => CLOSE_POLICY,
-            Abort::Server(_) => CLOSE_INTERNAL,
+            Abort::Client(_) | Abort::Rejected { .. } => CLOSE_POLICY,
+            Abort::Server { .. } => CLOSE_INTERNAL,
             Abort::Shutdown => CLOSE_GOING_AWAY,
             Abort::TooBig(_) => CLOSE_TOO_BIG,
             Abort::Cut(_) => return,
         };
-        let reason = self.reason();
+        let reason = self.public();
         let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
             let _ = out
                 .send(Out::Text(ServerText::Abort(reason.clone()).encode()))
@@ -206,6 +249,16 @@ pub fn config_text(cfg: ServerConfig) -> Out {
     Out::Text(ServerText::Config(cfg).encode())
 }
 
+/// A server file as the helper is given it: its folder (the helper's
+/// working directory) and its bare name, so that nothing the helper
+/// writes into the stream names a server path.
+pub fn split_file(path: &std::path::Path) -> (&std::path::Path, &std::path::Path) {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => (dir, std::path::Path::new(name)),
+        _ => (std::path::Path::new("."), path),
+    }
+}
+
 /// Starts the helper for a session; its own diagnostics go to our log,
 /// line by line.
 pub fn spawn_helper(cmd: &HelperCommand) -> Result<Helper, Abort> {
@@ -214,7 +267,7 @@ pub fn spawn_helper(cmd: &HelperCommand) -> Result<Helper, Abort> {
             SpawnError::Extract(e) => format!("{e:#}"),
             SpawnError::Spawn { source, .. } => source.to_string(),
         };
-        Abort::Server(format!("cannot start the helper: {why}"))
+        Abort::server("the server could not start its sync helper", why)
     })?;
     if let Some(err) = h.stderr.take() {
         tokio::spawn(async move {

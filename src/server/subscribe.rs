@@ -5,10 +5,11 @@
 //! version number on; every subscriber session receives it. A subscriber that
 //! falls behind gets the newest number (it pulls the latest anyway).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -26,13 +27,20 @@ const MAX_SUBSCRIBER_TEXT: usize = 4096;
 
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let admitted = st
+        .key_throttle
+        .admit(peer.ip(), &h, || {
+            admit_reader(&st, &uri, &h, "/sapi/subscribe/")
+        })
+        .await;
     let Reader {
         permit, replica, ..
-    } = match admit_reader(&st, &uri, &h, "/sapi/subscribe/") {
+    } = match admitted {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };

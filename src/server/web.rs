@@ -99,18 +99,14 @@ pub async fn page_route(State(st): State<AppState>, uri: Uri, h: HeaderMap) -> R
     page_handler(st, uri, h).await
 }
 
+/// The same page for a namespace that does not exist as for one with no
+/// public replicas (one query either way), so the page does not tell
+/// which namespaces exist.
 fn namespace_page(st: &AppState, ns: &str) -> Response {
-    let meta = st.store.meta();
-    let (exists, replicas) = match meta
-        .namespace_exists(ns)
-        .and_then(|e| Ok((e, meta.replicas_of(ns)?)))
-    {
+    let replicas = match st.store.meta().replicas_of(ns) {
         Ok(x) => x,
         Err(e) => return internal(e),
     };
-    if !exists {
-        return not_found();
-    }
     let public: Vec<&ReplicaRow> = replicas
         .iter()
         .filter(|r| r.visibility == Visibility::Public.as_str() && r.latest > 0)

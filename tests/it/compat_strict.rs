@@ -68,13 +68,14 @@ fn strict_pull_into_a_new_file() {
     make_big(&a, 13_000);
     assert!(page_count(&a) >= 3000, "{} pages", page_count(&a));
     fx.first_push("a.db", "team/a.db");
-    let key = dash_pull_key(&a);
+    // The admin key: only its KEYREQUEST mints a pull key, which shows
+    // that the server heard it.
     let out = fx.path("pulled.db");
     let o = rt().block_on(strict::pull(
         &fx.ws_url(),
         "team/a.db",
         &out,
-        Some(&key),
+        Some(&fx.admin),
         "",
         true,
     ));
@@ -102,7 +103,6 @@ fn strict_pull_over_an_older_copy() {
     std::fs::copy(&a, &old).unwrap();
     assert!(change_rows(&a, 0.05) > 0);
     push_again(&fx, &a);
-    let key = dash_pull_key(&a);
     // The replica side hashes the pages of the old copy (a long stream of
     // fine hashes once the origin asks for details, sent in reads that cut
     // messages anywhere), and its first frame, followed by CONFIG and
@@ -111,7 +111,8 @@ fn strict_pull_over_an_older_copy() {
         ws_url: &fx.ws_url(),
         remote_path: "team/a.db",
         db: &old,
-        key: Some(&key),
+        // The admin key, whose KEYREQUEST mints a pull key (below).
+        key: Some(&fx.admin),
         keyrequest: true,
         replica_id: Some(&dash_replica_id(&a)),
         role: strict::Role::Pull {

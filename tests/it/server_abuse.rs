@@ -1540,3 +1540,85 @@ fn a_failed_push_leaves_no_keys() {
     assert_eq!(server.keys(env, "acme"), before + 4);
     server.assert_healthy();
 }
+
+#[test]
+fn wrong_keys_from_one_address_are_slowed_and_logged_in_summary() {
+    let server = Server::start(&[]);
+    let env = &server.f.env;
+    let acme = server.f.admin.clone();
+    let rt = rt();
+    let ws = server.ws();
+    let db = small_db(env, "w.db", 100);
+    rt.block_on(push(&ws, "acme/w.db", &db, &with_key(&acme)))
+        .assert_ok();
+    let addr = server.addr.clone();
+    let wrong = "W".repeat(24);
+    let path = "/sapi/pull/acme/w.db";
+
+    // One after another: the first few at once, then each waits longer
+    // (50 ms doubling up to 1 s after 3 wrong keys: 3.55 s for these 10).
+    let t = Instant::now();
+    for i in 0..10 {
+        let (status, body) = http_upgrade(&addr, path, Some(&wrong));
+        assert_eq!(status, 401, "attempt {i}: {body}");
+    }
+    let slow = t.elapsed();
+    assert!(
+        slow >= Duration::from_millis(2500),
+        "10 wrong keys answered in {slow:?}: not slowed down"
+    );
+    // Many at once from the same address gain nothing: the turns are
+    // spaced, and past a 5 s queue the answer is 429 at once.
+    let t = Instant::now();
+    let burst: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..40)
+            .map(|_| s.spawn(|| http_upgrade(&addr, path, Some(&wrong)).0))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let burst_time = t.elapsed();
+    let checked = burst.iter().filter(|&&s| s == 401).count();
+    assert!(burst.iter().all(|s| matches!(s, 401 | 429)), "{burst:?}");
+    assert!(
+        checked <= 8 && burst.contains(&429),
+        "40 concurrent wrong keys, {checked} checked in {burst_time:?}: {burst:?}"
+    );
+
+    // The right key from the same address still works (after its turn),
+    // and clears the record: a wrong key is answered at once again.
+    let t = Instant::now();
+    let (status, _) = http_upgrade(&addr, path, Some(&acme));
+    assert_eq!(status, 101);
+    assert!(t.elapsed() < Duration::from_secs(7), "{:?}", t.elapsed());
+    let out = env.path("w-pulled.db");
+    rt.block_on(pull(&ws, "acme/w.db", &out, &with_key(&acme)))
+        .assert_ok();
+    assert_eq!(content_digest(&out), content_digest(&db));
+    let t = Instant::now();
+    assert_eq!(http_upgrade(&addr, path, Some(&wrong)).0, 401);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "a right key did not reset the delay: {:?}",
+        t.elapsed()
+    );
+
+    // 51 wrong keys, a handful of log lines that count them.
+    let log = server.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("unknown or revoked key"))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 5,
+        "{} log lines for 51 wrong keys:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("wrong_keys=") && l.contains("127.0.0.1")),
+        "{}",
+        lines.join("\n")
+    );
+}

@@ -95,6 +95,20 @@ pub struct NewKey {
     pub namespace: String,
     /// Its replica row id (replica keys).
     pub replica: Option<i64>,
+    /// The key whose session asked for this one (keys the server mints on
+    /// KEYREQUEST): revoking that key revokes this one too, so a key never
+    /// outlives the authority it was issued under.
+    pub minted_by: Option<i64>,
+    /// The kind of session that minted it (`push` or `pull`); None for keys
+    /// made by `namespace create` and `keys create`.
+    pub minted_on: Option<&'static str>,
+    /// Whom a key minted on a pull was for: a digest of the client's id and
+    /// local path (see [`crate::server::keys::destination`]), so that a new
+    /// key for the same copy replaces the old one while each copy keeps its
+    /// own.
+    pub minted_for: Option<String>,
+    /// A note from whoever made it (`keys create --label`).
+    pub label: Option<String>,
 }
 
 /// A recorded key, as stored (the kind is parsed by the key policy).
@@ -112,6 +126,14 @@ pub struct StoredKey {
     pub created: String,
     /// Revocation time, if revoked.
     pub revoked: Option<String>,
+    /// See [`NewKey::minted_by`].
+    pub minted_by: Option<i64>,
+    /// See [`NewKey::minted_on`].
+    pub minted_on: Option<String>,
+    /// See [`NewKey::label`].
+    pub label: Option<String>,
+    /// When it last opened a session (RFC 3339), kept to the minute.
+    pub last_used: Option<String>,
 }
 
 /// Everything one version's commit records, in one transaction: the commit
@@ -240,13 +262,25 @@ pub trait MetaBackend: Send {
 
     /// Records keys, all or none.
     fn add_keys(&mut self, keys: &[NewKey]) -> Result<()>;
+    /// Records `key` and, in the same transaction, revokes the active keys
+    /// of its kind that the same key minted for the same replica in the
+    /// same kind of session for the same destination and that were never
+    /// used (so re-minting replaces instead of piling up).
+    fn replace_minted_key(&mut self, key: &NewKey) -> Result<()>;
+    /// Revokes the active keys minted before key `id` by the same key for
+    /// the same replica, kind, kind of session and destination; how many.
+    fn supersede_minted(&mut self, id: i64) -> Result<usize>;
+    /// Records that key `id` was used at `at` (RFC 3339).
+    fn touch_key(&mut self, id: i64, at: &str) -> Result<()>;
     /// The key whose hash is `hash`, with the hash as stored (the caller
     /// compares it again in constant time).
     fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>>;
     /// The keys of a namespace, by id, each with its replica's path.
     fn keys_of(&self, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>>;
-    /// Revokes active key `id` of `namespace`; false when there is none.
-    fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<bool>;
+    /// Revokes active key `id` of `namespace` and every active key minted
+    /// from it, transitively, in one transaction; how many it revoked (0:
+    /// no active key `id` there).
+    fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<usize>;
 }
 
 /// The facade over the metadata backend: typed calls, one at a time.
@@ -431,6 +465,21 @@ impl Meta {
         self.write(|b| b.add_keys(keys))
     }
 
+    /// See [`MetaBackend::replace_minted_key`].
+    pub fn replace_minted_key(&self, key: &NewKey) -> Result<()> {
+        self.write(|b| b.replace_minted_key(key))
+    }
+
+    /// See [`MetaBackend::supersede_minted`].
+    pub fn supersede_minted(&self, id: i64) -> Result<usize> {
+        self.write(|b| b.supersede_minted(id))
+    }
+
+    /// See [`MetaBackend::touch_key`].
+    pub fn touch_key(&self, id: i64, at: &str) -> Result<()> {
+        self.write(|b| b.touch_key(id, at))
+    }
+
     /// See [`MetaBackend::key_by_hash`].
     pub fn find_key(&self, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
         self.read(|b| b.key_by_hash(hash))
@@ -442,7 +491,7 @@ impl Meta {
     }
 
     /// See [`MetaBackend::revoke_key`].
-    pub fn revoke_key(&self, namespace: &str, id: i64) -> Result<bool> {
+    pub fn revoke_key(&self, namespace: &str, id: i64) -> Result<usize> {
         self.write(|b| b.revoke_key(namespace, id))
     }
 }
@@ -462,6 +511,10 @@ mod tests {
             kind,
             namespace: namespace.into(),
             replica,
+            minted_by: None,
+            minted_on: None,
+            minted_for: None,
+            label: None,
         }
     }
 
@@ -497,8 +550,8 @@ mod tests {
         let listed = meta.keys_of("acme").unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[1].1.as_deref(), Some("acme/a.db"));
-        assert!(meta.revoke_key("acme", k.id).unwrap());
-        assert!(!meta.revoke_key("acme", k.id).unwrap(), "revoked once");
+        assert_eq!(meta.revoke_key("acme", k.id).unwrap(), 1);
+        assert_eq!(meta.revoke_key("acme", k.id).unwrap(), 0, "revoked once");
         assert!(
             !meta.remove_replica_if_empty(r.id).unwrap(),
             "a key still names it"

@@ -24,6 +24,13 @@ use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 /// XXH3-128 of every page of the latest version (16 bytes per page), from
 /// which a commit computes `versions.version_xxh3` by hashing only the
 /// pages that changed (both are added to older stores by [`open`]).
+/// `keys.minted_by` is the id of the key whose session minted a key
+/// (revoking it revokes what it minted), `keys.minted_on` that session's
+/// kind (`push`, `pull`), `keys.minted_for` a digest of whom a pull's key
+/// was minted for (client id and local path), `keys.label` the operator's note, and
+/// `keys.last_used` when the key last opened a session (kept to the
+/// minute); all five are added to older stores by [`open`], where their
+/// keys keep NULL (made before keys were tied to their minter).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces(
   name TEXT PRIMARY KEY,
@@ -36,7 +43,12 @@ CREATE TABLE IF NOT EXISTS keys(
   namespace TEXT NOT NULL,
   replica INTEGER,
   created TEXT NOT NULL,
-  revoked TEXT
+  revoked TEXT,
+  minted_by INTEGER,
+  minted_on TEXT,
+  minted_for TEXT,
+  label TEXT,
+  last_used TEXT
 );
 CREATE TABLE IF NOT EXISTS replicas(
   id INTEGER PRIMARY KEY,
@@ -105,6 +117,17 @@ fn open(path: &Path) -> Result<Connection> {
     c.execute_batch(SCHEMA)?;
     add_column(&c, "replicas", "latest_xxh3", "BLOB")?;
     add_column(&c, "versions", "version_xxh3", "TEXT")?;
+    for (column, decl) in [
+        ("minted_by", "INTEGER"),
+        ("minted_on", "TEXT"),
+        ("minted_for", "TEXT"),
+        ("label", "TEXT"),
+        ("last_used", "TEXT"),
+    ] {
+        add_column(&c, "keys", column, decl)?;
+    }
+    // After the columns: revocation follows minted_by down the tree.
+    c.execute_batch("CREATE INDEX IF NOT EXISTS keys_minted_by ON keys(minted_by)")?;
     Ok(c)
 }
 
@@ -467,15 +490,78 @@ fn latest_snapshot(c: &mut Connection, id: i64) -> Result<LatestSnapshot> {
 fn insert_keys(c: &Connection, keys: &[NewKey]) -> Result<()> {
     for k in keys {
         c.execute(
-            "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&k.hash[..], k.kind, k.namespace, k.replica, now()],
+            "INSERT INTO keys(hash, kind, namespace, replica, created, minted_by, minted_on, minted_for, label)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                &k.hash[..],
+                k.kind,
+                k.namespace,
+                k.replica,
+                now(),
+                k.minted_by,
+                k.minted_on,
+                k.minted_for,
+                k.label
+            ],
         )?;
     }
     Ok(())
 }
 
-fn create_namespace(c: &mut Connection, name: &str, admin: &NewKey) -> Result<bool> {
+/// Inserts `k` after revoking the active, never used keys it replaces:
+/// same kind, replica, minter, kind of session and destination. Keys
+/// without a minter replace nothing.
+fn replace_minted_key(c: &mut Connection, k: &NewKey) -> Result<()> {
     let tx = c.transaction()?;
+    if k.minted_by.is_some() {
+        tx.execute(
+            "UPDATE keys SET revoked=?1 WHERE revoked IS NULL AND last_used IS NULL
+               AND kind=?2 AND replica IS ?3
+               AND minted_by=?4 AND minted_on IS ?5 AND minted_for IS ?6",
+            params![
+                now(),
+                k.kind,
+                k.replica,
+                k.minted_by,
+                k.minted_on,
+                k.minted_for
+            ],
+        )?;
+    }
+    insert_keys(&tx, std::slice::from_ref(k))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Revokes the active keys minted before key `id` with the same kind,
+/// replica, minter, kind of session and destination (none when `id` was
+/// not minted).
+fn supersede_minted(c: &Connection, id: i64) -> Result<usize> {
+    Ok(c.execute(
+        "UPDATE keys SET revoked=?2 WHERE revoked IS NULL AND id < ?1 AND id IN (
+           SELECT o.id FROM keys o JOIN keys n ON n.id = ?1
+            WHERE n.minted_by IS NOT NULL AND o.minted_by = n.minted_by
+              AND o.kind = n.kind AND o.replica IS n.replica
+              AND o.minted_on IS n.minted_on AND o.minted_for IS n.minted_for)",
+        params![id, now()],
+    )?)
+}
+
+fn touch_key(c: &Connection, id: i64, at: &str) -> Result<()> {
+    c.execute("UPDATE keys SET last_used=?2 WHERE id=?1", params![id, at])?;
+    Ok(())
+}
+
+/// A transaction that reads before it writes, begun IMMEDIATE: a deferred
+/// one would take its read snapshot first and then fail at once with
+/// "database is locked" (no busy wait in WAL mode) if the server wrote in
+/// between, which it does whenever a key is used (`touch_key`).
+fn write_transaction(c: &mut Connection) -> Result<rusqlite::Transaction<'_>> {
+    Ok(c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
+}
+
+fn create_namespace(c: &mut Connection, name: &str, admin: &NewKey) -> Result<bool> {
+    let tx = write_transaction(c)?;
     if namespace_exists(&tx, name)? {
         return Ok(false);
     }
@@ -502,54 +588,71 @@ fn namespaces(c: &Connection) -> Result<Vec<NamespaceRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+const KEY_COLS: &str = "k.id, k.kind, k.namespace, k.replica, k.created, k.revoked, k.minted_by, k.minted_on, k.label, k.last_used";
+
+fn stored_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
+    Ok(StoredKey {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        namespace: r.get(2)?,
+        replica: r.get(3)?,
+        created: r.get(4)?,
+        revoked: r.get(5)?,
+        minted_by: r.get(6)?,
+        minted_on: r.get(7)?,
+        label: r.get(8)?,
+        last_used: r.get(9)?,
+    })
+}
+
 fn key_by_hash(c: &Connection, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
-    Ok(c.query_row(
-        "SELECT id, hash, kind, namespace, replica, created, revoked FROM keys WHERE hash=?1",
-        [&hash[..]],
-        |r| {
-            Ok((
-                StoredKey {
-                    id: r.get(0)?,
-                    kind: r.get(2)?,
-                    namespace: r.get(3)?,
-                    replica: r.get(4)?,
-                    created: r.get(5)?,
-                    revoked: r.get(6)?,
-                },
-                r.get::<_, Vec<u8>>(1)?,
-            ))
-        },
-    )
+    // Cached: every keyed session asks.
+    Ok(c.prepare_cached(&format!(
+        "SELECT {KEY_COLS}, k.hash FROM keys k WHERE k.hash=?1"
+    ))?
+    .query_row([&hash[..]], |r| {
+        Ok((stored_key(r)?, r.get::<_, Vec<u8>>(10)?))
+    })
     .optional()?)
 }
 
 fn keys_of(c: &Connection, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>> {
-    let mut st = c.prepare(
-        "SELECT k.id, k.kind, k.namespace, k.replica, k.created, k.revoked, r.path
-         FROM keys k LEFT JOIN replicas r ON r.id = k.replica WHERE k.namespace=?1 ORDER BY k.id",
-    )?;
+    let mut st = c.prepare(&format!(
+        "SELECT {KEY_COLS}, r.path
+         FROM keys k LEFT JOIN replicas r ON r.id = k.replica WHERE k.namespace=?1 ORDER BY k.id"
+    ))?;
     let rows = st.query_map([namespace], |r| {
-        Ok((
-            StoredKey {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                namespace: r.get(2)?,
-                replica: r.get(3)?,
-                created: r.get(4)?,
-                revoked: r.get(5)?,
-            },
-            r.get::<_, Option<String>>(6)?,
-        ))
+        Ok((stored_key(r)?, r.get::<_, Option<String>>(10)?))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-fn revoke_key(c: &Connection, namespace: &str, id: i64) -> Result<bool> {
-    let n = c.execute(
-        "UPDATE keys SET revoked=?3 WHERE id=?1 AND namespace=?2 AND revoked IS NULL",
-        params![id, namespace, now()],
+/// Revokes active key `id` and, in the same transaction, every active key
+/// minted from it, following `minted_by` down (revoked keys on the way
+/// are followed too: what they minted must not outlive them either).
+fn revoke_key(c: &mut Connection, namespace: &str, id: i64) -> Result<usize> {
+    let tx = write_transaction(c)?;
+    let active = tx
+        .query_row(
+            "SELECT 1 FROM keys WHERE id=?1 AND namespace=?2 AND revoked IS NULL",
+            params![id, namespace],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !active {
+        return Ok(0);
+    }
+    let n = tx.execute(
+        "WITH RECURSIVE tree(id) AS (
+           SELECT ?1
+           UNION SELECT k.id FROM keys k JOIN tree t ON k.minted_by = t.id
+         )
+         UPDATE keys SET revoked=?2 WHERE revoked IS NULL AND id IN (SELECT id FROM tree)",
+        params![id, now()],
     )?;
-    Ok(n > 0)
+    tx.commit()?;
+    Ok(n)
 }
 
 impl MetaBackend for SqliteMeta {
@@ -635,14 +738,23 @@ impl MetaBackend for SqliteMeta {
         tx.commit()?;
         Ok(())
     }
+    fn replace_minted_key(&mut self, key: &NewKey) -> Result<()> {
+        replace_minted_key(&mut self.c, key)
+    }
+    fn touch_key(&mut self, id: i64, at: &str) -> Result<()> {
+        touch_key(&self.c, id, at)
+    }
+    fn supersede_minted(&mut self, id: i64) -> Result<usize> {
+        supersede_minted(&self.c, id)
+    }
     fn key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<(StoredKey, Vec<u8>)>> {
         key_by_hash(&self.c, hash)
     }
     fn keys_of(&self, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>> {
         keys_of(&self.c, namespace)
     }
-    fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<bool> {
-        revoke_key(&self.c, namespace, id)
+    fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<usize> {
+        revoke_key(&mut self.c, namespace, id)
     }
 }
 
@@ -677,5 +789,165 @@ mod tests {
         // Opening again finds the columns there.
         let c = open(&path).unwrap();
         assert_eq!(version(&c, 1, 1).unwrap().unwrap().page_count, 2);
+    }
+
+    #[test]
+    fn an_older_store_gains_the_key_columns_and_its_keys_keep_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            // The keys table before keys were tied to their minter.
+            let c = Connection::open(&path).unwrap();
+            let old = SCHEMA.replace(
+                ",\n  minted_by INTEGER,\n  minted_on TEXT,\n  minted_for TEXT,\n  label TEXT,\n  last_used TEXT",
+                "",
+            );
+            assert!(!old.contains("minted_by") && !old.contains("last_used"));
+            c.execute_batch(&old).unwrap();
+            c.execute(
+                "INSERT INTO keys(hash, kind, namespace, replica, created) VALUES (?1, 'admin', 'ns', NULL, 'then')",
+                [&[4u8; 32][..]],
+            )
+            .unwrap();
+        }
+        let mut c = open(&path).unwrap();
+        let (k, _) = key_by_hash(&c, &[4; 32]).unwrap().unwrap();
+        assert_eq!(
+            (k.kind.as_str(), k.minted_by, k.label, k.last_used),
+            ("admin", None, None, None)
+        );
+        // New keys minted by the old one are revoked with it.
+        let minted = NewKey {
+            hash: [5; 32],
+            kind: "replica-pull",
+            namespace: "ns".into(),
+            replica: Some(1),
+            minted_by: Some(k.id),
+            minted_on: Some("pull"),
+            minted_for: None,
+            label: None,
+        };
+        replace_minted_key(&mut c, &minted).unwrap();
+        touch_key(&c, k.id, "2030-01-01T00:00:00.000Z").unwrap();
+        let listed = keys_of(&c, "ns").unwrap();
+        assert_eq!(
+            listed[0].0.last_used.as_deref(),
+            Some("2030-01-01T00:00:00.000Z")
+        );
+        assert_eq!(listed[1].0.minted_on.as_deref(), Some("pull"));
+        assert_eq!(revoke_key(&mut c, "ns", k.id).unwrap(), 2);
+        drop(c);
+        // Opening again finds the columns and the index there.
+        let c = open(&path).unwrap();
+        let indexed: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name='keys_minted_by'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 1);
+        assert!(
+            key_by_hash(&c, &[5; 32])
+                .unwrap()
+                .unwrap()
+                .0
+                .revoked
+                .is_some()
+        );
+    }
+
+    /// Long: one story, each step working on the keys the step before left
+    /// (replacement, supersession on use, then revocation down the tree).
+    #[test]
+    fn a_minted_key_replaces_only_its_own_kind_minter_replica_and_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = open(&dir.path().join("meta.db")).unwrap();
+        let key = |h: u8, kind: &'static str, replica, by, on| NewKey {
+            hash: [h; 32],
+            kind,
+            namespace: "ns".into(),
+            replica,
+            minted_by: by,
+            minted_on: on,
+            minted_for: None,
+            label: None,
+        };
+        insert_keys(&c, &[key(1, "admin", None, None, None)]).unwrap();
+        insert_keys(&c, &[key(2, "admin", None, None, None)]).unwrap();
+        let live = |c: &Connection, h: u8| {
+            key_by_hash(c, &[h; 32])
+                .unwrap()
+                .unwrap()
+                .0
+                .revoked
+                .is_none()
+        };
+        for (h, kind, replica, by, on) in [
+            (10, "replica-pull", Some(7), Some(1), Some("pull")),
+            (11, "replica-pull", Some(7), Some(1), Some("push")),
+            (12, "replica-push", Some(7), Some(1), Some("push")),
+            (13, "replica-pull", Some(8), Some(1), Some("pull")),
+            (14, "replica-pull", Some(7), Some(2), Some("pull")),
+        ] {
+            replace_minted_key(&mut c, &key(h, kind, replica, by, on)).unwrap();
+        }
+        let elsewhere = NewKey {
+            minted_for: Some("another copy".into()),
+            ..key(15, "replica-pull", Some(7), Some(1), Some("pull"))
+        };
+        replace_minted_key(&mut c, &elsewhere).unwrap();
+        replace_minted_key(
+            &mut c,
+            &key(20, "replica-pull", Some(7), Some(1), Some("pull")),
+        )
+        .unwrap();
+        assert!(!live(&c, 10), "the key it replaces");
+        for h in [11, 12, 13, 14, 15, 20, 1, 2] {
+            assert!(live(&c, h), "key {h} was revoked");
+        }
+        // Revoking a minter revokes down the tree, and nothing else.
+        let id = |c: &Connection, h: u8| key_by_hash(c, &[h; 32]).unwrap().unwrap().0.id;
+        // A key in use survives the next mint, until the new one is used.
+        let in_use = id(&c, 20);
+        touch_key(&c, in_use, "2030-01-01T00:00:00.000Z").unwrap();
+        replace_minted_key(
+            &mut c,
+            &key(21, "replica-pull", Some(7), Some(1), Some("pull")),
+        )
+        .unwrap();
+        assert!(live(&c, 20), "minting revoked a key in use");
+        assert_eq!(supersede_minted(&c, id(&c, 21)).unwrap(), 1);
+        assert!(!live(&c, 20) && live(&c, 21) && live(&c, 15));
+        assert_eq!(supersede_minted(&c, id(&c, 2)).unwrap(), 0, "not minted");
+        let push_key = id(&c, 12);
+        insert_keys(
+            &c,
+            &[key(
+                30,
+                "replica-pull",
+                Some(7),
+                Some(push_key),
+                Some("push"),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            {
+                let admin = id(&c, 1);
+                revoke_key(&mut c, "ns", admin).unwrap()
+            },
+            7
+        );
+        assert!(!live(&c, 30), "minted by a key the revoked one minted");
+        assert!(live(&c, 14) && live(&c, 2));
+        assert_eq!(
+            {
+                let other = id(&c, 2);
+                revoke_key(&mut c, "other", other).unwrap()
+            },
+            0,
+            "another namespace"
+        );
     }
 }
