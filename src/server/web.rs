@@ -33,19 +33,64 @@ fn esc(s: &str) -> String {
     o
 }
 
+/// The style sheet of every page, inline so a page is one request; the
+/// Content-Security-Policy allows exactly this text by its hash.
+const STYLE: &str = "\
+body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}\
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}\
+td.num{text-align:right;font-variant-numeric:tabular-nums}code,pre{background:#f4f4f4;padding:.2rem .4rem;border-radius:4px}";
+
 fn page(title: &str, body: &str) -> Response {
     Html(format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>{t} · sqlrsync</title><style>\
-body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}}\
-table{{border-collapse:collapse;width:100%}}th,td{{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}}\
-td.num{{text-align:right;font-variant-numeric:tabular-nums}}code,pre{{background:#f4f4f4;padding:.2rem .4rem;border-radius:4px}}\
-</style></head><body><h1>{t}</h1>\n{body}\n<footer><p><small>served by sqlrsync-server {v}</small></p></footer></body></html>\n",
+<title>{t} · sqlrsync</title><style>{STYLE}</style></head><body><h1>{t}</h1>\n{body}\n\
+<footer><p><small>served by sqlrsync-server {v}</small></p></footer></body></html>\n",
         t = esc(title),
         v = env!("CARGO_PKG_VERSION"),
     ))
     .into_response()
+}
+
+/// The Content-Security-Policy of every web response: nothing may load or
+/// run but the page's own style sheet (by its hash); no scripts, images,
+/// frames, forms or base URL; and no other site may frame the page. The
+/// pages show text that pushers chose (commit messages, paths): escaped,
+/// and were an escape ever missed, this keeps it inert.
+fn content_security_policy() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine;
+        use sha2::Digest;
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(STYLE));
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'"
+        )
+    })
+}
+
+/// Adds the security headers to a web response (pages, downloads and
+/// refusals alike): the CSP, `nosniff` (a download is never run as a page
+/// or script, whatever its bytes), `X-Frame-Options` for browsers that
+/// predate `frame-ancestors`, and no Referer to other sites.
+fn secured(mut resp: Response) -> Response {
+    use axum::http::HeaderValue;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(content_security_policy()),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 fn not_found() -> Response {
@@ -53,12 +98,12 @@ fn not_found() -> Response {
 }
 
 pub async fn home() -> Response {
-    page(
+    secured(page(
         "sqlrsync server",
         "<p>This server keeps versioned SQLite replicas pushed with \
 <a href=\"https://sqlrsync.com\">sqlrsync</a>. Open <code>/&lt;namespace&gt;</code> to list a \
 namespace's public replicas.</p>",
-    )
+    ))
 }
 
 /// `GET /<namespace>`, `GET /<namespace>/<path>`, `GET /<namespace>/<path>@<version>`.
@@ -96,7 +141,7 @@ pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap) -> Response {
 }
 
 pub async fn page_route(State(st): State<AppState>, uri: Uri, h: HeaderMap) -> Response {
-    page_handler(st, uri, h).await
+    secured(page_handler(st, uri, h).await)
 }
 
 fn namespace_page(st: &AppState, ns: &str) -> Response {

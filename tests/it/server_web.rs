@@ -124,6 +124,9 @@ fn chromium() -> Option<String> {
         .map(str::to_string)
 }
 
+/// The DOM Chromium built for `url`. Its console goes to stderr, where a
+/// resource the Content-Security-Policy blocked (the page's style sheet,
+/// say) would show: that fails the test, so the headers never break a page.
 fn dump_dom(browser: &str, env: &TestEnv, url: &str) -> String {
     let profile = tempfile::tempdir_in(env.dir.path()).unwrap();
     let o = Command::new(browser)
@@ -136,6 +139,8 @@ fn dump_dom(browser: &str, env: &TestEnv, url: &str) -> String {
             "--disable-sync",
             "--no-first-run",
             "--disable-dev-shm-usage",
+            "--enable-logging=stderr",
+            "--v=0",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
@@ -147,6 +152,11 @@ fn dump_dom(browser: &str, env: &TestEnv, url: &str) -> String {
         o.status.success(),
         "chromium failed: {}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    let console = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !console.contains("Content Security Policy"),
+        "{url}: the browser blocked part of the page:\n{console}"
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -184,4 +194,49 @@ fn pages_render_in_chromium() {
     let ns = dump_dom(&browser, &s.f.env, &format!("{base}/acme"));
     assert!(ns.contains("href=\"/acme/shop.db\""), "{ns}");
     assert!(!ns.contains("secret.db"));
+}
+
+#[test]
+fn web_responses_carry_security_headers() {
+    let s = site();
+    let addr = &s.f.server().addr;
+    for path in [
+        "/",
+        "/acme",
+        "/acme/shop.db",
+        "/acme/nothing.db",
+        "/acme/secret.db",
+        "/acme/shop.db@1",
+        "/acme/shop.db@latest",
+        "/acme/shop.db@0",
+        "/nope",
+    ] {
+        let (status, head, _) = http_get(addr, path);
+        let h = head.to_ascii_lowercase();
+        let csp = h
+            .lines()
+            .find_map(|l| l.strip_prefix("content-security-policy:"))
+            .unwrap_or_else(|| panic!("{path} ({status}): no Content-Security-Policy\n{head}"));
+        for directive in [
+            "default-src 'none'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ] {
+            assert!(
+                csp.contains(directive),
+                "{path}: CSP lacks {directive}: {csp}"
+            );
+        }
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert!(
+            h.contains("\r\nx-content-type-options: nosniff"),
+            "{path}\n{head}"
+        );
+        assert!(h.contains("\r\nx-frame-options: deny"), "{path}\n{head}");
+        assert!(
+            h.contains("\r\nreferrer-policy: no-referrer"),
+            "{path}\n{head}"
+        );
+    }
 }
