@@ -6,7 +6,8 @@
 //!   decided before the upgrade.
 //! - [`push`], [`pull`], [`subscribe`]: the websocket sessions of
 //!   PROTOCOL.md sections 2-5, bridging the embedded helper ([`session`]).
-//! - [`web`]: the HTML pages and downloads.
+//! - [`web`]: the HTML pages and downloads; [`download`]: a version read
+//!   for a download, page by page from the store, checked as it goes.
 //! - [`store`]: metadata, content-addressed pages and materialised versions,
 //!   behind typed methods (the only place that knows SQL or pack files).
 //! - [`keys`], [`names`]: key hashing and checks, path validation.
@@ -18,6 +19,7 @@ pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod conn;
+pub mod download;
 pub mod frames;
 pub mod keys;
 pub mod names;
