@@ -63,9 +63,7 @@ pub async fn handler(
         framing: st.config.framing_for(&h),
     };
     let config = st.config.clone();
-    let mut resp = ws
-        .max_frame_size(st.config.max_frame)
-        .max_message_size(st.config.max_frame)
+    let mut resp = super::session::bounded_upgrade(ws, st.config.max_frame)
         .on_upgrade(move |socket| session(socket, st, ctx));
     config.answer_offer(&h, &mut resp);
     resp

@@ -24,6 +24,12 @@ use crate::wire::SubscribeMessage;
 /// Longest text frame a subscriber may send.
 const MAX_SUBSCRIBER_TEXT: usize = 4096;
 
+/// What the library may queue for a subscriber that does not read (our
+/// texts are short; the rest is pongs to its pings). At the bound the
+/// next ping or notice fails and the session ends, instead of the queue
+/// growing without end. Texts are written at once (write buffer 0).
+const SUBSCRIBER_WRITE_BUFFER_MAX: usize = 64 * 1024;
+
 pub async fn handler(
     State(st): State<AppState>,
     uri: Uri,
@@ -38,6 +44,8 @@ pub async fn handler(
     };
     ws.max_frame_size(64 * 1024)
         .max_message_size(64 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(SUBSCRIBER_WRITE_BUFFER_MAX)
         .on_upgrade(move |socket| async move {
             session(socket, st, replica).await;
             drop(permit);
@@ -101,7 +109,7 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
                 break;
             }
             _ = keepalive.tick() => {
-                if !send(&mut tx, WsMessage::Ping(Vec::new().into())).await { break; }
+                if !send(&mut tx, WsMessage::Ping(bytes::Bytes::from_static(&crate::link::KEEPALIVE_PING))).await { break; }
             }
             v = updates.recv() => {
                 let (version, committed_at) = match v {
