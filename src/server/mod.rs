@@ -3,7 +3,8 @@
 //! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify).
 //! - [`app`]: routes, limits, TLS, graceful shutdown ([`app::run`]).
 //! - [`admission`]: who may open which session (slot, key, path, access),
-//!   decided before the upgrade.
+//!   decided before the upgrade; [`limits`]: the session budgets and each
+//!   client address's share of them.
 //! - [`push`], [`pull`], [`subscribe`]: the websocket sessions of
 //!   PROTOCOL.md sections 2-5, bridging the embedded helper ([`session`]).
 //! - [`web`]: the HTML pages and downloads; [`download`]: a version read
@@ -22,6 +23,7 @@ pub mod conn;
 pub mod download;
 pub mod frames;
 pub mod keys;
+pub mod limits;
 pub mod names;
 pub mod pull;
 pub mod push;

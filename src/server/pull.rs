@@ -6,15 +6,16 @@
 //! latest, materialised on demand. The helper `--origin` runs on it; its
 //! stream is carried to the client as read, never buffered whole.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
 use super::admission;
 use super::app::AppState;
@@ -40,18 +41,19 @@ struct PullContext {
     /// The key used (may ask for a pull key), if any.
     key: Option<KeyRecord>,
     /// Connection-limit permit.
-    _permit: OwnedSemaphorePermit,
+    _permit: super::limits::Permit,
     /// How our frames to this client are cut.
     framing: Framing,
 }
 
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (reader, version) = match admission::admit_pull(&st, &uri, &h) {
+    let (reader, version) = match admission::admit_pull(&st, &uri, &h, peer) {
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };

@@ -14,15 +14,15 @@
 //! either sent or already in the previous version. Keys issued on
 //! KEYREQUEST are stored in the same transaction as the version.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::admission;
 use super::app::AppState;
@@ -41,18 +41,19 @@ struct PushContext {
     /// The key that authorised the push.
     key: KeyRecord,
     /// The session permit (connection limit, shutdown wait).
-    _permit: OwnedSemaphorePermit,
+    _permit: super::limits::Permit,
     /// How our frames to this client are cut.
     framing: Framing,
 }
 
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers_in: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ctx = match admission::admit_push(&st, &uri, &headers_in) {
+    let ctx = match admission::admit_push(&st, &uri, &headers_in, peer) {
         Ok(p) => PushContext {
             replica: p.replica,
             key: p.key,

@@ -5,10 +5,11 @@
 //! version number on; every subscriber session receives it. A subscriber that
 //! falls behind gets the newest number (it pulls the latest anyway).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -17,12 +18,19 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::admission::{Reader, admit_reader};
 use super::app::AppState;
+use super::limits::Budget;
 use super::session::{CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SERVICE_RESTART};
 use super::store::{ReplicaRow, ReplicaState};
 use crate::wire::SubscribeMessage;
 
 /// Longest text frame a subscriber may send.
 const MAX_SUBSCRIBER_TEXT: usize = 4096;
+
+/// What the websocket library reads at a time for a subscriber. Its
+/// default, 128 KiB, is allocated up front for every socket: a subscriber
+/// cost 133 KB of server memory. A subscriber sends a few short texts; a
+/// larger frame (up to the 64 KiB limit) still arrives, over several reads.
+const SUBSCRIBER_READ_BUFFER: usize = 4096;
 
 /// What the library may queue for a subscriber that does not read (our
 /// texts are short; the rest is pongs to its pings). At the bound the
@@ -32,18 +40,21 @@ const SUBSCRIBER_WRITE_BUFFER_MAX: usize = 64 * 1024;
 
 pub async fn handler(
     State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let slot = (Budget::Subscriber, peer);
     let Reader {
         permit, replica, ..
-    } = match admit_reader(&st, &uri, &h, "/sapi/subscribe/") {
+    } = match admit_reader(&st, &uri, &h, "/sapi/subscribe/", slot) {
         Ok(r) => r,
         Err(r) => return r.into_response(),
     };
     ws.max_frame_size(64 * 1024)
         .max_message_size(64 * 1024)
+        .read_buffer_size(SUBSCRIBER_READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(SUBSCRIBER_WRITE_BUFFER_MAX)
         .on_upgrade(move |socket| async move {
