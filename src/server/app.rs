@@ -40,6 +40,10 @@ pub struct ServeConfig {
     pub max_downloads: usize,
     /// Percent of each budget one client address may hold.
     pub address_share: u8,
+    /// How long a download's writes may wait for its client to take data
+    /// before the connection is closed (a stalled reader must not hold a
+    /// download slot and its pinned file forever).
+    pub download_timeout: Duration,
     /// Largest websocket frame/message accepted, in bytes.
     pub max_frame: usize,
     /// Offer and send large frames to clients that offer them (SERVER.md
@@ -69,6 +73,7 @@ impl ServeConfig {
             max_subscribers: 4096,
             max_downloads: 64,
             address_share: 25,
+            download_timeout: Duration::from_secs(60),
             max_frame: 1024 * 1024,
             large_frames: true,
             compression: super::store::DEFAULT_COMPRESSION,

@@ -84,6 +84,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 25, value_name = "PERCENT",
           value_parser = clap::value_parser!(u8).range(1..=100))]
     pub address_share: u8,
+    /// Most concurrent web downloads; more are refused with 503.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_downloads: usize,
+    /// Seconds a web download may wait for its client to take any data
+    /// before the connection is closed.
+    #[arg(long, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub download_timeout: u64,
     /// Largest websocket frame accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub max_frame: usize,
@@ -393,12 +401,12 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         // A session is a socket (a push or pull also the helper's pipes
         // and files): a budget the descriptors cannot hold fails as
         // accept errors under load, so say so now.
-        let sessions = a.max_connections * 4 + a.max_subscribers;
+        let sessions = a.max_connections * 4 + a.max_subscribers + a.max_downloads * 2;
         if files < sessions as u64 + 64 {
             tracing::warn!(
                 open_files = files,
-                "the open-file limit is below what --max-connections and --max-subscribers \
-may use; raise it (ulimit -Hn, LimitNOFILE=)"
+                "the open-file limit is below what --max-connections, --max-subscribers and \
+--max-downloads may use; raise it (ulimit -Hn, LimitNOFILE=)"
             );
         }
         let config = ServeConfig {
@@ -406,6 +414,8 @@ may use; raise it (ulimit -Hn, LimitNOFILE=)"
             max_sessions: a.max_connections.max(1),
             max_subscribers: a.max_subscribers.max(1),
             address_share: a.address_share,
+            max_downloads: a.max_downloads.max(1),
+            download_timeout: std::time::Duration::from_secs(a.download_timeout),
             max_frame: a.max_frame.max(64 * 1024),
             large_frames: !a.compat_frames,
             compression: a.compression,

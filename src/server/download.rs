@@ -120,6 +120,11 @@ impl CheckedVersion {
         &self.row
     }
 
+    /// Every page was read (and the whole matched its versionHash).
+    pub fn finished(&self) -> bool {
+        self.next > self.row.page_count
+    }
+
     /// The replica's path.
     pub fn path(&self) -> &str {
         &self.path

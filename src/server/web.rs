@@ -4,13 +4,18 @@
 //! Private replicas and unknown paths answer the same 404, so a page never
 //! tells an outsider that a private replica exists.
 
+use std::net::SocketAddr;
+
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::app::{AppState, internal, refuse};
+use super::conn::WriteStall;
 use super::download::CheckedVersion;
+use super::limits::{Budget, Permit};
 use super::names;
 use super::store::ReplicaRow;
 use crate::ui::human_bytes;
@@ -104,8 +109,16 @@ namespace's public replicas.</p>",
     ))
 }
 
+/// The connection a web request came on.
+pub struct Conn {
+    /// The client's address (its share of the download budget).
+    pub peer: SocketAddr,
+    /// The connection's write bound (see [`super::conn`]).
+    pub stall: Option<WriteStall>,
+}
+
 /// `GET /<namespace>`, `GET /<namespace>/<path>`, `GET /<namespace>/<path>@<version>`.
-pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap) -> Response {
+pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap, conn: Conn) -> Response {
     let raw = uri.path().trim_start_matches('/');
     if raw.contains('%') || raw.len() > names::MAX_PATH + 32 {
         return refuse(StatusCode::BAD_REQUEST, "invalid path");
@@ -133,13 +146,23 @@ pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap) -> Response {
         Err(e) => return internal(e),
     };
     match version {
-        Some(v) => download(&st, replica, v).await,
+        Some(v) => download(&st, replica, v, conn).await,
         None => replica_page(&st, &replica, &h),
     }
 }
 
-pub async fn page_route(State(st): State<AppState>, uri: Uri, h: HeaderMap) -> Response {
-    secured(page_handler(st, uri, h).await)
+pub async fn page_route(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    stall: Option<Extension<WriteStall>>,
+    uri: Uri,
+    h: HeaderMap,
+) -> Response {
+    let conn = Conn {
+        peer,
+        stall: stall.map(|Extension(s)| s),
+    };
+    secured(page_handler(st, uri, h, conn).await)
 }
 
 fn namespace_page(st: &AppState, ns: &str) -> Response {
@@ -226,15 +249,45 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
     page(&r.path, &body)
 }
 
+/// A download in progress: what it reads, and what it holds until it
+/// ends, however it ends (whole, cut for damage, its client gone or
+/// stalled past `--download-timeout`).
+struct Transfer {
+    version: CheckedVersion,
+    /// Its slot of the download budget.
+    _permit: Permit,
+    /// The connection's write bound, lifted when the download ends (the
+    /// connection may carry other requests, websocket upgrades included).
+    stall: Option<WriteStall>,
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        if let Some(s) = &self.stall {
+            s.set(None);
+        }
+        if !self.version.finished() {
+            tracing::info!(path = %self.version.path(), version = self.version.row().number,
+                "download ended before the end of the file");
+        }
+    }
+}
+
 /// `@version`: the version's file, streamed from the store and checked as
 /// it goes ([`CheckedVersion`]). Damage found before the first byte is a
 /// 500; found later, it aborts the body, so the client sees a broken
 /// transfer (short of its Content-Length), never a whole file with bad
-/// bytes. Either way it is logged.
-async fn download(st: &AppState, r: ReplicaRow, v: VersionRef) -> Response {
+/// bytes. Either way it is logged. A download holds a slot of the
+/// download budget, and its connection's writes may wait at most
+/// `--download-timeout` for the client to take data.
+async fn download(st: &AppState, r: ReplicaRow, v: VersionRef, conn: Conn) -> Response {
     let latest = st.store.replica_state(&r).latest().map_or(0, |f| f.number);
     let Some(n) = v.resolve(latest) else {
         return not_found();
+    };
+    let permit = match st.session_permit(Budget::Download, conn.peer) {
+        Ok(p) => p,
+        Err(refusal) => return refusal.into_response(),
     };
     let store = st.store.clone();
     let rr = r.clone();
@@ -253,25 +306,33 @@ async fn download(st: &AppState, r: ReplicaRow, v: VersionRef) -> Response {
         Err(e) => return internal(e.into()),
     };
     let len = version.row().size();
+    if let Some(s) = &conn.stall {
+        s.set(Some(st.config.download_timeout));
+    }
+    let transfer = Transfer {
+        version,
+        _permit: permit,
+        stall: conn.stall,
+    };
     let stream = futures_util::stream::unfold(
-        (first.map(bytes::Bytes::from), Some(version)),
-        |(ready, version)| async move {
+        (first.map(bytes::Bytes::from), Some(transfer)),
+        |(ready, transfer)| async move {
             if let Some(chunk) = ready {
-                return Some((Ok(chunk), (None, version)));
+                return Some((Ok(chunk), (None, transfer)));
             }
-            let mut version = version?;
+            let mut t = transfer?;
+            // Blocking reads, one chunk at a time: a stalled client holds
+            // no thread, only its Transfer.
             let read = tokio::task::spawn_blocking(move || {
-                let chunk = version.next_chunk();
-                (version, chunk)
+                let chunk = t.version.next_chunk();
+                (t, chunk)
             })
             .await;
             match read {
                 Ok((_, Ok(None))) => None,
-                Ok((version, Ok(Some(chunk)))) => {
-                    Some((Ok(bytes::Bytes::from(chunk)), (None, Some(version))))
-                }
-                Ok((version, Err(e))) => {
-                    tracing::error!(path = %version.path(), version = version.row().number,
+                Ok((t, Ok(Some(chunk)))) => Some((Ok(bytes::Bytes::from(chunk)), (None, Some(t)))),
+                Ok((t, Err(e))) => {
+                    tracing::error!(path = %t.version.path(), version = t.version.row().number,
                         error = %format!("{e:#}"), "download cut");
                     Some((Err(std::io::Error::other(e)), (None, None)))
                 }

@@ -462,3 +462,154 @@ fn subscribers_are_cheap() {
     drop(subs);
     drop(warm);
 }
+
+// ---------------------------------------------------------------------------
+// Item: web downloads that stall.
+
+/// A GET of `path` from `from` with a tiny receive window, reading only
+/// the response head: a browser whose user paused the download.
+async fn stalled_download(from: IpAddr, addr: &str, path: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tcp_from(from, addr, Some(4096)).await;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut b))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert_eq!(n, 1, "closed before the head of {path}");
+        head.push(b[0]);
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Reads what is left of a stalled download: (bytes, whether it ended by
+/// EOF or reset within `within`).
+async fn rest_of(mut s: tokio::net::TcpStream, within: Duration) -> (u64, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let ended = tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (got, ended)
+}
+
+fn content_length(head: &str) -> u64 {
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length")
+}
+
+#[test]
+fn stalled_downloads_are_cut_and_keep_no_rebuilt_copy() {
+    let f = Fixture::with_env(
+        "acme",
+        &["--max-downloads", "4", "--download-timeout", "3"],
+        &[("SQLRSYNC_LOG", "info")],
+    );
+    let addr = f.server().addr.clone();
+    let pid = f.server().child.id();
+    // 10 MB: far more than the socket buffers of a stalled reader.
+    let db = f.path("big.db");
+    make_db(
+        &db,
+        DbSpec {
+            rows: 30_000,
+            row_bytes: 300,
+            ..Default::default()
+        },
+    );
+    let rt = rt();
+    let mut hashes = Vec::new();
+    for v in 0..5 {
+        if v > 0 {
+            change_rows(&db, 0.05);
+        }
+        let o = rt.block_on(push(
+            &f.ws_url(),
+            "acme/big.db",
+            &db,
+            &Opts {
+                visibility: Some("2"),
+                ..with_key(&f.admin)
+            },
+        ));
+        o.assert_ok();
+        hashes.push(version_hash(&db));
+    }
+    let before = rss_kib(pid);
+    // Four stalled downloads of four versions, from four addresses (one
+    // address has a quarter of the budget).
+    let stalled = rt.block_on(async {
+        let mut v = Vec::new();
+        for n in 1..=4u32 {
+            v.push(stalled_download(loopback(n), &addr, &format!("/acme/big.db@{n}")).await);
+        }
+        v
+    });
+    for (_, head) in &stalled {
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // No rebuilt copy of a version is kept for them: they stream from the
+    // store.
+    let cached: Vec<_> = std::fs::read_dir(f.data.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        cached.is_empty(),
+        "rebuilt copies kept for stalled readers: {cached:?}"
+    );
+    let during = rss_kib(pid);
+    assert!(
+        during < before + 32 * 1024,
+        "four stalled downloads grew the server from {before} to {during} KiB"
+    );
+    // The download budget is taken: one more is refused, at once.
+    let (status, _, _) = http_get(&addr, "/acme/big.db@5");
+    assert_eq!(status, 503, "a fifth download while four stall");
+    // The stalled ones are cut after the download timeout (3 s): never
+    // whole, however long their clients wait before reading on.
+    std::thread::sleep(Duration::from_secs(5));
+    let started = Instant::now();
+    let ends = rt.block_on(async {
+        let mut v = Vec::new();
+        for (s, head) in stalled {
+            let len = content_length(&head);
+            v.push((rest_of(s, Duration::from_secs(30)).await, len));
+        }
+        v
+    });
+    for ((got, ended), len) in ends {
+        assert!(ended, "a stalled download was never cut");
+        assert!(got < len, "a stalled download got all {len} bytes");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Downloads work again, whole and right.
+    for (n, want) in hashes.iter().enumerate() {
+        let (status, _, body) = http_get(&addr, &format!("/acme/big.db@{}", n + 1));
+        assert_eq!(status, 200);
+        let out = f.path(&format!("dl{n}.db"));
+        std::fs::write(&out, body).unwrap();
+        assert_eq!(&version_hash(&out), want, "@{}", n + 1);
+        assert_integrity(&out);
+    }
+    assert!(f.server().log().contains("download"), "nothing logged");
+}
