@@ -19,9 +19,10 @@
 //!
 //! A stalled reader therefore holds no rebuilt copy of an older version
 //! (a cache file the size of the database each), only the pinned latest
-//! file it reads from, the page map and one chunk.
+//! file it reads from, one chunk, and the list of the delta pages: 36 bytes
+//! for each page the version does not share with the latest (under 1% of
+//! those pages' size).
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -54,8 +55,10 @@ pub struct CheckedVersion {
     /// Its per-page SHA-256, when the store has them whole (else only the
     /// versionHash at the end checks its pages).
     latest_sums: Option<Vec<PageHash>>,
-    /// Pages of this version held by a back delta, by page number.
-    overlay: HashMap<u32, PageHash>,
+    /// Pages of this version held by a back delta, sorted by page number.
+    overlay: Vec<(u32, PageHash)>,
+    /// The first entry of `overlay` not read yet (pages are read in order).
+    cursor: usize,
     /// The next page to read (from 1).
     next: u32,
     /// The versionHash so far.
@@ -90,15 +93,7 @@ impl CheckedVersion {
                     .version(r, number)?
                     .context("version row missing")?
             };
-            let mut overlay = HashMap::new();
-            for k in number..latest.number {
-                let (_, delta) = store.meta().version_with_delta(r, k)?;
-                for (pgno, hash) in delta {
-                    if pgno <= row.page_count {
-                        overlay.entry(pgno).or_insert(hash);
-                    }
-                }
-            }
+            let overlay = delta_pages(&store, r, &row, latest.number)?;
             let whole = snap.sums.len() == latest_row.page_count as usize;
             return Ok(CheckedVersion {
                 store,
@@ -108,6 +103,7 @@ impl CheckedVersion {
                 file,
                 latest_sums: whole.then_some(snap.sums),
                 overlay,
+                cursor: 0,
                 next: 1,
                 hasher: Some(VersionHasher::new()),
             });
@@ -164,20 +160,31 @@ impl CheckedVersion {
         Ok(Some(out))
     }
 
+    /// The delta page `pgno` is, if it is one (pages come in order).
+    fn delta_page(&mut self, pgno: u32) -> Option<PageHash> {
+        while self
+            .overlay
+            .get(self.cursor)
+            .is_some_and(|(p, _)| *p < pgno)
+        {
+            self.cursor += 1;
+        }
+        match self.overlay.get(self.cursor) {
+            Some((p, hash)) if *p == pgno => Some(*hash),
+            _ => None,
+        }
+    }
+
     /// Reads page `pgno` into `buf`, checked; returns its versionHash
     /// digest.
-    fn read_page(&self, pgno: u32, buf: &mut [u8]) -> Result<[u8; 32]> {
-        if let Some(hash) = self.overlay.get(&pgno) {
+    fn read_page(&mut self, pgno: u32, buf: &mut [u8]) -> Result<[u8; 32]> {
+        if let Some(hash) = self.delta_page(pgno) {
             // Checked against its address by the page store.
-            let data = self.store.read_page(hash)?;
+            let data = self.store.read_page(&hash)?;
             ensure!(data.len() == buf.len(), "stored page has the wrong size");
             buf.copy_from_slice(&data);
             // Only page 1's digest masks bytes; every other is the address.
-            return Ok(if pgno == 1 {
-                page_digest(1, buf)
-            } else {
-                *hash
-            });
+            return Ok(if pgno == 1 { page_digest(1, buf) } else { hash });
         }
         self.file
             .read_exact_at(buf, (pgno as u64 - 1) * buf.len() as u64)
@@ -195,4 +202,32 @@ impl CheckedVersion {
         }
         Ok(digest)
     }
+}
+
+/// The pages of version `row` of `r` that are not the latest's (version
+/// `latest`): for each page in any back delta from `row.number` up, the
+/// one of the lowest such delta, sorted by page number.
+fn delta_pages(
+    store: &Store,
+    r: &ReplicaRow,
+    row: &VersionRow,
+    latest: u64,
+) -> Result<Vec<(u32, PageHash)>> {
+    let count = row.page_count as usize;
+    let mut seen = vec![0u64; count.div_ceil(64)];
+    let mut pages = Vec::new();
+    for k in row.number..latest {
+        let (_, delta) = store.meta().version_with_delta(r, k)?;
+        for (pgno, hash) in delta {
+            let Some(i) = (pgno as usize).checked_sub(1) else {
+                continue;
+            };
+            if i < count && seen[i / 64] & (1 << (i % 64)) == 0 {
+                seen[i / 64] |= 1 << (i % 64);
+                pages.push((pgno, hash));
+            }
+        }
+    }
+    pages.sort_unstable_by_key(|(p, _)| *p);
+    Ok(pages)
 }
