@@ -47,7 +47,7 @@ pub use drive::{
 pub use inbound::{Feed, Inbound, InboundError};
 pub use pump::{Controls, Framing, PumpCtx, PumpEnd, PumpError, pump};
 pub use socket::{Frame, Socket, SocketError, SocketRx, SocketTx};
-pub use writer::{Out, OutTx, Writer, WriterConfig, spawn_writer};
+pub use writer::{KEEPALIVE_PING, Out, OutTx, Writer, WriterConfig, spawn_writer};
 
 use crate::wire::Message;
 

@@ -22,6 +22,15 @@ use tokio::task::JoinHandle;
 use super::socket::{Frame, SocketTx};
 use super::{Activity, Stats, frame_len};
 
+/// The payload of our keepalive Pings: 125 bytes, the most a control
+/// frame may carry, so also more than any Pong the peer's Pings make the
+/// websocket library queue. A peer that floods Pings and reads nothing
+/// fills the library's write buffer (bounded by the server) with Pongs
+/// until the next Pong no longer fits; our Ping, as large as the largest
+/// Pong, no longer fits then either, and its send fails at once instead of
+/// waiting for the stall bound. 125 bytes a keepalive interval cost nothing.
+pub static KEEPALIVE_PING: [u8; 125] = [b'.'; 125];
+
 /// A frame for the writer.
 #[derive(Debug)]
 pub enum Out {
@@ -98,6 +107,11 @@ async fn write_loop<T: SocketTx>(
     activity: Option<Activity>,
 ) -> bool {
     let mut all_sent = true;
+    // A send failed: the socket is broken, or its peer reads nothing (the
+    // write buffer is full, or a frame stalled). A close would wait on the
+    // same peer; the queue must close now instead, so the tasks feeding it
+    // (and a session reading only the peer's pings) end.
+    let mut failed = false;
     loop {
         let out = match tokio::time::timeout(cfg.keepalive, rx.recv()).await {
             Ok(Some(out)) => out,
@@ -105,10 +119,16 @@ async fn write_loop<T: SocketTx>(
             Err(_) => {
                 // Not activity: our own pings must not keep a connection
                 // with a vanished peer alive.
-                if send(&mut sink, Frame::Ping(Bytes::new()), true, cfg.stall)
-                    .await
-                    .is_err()
+                if send(
+                    &mut sink,
+                    Frame::Ping(Bytes::from_static(&KEEPALIVE_PING)),
+                    true,
+                    cfg.stall,
+                )
+                .await
+                .is_err()
                 {
+                    failed = true;
                     break;
                 }
                 continue;
@@ -127,6 +147,7 @@ async fn write_loop<T: SocketTx>(
         let flush = last || rx.is_empty();
         if send(&mut sink, frame, flush, cfg.stall).await.is_err() {
             all_sent = last && all_sent;
+            failed = true;
             break;
         }
         if last {
@@ -141,6 +162,7 @@ async fn write_loop<T: SocketTx>(
         }
     }
     match cfg.stall {
+        _ if failed => {}
         Some(s) => {
             let _ = tokio::time::timeout(s, sink.close()).await;
         }

@@ -13,11 +13,13 @@
 //! [`super::throttle`], which reads the outcome of the key check from
 //! these statuses.
 
+use std::net::SocketAddr;
+
 use axum::http::{HeaderMap, StatusCode, Uri};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::app::{AppState, Refusal, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
+use super::limits::{Budget, Permit};
 use super::names;
 use super::store::{ReplicaRow, VersionRow};
 use crate::wire::{VersionRef, Visibility, headers};
@@ -74,18 +76,23 @@ fn note_use(st: &AppState, key: &KeyRecord) {
 /// An admitted push.
 pub struct Pusher {
     /// Connection-limit permit, held for the session's life.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Permit,
     /// The key that authorised the push.
     pub key: KeyRecord,
     /// The replica (created by this request if it was new).
     pub replica: ReplicaRow,
 }
 
-/// Admits `/sapi/push[/<path>]`: a slot, a key, a path (named from the
-/// client's headers when none is given), a visibility, and the right to
-/// push to the replica, or to create it (which this does).
-pub fn admit_push(st: &AppState, uri: &Uri, h: &HeaderMap) -> Result<Pusher, Refusal> {
-    let permit = st.session_permit()?;
+/// Admits `/sapi/push[/<path>]` from `peer`: a slot, a key, a path (named
+/// from the client's headers when none is given), a visibility, and the
+/// right to push to the replica, or to create it (which this does).
+pub fn admit_push(
+    st: &AppState,
+    uri: &Uri,
+    h: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Pusher, Refusal> {
+    let permit = st.session_permit(Budget::Sync, peer)?;
     let Some(key) = presented_key(st, h)? else {
         return Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
@@ -189,23 +196,24 @@ pub fn may_read(r: &ReplicaRow, key: Option<&KeyRecord>) -> bool {
 /// What a read-side session (pull or subscribe) holds once admitted.
 pub struct Reader {
     /// Connection-limit permit, held for the session's life.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Permit,
     /// The key presented, if any (a pull may ask to issue a pull key).
     pub key: Option<KeyRecord>,
     /// The replica the key may read.
     pub replica: ReplicaRow,
 }
 
-/// Admits a read-side upgrade: a connection slot, a valid path under
-/// `prefix`, a known key if one was presented, and read access to the
-/// replica.
+/// Admits a read-side upgrade from `peer`: a slot of `budget`, a valid
+/// path under `prefix`, a known key if one was presented, and read access
+/// to the replica.
 pub fn admit_reader(
     st: &AppState,
     uri: &Uri,
     h: &HeaderMap,
     prefix: &str,
+    (budget, peer): (Budget, SocketAddr),
 ) -> Result<Reader, Refusal> {
-    let permit = st.session_permit()?;
+    let permit = st.session_permit(budget, peer)?;
     let path = remote_path(uri.path(), prefix)?.to_string();
     let key = presented_key(st, h)?;
     let replica = authorise_read(st, &path, key.as_ref())?;
@@ -241,8 +249,9 @@ pub fn admit_pull(
     st: &AppState,
     uri: &Uri,
     h: &HeaderMap,
+    peer: SocketAddr,
 ) -> Result<(Reader, VersionRow), Refusal> {
-    let reader = admit_reader(st, uri, h, "/sapi/pull/")?;
+    let reader = admit_reader(st, uri, h, "/sapi/pull/", (Budget::Sync, peer))?;
     let vref = VersionRef::parse_header(
         h.get(headers::REPLICA_VERSION)
             .and_then(|v| v.to_str().ok())

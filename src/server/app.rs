@@ -18,9 +18,10 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 
 use super::conn::DeadlineAcceptor;
+use super::limits::{Budget, Limits, Permit, Sizes};
 use super::store::Store;
 use super::{names, pull, push, subscribe, web};
 
@@ -31,8 +32,19 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// PEM certificate chain and key for https/wss.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// Most concurrent websocket sessions; more get 503.
+    /// Most concurrent push and pull sessions; more get 503.
     pub max_sessions: usize,
+    /// Most concurrent subscribers (a budget of their own, see
+    /// [`super::limits`]).
+    pub max_subscribers: usize,
+    /// Most concurrent web downloads.
+    pub max_downloads: usize,
+    /// Percent of each budget one client address may hold.
+    pub address_share: u8,
+    /// How long a download's writes may wait for its client to take data
+    /// before the connection is closed (a stalled reader must not hold a
+    /// download slot and its pinned file forever).
+    pub download_timeout: Duration,
     /// Largest websocket frame/message accepted, in bytes.
     pub max_frame: usize,
     /// Offer and send large frames to clients that offer them (SERVER.md
@@ -62,6 +74,10 @@ impl ServeConfig {
             data_dir,
             tls: None,
             max_sessions: 256,
+            max_subscribers: 4096,
+            max_downloads: 64,
+            address_share: 25,
+            download_timeout: Duration::from_secs(60),
             max_frame: 1024 * 1024,
             large_frames: true,
             compression: super::store::DEFAULT_COMPRESSION,
@@ -109,8 +125,8 @@ impl ServeConfig {
 pub struct AppState {
     /// The store.
     pub store: Arc<Store>,
-    /// Session permits: the connection limit and the shutdown wait.
-    pub sessions: Arc<Semaphore>,
+    /// Session budgets: the connection limits and the shutdown wait.
+    pub limits: Arc<Limits>,
     /// Becomes true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// Limits and options.
@@ -120,20 +136,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A session permit, or 503 when the server is full or stopping.
-    pub fn session_permit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+    /// A slot of `budget` for the client at `peer`, or 503 when that budget
+    /// is full, the client holds its share of it, or the server is stopping.
+    pub fn session_permit(&self, budget: Budget, peer: SocketAddr) -> Result<Permit, Refusal> {
         if *self.shutdown.borrow() {
             return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server is shutting down",
             ));
         }
-        self.sessions.clone().try_acquire_owned().map_err(|_| {
-            Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many connections; try again shortly",
-            )
-        })
+        self.limits.acquire(budget, peer.ip())
     }
 }
 
@@ -328,10 +340,14 @@ pub async fn run(
         .await
         .context("opening the store")??;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let max = config.max_sessions;
     let state = AppState {
         store: Arc::new(store),
-        sessions: Arc::new(Semaphore::new(max)),
+        limits: Arc::new(Limits::new(Sizes {
+            syncs: config.max_sessions,
+            subscribers: config.max_subscribers,
+            downloads: config.max_downloads,
+            share: config.address_share,
+        })),
         shutdown: stop_rx,
         config: Arc::new(config.clone()),
         key_throttle: super::throttle::KeyThrottle::new(config.max_key_delay),
@@ -367,12 +383,7 @@ pub async fn run(
         r.context("a listener's task failed")??;
     }
     // Every session holds a permit; getting them all back means all ended.
-    let drained = tokio::time::timeout(
-        Duration::from_secs(15),
-        state.sessions.acquire_many(max as u32),
-    )
-    .await;
-    if drained.is_err() {
+    if !state.limits.drain(Duration::from_secs(15)).await {
         tracing::warn!("some sessions did not finish in time");
     }
     tracing::info!("stopped");

@@ -76,9 +76,29 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Most concurrent websocket sessions; more are refused with 503.
+    /// Most concurrent push and pull sessions; more are refused with 503.
+    /// Subscribers and downloads have budgets of their own.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_connections: usize,
+    /// Most concurrent subscribers (a few KB of memory each); more are
+    /// refused with 503. They never take a push or pull slot.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_subscribers: usize,
+    /// Percent of each budget (push and pull sessions, subscribers,
+    /// downloads) that one client address may hold (an IPv6 client: its
+    /// /64). Behind a reverse proxy every client has the proxy's address:
+    /// set 100 there and limit clients at the proxy.
+    #[arg(long, default_value_t = 25, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub address_share: u8,
+    /// Most concurrent web downloads; more are refused with 503.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_downloads: usize,
+    /// Seconds a web download may wait for its client to take any data
+    /// before the connection is closed.
+    #[arg(long, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub download_timeout: u64,
     /// Largest websocket frame accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_name = "BYTES")]
     pub max_frame: usize,
@@ -161,7 +181,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// Raises the soft limit on open files to the hard limit: every connection
 /// is a descriptor, and the common soft limit of 1024 would let a few
 /// hundred idle sockets stop the server from opening its own files.
-fn raise_open_file_limit() {
+/// Returns the soft limit now in force.
+fn raise_open_file_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -179,9 +200,11 @@ fn raise_open_file_limit() {
                     to = lim.rlim_max,
                     "raised the open-file limit"
                 );
+                lim.rlim_cur = lim.rlim_max;
             }
         }
     }
+    lim.rlim_cur
 }
 
 #[derive(Debug, Subcommand)]
@@ -458,10 +481,25 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         crate::helper::path().context("extracting the embedded sqlite3_rsync helper")?;
         let tls = a.tls_cert.zip(a.tls_key);
         let listeners = bind_all(&a.listen, tls.is_some())?;
-        raise_open_file_limit();
+        let files = raise_open_file_limit();
+        // A session is a socket (a push or pull also the helper's pipes
+        // and files): a budget the descriptors cannot hold fails as
+        // accept errors under load, so say so now.
+        let sessions = a.max_connections * 4 + a.max_subscribers + a.max_downloads * 2;
+        if files < sessions as u64 + 64 {
+            tracing::warn!(
+                open_files = files,
+                "the open-file limit is below what --max-connections, --max-subscribers and \
+--max-downloads may use; raise it (ulimit -Hn, LimitNOFILE=)"
+            );
+        }
         let config = ServeConfig {
             tls,
             max_sessions: a.max_connections.max(1),
+            max_subscribers: a.max_subscribers.max(1),
+            address_share: a.address_share,
+            max_downloads: a.max_downloads.max(1),
+            download_timeout: std::time::Duration::from_secs(a.download_timeout),
             max_frame: a.max_frame.max(64 * 1024),
             large_frames: !a.compat_frames,
             compression: a.compression,

@@ -1,5 +1,5 @@
 //! Connections that never send a request are closed after
-//! `--handshake-timeout`.
+//! `--handshake-timeout`; a connection's writes can be bounded too.
 //!
 //! hyper's own `header_read_timeout` (set in [`super::app`]) bounds reading
 //! a request head, but hyper-util's server first reads up to 24 bytes to
@@ -9,20 +9,56 @@
 //! (after TLS, when there is TLS) in a [`DeadlineStream`] whose reads fail
 //! with `TimedOut` once the deadline passes, until that version check is
 //! over; from then on hyper's timeout and the sessions' own clocks apply.
+//!
+//! hyper has no write timeout: a response whose client stopped reading
+//! waits forever, holding what the response holds (a stalled web download
+//! was still open after 700 s). Each connection therefore gets a
+//! [`WriteStall`], handed to its handlers as a request extension: a
+//! handler whose response may be long (a download) sets a bound, and a
+//! write that makes no progress for that long fails, which ends the
+//! connection. Unset, writes are not bounded here (websocket sessions have
+//! their own clocks).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::Extension;
+use axum::middleware::AddExtension;
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tower_layer::Layer;
 
 /// What hyper-util reads to choose between HTTP/1 and HTTP/2.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Wraps the streams of an inner acceptor in [`DeadlineStream`]s.
+/// The write bound of one connection (see the module doc); shared by its
+/// stream and, as a request extension, its handlers.
+#[derive(Debug, Clone, Default)]
+pub struct WriteStall(Arc<AtomicU64>);
+
+impl WriteStall {
+    /// From now on a write that makes no progress for `bound` fails; None
+    /// lifts the bound.
+    pub fn set(&self, bound: Option<Duration>) {
+        let ms = bound.map_or(0, |d| d.as_millis().clamp(1, u64::MAX as u128) as u64);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// Wraps the streams of an inner acceptor in [`DeadlineStream`]s, and
+/// hands each connection's [`WriteStall`] to its requests.
 #[derive(Debug, Clone)]
 pub struct DeadlineAcceptor<A> {
     /// The acceptor whose streams are wrapped (NODELAY, TLS).
@@ -43,7 +79,7 @@ where
     A::Future: Send + 'static,
 {
     type Stream = DeadlineStream<A::Stream>;
-    type Service = A::Service;
+    type Service = AddExtension<A::Service, WriteStall>;
     type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, Self::Service)>> + Send>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
@@ -51,12 +87,16 @@ where
         let timeout = self.timeout;
         Box::pin(async move {
             let (stream, service) = inner.await?;
-            Ok((DeadlineStream::new(stream, timeout), service))
+            let stall = WriteStall::default();
+            let service = Extension(stall.clone()).layer(service);
+            Ok((DeadlineStream::new(stream, timeout, stall), service))
         })
     }
 }
 
-/// A stream whose reads time out until the HTTP version check is over.
+/// A stream whose reads time out until the HTTP version check is over,
+/// and whose writes time out when they make no progress for its
+/// [`WriteStall`].
 #[derive(Debug)]
 pub struct DeadlineStream<S> {
     /// The connection.
@@ -66,15 +106,54 @@ pub struct DeadlineStream<S> {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes read while armed.
     seen: usize,
+    /// The write bound, when a handler set one.
+    stall: WriteStall,
+    /// Since when a write has been waiting (armed by a pending write,
+    /// disarmed by any progress).
+    write_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> DeadlineStream<S> {
-    pub fn new(inner: S, timeout: Duration) -> Self {
+    pub fn new(inner: S, timeout: Duration, stall: WriteStall) -> Self {
         DeadlineStream {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             seen: 0,
+            stall,
+            write_deadline: None,
         }
+    }
+
+    /// After a write or flush returned `r`: disarms on progress, arms on
+    /// Pending, and turns a wait past the bound into a `TimedOut` error.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if !r.is_pending() {
+            self.write_deadline = None;
+            return r;
+        }
+        let Some(bound) = self.stall.get() else {
+            self.write_deadline = None;
+            return r;
+        };
+        let d = self
+            .write_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
+        if d.as_mut().poll(cx).is_ready() {
+            self.write_deadline = None;
+            tracing::info!(
+                secs = bound.as_secs_f64(),
+                "closing a connection whose client took nothing for too long"
+            );
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no data within the write timeout",
+            )));
+        }
+        r
     }
 
     /// Disarms once the bytes read so far settle the version question.
@@ -131,11 +210,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound_write(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound_write(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -147,7 +228,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeadlineStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -169,7 +251,8 @@ mod tests {
             (H2_PREFACE, false),
         ] {
             let (client, server) = tokio::io::duplex(1024);
-            let mut s = DeadlineStream::new(server, Duration::from_millis(100));
+            let mut s =
+                DeadlineStream::new(server, Duration::from_millis(100), WriteStall::default());
             let mut client = client;
             client.write_all(sent).await.unwrap();
             let mut buf = vec![0u8; 64];
@@ -185,5 +268,37 @@ mod tests {
             }
             drop(client);
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_at_most_its_bound_once_one_is_set() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let stall = WriteStall::default();
+        let mut s = DeadlineStream::new(server, Duration::from_secs(60), stall.clone());
+        let chunk = vec![7u8; 4096];
+        // No bound: a write to a peer that reads nothing just waits.
+        s.write_all(&chunk).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), s.write_all(&chunk)).await;
+        assert!(waited.is_err(), "an unbounded write returned: {waited:?}");
+        // A bound: the write fails once it has waited that long.
+        stall.set(Some(Duration::from_millis(200)));
+        let started = std::time::Instant::now();
+        let e = tokio::time::timeout(Duration::from_secs(5), s.write_all(&chunk))
+            .await
+            .expect("the bound ends the write")
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        // Progress disarms it: a reader keeps a bounded write going.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            let mut got = 0;
+            while got < 3 * 4096 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                got += client.read(&mut buf).await.unwrap();
+            }
+        });
+        s.write_all(&vec![1u8; 2 * 4096]).await.unwrap();
+        reader.await.unwrap();
     }
 }

@@ -3,10 +3,12 @@
 //! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify).
 //! - [`app`]: routes, limits, TLS, graceful shutdown ([`app::run`]).
 //! - [`admission`]: who may open which session (slot, key, path, access),
-//!   decided before the upgrade.
+//!   decided before the upgrade; [`limits`]: the session budgets and each
+//!   client address's share of them.
 //! - [`push`], [`pull`], [`subscribe`]: the websocket sessions of
 //!   PROTOCOL.md sections 2-5, bridging the embedded helper ([`session`]).
-//! - [`web`]: the HTML pages and downloads.
+//! - [`web`]: the HTML pages and downloads; [`download`]: a version read
+//!   for a download, page by page from the store, checked as it goes.
 //! - [`store`]: metadata, content-addressed pages and materialised versions,
 //!   behind typed methods (the only place that knows SQL or pack files).
 //! - [`keys`], [`names`]: key hashing and checks, path validation.
@@ -20,8 +22,10 @@ pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod conn;
+pub mod download;
 pub mod frames;
 pub mod keys;
+pub mod limits;
 pub mod names;
 pub mod pull;
 pub mod push;

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
 use super::admission;
 use super::app::AppState;
@@ -45,7 +45,7 @@ struct PullContext {
     /// The key used (may ask for a pull key), if any.
     key: Option<KeyRecord>,
     /// Connection-limit permit.
-    _permit: OwnedSemaphorePermit,
+    _permit: super::limits::Permit,
     /// How our frames to this client are cut.
     framing: Framing,
     /// Whom a pull key minted here is for ([`keys::destination`]).
@@ -61,7 +61,7 @@ pub async fn handler(
 ) -> Response {
     let admitted = st
         .key_throttle
-        .admit(peer.ip(), &h, || admission::admit_pull(&st, &uri, &h))
+        .admit(peer.ip(), &h, || admission::admit_pull(&st, &uri, &h, peer))
         .await;
     let (reader, version) = match admitted {
         Ok(x) => x,
@@ -79,9 +79,7 @@ pub async fn handler(
         ),
     };
     let config = st.config.clone();
-    let mut resp = ws
-        .max_frame_size(st.config.max_frame)
-        .max_message_size(st.config.max_frame)
+    let mut resp = super::session::bounded_upgrade(ws, st.config.max_frame)
         .on_upgrade(move |socket| session(socket, st, ctx));
     config.answer_offer(&h, &mut resp);
     resp

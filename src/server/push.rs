@@ -23,7 +23,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::admission;
 use super::app::AppState;
@@ -44,7 +43,7 @@ struct PushContext {
     /// The key that authorised the push.
     key: KeyRecord,
     /// The session permit (connection limit, shutdown wait).
-    _permit: OwnedSemaphorePermit,
+    _permit: super::limits::Permit,
     /// How our frames to this client are cut.
     framing: Framing,
     /// The client offered a verified push and we answered: commit only a
@@ -62,7 +61,7 @@ pub async fn handler(
     let admitted = st
         .key_throttle
         .admit(peer.ip(), &headers_in, || {
-            admission::admit_push(&st, &uri, &headers_in)
+            admission::admit_push(&st, &uri, &headers_in, peer)
         })
         .await;
     let ctx = match admitted {
@@ -76,9 +75,7 @@ pub async fn handler(
         Err(r) => return r.into_response(),
     };
     let config = st.config.clone();
-    let mut resp = ws
-        .max_frame_size(st.config.max_frame)
-        .max_message_size(st.config.max_frame)
+    let mut resp = super::session::bounded_upgrade(ws, st.config.max_frame)
         .on_upgrade(move |socket| session(socket, st, ctx));
     config.answer_offer(&headers_in, &mut resp);
     if wants_digest(&headers_in) {

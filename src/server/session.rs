@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocket;
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use futures_util::stream::SplitStream;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc::WeakSender;
 
 use crate::helper::{Helper, HelperCommand, SpawnError};
 use crate::link::{
@@ -45,8 +46,54 @@ const OUT_QUEUE: usize = 8;
 /// for a client that reads nothing before the session gives up on it.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The receiving half of a client's socket.
-pub type Rx = SplitStream<WebSocket>;
+/// What the websocket library may hold for a client beyond its write
+/// buffer (our frames are at most 16 KiB, see [`crate::link::Framing`]).
+/// Without a bound, a client that sends pings and never reads the pongs
+/// makes the library queue every pong in memory: 71 MB became 564 MB on
+/// one connection. At the bound the library drops pongs, and the session's
+/// next frame (its keepalive Ping, at most 5 s later) fails, which ends
+/// the session ([`Rx::recv`]).
+const WRITE_BUFFER: usize = 128 * 1024;
+const WRITE_BUFFER_MAX: usize = WRITE_BUFFER + 256 * 1024;
+
+/// A push or pull upgrade with the session's frame limits and a bounded
+/// write buffer.
+pub fn bounded_upgrade(ws: WebSocketUpgrade, max_frame: usize) -> WebSocketUpgrade {
+    ws.max_frame_size(max_frame)
+        .max_message_size(max_frame)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER_MAX)
+}
+
+/// The receiving half of a client's socket, which ends once the session's
+/// writer has: the writer gives up on a client that does not read (a
+/// frame stalled, or the write buffer is full), and a session reading
+/// only pings from such a client would otherwise go on forever, since
+/// pings count as activity.
+pub struct Rx {
+    /// The socket's receiving half.
+    inner: SplitStream<WebSocket>,
+    /// The writer's queue, not kept open by us: it closes when the writer
+    /// ends.
+    writer: WeakSender<Out>,
+}
+
+impl Rx {
+    /// The client's next frame; an error once the writer is gone.
+    pub async fn recv(&mut self) -> Option<Result<Frame, SocketError>> {
+        let Some(out) = self.writer.upgrade() else {
+            return self.inner.recv().await;
+        };
+        // The writer's end first: a flood of pings is always ready.
+        tokio::select! {
+            biased;
+            _ = out.closed() => Some(Err(SocketError::Failed(
+                "the client stopped reading; dropping its connection".into(),
+            ))),
+            f = self.inner.recv() => f,
+        }
+    }
+}
 
 /// A client's connection for one push or pull session.
 pub struct Session {
@@ -80,7 +127,10 @@ impl Session {
             Some(activity.clone()),
         );
         Session {
-            rx,
+            rx: Rx {
+                inner: rx,
+                writer: out.downgrade(),
+            },
             out,
             activity,
             writer,
@@ -101,7 +151,7 @@ impl Session {
         if writer.finish(FAREWELL_TIMEOUT).await.is_none() {
             tracing::warn!("the client stopped reading; dropping its connection");
         }
-        drain_until_closed(&mut rx).await;
+        drain_until_closed(&mut rx.inner).await;
     }
 }
 
@@ -129,7 +179,7 @@ pub fn stall_limit(idle: Duration) -> Duration {
 /// Dropping a socket with unread input makes the kernel answer with a TCP
 /// reset, which can destroy the last frames (and the close) before the
 /// client has read them.
-async fn drain_until_closed(rx: &mut Rx) {
+async fn drain_until_closed(rx: &mut SplitStream<WebSocket>) {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(m)) = rx.recv().await {
             if matches!(m, Frame::Close(..)) {

@@ -18,12 +18,25 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::admission::{Reader, admit_reader};
 use super::app::AppState;
+use super::limits::Budget;
 use super::session::{CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SERVICE_RESTART};
 use super::store::{ReplicaRow, ReplicaState};
 use crate::wire::SubscribeMessage;
 
 /// Longest text frame a subscriber may send.
 const MAX_SUBSCRIBER_TEXT: usize = 4096;
+
+/// What the websocket library reads at a time for a subscriber. Its
+/// default, 128 KiB, is allocated up front for every socket: a subscriber
+/// cost 133 KB of server memory. A subscriber sends a few short texts; a
+/// larger frame (up to the 64 KiB limit) still arrives, over several reads.
+const SUBSCRIBER_READ_BUFFER: usize = 4096;
+
+/// What the library may queue for a subscriber that does not read (our
+/// texts are short; the rest is pongs to its pings). At the bound the
+/// next ping or notice fails and the session ends, instead of the queue
+/// growing without end. Texts are written at once (write buffer 0).
+const SUBSCRIBER_WRITE_BUFFER_MAX: usize = 64 * 1024;
 
 pub async fn handler(
     State(st): State<AppState>,
@@ -32,10 +45,11 @@ pub async fn handler(
     h: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let slot = (Budget::Subscriber, peer);
     let admitted = st
         .key_throttle
         .admit(peer.ip(), &h, || {
-            admit_reader(&st, &uri, &h, "/sapi/subscribe/")
+            admit_reader(&st, &uri, &h, "/sapi/subscribe/", slot)
         })
         .await;
     let Reader {
@@ -46,6 +60,9 @@ pub async fn handler(
     };
     ws.max_frame_size(64 * 1024)
         .max_message_size(64 * 1024)
+        .read_buffer_size(SUBSCRIBER_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(SUBSCRIBER_WRITE_BUFFER_MAX)
         .on_upgrade(move |socket| async move {
             session(socket, st, replica).await;
             drop(permit);
@@ -109,7 +126,7 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
                 break;
             }
             _ = keepalive.tick() => {
-                if !send(&mut tx, WsMessage::Ping(Vec::new().into())).await { break; }
+                if !send(&mut tx, WsMessage::Ping(bytes::Bytes::from_static(&crate::link::KEEPALIVE_PING))).await { break; }
             }
             v = updates.recv() => {
                 let (version, committed_at) = match v {

@@ -4,17 +4,20 @@
 //! Private replicas and unknown paths answer the same 404, so a page never
 //! tells an outsider that a private replica exists.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
-use tokio::io::AsyncReadExt;
 
 use super::app::{AppState, internal, refuse};
+use super::conn::WriteStall;
+use super::download::CheckedVersion;
+use super::limits::{Budget, Permit};
 use super::names;
-use super::store::{ReplicaRow, VersionFile};
+use super::store::ReplicaRow;
 use crate::ui::human_bytes;
 use crate::wire::{VersionRef, Visibility};
 
@@ -33,19 +36,64 @@ fn esc(s: &str) -> String {
     o
 }
 
+/// The style sheet of every page, inline so a page is one request; the
+/// Content-Security-Policy allows exactly this text by its hash.
+const STYLE: &str = "\
+body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}\
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}\
+td.num{text-align:right;font-variant-numeric:tabular-nums}code,pre{background:#f4f4f4;padding:.2rem .4rem;border-radius:4px}";
+
 fn page(title: &str, body: &str) -> Response {
     Html(format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-<title>{t} · sqlrsync</title><style>\
-body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}}\
-table{{border-collapse:collapse;width:100%}}th,td{{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}}\
-td.num{{text-align:right;font-variant-numeric:tabular-nums}}code,pre{{background:#f4f4f4;padding:.2rem .4rem;border-radius:4px}}\
-</style></head><body><h1>{t}</h1>\n{body}\n<footer><p><small>served by sqlrsync-server {v}</small></p></footer></body></html>\n",
+<title>{t} · sqlrsync</title><style>{STYLE}</style></head><body><h1>{t}</h1>\n{body}\n\
+<footer><p><small>served by sqlrsync-server {v}</small></p></footer></body></html>\n",
         t = esc(title),
         v = env!("CARGO_PKG_VERSION"),
     ))
     .into_response()
+}
+
+/// The Content-Security-Policy of every web response: nothing may load or
+/// run but the page's own style sheet (by its hash); no scripts, images,
+/// frames, forms or base URL; and no other site may frame the page. The
+/// pages show text that pushers chose (commit messages, paths): escaped,
+/// and were an escape ever missed, this keeps it inert.
+fn content_security_policy() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine;
+        use sha2::Digest;
+        let hash = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(STYLE));
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'"
+        )
+    })
+}
+
+/// Adds the security headers to a web response (pages, downloads and
+/// refusals alike): the CSP, `nosniff` (a download is never run as a page
+/// or script, whatever its bytes), `X-Frame-Options` for browsers that
+/// predate `frame-ancestors`, and no Referer to other sites.
+fn secured(mut resp: Response) -> Response {
+    use axum::http::HeaderValue;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(content_security_policy()),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 fn not_found() -> Response {
@@ -53,16 +101,24 @@ fn not_found() -> Response {
 }
 
 pub async fn home() -> Response {
-    page(
+    secured(page(
         "sqlrsync server",
         "<p>This server keeps versioned SQLite replicas pushed with \
 <a href=\"https://sqlrsync.com\">sqlrsync</a>. Open <code>/&lt;namespace&gt;</code> to list a \
 namespace's public replicas.</p>",
-    )
+    ))
+}
+
+/// The connection a web request came on.
+pub struct Conn {
+    /// The client's address (its share of the download budget).
+    pub peer: SocketAddr,
+    /// The connection's write bound (see [`super::conn`]).
+    pub stall: Option<WriteStall>,
 }
 
 /// `GET /<namespace>`, `GET /<namespace>/<path>`, `GET /<namespace>/<path>@<version>`.
-pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap) -> Response {
+pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap, conn: Conn) -> Response {
     let raw = uri.path().trim_start_matches('/');
     if raw.contains('%') || raw.len() > names::MAX_PATH + 32 {
         return refuse(StatusCode::BAD_REQUEST, "invalid path");
@@ -90,13 +146,23 @@ pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap) -> Response {
         Err(e) => return internal(e),
     };
     match version {
-        Some(v) => download(&st, replica, v).await,
+        Some(v) => download(&st, replica, v, conn).await,
         None => replica_page(&st, &replica, &h),
     }
 }
 
-pub async fn page_route(State(st): State<AppState>, uri: Uri, h: HeaderMap) -> Response {
-    page_handler(st, uri, h).await
+pub async fn page_route(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    stall: Option<Extension<WriteStall>>,
+    uri: Uri,
+    h: HeaderMap,
+) -> Response {
+    let conn = Conn {
+        peer,
+        stall: stall.map(|Extension(s)| s),
+    };
+    secured(page_handler(st, uri, h, conn).await)
 }
 
 /// The same page for a namespace that does not exist as for one with no
@@ -179,36 +245,97 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
     page(&r.path, &body)
 }
 
-async fn download(st: &AppState, r: ReplicaRow, v: VersionRef) -> Response {
+/// A download in progress: what it reads, and what it holds until it
+/// ends, however it ends (whole, cut for damage, its client gone or
+/// stalled past `--download-timeout`).
+struct Transfer {
+    version: CheckedVersion,
+    /// Its slot of the download budget.
+    _permit: Permit,
+    /// The connection's write bound, lifted when the download ends (the
+    /// connection may carry other requests, websocket upgrades included).
+    stall: Option<WriteStall>,
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        if let Some(s) = &self.stall {
+            s.set(None);
+        }
+        if !self.version.finished() {
+            tracing::info!(path = %self.version.path(), version = self.version.row().number,
+                "download ended before the end of the file");
+        }
+    }
+}
+
+/// `@version`: the version's file, streamed from the store and checked as
+/// it goes ([`CheckedVersion`]). Damage found before the first byte is a
+/// 500; found later, it aborts the body, so the client sees a broken
+/// transfer (short of its Content-Length), never a whole file with bad
+/// bytes. Either way it is logged. A download holds a slot of the
+/// download budget, and its connection's writes may wait at most
+/// `--download-timeout` for the client to take data.
+async fn download(st: &AppState, r: ReplicaRow, v: VersionRef, conn: Conn) -> Response {
     let latest = st.store.replica_state(&r).latest().map_or(0, |f| f.number);
     let Some(n) = v.resolve(latest) else {
         return not_found();
     };
+    let permit = match st.session_permit(Budget::Download, conn.peer) {
+        Ok(p) => p,
+        Err(refusal) => return refusal.into_response(),
+    };
     let store = st.store.clone();
     let rr = r.clone();
-    let file: Arc<VersionFile> =
-        match tokio::task::spawn_blocking(move || store.version_file(&rr, n)).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => return internal(e),
-            Err(e) => return internal(e.into()),
-        };
-    let f = match tokio::fs::File::open(&file.path).await {
-        Ok(f) => f,
+    let first = tokio::task::spawn_blocking(move || {
+        let mut version = CheckedVersion::open(store, &rr, n)?;
+        let chunk = version.next_chunk()?;
+        Ok::<_, anyhow::Error>((version, chunk))
+    })
+    .await;
+    let (version, first) = match first {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::error!(path = %r.path, version = n, error = %format!("{e:#}"), "download refused");
+            return internal(e);
+        }
         Err(e) => return internal(e.into()),
     };
-    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-    // Stream the file; the pinned VersionFile lives as long as the body.
-    let stream = futures_util::stream::unfold((f, file), |(mut f, file)| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(k) => {
-                buf.truncate(k);
-                Some((Ok::<_, std::io::Error>(buf), (f, file)))
+    let len = version.row().size();
+    if let Some(s) = &conn.stall {
+        s.set(Some(st.config.download_timeout));
+    }
+    let transfer = Transfer {
+        version,
+        _permit: permit,
+        stall: conn.stall,
+    };
+    let stream = futures_util::stream::unfold(
+        (first.map(bytes::Bytes::from), Some(transfer)),
+        |(ready, transfer)| async move {
+            if let Some(chunk) = ready {
+                return Some((Ok(chunk), (None, transfer)));
             }
-            Err(e) => Some((Err(e), (f, file))),
-        }
-    });
+            let mut t = transfer?;
+            // Blocking reads, one chunk at a time: a stalled client holds
+            // no thread, only its Transfer.
+            let read = tokio::task::spawn_blocking(move || {
+                let chunk = t.version.next_chunk();
+                (t, chunk)
+            })
+            .await;
+            match read {
+                Ok((_, Ok(None))) => None,
+                Ok((t, Ok(Some(chunk)))) => Some((Ok(bytes::Bytes::from(chunk)), (None, Some(t)))),
+                Ok((t, Err(e))) => {
+                    tracing::error!(path = %t.version.path(), version = t.version.row().number,
+                        error = %format!("{e:#}"), "download cut");
+                    Some((Err(std::io::Error::other(e)), (None, None)))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e)), (None, None))),
+            }
+        },
+    );
     let name = r.path.rsplit('/').next().unwrap_or("replica.db");
     let stem = name.strip_suffix(".db").unwrap_or(name);
     (

@@ -926,6 +926,8 @@ fn a_thousand_idle_connections() {
     let mut server = Server::start(&[
         "--max-connections",
         "40",
+        "--max-subscribers",
+        "20",
         "--idle-timeout",
         "2",
         "--handshake-timeout",
@@ -971,8 +973,10 @@ fn a_thousand_idle_connections() {
     }
 
     // 2. 300 upgraded websockets (push, pull, subscribe) that then say
-    // nothing and read nothing: at most --max-connections get in, the rest
-    // get 503, and the idle timeout frees the slots.
+    // nothing and read nothing: at most this address's share of
+    // --max-connections (a quarter: 10) pushes and pulls get in, at most
+    // its share of --max-subscribers (5), the rest get 503, and the idle
+    // timeout frees the slots.
     // Half the subscribers subscribe first and then ignore the server's
     // pings; the others never subscribe.
     let (held, refused) = rt.block_on(async {
@@ -990,7 +994,7 @@ fn a_thousand_idle_connections() {
                         let sub = r#"{"type":"SUBSCRIBE","data":{},"timestamp":""}"#;
                         w.send(Message::Text(sub.into())).await.unwrap();
                     }
-                    held.push(w)
+                    held.push((i % 3 == 2, w))
                 }
                 Err(503) => refused += 1,
                 Err(s) => panic!("{url}: HTTP {s}"),
@@ -998,7 +1002,10 @@ fn a_thousand_idle_connections() {
         }
         (held, refused)
     });
-    assert!(held.len() <= 40, "{} sessions admitted", held.len());
+    let subscribers = held.iter().filter(|(sub, _)| *sub).count();
+    let syncs = held.len() - subscribers;
+    assert!(syncs <= 10, "{syncs} push and pull sessions admitted");
+    assert!(subscribers <= 5, "{subscribers} subscribers admitted");
     assert_eq!(held.len() + refused, 300);
     // Others get in again once the idle sessions timed out.
     let started = Instant::now();
@@ -1041,7 +1048,15 @@ fn a_thousand_idle_connections() {
 
 #[test]
 fn a_pull_client_that_never_reads_is_cut() {
-    let mut server = Server::start(&["--max-connections", "2", "--idle-timeout", "2"]);
+    // Both stuck clients come from one address: let it hold every slot.
+    let mut server = Server::start(&[
+        "--max-connections",
+        "2",
+        "--address-share",
+        "100",
+        "--idle-timeout",
+        "2",
+    ]);
     let env = &server.f.env;
     let acme = server.f.admin.clone();
     let rt = rt();
