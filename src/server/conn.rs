@@ -14,10 +14,10 @@
 //! waits forever, holding what the response holds (a stalled web download
 //! was still open after 700 s). Each connection therefore gets a
 //! [`WriteStall`], handed to its handlers as a request extension: a
-//! handler whose response may be long (a download) sets a bound, and a
-//! write that makes no progress for that long fails, which ends the
-//! connection. Unset, writes are not bounded here (websocket sessions have
-//! their own clocks).
+//! handler whose response may be long (a download) sets a bound for the
+//! rest of the connection, and a write that makes no progress for that
+//! long fails, which ends the connection. Unset, writes are not bounded
+//! here (websocket sessions have their own clocks).
 
 use std::future::Future;
 use std::io;

@@ -63,6 +63,8 @@ pub struct CheckedVersion {
     next: u32,
     /// The versionHash so far.
     hasher: Option<VersionHasher>,
+    /// A chunk failed (damage, or a read error): the download is over.
+    broken: bool,
 }
 
 impl CheckedVersion {
@@ -106,6 +108,7 @@ impl CheckedVersion {
                 cursor: 0,
                 next: 1,
                 hasher: Some(VersionHasher::new()),
+                broken: false,
             });
         }
         bail!("the latest version kept moving; try again")
@@ -116,9 +119,9 @@ impl CheckedVersion {
         &self.row
     }
 
-    /// Every page was read (and the whole matched its versionHash).
+    /// Every page was read, and the whole matched its versionHash.
     pub fn finished(&self) -> bool {
-        self.next > self.row.page_count
+        !self.broken && self.next > self.row.page_count
     }
 
     /// The replica's path.
@@ -128,8 +131,15 @@ impl CheckedVersion {
 
     /// The next chunk of the file, checked; None after the last (blocking).
     /// The chunk that holds the last page comes only once the versionHash
-    /// of the whole matched.
+    /// of the whole matched. After an error there is nothing more.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        ensure!(!self.broken, "the download already failed");
+        let r = self.read_chunk();
+        self.broken = r.is_err();
+        r
+    }
+
+    fn read_chunk(&mut self) -> Result<Option<Vec<u8>>> {
         let (size, count) = (self.row.page_size as usize, self.row.page_count);
         if self.next > count {
             return Ok(None);
@@ -145,8 +155,7 @@ impl CheckedVersion {
                 .expect("hashing until the end")
                 .digest(pgno, &digest);
         }
-        self.next = last + 1;
-        if self.next > count {
+        if last == count {
             let h = self.hasher.take().expect("hashed once").finish();
             if h != self.row.version_hash {
                 bail!(
@@ -157,6 +166,7 @@ impl CheckedVersion {
                 );
             }
         }
+        self.next = last + 1;
         Ok(Some(out))
     }
 

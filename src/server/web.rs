@@ -252,16 +252,10 @@ struct Transfer {
     version: CheckedVersion,
     /// Its slot of the download budget.
     _permit: Permit,
-    /// The connection's write bound, lifted when the download ends (the
-    /// connection may carry other requests, websocket upgrades included).
-    stall: Option<WriteStall>,
 }
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        if let Some(s) = &self.stall {
-            s.set(None);
-        }
         if !self.version.finished() {
             tracing::info!(path = %self.version.path(), version = self.version.row().number,
                 "download ended before the end of the file");
@@ -302,13 +296,14 @@ async fn download(st: &AppState, r: ReplicaRow, v: VersionRef, conn: Conn) -> Re
         Err(e) => return internal(e.into()),
     };
     let len = version.row().size();
+    // For the rest of the connection: the body's last bytes are still
+    // being written when the Transfer ends, and they are bounded too.
     if let Some(s) = &conn.stall {
         s.set(Some(st.config.download_timeout));
     }
     let transfer = Transfer {
         version,
         _permit: permit,
-        stall: conn.stall,
     };
     let stream = futures_util::stream::unfold(
         (first.map(bytes::Bytes::from), Some(transfer)),
