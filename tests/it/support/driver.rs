@@ -193,7 +193,9 @@ async fn session(
             .push(ClientControl::KeyRequest.encode());
     }
     let spec = DriveSpec {
-        helper: helper.stderr(Stderr::Inherit),
+        // Piped and kept (Outcome.helper_stderr), so a passing run prints
+        // only test results.
+        helper: helper.stderr(Stderr::Piped),
         controls,
         framing: Framing::LARGE,
         want_config,
