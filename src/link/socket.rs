@@ -80,6 +80,21 @@ pub trait Socket {
     fn split_halves(self) -> (Self::Tx, Self::Rx);
 }
 
+/// Sends `msg` (flushing) or only queues it (see [`SocketTx::send_frame`]):
+/// the one body of both libraries' adapters.
+async fn send_or_feed<K, M>(sink: &mut K, msg: M, flush: bool) -> Result<(), SocketError>
+where
+    K: futures_util::Sink<M> + Unpin,
+    K::Error: std::fmt::Display,
+{
+    let sent = if flush {
+        SinkExt::send(sink, msg).await
+    } else {
+        SinkExt::feed(sink, msg).await
+    };
+    sent.map_err(|e| SocketError::Failed(e.to_string()))
+}
+
 // --- tokio-tungstenite (the client, and the tests' driver) -------------
 
 type TMsg = tungstenite::Message;
@@ -115,14 +130,7 @@ where
                 reason: reason.into(),
             })),
         };
-        async move {
-            let sent = if flush {
-                SinkExt::send(self, msg).await
-            } else {
-                SinkExt::feed(self, msg).await
-            };
-            sent.map_err(|e| SocketError::Failed(e.to_string()))
-        }
+        send_or_feed(self, msg, flush)
     }
 
     async fn close(&mut self) {
@@ -188,14 +196,7 @@ impl SocketTx for SplitSink<WebSocket, AMsg> {
                 reason: reason.into(),
             })),
         };
-        async move {
-            let sent = if flush {
-                SinkExt::send(self, msg).await
-            } else {
-                SinkExt::feed(self, msg).await
-            };
-            sent.map_err(|e| SocketError::Failed(e.to_string()))
-        }
+        send_or_feed(self, msg, flush)
     }
 
     async fn close(&mut self) {

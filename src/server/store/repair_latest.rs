@@ -95,16 +95,27 @@ fn stored_page(data_dir: &Path, meta: &Meta, h: &PageHash) -> Result<Option<Vec<
     Ok((page_hash(&data) == *h).then_some(data))
 }
 
+/// The bytes of `path` from `offset` to its end.
+fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// Every page in the packs' unindexed tails, by checksum: blobs are zstd
 /// frames or raw pages of `page` bytes, one after another.
 fn tail_pages(data_dir: &Path, meta: &Meta, page: usize) -> Result<HashMap<PageHash, Vec<u8>>> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
     let mut found = HashMap::new();
     for (pack, end) in meta.pack_ends()? {
-        let Ok(bytes) = std::fs::read(pack_path(&data_dir.join("packs"), pack)) else {
+        // Only the tail: the indexed part is read through the index.
+        let Ok(bytes) = read_from(&pack_path(&data_dir.join("packs"), pack), end) else {
             continue;
         };
-        let mut o = end as usize;
+        let mut o = 0;
         while o < bytes.len() {
             let rest = &bytes[o..];
             let (data, len) = if rest.starts_with(&ZSTD_MAGIC) {
