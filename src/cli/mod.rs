@@ -44,10 +44,15 @@ Forms:
 A LOCAL argument starts with /, ./, ../ or ~/, or has no '/' at all; anything
 else names a replica on the server.
 
-Keys (first match wins): SQLRSYNC_AUTH_TOKEN, --pullKey/--pushKey,
-~/.config/sqlrsync/local-secrets.toml (push), the DB-sqlrsync file next to the
-database (pull), --adminKey or SQLRSYNC_ADMIN_KEY, then a prompt on a terminal.
-Account Admin keys are never written to disk.
+Keys (first match wins): SQLRSYNC_AUTH_TOKEN, --pullKey/--pushKey, --adminKey,
+SQLRSYNC_ADMIN_KEY, then the stored key (~/.config/sqlrsync/local-secrets.toml
+for a push, the DB-sqlrsync file next to the database for a pull), then a
+prompt on a terminal. Account Admin keys are never written to disk.
+
+Nothing is overwritten by surprise: a pull refuses to replace a database that
+pushes to a replica, has changed since it last matched a version, or was never
+pulled from that replica; a push refuses when another machine pushed since this
+database last matched the replica. --force does it anyway.
 
 Examples:
   sqlrsync app.db backup/app.db          # local snapshot, no network
@@ -103,6 +108,12 @@ pub struct Cli {
     /// After pulling, wait for new versions and pull each one, until Ctrl-C
     #[arg(long, help_heading = "Remote")]
     pub subscribe: bool,
+
+    /// Pull over a database that pushes to a replica, has local changes or
+    /// never came from that replica; push over a version another machine
+    /// pushed
+    #[arg(long, help_heading = "Remote")]
+    pub force: bool,
 
     /// Print one JSON object with the result on stdout (for scripts)
     #[arg(long, help_heading = "Common")]

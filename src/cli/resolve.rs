@@ -93,6 +93,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         },
         idle_timeout: idle_timeout(cli.idle_timeout, env.timeout.as_deref()),
         subscribe: cli.subscribe,
+        force: cli.force,
         large_frames: !env.compat_frames,
         push: PushSettings {
             message: cli.message,

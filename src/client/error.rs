@@ -34,6 +34,10 @@ pub enum SyncError {
     /// The version received does not match the server's versionHash.
     #[error(transparent)]
     Verification(anyhow::Error),
+    /// The client refused: the sync would lose what someone meant to keep
+    /// (see `client::guard`); `--force` overrides.
+    #[error(transparent)]
+    Conflict(anyhow::Error),
     /// Anything else: a lost connection, a helper that died, a local error.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -49,7 +53,8 @@ impl SyncError {
             | SyncError::NoKey { .. }
             | SyncError::Aborted(_)
             | SyncError::Rejected(_)
-            | SyncError::Verification(_) => false,
+            | SyncError::Verification(_)
+            | SyncError::Conflict(_) => false,
         }
     }
 
@@ -60,6 +65,7 @@ impl SyncError {
             | SyncError::Aborted(e)
             | SyncError::Rejected(e)
             | SyncError::Verification(e)
+            | SyncError::Conflict(e)
             | SyncError::Other(e) => e,
             e @ (SyncError::Connect(_) | SyncError::NoKey { .. }) => anyhow::Error::new(e),
         }

@@ -171,21 +171,58 @@ impl Secrets {
         }
     }
 
-    /// The entry of the database at `abs_path`, if any.
-    pub fn find(&self, abs_path: &Path) -> Option<&SecretEntry> {
-        let p = abs_path.to_string_lossy();
-        self.databases.iter().find(|e| e.path == p)
+    /// Every entry of the database at `abs_path`: one per (server,
+    /// replica) it pushes to.
+    pub fn entries_for<'a>(&'a self, abs_path: &Path) -> impl Iterator<Item = &'a SecretEntry> {
+        let p = abs_path.to_string_lossy().into_owned();
+        self.databases.iter().filter(move |e| e.path == p)
     }
 
-    /// Adds or replaces the entry for `entry.path`, keeping all others.
+    /// The entry of the database at `abs_path` that pushes to `remote_path`
+    /// on `server`.
+    pub fn find(&self, abs_path: &Path, server: &str, remote_path: &str) -> Option<&SecretEntry> {
+        self.entries_for(abs_path)
+            .find(|e| e.remote_path == remote_path && super::same_server(&e.server, server))
+    }
+
+    /// The entry the database at `abs_path` pushed with last (the latest
+    /// `lastPush`; the last in the file among equals), among those `keep`
+    /// accepts.
+    pub fn last_pushed(
+        &self,
+        abs_path: &Path,
+        keep: impl Fn(&SecretEntry) -> bool,
+    ) -> Option<&SecretEntry> {
+        let when = |e: &SecretEntry| {
+            e.last_push
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t.to_string()).ok())
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(i64::MIN)
+        };
+        self.entries_for(abs_path).filter(|e| keep(e)).fold(
+            None,
+            |best: Option<&SecretEntry>, e| match best {
+                Some(b) if when(b) > when(e) => Some(b),
+                _ => Some(e),
+            },
+        )
+    }
+
+    /// Adds or replaces the entry of (database, server, replica), keeping
+    /// all others: a one-off push elsewhere never rebinds a database.
     pub fn upsert(&mut self, entry: SecretEntry) {
-        match self.databases.iter_mut().find(|e| e.path == entry.path) {
-            Some(old) => {
-                let other = std::mem::take(&mut old.other);
-                *old = SecretEntry { other, ..entry };
-            }
-            None => self.databases.push(entry),
-        }
+        let same = |e: &SecretEntry| {
+            e.path == entry.path
+                && e.remote_path == entry.remote_path
+                && super::same_server(&e.server, &entry.server)
+        };
+        // The entry written last goes last: among equal `lastPush` times
+        // the last in the file is the latest.
+        let other = match self.databases.iter().position(same) {
+            Some(i) => self.databases.remove(i).other,
+            None => toml::Table::new(),
+        };
+        self.databases.push(SecretEntry { other, ..entry });
     }
 
     /// Loads the file, lets `change` edit it and, when it returns true,
@@ -232,10 +269,11 @@ impl Secrets {
     }
 }
 
-/// Now, as a TOML datetime (`2026-11-23T10:00:00Z`).
+/// Now, as a TOML datetime (`2026-11-23T10:00:00.123Z`): milliseconds, so
+/// that pushes in one second still order.
 pub fn toml_now() -> Option<toml::value::Datetime> {
     chrono::Utc::now()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         .parse()
         .ok()
 }
@@ -481,7 +519,12 @@ mod tests {
         )
         .unwrap();
         let mut s = Secrets::load(dir.path()).unwrap();
-        assert_eq!(s.find(Path::new("/a.db")).unwrap().push_key, "k1");
+        assert_eq!(
+            s.find(Path::new("/a.db"), "wss://x", "ns/a.db")
+                .unwrap()
+                .push_key,
+            "k1"
+        );
         s.upsert(SecretEntry {
             path: "/b.db".into(),
             server: "ws://y".into(),
@@ -500,10 +543,18 @@ mod tests {
         assert_eq!(mode, 0o600);
         let again = Secrets::load(dir.path()).unwrap();
         assert_eq!(again.databases.len(), 2);
-        let a = again.find(Path::new("/a.db")).unwrap();
+        let a = again
+            .find(Path::new("/a.db"), "wss://x/", "ns/a.db")
+            .unwrap();
         assert_eq!(a.other.get("future").and_then(|v| v.as_integer()), Some(1));
         assert_eq!(a.last_push.unwrap().to_string(), "2026-11-23T10:00:00Z");
-        assert_eq!(again.find(Path::new("/b.db")).unwrap().push_key, "k2");
+        assert_eq!(
+            again
+                .find(Path::new("/b.db"), "ws://y", "ns/b.db")
+                .unwrap()
+                .push_key,
+            "k2"
+        );
         let text = fs::read_to_string(Secrets::path(dir.path())).unwrap();
         assert!(text.contains("[[sqlrsync-databases]]"), "{text}");
     }

@@ -1,9 +1,12 @@
 //! Which key a PUSH or PULL uses, and where it came from.
 //!
-//! First match wins (shared/PROTOCOL.md section 4 and the `--help` text):
-//! `SQLRSYNC_AUTH_TOKEN`, `--pushKey`/`--pullKey`, local-secrets.toml
-//! (push), the `-sqlrsync` file (pull), `--adminKey`, `SQLRSYNC_ADMIN_KEY`,
-//! then a no-echo prompt on a terminal. Without a terminal and without a key
+//! First match wins (the `--help` text): what this command line and the
+//! environment give (`SQLRSYNC_AUTH_TOKEN`, `--pushKey`/`--pullKey`,
+//! `--adminKey`, `SQLRSYNC_ADMIN_KEY`), then what is stored
+//! (local-secrets.toml for a push, the `-sqlrsync` file for a pull), then
+//! a no-echo prompt on a terminal. A key given now beats a stored one: the
+//! stored one may have been revoked, and the key given is how the user says
+//! so (the key the server then issues replaces the stored one). Without a terminal and without a key
 //! a push fails with one line (never waits for input); a pull goes on
 //! anonymously, which public and unlisted replicas allow.
 
@@ -51,6 +54,19 @@ impl KeySource {
                                    the push would fail (set SQLRSYNC_ADMIN_KEY or pass --adminKey/--pushKey)"
                 .into(),
         }
+    }
+
+    /// A key read from a file of ours (it may have been revoked since).
+    pub fn is_stored(&self) -> bool {
+        matches!(self, KeySource::Secrets(_) | KeySource::DashFile(_))
+    }
+
+    /// An Account Admin key given for this run only (`--adminKey`, the
+    /// prompt): worth asking the server for keys with, to replace stored
+    /// ones. `SQLRSYNC_ADMIN_KEY` is not: set in a cron job's environment
+    /// it would mint new keys on every run.
+    pub fn replaces_stored(&self) -> bool {
+        matches!(self, KeySource::AdminFlag | KeySource::Prompt)
     }
 
     /// True for Account Admin keys, which must never be written anywhere.
@@ -132,14 +148,14 @@ pub fn resolve(env: &KeyEnv, c: Candidates, need_key: bool, what: &str) -> anyho
     if let Some((k, flag)) = c.flag {
         return found(k, KeySource::Flag(flag));
     }
-    if let Some((k, src)) = c.stored {
-        return found(k, src);
-    }
     if let Some(k) = c.admin_flag {
         return found(k, KeySource::AdminFlag);
     }
     if let Some(k) = &env.admin_key {
         return found(k.trim().to_string(), KeySource::AdminEnv);
+    }
+    if let Some((k, src)) = c.stored {
+        return found(k, src);
     }
     if !need_key {
         return Ok(Key {
@@ -200,12 +216,17 @@ mod tests {
         };
         let k = resolve(&env, cands(true, true, true), true, "push").unwrap();
         assert_eq!(k.value.unwrap(), "flagkey");
+        // Keys given now beat the stored one.
         let k = resolve(&env, cands(false, true, true), true, "push").unwrap();
-        assert_eq!(k.value.unwrap(), "storedkey");
-        let k = resolve(&env, cands(false, false, true), true, "push").unwrap();
         assert_eq!(k.source, KeySource::AdminFlag);
-        let k = resolve(&env, cands(false, false, false), true, "push").unwrap();
+        let k = resolve(&env, cands(false, true, false), true, "push").unwrap();
         assert_eq!(k.source, KeySource::AdminEnv);
+        let no_env = KeyEnv {
+            admin_key: None,
+            ..env.clone()
+        };
+        let k = resolve(&no_env, cands(false, true, false), true, "push").unwrap();
+        assert_eq!(k.value.unwrap(), "storedkey");
         let none = KeyEnv::default();
         assert!(resolve(&none, cands(false, false, false), true, "push").is_err());
         let k = resolve(&none, cands(false, false, false), false, "pull").unwrap();

@@ -17,8 +17,10 @@ use tokio::sync::watch;
 
 use super::apply::{PullOptions, PullSink};
 use super::commit_gate::GateConfig;
-use super::files::DashFile;
+use super::files::{DashFile, Secrets};
+use super::guard::{self, PullFacts};
 use super::keys::{self, Candidates, Key, KeySource};
+use super::matched::{self, Matched, Role};
 use super::{ConnectError, RemoteRef, Settings, SyncError};
 use crate::helper::HelperCommand;
 use crate::link::{Controls, DriveSpec, drive};
@@ -48,6 +50,13 @@ pub struct Plan {
     pub replica_id: Option<String>,
     /// No matching `-sqlrsync` file: ask for keys, write one if issued.
     pub key_request: bool,
+    /// Its `-sqlrsync` file names this replica.
+    pub dash_matches: bool,
+    /// The pull key of that file.
+    pub dash_key: Option<String>,
+    /// The replica this database pushes to, when it is an origin (its
+    /// local-secrets.toml entry): `(remote path, server)`.
+    pub origin_of: Option<(String, String)>,
 }
 
 /// The file a pull writes, checked (its directory exists and is writable;
@@ -117,6 +126,7 @@ pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Pl
             DashFile::path_for(&local).display()
         );
     }
+    let dash_key = matching.as_ref().and_then(|d| d.pull_key.clone());
     let key = keys::resolve(
         env,
         Candidates {
@@ -132,16 +142,29 @@ pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Pl
         .replica_id
         .clone()
         .or_else(|| matching.as_ref().and_then(|d| d.replica_id.clone()));
+    let origin_of = match s.files.config_dir() {
+        Ok(dir) => Secrets::load(dir)?
+            .last_pushed(&local, |_| true)
+            .map(|e| (e.remote_path.clone(), e.server.clone())),
+        Err(_) => None,
+    };
+    let admin = key.source.replaces_stored();
     Ok(Plan {
         remote_path: remote.path.clone(),
         version: remote.version.unwrap_or_default(),
         local_existed: state != FileState::Missing,
+        dash_key,
         local,
         server,
         server_from,
         key,
         replica_id,
-        key_request: matching.is_none(),
+        // A pull key is asked for when there is none for this replica, and
+        // when an admin key is given for this run (the stored one may have
+        // been revoked).
+        key_request: matching.is_none() || admin,
+        dash_matches: matching.is_some(),
+        origin_of,
     })
 }
 
@@ -220,24 +243,35 @@ pub async fn pull_once(
     p: &mut Plan,
     interrupt: watch::Receiver<bool>,
 ) -> Result<super::Report, SyncError> {
-    let printer = s.printer;
     let started = Instant::now();
-    let conn = connect_pull(s, p, interrupt.clone()).await?;
-    let (outcome, sink) = match link_pull(s, p, conn, interrupt).await {
-        Ok(x) => x,
-        Err(e) => {
-            remove_if_new(p);
-            return Err(SyncError::Other(e.into()));
-        }
-    };
-    if let Err(e) = super::verdict(&outcome, false) {
-        remove_if_new(p);
-        return Err(e.into());
+    refuse_overwrite(s, p).await?;
+    // A file this pull creates is ours until the pull succeeded: any
+    // failure, at any step, removes it (and its -journal, -wal, -shm).
+    let created = !p.local_existed;
+    let result = pull_into(s, p, started, interrupt).await;
+    match &result {
+        Ok(_) => p.local_existed = true,
+        Err(_) if created => remove_new(&p.local),
+        Err(_) => {}
     }
+    result
+}
+
+/// The body of [`pull_once`] once the pull may run.
+async fn pull_into(
+    s: &Settings,
+    p: &mut Plan,
+    started: Instant,
+    interrupt: watch::Receiver<bool>,
+) -> Result<super::Report, SyncError> {
+    let printer = s.printer;
+    let conn = connect_pull(s, p, interrupt.clone()).await?;
+    let (outcome, sink) = link_pull(s, p, conn, interrupt)
+        .await
+        .map_err(|e| SyncError::Other(e.into()))?;
+    super::verdict(&outcome, false)?;
     let cfg = outcome.config().unwrap_or_default();
     let (verified, verify_seconds) = verify(p, &cfg, &sink, &printer)?;
-    // Set only now: until the copy verified, a new file was ours to remove.
-    p.local_existed = true;
     if cfg.replica_id.is_some() {
         p.replica_id = cfg.replica_id.clone();
     }
@@ -249,6 +283,7 @@ pub async fn pull_once(
         // keeps a --pushKey.
         keep_pull_key(p, &given, &printer)?;
     }
+    record_match(p, &cfg, &printer);
     for l in &outcome.helper_stderr {
         printer.verbose(&format!("sqlite3_rsync: {l}"));
     }
@@ -266,6 +301,57 @@ pub async fn pull_once(
     report.verify_seconds = verify_seconds;
     report.messages = outcome.messages.clone();
     Ok(report)
+}
+
+/// Refuses (unless `--force`) a pull that would lose what the local
+/// database holds (see [`guard`]). Hashing, when needed, runs off the
+/// async threads.
+async fn refuse_overwrite(s: &Settings, p: &Plan) -> Result<(), SyncError> {
+    if s.force || !matches!(sqlite::inspect(&p.local), Ok(FileState::Database(_))) {
+        return Ok(());
+    }
+    let facts = PullFacts {
+        local: p.local.clone(),
+        asked: format!("{}@{}", p.remote_path, p.version),
+        server: p.server.clone(),
+        origin_of: p.origin_of.clone(),
+        record: matched::load(&p.remote_path, &p.local),
+        dash_matches: p.dash_matches,
+    };
+    let db = p.local.clone();
+    let refusal = tokio::task::spawn_blocking(move || {
+        guard::pull_refusal(
+            &facts,
+            || super::unchanged::fingerprint(&db),
+            || sqlite::version_hash(&db).ok(),
+        )
+    })
+    .await
+    .map_err(|e| SyncError::Other(anyhow::anyhow!("the overwrite check failed: {e}")))?;
+    match refusal {
+        Some(why) => Err(SyncError::Conflict(anyhow::anyhow!("{why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Remembers the version the local database now is, so the next pull can
+/// prove it would lose nothing, and the next push that nobody pushed in
+/// between (see [`guard`]). Without the server's versionHash the file is
+/// hashed here. A failure only weakens the next check, so it is a note.
+fn record_match(p: &Plan, cfg: &crate::wire::ServerConfig, printer: &Printer) {
+    let mut m = Matched::now(&p.server, &p.remote_path, &p.local, Role::Pull);
+    m.replica_id = cfg.replica_id.clone();
+    m.version = cfg.committed_version_id.clone();
+    m.version_hash = cfg
+        .version_hash
+        .clone()
+        .or_else(|| sqlite::version_hash(&p.local).ok());
+    if let Err(e) = matched::save(&m) {
+        printer.note(&format!(
+            "sqlrsync: warning: cannot record the version pulled ({e:#}); the next pull over \
+             this file will ask for --force"
+        ));
+    }
 }
 
 /// Opens the pull's websocket. An anonymous pull refused with 401/403 on a
@@ -330,6 +416,18 @@ async fn connect_pull(
         Err(refused @ ConnectError::Http { status: 401, .. }) if anonymous => {
             return Err(SyncError::NoKey { refused });
         }
+        Err(
+            e @ ConnectError::Http {
+                status: 401 | 403, ..
+            },
+        ) if p.key.source.is_stored() => {
+            return Err(SyncError::Other(anyhow::anyhow!(
+                "{e}: that was the Replica Pull key in {} (revoked or replaced?); pull once with \
+                 --pullKey KEY or --adminKey KEY, and the key that works (or the one the server \
+                 then issues) replaces the stored one",
+                DashFile::path_for(&p.local).display()
+            )));
+        }
         Err(e) => return Err(e.into()),
     };
     Ok(conn)
@@ -338,7 +436,7 @@ async fn connect_pull(
 /// Checks the pulled copy against the server's versionHash, unless the
 /// commit gate already did: (verified, seconds spent hashing).
 fn verify(
-    p: &mut Plan,
+    p: &Plan,
     cfg: &crate::wire::ServerConfig,
     sink: &PullSink,
     printer: &Printer,
@@ -361,13 +459,9 @@ fn verify(
                 }
                 _ => (sqlite::version_hash(&p.local), want),
             };
-            // Committed but not checked: the file stays, as a replica.
-            p.local_existed = got.is_err();
             let got =
                 got.with_context(|| format!("cannot hash {} to verify it", p.local.display()))?;
             if !got.eq_ignore_ascii_case(want) {
-                // A new copy that is not the version is no copy to keep.
-                remove_if_new(p);
                 return Err(SyncError::Verification(anyhow::anyhow!(
                     "VERIFICATION FAILED: {} does not match the server's version (hash {} expected, {} found); do not trust this copy",
                     p.local.display(),
@@ -388,10 +482,10 @@ fn verify(
     Ok((verified, verify_seconds))
 }
 
-/// The `--pullKey` this pull used, when there is no `-sqlrsync` file for
-/// the replica yet (a pull that asked for a key and got none).
+/// The `--pullKey` this pull used, when the `-sqlrsync` file holds no key
+/// or another one (revoked, since the one given worked).
 fn given_pull_key(p: &Plan) -> Option<String> {
-    (p.key_request && p.key.source == KeySource::Flag("--pullKey"))
+    (p.key.source == KeySource::Flag("--pullKey") && p.key.value != p.dash_key)
         .then(|| p.key.value.clone())
         .flatten()
 }
@@ -420,6 +514,8 @@ fn keep_pull_key(p: &mut Plan, pull: &str, printer: &Printer) -> Result<(), Sync
         };
     }
     p.key_request = false;
+    p.dash_matches = true;
+    p.dash_key = Some(pull.to_string());
     Ok(())
 }
 
@@ -496,12 +592,9 @@ fn short(h: &str) -> &str {
 }
 
 /// A pull into a new file that failed leaves no file behind.
-fn remove_if_new(p: &Plan) {
-    if p.local_existed {
-        return;
-    }
+fn remove_new(local: &Path) {
     for suffix in ["", "-journal", "-wal", "-shm"] {
-        let mut s = p.local.as_os_str().to_os_string();
+        let mut s = local.as_os_str().to_os_string();
         s.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(s));
     }

@@ -18,9 +18,11 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 
 use super::files::{self, DashFile, SecretEntry, Secrets};
+use super::guard::{self, PushCheck};
 use super::keys::{self, Candidates, Key, KeySource};
+use super::matched::{self, Matched, Role};
 use super::unchanged;
-use super::{RemoteRef, Settings};
+use super::{RemoteRef, Settings, SyncError};
 use crate::helper::HelperCommand;
 use crate::link::{Controls, DriveSpec, drive};
 use crate::sqlite::{self, FileState};
@@ -46,8 +48,15 @@ pub struct Plan {
     pub first_push: bool,
     /// Visibility asked for (first push only).
     pub visibility: Visibility,
-    /// No matching `-sqlrsync` file: ask for keys and write one.
+    /// Ask the server for keys (KEYREQUEST): no stored entry for this
+    /// replica, no `-sqlrsync` file for it, or an admin key in use.
     pub key_request: bool,
+    /// The `-sqlrsync` file next to the database when it pulls another
+    /// replica: it is left as it is.
+    pub dash_elsewhere: Option<DashFile>,
+    /// No replica was named and the stored one pushed to last was taken:
+    /// how many other replicas this database pushes to.
+    pub chosen: Option<usize>,
     /// Commit message.
     pub message: Option<String>,
 }
@@ -78,13 +87,18 @@ pub fn plan(s: &Settings, local: &Path, remote: Option<&RemoteRef>) -> anyhow::R
     let local = pushable(local)?;
     let dir = s.files.config_dir()?;
     let secrets = Secrets::load(dir)?;
-    let entry = secrets.find(&local).filter(|e| {
-        remote.is_none_or(|r| r.path == e.remote_path)
-            && s.server
-                .flag
-                .as_deref()
-                .is_none_or(|f| super::same_server(f, &e.server))
-    });
+    let server_ok = |e: &SecretEntry| {
+        s.server
+            .flag
+            .as_deref()
+            .is_none_or(|f| super::same_server(f, &e.server))
+    };
+    // One entry per (database, server, replica): a named replica finds its
+    // own; no name means the replica this database pushed to last.
+    let entry = match remote {
+        Some(r) => secrets.last_pushed(&local, |e| e.remote_path == r.path && server_ok(e)),
+        None => secrets.last_pushed(&local, server_ok),
+    };
     let (server, server_from) = s
         .server
         .resolve(entry.map(|e| e.server.as_str()).filter(|s| !s.is_empty()))?;
@@ -97,13 +111,47 @@ pub fn plan(s: &Settings, local: &Path, remote: Option<&RemoteRef>) -> anyhow::R
     let visibility = s.push.visibility;
     if visibility != Visibility::Private && !first_push {
         bail!(
-            "--{} only applies to the first push; {} already exists on {server} (change its visibility on the server)",
+            "--{} only applies to the first push; {remote_path} already exists on {server} (change its visibility on the server)",
             visibility.as_str(),
-            entry
-                .map(|e| e.remote_path.as_str())
-                .unwrap_or("this replica")
         );
     }
+    let key = push_key(s, dir, entry)?;
+    let replica_id = s.keys.replica_id.clone().or_else(|| {
+        entry
+            .map(|e| e.replica_id.clone())
+            .filter(|s| !s.is_empty())
+    });
+    let dash = DashFile::load_for(&local).ok().flatten();
+    let dash_matches = dash.as_ref().is_some_and(|d| {
+        !remote_path.is_empty()
+            && d.remote_path == remote_path
+            && d.server
+                .as_deref()
+                .is_none_or(|d| super::same_server(d, &server))
+    });
+    // Keys are asked for when one is missing here, and when an admin key
+    // is given for this run (a stored key it replaces may be revoked).
+    let key_request = first_push || !dash_matches || key.source.replaces_stored();
+    let others = secrets.entries_for(&local).count() - usize::from(entry.is_some());
+    Ok(Plan {
+        chosen: (remote.is_none() && entry.is_some()).then_some(others),
+        local,
+        remote_path,
+        server,
+        server_from,
+        key,
+        replica_id,
+        first_push,
+        visibility,
+        key_request,
+        dash_elsewhere: dash.filter(|_| !dash_matches),
+        message: s.push.message.clone(),
+    })
+}
+
+/// The key of a push: given now, else stored with this replica, else the
+/// prompt (see [`keys::resolve`]).
+fn push_key(s: &Settings, dir: &Path, entry: Option<&SecretEntry>) -> anyhow::Result<Key> {
     let stored = entry
         .filter(|e| !e.push_key.is_empty())
         .map(|e| (e.push_key.clone(), KeySource::Secrets(Secrets::path(dir))));
@@ -119,33 +167,13 @@ pub fn plan(s: &Settings, local: &Path, remote: Option<&RemoteRef>) -> anyhow::R
     );
     // --dry reports a missing key instead of failing on it: saying what
     // would happen is its whole job.
-    let key = match key {
-        Err(_) if s.dry => keys::Key {
+    match key {
+        Err(_) if s.dry => Ok(keys::Key {
             value: None,
             source: KeySource::Missing,
-        },
-        k => k?,
-    };
-    let replica_id = s.keys.replica_id.clone().or_else(|| {
-        entry
-            .map(|e| e.replica_id.clone())
-            .filter(|s| !s.is_empty())
-    });
-    let dash = DashFile::load_for(&local).ok().flatten();
-    let key_request =
-        !dash.is_some_and(|d| !remote_path.is_empty() && d.remote_path == remote_path);
-    Ok(Plan {
-        local,
-        remote_path,
-        server,
-        server_from,
-        key,
-        replica_id,
-        first_push,
-        visibility,
-        key_request,
-        message: s.push.message.clone(),
-    })
+        }),
+        k => k,
+    }
 }
 
 /// `--dry`: what would happen, keys masked; nothing is written or sent.
@@ -167,7 +195,8 @@ fn print_dry(p: &Plan, printer: &Printer) {
             "key": p.key.masked(),
             "firstPush": p.first_push,
             "visibility": if p.first_push { Some(p.visibility.as_str()) } else { None },
-            "writesDashFile": p.key_request,
+            "visibilityNote": dry_visibility(p),
+            "writesDashFile": p.key_request && p.dash_elsewhere.is_none(),
             "dashFile": dash,
         });
         printer.json(&v);
@@ -183,18 +212,40 @@ fn print_dry(p: &Plan, printer: &Printer) {
         p.key.masked(),
         p.key.source.describe()
     ));
-    if p.first_push {
+    if let Some(others) = p.chosen {
         out(&format!(
-            "visibility: {} (first push from here)",
-            p.visibility.as_str()
+            "why:        no replica named: the one this database pushed to last ({others} other{} stored)",
+            if others == 1 { "" } else { "s" }
         ));
-    } else {
-        out("visibility: unchanged (not the first push)");
     }
+    out(&format!("visibility: {}", dry_visibility(p)));
     if let Some(m) = &p.message {
         out(&format!("message:    {m}"));
     }
-    super::print_dry_writes(printer, &dash, p.key_request);
+    match &p.dash_elsewhere {
+        Some(d) => {
+            printer.stdout(&format!(
+                "writes:     nothing new next to the database ({} pulls {} and is left as it is)",
+                dash.display(),
+                d.remote_path
+            ));
+            printer.stdout("dry run:    nothing was sent and nothing was written");
+        }
+        None => super::print_dry_writes(printer, &dash, p.key_request),
+    }
+}
+
+/// The visibility line of `--dry`: only a push that creates the replica
+/// sets it; an existing replica keeps its own, whatever this push asks.
+fn dry_visibility(p: &Plan) -> String {
+    if p.first_push {
+        format!(
+            "{} if this push creates the replica; a replica that already exists on the server keeps its own",
+            p.visibility.as_str()
+        )
+    } else {
+        "unchanged: the replica exists (this database pushed to it) and keeps the visibility it has on the server".into()
+    }
 }
 
 /// Runs a push.
@@ -227,39 +278,32 @@ pub async fn run(
         p.key.masked(),
         p.key.source.describe()
     ));
+    if let Some(others) = p.chosen
+        && others > 0
+    {
+        printer.note(&format!(
+            "sqlrsync: pushing to {} on {} (where this database pushed last; it also pushes to {others} other replica{})",
+            p.remote_path,
+            p.server,
+            if others == 1 { "" } else { "s" }
+        ));
+    }
     let started = Instant::now();
-    // A database unchanged since its last push from here is worth checking
-    // before syncing (see unchanged.rs); the hash runs while we connect.
+    let record = matched::load(&p.remote_path, &p.local);
     let fingerprint = unchanged::fingerprint(&p.local);
-    let probe_hash = fingerprint
-        .as_deref()
-        .filter(|_| !p.first_push && !p.key_request)
-        .and_then(|f| unchanged::matching_record(&p.server, &p.local, f))
-        .map(|_| {
-            let db = p.local.clone();
-            tokio::task::spawn_blocking(move || sqlite::version_hash(&db))
-        });
+    let local_hash = hash_if_useful(&p, record.as_ref(), fingerprint.as_deref());
     let mut stop = interrupt.clone();
     let mut conn = tokio::select! {
-        c = super::connect(&url, &hdrs, s.idle_timeout) => c?,
+        c = super::connect(&url, &hdrs, s.idle_timeout) => c.map_err(|e| stored_key_refused(&p, e))?,
         _ = super::wait_true(&mut stop) => {
             printer.stderr("sqlrsync: interrupted; nothing was sent");
             return Ok(super::interrupted_exit());
         }
     };
-
-    if let Some(local_hash) = probe_hash
-        && let unchanged::Probe::Unchanged { config, wire_bytes } =
-            unchanged::probe(&mut conn.ws, local_hash).await?
+    if let Some((PushCheck::Unchanged, latest, wire_bytes)) =
+        before_stream(s, &p, &mut conn, record, local_hash).await?
     {
-        unchanged_report(
-            &p,
-            config,
-            wire_bytes,
-            fingerprint.as_deref(),
-            started,
-            &printer,
-        );
+        unchanged_report(&p, latest, wire_bytes, started, &printer);
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -275,6 +319,69 @@ pub async fn run(
     let report = finish(s, &p, &outcome, &stats, started)?;
     report.print(&printer);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks our server for its latest before the stream (SERVER.md
+/// "Extensions") and decides with [`guard::push_check`]: a push that would
+/// put another machine's version behind this one is refused, one that
+/// would change nothing ends here (returned with the server's answer, the
+/// socket closed). Other servers do not say: the push runs as it always did.
+async fn before_stream(
+    s: &Settings,
+    p: &Plan,
+    conn: &mut super::Connected,
+    record: Option<Matched>,
+    local_hash: Option<tokio::task::JoinHandle<anyhow::Result<String>>>,
+) -> anyhow::Result<Option<(PushCheck, crate::wire::ServerConfig, u64)>> {
+    if !conn.stream_digest || p.remote_path.is_empty() {
+        return Ok(None);
+    }
+    let Some((latest, wire_bytes)) = unchanged::ask_latest(&mut conn.ws).await? else {
+        return Ok(None);
+    };
+    // A record of another server's replica of the same name says nothing.
+    let record = record.filter(|r| r.same_replica(latest.replica_id.as_deref()));
+    let mut local_hash = match local_hash {
+        Some(h) => h.await.ok().and_then(|h| h.ok()),
+        None => None,
+    };
+    let check = |local_hash: Option<&str>| {
+        guard::push_check(&guard::PushFacts {
+            remote_path: &p.remote_path,
+            latest: &latest,
+            record: record.as_ref(),
+            legacy_entry: !p.first_push,
+            local_hash,
+            force: s.force,
+        })
+    };
+    let mut verdict = check(local_hash.as_deref());
+    // Before calling it a conflict: the server's latest may be this very
+    // database (a copy pushed from elsewhere, or a push whose end this
+    // client never saw, killed after the server committed). Only then is
+    // the whole file worth hashing.
+    if matches!(verdict, PushCheck::Conflict(_))
+        && local_hash.is_none()
+        && latest.version_hash.is_some()
+    {
+        let db = p.local.clone();
+        local_hash = tokio::task::spawn_blocking(move || sqlite::version_hash(&db))
+            .await
+            .ok()
+            .and_then(|h| h.ok());
+        verdict = check(local_hash.as_deref());
+    }
+    match verdict {
+        PushCheck::Conflict(why) => {
+            unchanged::close(&mut conn.ws, "conflict").await;
+            Err(SyncError::Conflict(anyhow::anyhow!("{why}")).into_anyhow())
+        }
+        PushCheck::Unchanged if !p.key_request => {
+            unchanged::close(&mut conn.ws, "unchanged").await;
+            Ok(Some((PushCheck::Unchanged, latest, wire_bytes)))
+        }
+        PushCheck::Unchanged | PushCheck::Push => Ok(None),
+    }
 }
 
 /// The upgrade's headers for a push (PROTOCOL.md section 2): key, client
@@ -308,7 +415,6 @@ fn unchanged_report(
     p: &Plan,
     config: crate::wire::ServerConfig,
     wire_bytes: u64,
-    fingerprint: Option<&str>,
     started: Instant,
     printer: &Printer,
 ) {
@@ -317,29 +423,68 @@ fn unchanged_report(
         "no changes: version {} on the server already holds this database; nothing sent",
         version.as_deref().unwrap_or("?")
     ));
-    if let (Some(f), Some(h)) = (fingerprint, &config.version_hash) {
-        unchanged::save_record(
-            &p.server,
-            &p.local,
-            &unchanged::PushRecord {
-                fingerprint: f.to_string(),
-                version_hash: h.clone(),
-            },
-        );
-    }
+    record_match(p, &p.remote_path, &config, printer);
     let stats = crate::link::Stats::default();
     let mut report = super::Report::new("PUSH", &stats, started);
     report.local = p.local.display().to_string();
-    report.remote = config
-        .replica_path
-        .clone()
-        .filter(|s| !s.is_empty())
-        .unwrap_or(p.remote_path.clone());
+    report.remote = p.remote_path.clone();
     report.server = p.server.clone();
     report.version = version;
     report.wire_received = wire_bytes;
     report.unchanged = true;
     report.print(printer);
+}
+
+/// Hashes the local database while we connect when it very probably did
+/// not change since its last match (same fingerprint): the answer then
+/// decides the push. Else a push of a changed database waits for no hash
+/// (but see [`before_stream`]).
+fn hash_if_useful(
+    p: &Plan,
+    record: Option<&Matched>,
+    fingerprint: Option<&str>,
+) -> Option<tokio::task::JoinHandle<anyhow::Result<String>>> {
+    let worth = !p.remote_path.is_empty()
+        && record.is_some_and(|r| fingerprint.is_some() && r.fingerprint.as_deref() == fingerprint);
+    worth.then(|| {
+        let db = p.local.clone();
+        tokio::task::spawn_blocking(move || sqlite::version_hash(&db))
+    })
+}
+
+/// A refused stored key says so, and how to replace it.
+fn stored_key_refused(p: &Plan, e: super::ConnectError) -> anyhow::Error {
+    let refused = matches!(
+        e,
+        super::ConnectError::Http {
+            status: 401 | 403,
+            ..
+        }
+    );
+    match &p.key.source {
+        KeySource::Secrets(file) if refused => anyhow::anyhow!(
+            "{e}: that was the Replica Push key stored for {} in {} (revoked or replaced?); push \
+             once with --adminKey KEY (the push key the server then issues replaces the stored \
+             one) or --pushKey KEY (kept in its place when it works)",
+            p.remote_path,
+            file.display()
+        ),
+        _ => anyhow::Error::new(e),
+    }
+}
+
+/// Remembers that the local database now is `cfg`'s version of the
+/// replica (see [`matched`]). A failure only weakens the next check.
+fn record_match(p: &Plan, remote_path: &str, cfg: &crate::wire::ServerConfig, printer: &Printer) {
+    let mut m = Matched::now(&p.server, remote_path, &p.local, Role::Push);
+    m.replica_id = cfg.replica_id.clone();
+    m.version = cfg.committed_version_id.clone();
+    m.version_hash = cfg.version_hash.clone();
+    if let Err(e) = matched::save(&m) {
+        printer.note(&format!(
+            "sqlrsync: warning: cannot record the version pushed ({e:#}); the next push will ask for --force"
+        ));
+    }
 }
 
 /// After a push the server confirmed: keeps the keys it issued and the
@@ -364,16 +509,7 @@ fn finish(
     // The fingerprint after the push, not before: reading a WAL database
     // may checkpoint it on close. Taking it late is safe because the record
     // only decides whether to hash next time, never whether to skip.
-    if let (Some(f), Some(h)) = (unchanged::fingerprint(&p.local), &cfg.version_hash) {
-        unchanged::save_record(
-            &p.server,
-            &p.local,
-            &unchanged::PushRecord {
-                fingerprint: f,
-                version_hash: h.clone(),
-            },
-        );
-    }
+    record_match(p, &remote_path, &cfg, printer);
 
     let mut report = super::Report::new("PUSH", stats, started);
     report.local = p.local.display().to_string();
@@ -453,17 +589,14 @@ fn keep_keys(
     // processes (cron jobs firing together) update their own entries in the
     // same file, and an unlocked read-modify-write loses theirs.
     let stored = Secrets::update(dir, |secrets| {
-        let existing = secrets.find(&p.local).cloned();
+        let existing = secrets.find(&p.local, &p.server, remote_path).cloned();
         let push_key = match (&cfg.new_push_key, &existing) {
             (Some(k), _) => Some(k.clone()),
-            (None, Some(e))
-                if !e.push_key.is_empty() && matches!(p.key.source, KeySource::Secrets(_)) =>
-            {
-                Some(e.push_key.clone())
-            }
             // A Replica Push key the user gave that just worked: keep it, so
             // the next push (a cron job) needs nothing on the command line.
             (None, _) if p.key.source == KeySource::Flag("--pushKey") => p.key.value.clone(),
+            // The entry stays, with this push as its last.
+            (None, Some(e)) if !e.push_key.is_empty() => Some(e.push_key.clone()),
             _ => None,
         };
         let Some(k) = push_key else {
@@ -495,6 +628,20 @@ fn keep_keys(
     if let Some(pull) = &cfg.new_pull_key {
         if !crate::wire::is_key_shaped(pull) {
             bail!("the server issued a pull key that is not a key; it was not stored");
+        }
+        // One `-sqlrsync` file per database: the one that pulls another
+        // replica stays (a one-off push elsewhere never rebinds it).
+        if let Some(d) = p
+            .dash_elsewhere
+            .as_ref()
+            .filter(|d| d.remote_path != remote_path)
+        {
+            printer.verbose(&format!(
+                "left {} as it is: it pulls {}",
+                DashFile::path_for(&p.local).display(),
+                d.remote_path
+            ));
+            return Ok(());
         }
         let dash = DashFile {
             remote_path: remote_path.to_string(),

@@ -35,6 +35,9 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// `--subscribe`.
     pub subscribe: bool,
+    /// `--force`: run a sync the client would refuse as overwriting what
+    /// someone meant to keep (see `client::guard`).
+    pub force: bool,
     /// Offer the server large frames (SERVER.md "Extensions");
     /// `SQLRSYNC_COMPAT_FRAMES=1` turns it off, so every frame is one the
     /// clients that exist for sqlrsync.com would send.

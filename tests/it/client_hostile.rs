@@ -69,8 +69,9 @@ impl Local {
     /// `sqlrsync team/x.db local.db --pullKey KEY --server URL --timeout 3`
     fn pull(&self, url: &str) -> Command {
         let mut c = self.env.sqlrsync();
+        // --force: local.db was made here, never pulled (client::guard).
         c.args(["team/x.db", "local.db", "--pullKey", KEY, "--server", url])
-            .args(["--timeout", TIMEOUT]);
+            .args(["--timeout", TIMEOUT, "--force"]);
         c
     }
 

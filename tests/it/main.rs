@@ -9,6 +9,7 @@
 mod support;
 
 mod client_hostile;
+mod client_safety;
 mod compat_strict;
 mod dropin_ssh;
 mod faults_kill;

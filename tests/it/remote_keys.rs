@@ -79,9 +79,12 @@ fn each_key_is_refused_where_it_must_be() {
         .env("SQLRSYNC_AUTH_TOKEN", &pull_key));
     assert_ok(&o);
 
-    // The stored key and the -sqlrsync key work with nothing on the command line.
+    // The stored key and the -sqlrsync key work with nothing on the command
+    // line (a pull into the origin itself needs --force: client::guard).
     assert_ok(&run(&mut r.cmd(&["a.db"])));
-    assert_ok(&run(&mut r.cmd(&["team/a.db", "a.db"])));
+    let o = run(&mut r.cmd(&["team/a.db", "a.db"]));
+    assert_one_line_error(&o, "is the origin of team/a.db");
+    assert_ok(&run(&mut r.cmd(&["team/a.db", "a.db", "--force"])));
 
     // --unlisted on the first push: anyone with the path may pull, no key.
     let o = run(&mut r.admin_cmd(&["b.db", "team/b.db", "--unlisted"]));

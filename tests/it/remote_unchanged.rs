@@ -26,9 +26,10 @@ fn an_unchanged_database_is_not_pushed_again_but_a_changed_replica_is() {
     assert_ok(&o);
     assert!(stderr(&o).contains("version 1 unchanged"), "{}", stderr(&o));
 
-    // Another machine pushes different content to the same replica. Our
-    // record still matches our file, but the server's latest no longer
-    // matches our content: the push must run and win.
+    // Another machine pushes different content to the same replica (with
+    // --force: it never pulled it). Our record still matches our file, but
+    // the server's latest no longer matches our content: our push is a
+    // conflict now, and with --force it must run and win.
     let other = TestEnv::new();
     let b = other.path("b.db");
     make_db(
@@ -43,6 +44,7 @@ fn an_unchanged_database_is_not_pushed_again_but_a_changed_replica_is() {
         .arg(&b)
         .arg("team/a.db")
         .arg("--json")
+        .arg("--force")
         .arg("--server")
         .arg(r.server().ws_url())
         .env("SQLRSYNC_ADMIN_KEY", &r.admin));
@@ -50,6 +52,8 @@ fn an_unchanged_database_is_not_pushed_again_but_a_changed_replica_is() {
     assert_eq!(json(&o)["version"], "2");
 
     let o = run(r.env.sqlrsync().arg(&a).arg("--json"));
+    assert_one_line_error(&o, "is at version 2 on the server");
+    let o = run(r.env.sqlrsync().arg(&a).arg("--json").arg("--force"));
     assert_ok(&o);
     let j = json(&o);
     assert_eq!(j["unchanged"], false, "{j}");

@@ -59,7 +59,18 @@ fn a_copy_that_does_not_match_the_version_fails_loudly() {
     let before = content_digest(&good);
     damage(&good, 30);
     assert_ne!(content_digest(&good), before);
-    let o = run(&mut r.cmd(&["team/v.db", "good.db", "--pullKey", &key, "--json"]));
+    // A changed copy is not pulled over without --force (client::guard):
+    // the client cannot tell rot from a change someone meant to keep.
+    let o = run(&mut r.cmd(&["team/v.db", "good.db", "--pullKey", &key]));
+    assert_one_line_error(&o, "has changed since it matched version 1");
+    let o = run(&mut r.cmd(&[
+        "team/v.db",
+        "good.db",
+        "--pullKey",
+        &key,
+        "--json",
+        "--force",
+    ]));
     assert_ok(&o);
     let j = json(&o);
     assert_eq!(

@@ -97,6 +97,17 @@ pub async fn listen(ws: &mut WebSocketStream<TcpStream>, d: Duration) {
 /// server does), after the helper finished on a push, followed by a normal
 /// close (a committed push).
 pub fn honest(side: &'static str, db: PathBuf, cfg: proto::ServerConfig) -> Scenario {
+    honest_tampered(side, db, cfg, |_| {})
+}
+
+/// [`honest`], with `tamper` applied to each chunk of the helper's output
+/// before it is sent: a server (or a disk) that damages what it streams.
+pub fn honest_tampered(
+    side: &'static str,
+    db: PathBuf,
+    cfg: proto::ServerConfig,
+    tamper: fn(&mut [u8]),
+) -> Scenario {
     scenario(move |tcp| async move {
         let mut ws = upgrade(tcp).await;
         let pull = side == "--origin";
@@ -148,6 +159,7 @@ pub fn honest(side: &'static str, db: PathBuf, cfg: proto::ServerConfig) -> Scen
                         continue;
                     }
                     from_helper.feed(&buf[..n], |_| {}).unwrap();
+                    tamper(&mut buf[..n]);
                     sent += n as u64;
                     if !send_bin(&mut ws, buf[..n].to_vec()).await { break; }
                     if pull && from_helper.ended() {
