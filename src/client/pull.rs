@@ -168,7 +168,7 @@ pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Pl
     })
 }
 
-fn print_dry(p: &Plan, printer: &Printer, subscribe: bool) {
+fn print_dry(p: &Plan, printer: &Printer, subscribe: bool, refusal: Option<String>) {
     let dash = DashFile::path_for(&p.local);
     if printer.json {
         let v = serde_json::json!({
@@ -181,6 +181,7 @@ fn print_dry(p: &Plan, printer: &Printer, subscribe: bool) {
             "key": p.key.masked(),
             "writesDashFile": p.key_request,
             "dashFile": dash,
+            "refused": refusal,
         });
         printer.json(&v);
         return;
@@ -208,6 +209,9 @@ fn print_dry(p: &Plan, printer: &Printer, subscribe: bool) {
         p.key.source.describe()
     ));
     out("visibility: decided by the replica's owner");
+    if let Some(why) = &refusal {
+        out(&format!("refused:    {why}"));
+    }
     super::print_dry_writes(printer, &dash, p.key_request);
 }
 
@@ -220,7 +224,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let mut p = plan(s, remote, local)?;
     if s.dry {
-        print_dry(&p, &s.printer, false);
+        print_dry(&p, &s.printer, false, overwrite_refusal(s.force, &p));
         return Ok(ExitCode::SUCCESS);
     }
     match pull_once(s, &mut p, interrupt).await {
@@ -307,8 +311,21 @@ async fn pull_into(
 /// database holds (see [`guard`]). Hashing, when needed, runs off the
 /// async threads.
 async fn refuse_overwrite(s: &Settings, p: &Plan) -> Result<(), SyncError> {
-    if s.force || !matches!(sqlite::inspect(&p.local), Ok(FileState::Database(_))) {
-        return Ok(());
+    let (force, p) = (s.force, p.clone());
+    let refusal = tokio::task::spawn_blocking(move || overwrite_refusal(force, &p))
+        .await
+        .map_err(|e| SyncError::Other(anyhow::anyhow!("the overwrite check failed: {e}")))?;
+    match refusal {
+        Some(why) => Err(SyncError::Conflict(anyhow::anyhow!("{why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Why this pull must not run without `--force`, if it must not (blocking:
+/// it may hash the local database).
+fn overwrite_refusal(force: bool, p: &Plan) -> Option<String> {
+    if force || !matches!(sqlite::inspect(&p.local), Ok(FileState::Database(_))) {
+        return None;
     }
     let facts = PullFacts {
         local: p.local.clone(),
@@ -318,20 +335,11 @@ async fn refuse_overwrite(s: &Settings, p: &Plan) -> Result<(), SyncError> {
         record: matched::load(&p.remote_path, &p.local),
         dash_matches: p.dash_matches,
     };
-    let db = p.local.clone();
-    let refusal = tokio::task::spawn_blocking(move || {
-        guard::pull_refusal(
-            &facts,
-            || super::unchanged::fingerprint(&db),
-            || sqlite::version_hash(&db).ok(),
-        )
-    })
-    .await
-    .map_err(|e| SyncError::Other(anyhow::anyhow!("the overwrite check failed: {e}")))?;
-    match refusal {
-        Some(why) => Err(SyncError::Conflict(anyhow::anyhow!("{why}"))),
-        None => Ok(()),
-    }
+    guard::pull_refusal(
+        &facts,
+        || super::unchanged::fingerprint(&p.local),
+        || sqlite::version_hash(&p.local).ok(),
+    )
 }
 
 /// Remembers the version the local database now is, so the next pull can
@@ -603,6 +611,6 @@ fn remove_new(local: &Path) {
 /// For `--dry` in subscribe mode.
 pub fn dry(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<()> {
     let p = plan(s, remote, local)?;
-    print_dry(&p, &s.printer, true);
+    print_dry(&p, &s.printer, true, overwrite_refusal(s.force, &p));
     Ok(())
 }

@@ -74,6 +74,16 @@ fn a_pull_never_rolls_the_origin_back() {
     assert_eq!(content_digest(&app), before, "the origin was changed");
     assert_eq!(local_rows(&app), 1);
 
+    // --dry says so too, and touches nothing.
+    let o = run(&mut r.admin_cmd(&["team/app.db@1", "--dry"]));
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("refused:    ") && stdout(&o).contains("is the origin of"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(content_digest(&app), before);
+
     // Into another file, as the error says, it works.
     let o = run(&mut r.admin_cmd(&["team/app.db@1", "v1.db"]));
     assert_ok(&o);
