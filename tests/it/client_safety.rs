@@ -304,6 +304,7 @@ fn a_new_file_from_a_failed_pull_is_removed() {
         "5",
     ]));
     assert!(!o.status.success(), "{}", stderr(&o));
+    eprintln!("{}", stderr(&o).trim());
     fake.sent();
     for suffix in ["", "-journal", "-wal", "-shm", "-sqlrsync"] {
         let p = env.path(&format!("new.db{suffix}"));
