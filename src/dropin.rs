@@ -93,24 +93,33 @@ fn option_name(arg: &str) -> Option<&str> {
 }
 
 /// Replaces this process with the helper run with `args`. Returns only when
-/// the helper could not be started. From the `exec` on, what is printed is
-/// the helper's own output, not ours (the documented exception to
-/// [`crate::ui`]).
-pub fn exec_helper(args: &[OsString]) -> ExitCode {
-    let printer = Printer::default();
-    let path = match helper::path() {
-        Ok(p) => p,
-        Err(e) => {
-            printer.stderr(&format!("sqlrsync: error: {e:#}"));
-            return ExitCode::FAILURE;
+/// the helper could not be started. Where the OS refuses to execute the
+/// helper, the next place it can be put is tried (see
+/// [`helper::refused`]); `printer` says with `-v` where it ran from. From
+/// the `exec` on, what is printed is the helper's own output, not ours (the
+/// documented exception to [`crate::ui`]).
+pub fn exec_helper(args: &[OsString], printer: &Printer) -> ExitCode {
+    loop {
+        let h = match helper::prepared() {
+            Ok(h) => h,
+            Err(e) => {
+                printer.stderr(&format!("sqlrsync: error: {e:#}"));
+                return ExitCode::FAILURE;
+            }
+        };
+        printer.verbose(&format!("sqlrsync: {}", h.note));
+        // LOCAL: the helper starts its replica side as its own argv[0].
+        h.keep_across_exec();
+        let err = Command::new(&h.path).args(args).exec();
+        if helper::refused(&h, &err) {
+            continue;
         }
-    };
-    let err = Command::new(path).args(args).exec();
-    printer.stderr(&format!(
-        "sqlrsync: error: cannot run {}: {err}",
-        path.display()
-    ));
-    ExitCode::FAILURE
+        printer.stderr(&format!(
+            "sqlrsync: error: cannot run {}: {err}",
+            h.path.display()
+        ));
+        return ExitCode::FAILURE;
+    }
 }
 
 #[cfg(test)]

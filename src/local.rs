@@ -169,7 +169,7 @@ pub fn run(s: &Settings, origin: &Path, replica: &Path) -> anyhow::Result<ExitCo
     if s.wal_only {
         args.push("--wal-only".into());
     }
-    Ok(crate::dropin::exec_helper(&args))
+    Ok(crate::dropin::exec_helper(&args, printer))
 }
 
 fn print_dry(plan: &Plan, printer: &Printer) {

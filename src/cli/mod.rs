@@ -228,7 +228,7 @@ pub fn main() -> ExitCode {
     if crate::dropin::invoked_as_sqlite3_rsync(args.first())
         || crate::dropin::is_sqlite3_rsync_form(&args[1..])
     {
-        return crate::dropin::exec_helper(&args[1..]);
+        return crate::dropin::exec_helper(&args[1..], &Printer::default());
     }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,

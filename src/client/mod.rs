@@ -201,6 +201,16 @@ pub fn protocol_args(s: &Settings) -> Vec<std::ffi::OsString> {
     a
 }
 
+/// With `-v`: where the helper of this sync ran from (the cache, a private
+/// temp dir or an in-memory file; see `helper::prepared`).
+pub fn say_where_helper_ran(printer: &Printer) {
+    if printer.verbose > 0
+        && let Ok(h) = crate::helper::prepared()
+    {
+        printer.verbose(&format!("sqlrsync: {}", h.note));
+    }
+}
+
 /// The numbers of one finished sync, for the summary line and `--json`.
 #[derive(Debug, Clone)]
 pub struct Report {

@@ -578,6 +578,7 @@ async fn link_pull(
     )
     .await;
     progress.finish();
+    super::say_where_helper_ran(&printer);
     let (outcome, sink) = res?;
     Ok((Linked { outcome, stats }, sink))
 }

@@ -568,6 +568,7 @@ async fn link_push(
     let stats = ctx.stats.clone();
     let linked = drive(conn.ws, spec, ctx, |feed| feed, interrupt).await;
     progress.finish();
+    super::say_where_helper_ran(&printer);
     let (outcome, _) = linked?;
     Ok((outcome, stats))
 }

@@ -108,8 +108,25 @@ impl HelperCommand {
     }
 
     /// Starts it with stdin and stdout piped (and widened), killed on drop.
+    /// When the OS refuses to execute the helper where it was put, the next
+    /// place is prepared and tried (see [`super::refused`]).
     pub fn spawn(&self) -> Result<Helper, SpawnError> {
-        let exe = super::path().map_err(SpawnError::Extract)?;
+        loop {
+            let exe = super::prepared().map_err(SpawnError::Extract)?;
+            match self.spawn_from(&exe.path) {
+                Ok(h) => return Ok(h),
+                Err(source) if super::refused(&exe, &source) => continue,
+                Err(source) => {
+                    return Err(SpawnError::Spawn {
+                        path: exe.path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn spawn_from(&self, exe: &Path) -> std::io::Result<Helper> {
         let mut cmd = Command::new(exe);
         cmd.args(&self.args)
             .stdin(Stdio::piped())
@@ -126,10 +143,7 @@ impl HelperCommand {
             cmd.current_dir(d);
         }
         tracing::debug!(helper = ?exe, args = ?self.args, "starting helper");
-        let mut child = cmd.spawn().map_err(|source| SpawnError::Spawn {
-            path: exe.display().to_string(),
-            source,
-        })?;
+        let mut child = cmd.spawn()?;
         if let Some(i) = &child.stdin {
             super::widen_pipe(i);
         }

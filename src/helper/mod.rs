@@ -2,17 +2,18 @@
 //! file, and [`HelperCommand`], the one way client, server and tests run it.
 //!
 //! build.rs compiles tool/sqlite3_rsync.c with the SQLite amalgamation into a
-//! static executable and this module embeds it. At run time [`path`] writes it
-//! once to `<cache dir>/sqlrsync/sqlite3_rsync-<hash>` (content-addressed, so
-//! versions never collide) through a temp file and an atomic rename, and
-//! reuses it while its bytes still equal the embedded ones. Nothing on PATH is
-//! needed.
+//! static executable and this module embeds it. At run time [`prepared`]
+//! writes it once to `<cache dir>/sqlrsync/sqlite3_rsync-<hash>`
+//! (content-addressed, so versions never collide) through a temp file and an
+//! atomic rename, and reuses it while its bytes still equal the embedded
+//! ones; where the cache cannot hold or run it, a private temp dir or an
+//! in-memory file does (extract.rs). Nothing on PATH is needed.
 
 mod command;
 mod extract;
 
 pub use command::{Helper, HelperCommand, HelperExit, SpawnError, Stderr};
-pub use extract::{ExtractedHelper, path};
+pub use extract::{ExtractedHelper, Place, path, prepared, refused};
 
 /// Build-time facts about the helper: hash and SQLite versions.
 pub mod info {
