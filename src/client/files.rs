@@ -366,7 +366,14 @@ impl DashFile {
 
     /// The script text for the database at `db`. Refuses values with
     /// control characters (they could split the line); quotes the rest.
+    /// Where no `sqlrsync` is on PATH (cron, `env -i`) the script runs the
+    /// binary that wrote it (see [`fallback_line`]).
     pub fn render(&self, db: &Path) -> anyhow::Result<String> {
+        self.render_with(db, writer_exe().as_deref())
+    }
+
+    /// [`DashFile::render`] with `exe` as the binary that writes it.
+    fn render_with(&self, db: &Path, exe: Option<&Path>) -> anyhow::Result<String> {
         let name = db
             .file_name()
             .context("the database path has no file name")?
@@ -394,7 +401,8 @@ impl DashFile {
         }
         line.push("\"$@\"".to_string());
         Ok(format!(
-            "#!/bin/bash\n{DASH_HELP_URL}\n# Pulls the latest version of this database again; extra arguments are passed on.\ncd \"$(dirname \"$0\")\" || exit 1\n{}\n",
+            "#!/bin/bash\n{DASH_HELP_URL}\n# Pulls the latest version of this database again; extra arguments are passed on.\ncd \"$(dirname \"$0\")\" || exit 1\n{}{}\n",
+            fallback_line(exe).unwrap_or_default(),
             line.join(" ")
         ))
     }
@@ -406,6 +414,24 @@ impl DashFile {
         write_atomic(&path, text.as_bytes(), 0o755)?;
         Ok(path)
     }
+}
+
+/// This binary's absolute path with links resolved, when the OS can say.
+fn writer_exe() -> Option<PathBuf> {
+    std::env::current_exe().ok()?.canonicalize().ok()
+}
+
+/// The script line before the `sqlrsync` line (which stays as other clients
+/// read it, PROTOCOL.md section 6): when no `sqlrsync` is on PATH, the
+/// name runs `exe`, the binary that wrote the script. A `sqlrsync` on PATH
+/// still wins, so the file works where it is shared. None unless `exe` is
+/// an absolute UTF-8 path without control characters.
+fn fallback_line(exe: Option<&Path>) -> Option<String> {
+    let exe = exe.filter(|e| e.is_absolute())?.to_str()?;
+    let quoted = shell_quote(exe).ok()?;
+    Some(format!(
+        "command -v sqlrsync >/dev/null 2>&1 || sqlrsync() {{ {quoted} \"$@\"; }}\n"
+    ))
 }
 
 /// Quotes one word for bash: bare when it holds only harmless characters,
@@ -468,6 +494,8 @@ mod tests {
         assert_eq!(mode, 0o755);
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("#!/bin/bash\n"));
+        // The writer (this test binary) is the fallback for a bare PATH.
+        assert!(text.contains("\ncommand -v sqlrsync >/dev/null 2>&1 || sqlrsync() { "));
         assert_eq!(DashFile::parse(&text).unwrap(), hostile);
         // bash itself must see exactly these words and run nothing.
         let line = text.lines().find(|l| l.starts_with("sqlrsync ")).unwrap();
@@ -508,6 +536,67 @@ mod tests {
         assert_eq!(d.pull_key.as_deref(), Some("KEY"));
         assert_eq!(d.server.as_deref(), Some("wss://example.org"));
         assert!(DashFile::parse("#!/bin/sh\necho hi\n").is_err());
+    }
+
+    #[test]
+    fn dash_file_runs_its_writer_where_path_has_no_sqlrsync() {
+        let dir = tempfile::tempdir().unwrap();
+        // A stand-in for the binary that writes the file, at a path that
+        // needs quoting; it records the words it was run with.
+        let bin = dir.path().join("it's $(bin)");
+        fs::create_dir(&bin).unwrap();
+        let out = dir.path().join("out");
+        let record = |exe: &Path, who: &str| {
+            let body = format!(
+                "#!/bin/bash\nprintf '%s\\n' {who} \"$@\" > '{}'\n",
+                out.display()
+            );
+            fs::write(exe, body).unwrap();
+            fs::set_permissions(exe, fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        let writer = bin.join("sqlrsync");
+        record(&writer, "writer");
+        let db = dir.path().join("data.db");
+        let d = DashFile {
+            remote_path: "ns/data.db".into(),
+            pull_key: Some("KEY".into()),
+            ..Default::default()
+        };
+        let text = d.render_with(&db, Some(&writer)).unwrap();
+        // The line other clients read is as it always was.
+        assert_eq!(DashFile::parse(&text).unwrap(), d);
+        let line = text.lines().find(|l| l.starts_with("sqlrsync ")).unwrap();
+        assert_eq!(line, "sqlrsync ns/data.db data.db --pullKey=KEY \"$@\"");
+        let script = DashFile::path_for(&db);
+        fs::write(&script, &text).unwrap();
+        // A PATH with dirname only, as bare as cron's is for sqlrsync.
+        let path = dir.path().join("path");
+        fs::create_dir(&path).unwrap();
+        std::os::unix::fs::symlink(which::which("dirname").unwrap(), path.join("dirname")).unwrap();
+        let run = || {
+            let o = std::process::Command::new("/bin/bash")
+                .arg(&script)
+                .arg("-v")
+                .env_clear()
+                .env("PATH", &path)
+                .current_dir("/")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+            fs::read_to_string(&out).unwrap()
+        };
+        assert_eq!(run(), "writer\nns/data.db\ndata.db\n--pullKey=KEY\n-v\n");
+        // A sqlrsync on PATH wins: the file still works where it is shared.
+        record(&path.join("sqlrsync"), "on-path");
+        assert!(run().starts_with("on-path\n"));
+        // No fallback line without a usable absolute path.
+        let bare = d.render_with(&db, None).unwrap();
+        assert!(!bare.contains("command -v"), "{bare}");
+        for exe in ["rel/sqlrsync", "/a\nb/sqlrsync", "/a\u{7f}b/sqlrsync"] {
+            assert_eq!(d.render_with(&db, Some(Path::new(exe))).unwrap(), bare);
+        }
+        // Files written before the fallback line still read the same.
+        assert_eq!(DashFile::parse(&bare).unwrap(), d);
     }
 
     #[test]
