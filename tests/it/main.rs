@@ -10,6 +10,7 @@ mod support;
 
 mod client_hostile;
 mod client_safety;
+mod client_setup;
 mod compat_strict;
 mod dropin_ssh;
 mod faults_kill;
