@@ -265,6 +265,7 @@ pub async fn pull_once(
     report.verified = verified;
     report.verify_seconds = verify_seconds;
     report.messages = outcome.messages.clone();
+    report.messages_not_shown = outcome.messages_not_shown;
     Ok(report)
 }
 
