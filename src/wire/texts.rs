@@ -55,7 +55,8 @@ impl ServerConfig {
     /// versionHash is 64 hex digits. `Err` names the first bad field, with
     /// its value made [`visible`], for one line.
     pub fn check(&self) -> Result<(), String> {
-        let printable = |v: &str| !v.chars().any(hidden);
+        // Tabs too: these values go into headers and a shell script.
+        let printable = |v: &str| !v.chars().any(|c| c.is_control() || hidden(c));
         let field = |name: &str, v: &Option<String>, max: usize| -> Result<(), String> {
             match v {
                 Some(v) if v.len() > max => Err(format!("{name} is {} bytes long", v.len())),
@@ -319,6 +320,7 @@ mod tests {
             );
         }
         assert!(bad(|c| c.replica_id = Some("r\u{202e}1".into())).contains("control"));
+        assert!(bad(|c| c.replica_id = Some("r\t1".into())).contains("control"));
         assert!(bad(|c| c.new_pull_key = Some("$(touch x)".into())).contains("newPullKey"));
         assert!(bad(|c| c.version_hash = Some("zz".into())).contains("versionHash"));
         assert!(bad(|c| c.version_xxh3 = Some("ab".repeat(32))).contains("versionXxh3"));
