@@ -55,34 +55,14 @@ pub fn classify(arg: &str) -> Result<Place, String> {
 }
 
 /// A remote path must be `namespace/…/name`, each part non-empty, none `.`
-/// or `..`, none starting with `.`, no control characters, bounded length.
+/// or `..`, none starting with `.`, no control characters, bounded length:
+/// [`crate::wire::remote_path_problem`], the rule a server's `replicaPath`
+/// is held to as well.
 pub fn validate_remote_path(path: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("invalid remote path {path:?}: {why}"));
-    if path.len() > 1024 {
-        return bad("longer than 1024 bytes");
+    match crate::wire::remote_path_problem(path) {
+        Some(why) => Err(format!("invalid remote path {path:?}: {why}")),
+        None => Ok(()),
     }
-    if path.starts_with('/') {
-        return bad("it must not start with /");
-    }
-    if path.contains("//") {
-        return bad("it has an empty part (//)");
-    }
-    if path.chars().any(|c| c.is_control() || c == '\\') {
-        return bad("it has control characters or backslashes");
-    }
-    let parts: Vec<&str> = path.split('/').collect();
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-        return bad("expected namespace/name");
-    }
-    for p in &parts {
-        if p.starts_with('.') {
-            return bad("no part may start with '.'");
-        }
-        if p.len() > 255 {
-            return bad("a part is longer than 255 bytes");
-        }
-    }
-    Ok(())
 }
 
 /// Expands a leading `~/` to the home directory (shells do this for unquoted
@@ -127,5 +107,40 @@ mod tests {
         }
         assert!(classify("ns/../x.db").is_err());
         assert!(classify("ns//x.db").is_err());
+    }
+
+    #[test]
+    fn a_replica_path_a_server_may_send_reads_back_as_that_replica() {
+        // What passes crate::wire::replica_path_problem is, to the command
+        // line, a REMOTE replica of exactly that path (the -sqlrsync
+        // script's first argument), and the forms the issue found are not.
+        let samples = [
+            "team/x.db",
+            "ns/host/srv/app/data.db",
+            "ns/it's $(x).db",
+            "ns/a:b.db",
+            "other.db",
+            "~/x.db",
+            "~x/y.db",
+            "host:/p",
+            "a@host:p/x.db",
+            "/abs/p.db",
+            "./ns/x.db",
+            "ns/../x.db",
+            "ns/x.db@7",
+            "ns/a@b.db",
+            "ns//x.db",
+        ];
+        for s in samples {
+            if crate::wire::replica_path_problem(s).is_none() {
+                assert!(
+                    matches!(classify(s), Ok(Place::Remote(ref r)) if r.path == s && r.version.is_none()),
+                    "{s} passes the CONFIG rule but is not that remote replica"
+                );
+            }
+        }
+        for s in ["other.db", "~/x.db", "host:/p", "/abs/p.db", "ns/../x.db"] {
+            assert!(crate::wire::replica_path_problem(s).is_some(), "{s}");
+        }
     }
 }

@@ -16,15 +16,11 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::wire::one_line;
+use crate::wire::{CLIENT_MAX_FRAME, one_line, visible};
 
 /// Longest wait for the TCP connection and the websocket upgrade (or the
 /// idle timeout, when that is shorter).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Largest websocket message accepted from a server: far above any frame a
-/// server sends, far below what would threaten the memory bound.
-const MAX_INCOMING_MESSAGE: usize = 4 * 1024 * 1024;
 
 /// The websocket type every connection uses.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -42,11 +38,12 @@ pub struct Connected {
 }
 
 /// The header that offers the server large frames: we take frames up to
-/// [`MAX_INCOMING_MESSAGE`] bytes.
+/// [`CLIENT_MAX_FRAME`] bytes, exactly what [`connect`] lets the websocket
+/// library read.
 pub fn frame_offer() -> (&'static str, String) {
     (
         crate::wire::headers::MAX_FRAME,
-        MAX_INCOMING_MESSAGE.to_string(),
+        CLIENT_MAX_FRAME.to_string(),
     )
 }
 
@@ -71,7 +68,8 @@ pub enum ConnectError {
     Http {
         status: u16,
         reason: &'static str,
-        /// The body, as one line of at most 300 characters.
+        /// The body, as one line of at most 300 characters, made visible
+        /// (see [`crate::wire::visible`]).
         body: String,
     },
     /// The server's certificate was not trusted.
@@ -145,11 +143,12 @@ impl ConnectError {
             }
             E::Protocol(ProtocolError::HttparseError(e)) => ConnectError::NotHttp {
                 host,
-                detail: e.to_string(),
+                detail: visible(&e.to_string()).into_owned(),
             },
+            // The library's text may quote what the server answered.
             other => ConnectError::Handshake {
                 host,
-                detail: other.to_string(),
+                detail: one_line(&other.to_string()).chars().take(300).collect(),
             },
         }
     }
@@ -173,9 +172,13 @@ pub async fn connect(
             .map_err(|_| ConnectError::BadHeader { name })?;
         req.headers_mut().insert(*name, v);
     }
+    // The largest frame we take is the one we offer; a message (nobody
+    // fragments) is bounded by the same figure. The library's defaults
+    // (64 MiB messages, 16 MiB frames) would let a server make us buffer
+    // sixteen times more.
     let mut cfg = WebSocketConfig::default();
-    cfg.max_message_size = Some(MAX_INCOMING_MESSAGE);
-    cfg.max_frame_size = Some(MAX_INCOMING_MESSAGE);
+    cfg.max_message_size = Some(CLIENT_MAX_FRAME);
+    cfg.max_frame_size = Some(CLIENT_MAX_FRAME);
     cfg.read_buffer_size = 128 * 1024;
     // Frames queued in a burst are written together (see
     // link::writer); each burst's last frame flushes.

@@ -239,7 +239,12 @@ pub struct Report {
     /// A push that found the server's latest version equal to the local
     /// database and sent nothing (see unchanged.rs).
     pub unchanged: bool,
+    /// The server's `MESSAGE=` texts as they were shown on stderr: control
+    /// characters as visible escapes, each cut at 4 KiB, at most 64 of
+    /// them and 64 KiB in all (`crate::wire::ShownMessages`).
     pub messages: Vec<String>,
+    /// Messages past those bounds, counted only.
+    pub messages_not_shown: u64,
 }
 
 impl Report {
@@ -267,6 +272,7 @@ impl Report {
             verified: None,
             unchanged: false,
             messages: Vec::new(),
+            messages_not_shown: 0,
         }
     }
 
@@ -309,6 +315,7 @@ impl Report {
                 "verified": self.verified,
                 "unchanged": self.unchanged,
                 "messages": self.messages,
+                "messagesNotShown": self.messages_not_shown,
             });
             printer.json(&v);
             return;

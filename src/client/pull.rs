@@ -304,6 +304,7 @@ async fn pull_into(
     report.verified = verified;
     report.verify_seconds = verify_seconds;
     report.messages = outcome.messages.clone();
+    report.messages_not_shown = outcome.messages_not_shown;
     Ok(report)
 }
 

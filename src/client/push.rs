@@ -517,6 +517,7 @@ fn finish(
     report.server = p.server.clone();
     report.version = cfg.committed_version_id.clone();
     report.messages = outcome.messages.clone();
+    report.messages_not_shown = outcome.messages_not_shown;
     for l in &outcome.helper_stderr {
         printer.verbose(&format!("sqlite3_rsync: {l}"));
     }

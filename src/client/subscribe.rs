@@ -237,7 +237,10 @@ async fn listen(
                     .get("message")
                     .and_then(|v| v.as_str())
                     .unwrap_or("unknown error");
-                anyhow::bail!("the server refused the subscription: {why}");
+                anyhow::bail!(
+                    "the server refused the subscription: {}",
+                    crate::wire::shown_text(why)
+                );
             }
             "SUBSCRIBED" | "PONG" => {}
             other => tracing::debug!("ignoring notification {other}"),

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::Socket;
-use crate::wire::{ClientControl, ServerConfig, ServerText};
+use crate::wire::{ClientControl, MAX_SERVER_TEXT_BYTES, ServerConfig, ServerText, shown_text};
 
 /// How long to wait for the CONFIG answer before giving up on the check
 /// (the push then runs as usual).
@@ -67,15 +67,33 @@ pub async fn ask_latest(ws: &mut Socket) -> anyhow::Result<Option<(ServerConfig,
     let request = ClientControl::Config.encode();
     let mut wire = crate::link::frame_len(request.len(), true);
     ws.send(WsMessage::Binary(request.into())).await?;
+    let mut text_bytes = 0u64;
     let config = tokio::time::timeout(CONFIG_WAIT, async {
         while let Some(frame) = ws.next().await {
             match frame? {
                 WsMessage::Text(t) => {
                     wire += crate::link::frame_len(t.len(), false);
+                    text_bytes += t.len() as u64;
+                    if text_bytes > MAX_SERVER_TEXT_BYTES {
+                        anyhow::bail!(
+                            "the server sent more than {} MiB of text frames before its CONFIG; nothing was sent",
+                            MAX_SERVER_TEXT_BYTES >> 20
+                        );
+                    }
                     match ServerText::parse(t.as_str()) {
-                        Ok(ServerText::Config(c)) => return Ok(Some(c)),
+                        Ok(ServerText::Config(c)) => {
+                            if let Err(e) = c.check() {
+                                anyhow::bail!(
+                                    "the server sent a bad CONFIG: {e}; nothing was sent"
+                                );
+                            }
+                            return Ok(Some(c));
+                        }
                         Ok(ServerText::Abort(why)) => {
-                            anyhow::bail!("the server refused the push: {why}")
+                            anyhow::bail!("the server refused the push: {}", shown_text(&why))
+                        }
+                        Err(e) if t.as_str().starts_with("CONFIG=") => {
+                            anyhow::bail!("{e}; nothing was sent")
                         }
                         _ => {}
                     }

@@ -7,8 +7,8 @@
 //! [`Failure`] names the cause as a type; [`Failed`] adds what it means for
 //! the user's data. [`super::SyncError`] wraps it for the modes.
 
-use crate::link::{Outcome, PeerEnd};
-use crate::wire::one_line;
+use crate::link::{BadConfig, Outcome, PeerEnd};
+use crate::wire::{MAX_SHOWN_TEXT, one_line, shown_text};
 
 /// Why a linked sync failed, as the user reads it: the cause, then what it
 /// means for their data ("no new version was created" on a push, "the
@@ -50,6 +50,17 @@ pub enum Failure {
     Unconfirmed(String),
     #[error("{0} mid-sync")]
     LostMidSync(String),
+    /// The server closed a complete push normally (it committed), but its
+    /// CONFIG failed its check, so nothing of it was kept here.
+    #[error(
+        "the server committed the push{}, but its CONFIG is refused: {why}; \
+         nothing was stored here (no push key in local-secrets.toml, no -sqlrsync file)",
+        .version.as_deref().map(|v| format!(" as version {v}")).unwrap_or_default()
+    )]
+    CommittedButRefused {
+        version: Option<String>,
+        why: String,
+    },
     /// The whole push went out, then the connection broke: it may have
     /// been stored (so no "no new version was created").
     #[error(
@@ -62,7 +73,7 @@ pub enum Failure {
 
 impl Failed {
     fn line(&self) -> String {
-        if let Failure::MaybeStored(_) = self.failure {
+        if let Failure::MaybeStored(_) | Failure::CommittedButRefused { .. } = self.failure {
             return self.failure.to_string();
         }
         let unchanged = if self.pushing {
@@ -100,14 +111,10 @@ fn judge(o: &Outcome, pushing: bool) -> Result<(), Failure> {
         PeerEnd::Protocol(p) => return Err(Failure::Protocol(p.clone())),
         _ => {}
     }
-    let errs: Vec<String> = o
-        .origin
-        .errors
-        .iter()
-        .chain(o.replica.errors.iter())
-        .map(|e| one_line(e))
-        .collect();
-    if !errs.is_empty() {
+    if let Some(bad) = &o.bad_config {
+        return Err(refused_config(o, bad));
+    }
+    if !o.origin.errors.is_empty() || !o.replica.errors.is_empty() {
         let side = if o.origin.errors.is_empty() {
             "replica"
         } else {
@@ -115,7 +122,7 @@ fn judge(o: &Outcome, pushing: bool) -> Result<(), Failure> {
         };
         return Err(Failure::Stream {
             side,
-            errors: errs.join("; "),
+            errors: stream_errors(o),
         });
     }
     if !o.helper.success() {
@@ -163,6 +170,42 @@ fn judge(o: &Outcome, pushing: bool) -> Result<(), Failure> {
         }),
         (false, None) => Err(Failure::LostMidSync(lost())),
     }
+}
+
+/// A push's CONFIG failed its check: committed (the server closed a
+/// complete push normally), perhaps committed (the whole stream went out,
+/// then the connection broke), or not.
+fn refused_config(o: &Outcome, bad: &BadConfig) -> Failure {
+    let complete = o.origin.complete();
+    match o.close() {
+        Some((1000, _)) if complete => Failure::CommittedButRefused {
+            version: bad.version.clone(),
+            why: bad.why.clone(),
+        },
+        None if complete && o.stream_sent => {
+            Failure::MaybeStored(format!("the server sent a bad CONFIG: {}", bad.why))
+        }
+        _ => Failure::Protocol(format!("the server sent a bad CONFIG: {}", bad.why)),
+    }
+}
+
+/// The errors the streams reported (texts a server may have sent), as one
+/// line of at most a few KiB: the first few, each shown as its text is.
+fn stream_errors(o: &Outcome) -> String {
+    let all = o.origin.errors.iter().chain(o.replica.errors.iter());
+    let mut line = String::new();
+    for (i, e) in all.enumerate() {
+        if line.len() >= MAX_SHOWN_TEXT {
+            let n = o.origin.errors.len() + o.replica.errors.len() - i;
+            line.push_str(&format!("; and {n} more"));
+            break;
+        }
+        if !line.is_empty() {
+            line.push_str("; ");
+        }
+        line.push_str(&shown_text(e));
+    }
+    line
 }
 
 fn describe_status(s: std::process::ExitStatus) -> String {

@@ -121,8 +121,14 @@ pub struct Outcome {
     pub replica: ReplicaSummary,
     /// Every CONFIG the peer sent, in order.
     pub configs: Vec<ServerConfig>,
-    /// `MESSAGE=` texts, in order (already shown through the observer).
+    /// `MESSAGE=` texts as shown (visible, cut at 4 KiB), in order, at most
+    /// a few dozen (already shown through the observer).
     pub messages: Vec<String>,
+    /// `MESSAGE=` texts past the bounds of `messages`: counted, not shown.
+    pub messages_not_shown: u64,
+    /// On a push, a CONFIG that failed its check: nothing of it was used,
+    /// and the sync fails (see [`BadConfig`]).
+    pub bad_config: Option<BadConfig>,
     /// The peer said a newer version exists (NEWREPLICAVERSION).
     pub newer_version: bool,
     /// How the helper exited.
@@ -159,6 +165,18 @@ impl Outcome {
             _ => self.pump_error.as_ref().map(|e| e.to_string()),
         }
     }
+}
+
+/// A CONFIG refused on a push. The session read on to the server's end,
+/// so the verdict can tell a server that committed the push and then sent
+/// it from one that sent it and stopped.
+#[derive(Debug, Clone)]
+pub struct BadConfig {
+    /// What its check found (the field, its value made visible).
+    pub why: String,
+    /// The version the last CONFIG named, made visible (it may be the
+    /// bad one's).
+    pub version: Option<String>,
 }
 
 /// Why a session could not run at all.
@@ -213,6 +231,7 @@ where
         cancel,
         config_seen: seen_tx,
         idle: spec.idle_timeout,
+        push: side == Side::Origin,
         got: Received::default(),
         ahead: None,
     };
@@ -306,7 +325,12 @@ impl<I: Inbound> Running<I> {
             origin,
             replica,
             configs: got.configs,
-            messages: got.messages,
+            messages: got.messages.kept,
+            messages_not_shown: got.messages.not_shown,
+            bad_config: got.bad_config.map(|why| BadConfig {
+                why,
+                version: got.last_version,
+            }),
             newer_version: got.newer_version,
             helper,
             helper_stderr,

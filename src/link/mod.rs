@@ -42,7 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub use drive::{
-    ConnectionLost, DriveCtx, DriveError, DriveSpec, Outcome, PeerEnd, drive, merge_config,
+    BadConfig, ConnectionLost, DriveCtx, DriveError, DriveSpec, Outcome, PeerEnd, drive,
+    merge_config,
 };
 pub use inbound::{Feed, Inbound, InboundError};
 pub use pump::{Controls, Framing, PumpCtx, PumpEnd, PumpError, pump};
@@ -138,8 +139,11 @@ pub fn frame_len(payload: usize, masked: bool) -> u64 {
 pub trait Observer: Send + Sync {
     /// Stream progress changed (see [`Stats`]).
     fn progress(&self, stats: &Stats);
-    /// A `MESSAGE=` from the server, to show the user.
+    /// A `MESSAGE=` from the server, to show the user: already made
+    /// visible and cut (see [`crate::wire::shown_text`]).
     fn message(&self, text: &str);
+    /// `n` more `MESSAGE=`s came than are shown (said once, at the end).
+    fn messages_not_shown(&self, _n: u64) {}
     /// A helper stderr line in live mode.
     fn helper_line(&self, line: &str);
 }

@@ -2,9 +2,13 @@
 //!
 //! Binary frames go through the control-frame rule ([`classify`]): the
 //! peer's control frames are noted, stream bytes go to the [`Inbound`].
-//! Text frames (CONFIG, MESSAGE, ABORT) are acted on. What else the reader
-//! learnt (every CONFIG, the messages, NEWREPLICAVERSION) comes back in
-//! [`Received`].
+//! Text frames (CONFIG, MESSAGE, ABORT) are acted on, and bounded: a
+//! MESSAGE or ABORT reason is taken in as it will be shown
+//! ([`shown_text`]: visible, cut at 4 KiB), at most a few dozen messages
+//! are kept ([`ShownMessages`]), and a server that sends more than
+//! [`MAX_SERVER_TEXT_BYTES`] of text in one sync is a protocol error. What
+//! else the reader learnt (every CONFIG, the messages, NEWREPLICAVERSION)
+//! comes back in [`Received`].
 //!
 //! Stream frames that have already arrived behind one another are handed
 //! over together (up to [`GATHER`] bytes): a peer that sends frames of at
@@ -26,7 +30,8 @@ use super::inbound::{Inbound, InboundError};
 use super::socket::{Frame, SocketError, SocketRx};
 use super::{Stats, frame_len, wait_true};
 use crate::wire::{
-    CTRL_NEWREPLICAVERSION, FrameKind, ServerConfig, ServerText, classify, is_control_byte,
+    CTRL_NEWREPLICAVERSION, FrameKind, MAX_CONFIG_ID_LEN, MAX_SERVER_TEXT_BYTES, ServerConfig,
+    ServerText, ShownMessages, classify, is_control_byte, shown_text,
 };
 
 /// Most stream bytes handed to the inbound at once.
@@ -35,9 +40,18 @@ const GATHER: usize = 64 * 1024;
 /// What the reader collected besides the stream.
 #[derive(Default)]
 pub(super) struct Received {
+    /// Every CONFIG that passed its check, in order.
     pub configs: Vec<ServerConfig>,
-    pub messages: Vec<String>,
+    /// The MESSAGE texts, as shown.
+    pub messages: ShownMessages,
     pub newer_version: bool,
+    /// Bytes of text frames so far (bounded by [`MAX_SERVER_TEXT_BYTES`]).
+    pub text_bytes: u64,
+    /// On a push, why the first CONFIG that failed its check failed.
+    pub bad_config: Option<String>,
+    /// The `committedVersionID` of the last CONFIG that named a sane one,
+    /// checked or not (for the verdict on a push with a bad CONFIG).
+    pub last_version: Option<String>,
 }
 
 /// How the reader ended: the peer's end, the inbound back, what it got.
@@ -56,6 +70,11 @@ pub(super) struct Reader<R, I> {
     /// Turns true at the first CONFIG.
     pub config_seen: watch::Sender<bool>,
     pub idle: Duration,
+    /// Our side is the ORIGIN (a push). A CONFIG that fails its check then
+    /// does not end the session at once: the server may send it after it
+    /// committed, and reading on to its close lets the verdict say so.
+    /// Nothing of that CONFIG is used either way.
+    pub push: bool,
     pub got: Received,
     /// A frame read while gathering, not handled yet.
     pub ahead: Option<Next>,
@@ -66,6 +85,11 @@ impl<R: SocketRx, I: Inbound> Reader<R, I> {
     pub async fn run(mut self) -> ReaderDone<I> {
         let end = self.read().await;
         self.inbound.close().await;
+        if self.got.messages.not_shown > 0
+            && let Some(o) = &self.ctx.observer
+        {
+            o.messages_not_shown(self.got.messages.not_shown);
+        }
         (end, self.inbound, self.got)
     }
 
@@ -95,7 +119,9 @@ impl<R: SocketRx, I: Inbound> Reader<R, I> {
                 }
                 Some(Ok(Frame::Binary(b))) => self.binary(b).await,
                 Some(Ok(Frame::Text(t))) => self.text(&t),
-                Some(Ok(Frame::Close(code, reason))) => Some(PeerEnd::Closed(code, reason)),
+                Some(Ok(Frame::Close(code, reason))) => {
+                    Some(PeerEnd::Closed(code, shown_text(&reason)))
+                }
                 Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => None,
             };
             if let Some(end) = end {
@@ -175,31 +201,25 @@ impl<R: SocketRx, I: Inbound> Reader<R, I> {
         Stats::add(&self.ctx.stats.wire_in, wire);
         Stats::add(&self.ctx.stats.text_in, wire);
         self.ctx.stats.note_frame(false, t.len(), false);
+        self.got.text_bytes += t.len() as u64;
+        if self.got.text_bytes > MAX_SERVER_TEXT_BYTES {
+            return Some(PeerEnd::Protocol(format!(
+                "the server sent more than {} MiB of text frames (CONFIG, MESSAGE) in one sync",
+                MAX_SERVER_TEXT_BYTES >> 20
+            )));
+        }
         match ServerText::parse(t) {
-            Ok(ServerText::Config(c)) => {
-                // What we will store or act on must be sane; a server that
-                // sends otherwise is not trusted with the rest either.
-                if let Err(e) = c.check() {
-                    return Some(PeerEnd::Protocol(format!(
-                        "the server sent a bad CONFIG: {e}"
-                    )));
-                }
-                self.inbound.config(&c);
-                self.got.configs.push(c);
-                let _ = self.config_seen.send(true);
-                None
-            }
+            Ok(ServerText::Config(c)) => self.config(c),
             Ok(ServerText::Message(m)) => {
-                if let Some(o) = &self.ctx.observer {
-                    o.message(&m);
+                if let Some(shown) = self.got.messages.take(&m)
+                    && let Some(o) = &self.ctx.observer
+                {
+                    o.message(shown);
                 }
-                self.got.messages.push(m);
                 None
             }
-            Ok(ServerText::Abort(reason)) => Some(PeerEnd::Aborted(reason)),
-            Err(e) if t.starts_with("CONFIG=") => {
-                Some(PeerEnd::Protocol(crate::wire::one_line(&e)))
-            }
+            Ok(ServerText::Abort(reason)) => Some(PeerEnd::Aborted(shown_text(&reason))),
+            Err(e) if t.starts_with("CONFIG=") => Some(PeerEnd::Protocol(shown_text(&e))),
             // Unknown kinds of text frame may come from newer servers: not
             // an error.
             Err(e) => {
@@ -207,5 +227,31 @@ impl<R: SocketRx, I: Inbound> Reader<R, I> {
                 None
             }
         }
+    }
+
+    /// A CONFIG: kept when it passes its check. What we will store or act
+    /// on must be sane; a server that sends otherwise is not trusted with
+    /// the rest either (on a push, see [`Reader::push`]).
+    fn config(&mut self, c: ServerConfig) -> Option<PeerEnd> {
+        if let Some(v) = c
+            .committed_version_id
+            .as_ref()
+            .filter(|v| v.len() <= MAX_CONFIG_ID_LEN)
+        {
+            self.got.last_version = Some(crate::wire::visible(v).into_owned());
+        }
+        if let Err(e) = c.check() {
+            if !self.push {
+                return Some(PeerEnd::Protocol(format!(
+                    "the server sent a bad CONFIG: {e}"
+                )));
+            }
+            self.got.bad_config.get_or_insert(e);
+            return None;
+        }
+        self.inbound.config(&c);
+        self.got.configs.push(c);
+        let _ = self.config_seen.send(true);
+        None
     }
 }

@@ -6,8 +6,17 @@
 //! errors). One place decides whether a progress bar is drawn (only on a
 //! terminal, never with `--quiet` or `--json`), so the modes do not each
 //! guess.
+//!
+//! Every line is written [`visible`]: much of what sqlrsync prints comes
+//! from a server (MESSAGE, ABORT reasons, HTTP bodies, close reasons,
+//! replica paths and version ids) or from files and arguments, and none
+//! of it may reach the terminal as escape sequences. The texts are made
+//! visible where they are taken in as well (so `--json` carries the same
+//! form); this is the net under every other path.
 
 use std::io::IsTerminal;
+
+use crate::wire::visible;
 
 /// Output policy of one command. `Printer::default()` is the policy before
 /// the flags are known: everything shown, nothing verbose.
@@ -30,7 +39,7 @@ impl Printer {
     /// A result line on stdout, whatever the policy (the caller asked for
     /// it: `--dry`, `--version`).
     pub fn stdout(&self, line: &str) {
-        println!("{line}");
+        println!("{}", visible(line));
     }
 
     /// The one JSON object of `--json`, on stdout.
@@ -41,20 +50,20 @@ impl Printer {
     /// A line on stderr, whatever the policy: errors, and the helper's own
     /// lines when `-vv` asked for them live.
     pub fn stderr(&self, line: &str) {
-        eprintln!("{line}");
+        eprintln!("{}", visible(line));
     }
 
     /// Prints a human line on stderr unless quiet or JSON.
     pub fn note(&self, line: &str) {
         if !self.quiet && !self.json {
-            eprintln!("{line}");
+            eprintln!("{}", visible(line));
         }
     }
 
     /// Prints a line only with `-v`.
     pub fn verbose(&self, line: &str) {
         if self.verbose > 0 && !self.json {
-            eprintln!("{line}");
+            eprintln!("{}", visible(line));
         }
     }
 }

@@ -53,6 +53,14 @@ impl Observer for Progress {
         }
     }
 
+    fn messages_not_shown(&self, n: u64) {
+        let line = format!("server: {n} more messages not shown");
+        match &self.bar {
+            Some(b) => b.suspend(|| self.printer.note(&line)),
+            None => self.printer.note(&line),
+        }
+    }
+
     fn helper_line(&self, line: &str) {
         let line = format!("sqlite3_rsync: {line}");
         match &self.bar {

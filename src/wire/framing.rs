@@ -15,6 +15,15 @@
 /// 4096 bytes, one ORIGIN_PAGE of a 4 KiB page.
 pub const COMPAT_MAX_FRAME: usize = 4101;
 
+/// Largest websocket frame, and message, our client takes from a server,
+/// and what it offers in [`MAX_FRAME`](super::headers::MAX_FRAME): far
+/// above any frame a server sends (ours sends at most 16 KiB, others
+/// 4101 bytes), far below what would threaten the client's memory bound.
+/// Nobody fragments messages here, so a message is bounded by the same
+/// figure: a server that named no larger size than this can never have
+/// sent more in one message.
+pub const CLIENT_MAX_FRAME: usize = 4 << 20;
+
 /// Largest size a peer may name that we take at its word; a larger
 /// figure is read as this (we never send frames anywhere near it).
 pub const MAX_OFFERED_FRAME: usize = 64 << 20;

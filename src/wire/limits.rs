@@ -33,6 +33,28 @@ pub const MAX_CONFIG_ID_LEN: usize = 256;
 /// Longest `replicaPath` a client accepts.
 pub const MAX_CONFIG_PATH_LEN: usize = 1024;
 
+/// Longest server text (one `MESSAGE=`, an `ABORT=` reason) shown or kept
+/// as it came: a note for a person is a line or two, and a longer one is
+/// cut and marked (see `texts::shown_text`), so a server cannot make one
+/// line of our output, or one entry of `--json`, megabytes long.
+pub const MAX_SHOWN_TEXT: usize = 4096;
+
+/// Most `MESSAGE=` texts of one sync shown and kept for `--json`; the rest
+/// are counted ("N more messages not shown", `messagesNotShown`).
+pub const MAX_SHOWN_MESSAGES: usize = 64;
+
+/// Most bytes of `MESSAGE=` text (as shown) kept for one sync, whatever
+/// their number: what a flood of messages can cost in memory and output.
+pub const MAX_SHOWN_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Most bytes of text frames (CONFIG, MESSAGE, ABORT and unknown kinds) a
+/// server may send in one sync; past it the sync fails as a protocol
+/// error. A real server sends a few KiB (a CONFIG or two, a note); text
+/// frames are not the stream, and 16 MiB is four of the largest frames we
+/// take ([`super::framing::CLIENT_MAX_FRAME`]), so a server that floods
+/// us with text is stopped within a few frames, not after 200 of them.
+pub const MAX_SERVER_TEXT_BYTES: u64 = 16 << 20;
+
 /// Default `--max-db-size`: 64 GiB.
 pub const DEFAULT_MAX_DB_BYTES: u64 = 64 << 30;
 

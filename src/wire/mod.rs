@@ -8,7 +8,10 @@
 //! - [`control`]: sqlrsync's control frames and the one rule ([`classify`])
 //!   that tells them from stream data;
 //! - [`texts`]: the server's `CONFIG=`/`MESSAGE=`/`ABORT=` texts and the
-//!   subscribe messages;
+//!   subscribe messages, and how a server's text is made visible and
+//!   bounded before it is shown;
+//! - [`paths`]: remote replica paths, for the command line and a
+//!   server's `replicaPath`;
 //! - [`refs`]: version references (`@7`, `@latest-2`);
 //! - [`headers`]: the upgrade's HTTP headers and visibility;
 //! - [`framing`]: how large a frame may be, and the header that offers more;
@@ -23,6 +26,7 @@ pub mod framing;
 pub mod headers;
 pub mod keys;
 pub mod limits;
+pub mod paths;
 pub mod refs;
 pub mod stream;
 pub mod summary;
@@ -33,6 +37,7 @@ pub use framing::*;
 pub use headers::Visibility;
 pub use keys::*;
 pub use limits::*;
+pub use paths::*;
 pub use refs::*;
 pub use stream::*;
 pub use summary::*;

@@ -16,6 +16,14 @@
 //! server sends (replicaID, replicaPath) are written quoted, read back
 //! literally, and running the file as a script runs none of them; a
 //! hand-edited file is read literally or refused with one line.
+//!
+//! And issue 13's server that is not ours or not honest: a replicaPath
+//! that is not a REMOTE replica path (`other.db`, `~/x.db`, `host:/p`) is
+//! refused before anything is written, on a pull and after a committed
+//! push; escape sequences in MESSAGE, ABORT, HTTP bodies and close
+//! reasons reach stderr and `--json` only as visible escapes; a flood of
+//! large MESSAGEs stops at the text budget with the memory bounded, and
+//! what is shown and kept of many messages is bounded.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -260,7 +268,7 @@ fn bad_config() {
         (
             "absolute path",
             r#"CONFIG={"replicaPath":"/etc/passwd"}"#.into(),
-            "is not a replica path",
+            "is not a remote replica path",
         ),
         (
             "bad versionHash",
@@ -833,8 +841,11 @@ fn hostile_replica_path_on_a_push_is_stored_and_quoted_safely() {
     let env = TestEnv::new();
     let db = env.path("mine.db");
     make_db(&db, DbSpec::default());
+    // The script runs in the database's directory: a relative marker is
+    // where a value that ran would leave it. (An absolute one would put a
+    // temp dir's ".tmp…" part in the path, which no replica path holds.)
     let marker = env.path("pushed-marker");
-    let hostile_path = format!("team/$(touch {m})`touch {m}`;x.db", m = marker.display());
+    let hostile_path = "team/$(touch pushed-marker)`touch pushed-marker`;x.db".to_string();
     let theirs = tempfile::tempdir().unwrap();
     let fake = Fake::start(honest(
         "--replica",
@@ -920,4 +931,338 @@ fn hand_edited_dash_file_is_read_literally_or_refused() {
     ));
     assert_one_line_error(&o, "unbalanced quotes");
     assert_eq!(content_digest(&local.db), local.digest);
+}
+
+/// The replica paths of issue 13 that are not REMOTE replica paths: a
+/// LOCAL file, a home path, the ssh form, an absolute path, a path that
+/// climbs.
+const NOT_REMOTE: [&str; 5] = ["other.db", "~/x.db", "host:/p", "/abs/p.db", "ns/../x.db"];
+
+#[test]
+fn a_replica_path_that_is_not_remote_is_refused_on_a_pull() {
+    // The pull asks for keys (no -sqlrsync file yet) and the server issues
+    // a pull key: a -sqlrsync file would be written, naming the path.
+    let theirs = tempfile::tempdir().unwrap();
+    let origin = theirs.path().join("their.db");
+    make_db(
+        &origin,
+        DbSpec {
+            rows: 400,
+            ..DbSpec::default()
+        },
+    );
+    for path in NOT_REMOTE {
+        let local = Local::new(false);
+        let fake = Fake::start(honest(
+            "--origin",
+            origin.clone(),
+            proto::ServerConfig {
+                replica_id: Some("r-1".into()),
+                replica_path: Some(path.into()),
+                committed_version_id: Some("3".into()),
+                new_pull_key: Some(proto::new_key()),
+                version_hash: Some(version_hash(&origin)),
+                ..Default::default()
+            },
+        ));
+        let (o, _) = run_sampled(&mut local.pull(&fake.url));
+        eprintln!("pull, replicaPath {path:?}: {}", stderr(&o).trim());
+        local.assert_failed_cleanly(
+            &o,
+            &format!("replicaPath \"{path}\" is not a remote replica path"),
+        );
+        assert!(!local.env.path("other.db").exists());
+        fake.sent();
+    }
+}
+
+#[test]
+fn a_replica_path_that_is_not_remote_is_refused_after_a_push() {
+    // The server commits, then answers a path that is not a replica's: the
+    // push is reported as committed, and nothing is stored here (no push
+    // key, no -sqlrsync file whose "pull" would be a LOCAL sync).
+    for path in NOT_REMOTE {
+        let env = TestEnv::new();
+        let db = env.path("mine.db");
+        make_db(&db, DbSpec::default());
+        let bytes = std::fs::read(&db).unwrap();
+        let theirs = tempfile::tempdir().unwrap();
+        let fake = Fake::start(honest(
+            "--replica",
+            theirs.path().join("replica.db"),
+            proto::ServerConfig {
+                replica_id: Some("r-9".into()),
+                replica_path: Some(path.into()),
+                committed_version_id: Some("1".into()),
+                new_pull_key: Some(proto::new_key()),
+                new_push_key: Some(proto::new_key()),
+                ..Default::default()
+            },
+        ));
+        let (o, _) = run_sampled(
+            env.sqlrsync()
+                .args(["mine.db", "--server", &fake.url, "--timeout", TIMEOUT])
+                .env("SQLRSYNC_ADMIN_KEY", KEY),
+        );
+        eprintln!("push, replicaPath {path:?}: {}", stderr(&o).trim());
+        assert_one_line_error(
+            &o,
+            &format!(
+                "the server committed the push as version 1, but its CONFIG is refused: \
+                 replicaPath \"{path}\" is not a remote replica path"
+            ),
+        );
+        assert!(stderr(&o).contains("nothing was stored here"));
+        fake.sent();
+        assert_eq!(std::fs::read(&db).unwrap(), bytes, "mine.db changed");
+        assert!(!env.path("mine.db-sqlrsync").exists(), "-sqlrsync written");
+        assert!(!env.path("other.db").exists());
+        assert!(
+            !env.home()
+                .join(".config/sqlrsync/local-secrets.toml")
+                .exists(),
+            "local-secrets.toml written"
+        );
+    }
+}
+
+/// Escape sequences a hostile server may hide in its texts: a window title
+/// (OSC ... BEL), a screen clear (CSI 2J), a one-byte C1 CSI, a bidi
+/// override.
+const ESCAPES: &str = "\u{1b}]0;pwned\u{7} title \u{1b}[2J clear \u{9b}31m red \u{202e}txt.exe";
+/// The same as sqlrsync must print it.
+const ESCAPES_SHOWN: &str = r"\x1b]0;pwned\x07 title \x1b[2J clear \u{9b}31m red \u{202e}txt.exe";
+
+/// No raw ESC, BEL, C1 CSI or bidi override in `bytes`.
+#[track_caller]
+fn assert_no_raw_escapes(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    for bad in ["\u{1b}", "\u{7}", "\u{9b}", "\u{202e}"] {
+        assert!(!text.contains(bad), "{what}: a raw {bad:?} in {text:?}");
+    }
+}
+
+/// [`assert_no_raw_escapes`], and the visible form there.
+#[track_caller]
+fn assert_shown_visibly(what: &str, bytes: &[u8]) {
+    assert_no_raw_escapes(what, bytes);
+    let text = String::from_utf8_lossy(bytes);
+    assert!(
+        text.contains(ESCAPES_SHOWN),
+        "{what}: no visible form in {text:?}"
+    );
+}
+
+#[test]
+fn escapes_in_server_texts_are_shown_visibly() {
+    let theirs = tempfile::tempdir().unwrap();
+    let origin = theirs.path().join("their.db");
+    make_db(&origin, DbSpec::default());
+    // MESSAGE on a pull that succeeds: on stderr, and in --json.
+    for json in [false, true] {
+        let local = Local::new(false);
+        let fake = Fake::start(honest_with(
+            "--origin",
+            origin.clone(),
+            proto::ServerConfig {
+                replica_path: Some("team/x.db".into()),
+                committed_version_id: Some("2".into()),
+                version_hash: Some(version_hash(&origin)),
+                ..Default::default()
+            },
+            vec![Message::Text(format!("MESSAGE={ESCAPES}").into())],
+            |_| {},
+        ));
+        let mut c = local.pull(&fake.url);
+        if json {
+            c.arg("--json");
+        }
+        let (o, _) = run_sampled(&mut c);
+        assert_ok(&o);
+        fake.sent();
+        if json {
+            let j = crate::support::json(&o);
+            assert_eq!(j["messages"][0].as_str(), Some(ESCAPES_SHOWN), "{j}");
+            assert_no_raw_escapes("--json", &o.stdout);
+        } else {
+            assert!(stderr(&o).contains(&format!("server: {ESCAPES_SHOWN}")));
+            assert_shown_visibly("MESSAGE", &o.stderr);
+        }
+    }
+    // ABORT, an HTTP error body, a close reason: the one error line.
+    let abort = scenario(|tcp| async move {
+        let mut ws = upgrade(tcp).await;
+        let _ = ws
+            .send(Message::Text(format!("MESSAGE={ESCAPES}").into()))
+            .await;
+        let _ = ws
+            .send(Message::Text(format!("ABORT={ESCAPES}").into()))
+            .await;
+        listen(&mut ws, Duration::from_secs(5)).await;
+        0
+    });
+    let http = scenario(|mut tcp: TcpStream| async move {
+        let mut buf = vec![0u8; 8192];
+        let _ = tcp.read(&mut buf).await;
+        let head = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n{ESCAPES}",
+            ESCAPES.len()
+        );
+        let _ = tcp.write_all(head.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+        0
+    });
+    let close = scenario(|tcp| async move {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let mut ws = upgrade(tcp).await;
+        let _ = ws
+            .close(Some(CloseFrame {
+                code: 1011.into(),
+                reason: ESCAPES.into(),
+            }))
+            .await;
+        listen(&mut ws, Duration::from_secs(2)).await;
+        0
+    });
+    for (name, s, needle) in [
+        (
+            "abort",
+            abort,
+            format!("the server aborted: {ESCAPES_SHOWN}"),
+        ),
+        (
+            "http body",
+            http,
+            format!("HTTP 403 Forbidden: {ESCAPES_SHOWN}"),
+        ),
+        ("close reason", close, format!("code 1011: {ESCAPES_SHOWN}")),
+    ] {
+        let local = Local::new(false);
+        let fake = Fake::start(s);
+        let o = run(&mut local.pull(&fake.url));
+        eprintln!("{name}: {}", stderr(&o).trim());
+        assert_shown_visibly(name, &o.stderr);
+        let err = stderr(&o);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains(&needle), "{name}: {last:?} lacks {needle:?}");
+        assert!(!o.status.success(), "{name}: the pull succeeded");
+        assert_eq!(content_digest(&local.db), local.digest);
+        fake.sent();
+    }
+}
+
+/// Peak RSS (KiB) the client may reach under a flood of server text.
+const FLOOD_RSS_BOUND_KIB: u64 = 100 * 1024;
+
+#[test]
+fn a_flood_of_large_server_messages_stops_with_bounded_memory() {
+    // Issue 13: 200 MESSAGEs of 3.9 MiB took the client to 1.58 GB. The
+    // text budget of one sync ends it after a few, with one clear line.
+    let size = 39 * (1 << 20) / 10;
+    for json in [false, true] {
+        let local = Local::new(false);
+        let fake = Fake::start(message_flood(200, size));
+        let mut c = local.pull(&fake.url);
+        if json {
+            c.arg("--json");
+        }
+        let t = Instant::now();
+        let (o, peak) = run_sampled(&mut c);
+        let took = fake.sent();
+        eprintln!(
+            "flood (json {json}): {:.1}s, peak RSS {peak} KiB, the fake got {} MiB out, stderr {} bytes",
+            t.elapsed().as_secs_f64(),
+            took >> 20,
+            o.stderr.len()
+        );
+        assert!(peak < FLOOD_RSS_BOUND_KIB, "client peak RSS {peak} KiB");
+        assert!(took < 64 << 20, "the client took {took} bytes of text");
+        let err = stderr(&o);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("more than 16 MiB of text frames") && last.contains("unchanged"),
+            "{last}"
+        );
+        assert!(!o.status.success());
+        // Whatever was shown before it is bounded too.
+        assert!(err.len() < 80 * 1024, "stderr of {} bytes", err.len());
+        assert!(
+            o.stdout.len() < 80 * 1024,
+            "stdout of {} bytes",
+            o.stdout.len()
+        );
+        assert_eq!(content_digest(&local.db), local.digest);
+    }
+}
+
+#[test]
+fn many_server_messages_are_cut_and_counted() {
+    // Within the text budget: the pull succeeds, and what is shown and
+    // kept for --json is bounded (each message cut and marked, the rest
+    // counted).
+    let theirs = tempfile::tempdir().unwrap();
+    let origin = theirs.path().join("their.db");
+    make_db(&origin, DbSpec::default());
+    let count = 300;
+    let messages: Vec<Message> = (0..count)
+        .map(|i| Message::Text(format!("MESSAGE=note {i} {ESCAPES} {}", "x".repeat(10_000)).into()))
+        .collect();
+    for json in [false, true] {
+        let local = Local::new(false);
+        let fake = Fake::start(honest_with(
+            "--origin",
+            origin.clone(),
+            proto::ServerConfig {
+                replica_path: Some("team/x.db".into()),
+                committed_version_id: Some("2".into()),
+                version_hash: Some(version_hash(&origin)),
+                ..Default::default()
+            },
+            messages.clone(),
+            |_| {},
+        ));
+        let mut c = local.pull(&fake.url);
+        if json {
+            c.arg("--json");
+        }
+        let (o, peak) = run_sampled(&mut c);
+        assert_ok(&o);
+        fake.sent();
+        assert!(peak < FLOOD_RSS_BOUND_KIB, "client peak RSS {peak} KiB");
+        assert_eq!(content_digest(&local.db), content_digest(&origin));
+        if json {
+            let j = crate::support::json(&o);
+            let kept = j["messages"].as_array().unwrap();
+            let not_shown = j["messagesNotShown"].as_u64().unwrap();
+            assert!(!kept.is_empty() && kept.len() <= 64, "{} kept", kept.len());
+            assert_eq!(kept.len() as u64 + not_shown, count as u64);
+            for (i, m) in kept.iter().enumerate() {
+                let m = m.as_str().unwrap();
+                assert!(m.starts_with(&format!("note {i} {ESCAPES_SHOWN}")), "{m}");
+                assert!(m.ends_with("…[truncated]") && m.len() < 4200, "{}", m.len());
+            }
+            assert!(
+                o.stdout.len() < 80 * 1024,
+                "stdout of {} bytes",
+                o.stdout.len()
+            );
+        } else {
+            let err = stderr(&o);
+            assert_shown_visibly("messages", &o.stderr);
+            let shown = err
+                .lines()
+                .filter(|l| l.starts_with("server: note"))
+                .count();
+            assert!((1..=64).contains(&shown), "{shown} shown");
+            assert!(
+                err.contains(&format!(
+                    "server: {} more messages not shown",
+                    count - shown
+                )),
+                "{:?}",
+                err.lines().last()
+            );
+            assert!(err.len() < 80 * 1024, "stderr of {} bytes", err.len());
+        }
+    }
 }

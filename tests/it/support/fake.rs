@@ -97,7 +97,7 @@ pub async fn listen(ws: &mut WebSocketStream<TcpStream>, d: Duration) {
 /// server does), after the helper finished on a push, followed by a normal
 /// close (a committed push).
 pub fn honest(side: &'static str, db: PathBuf, cfg: proto::ServerConfig) -> Scenario {
-    honest_tampered(side, db, cfg, |_| {})
+    honest_with(side, db, cfg, Vec::new(), |_| {})
 }
 
 /// [`honest`], with `tamper` applied to each chunk of the helper's output
@@ -108,8 +108,26 @@ pub fn honest_tampered(
     cfg: proto::ServerConfig,
     tamper: fn(&mut [u8]),
 ) -> Scenario {
+    honest_with(side, db, cfg, Vec::new(), tamper)
+}
+
+/// [`honest`], sending the frames of `preamble` first (MESSAGEs; clones
+/// of one text frame share its bytes), and with `tamper` applied to the
+/// helper's output.
+pub fn honest_with(
+    side: &'static str,
+    db: PathBuf,
+    cfg: proto::ServerConfig,
+    preamble: Vec<Message>,
+    tamper: fn(&mut [u8]),
+) -> Scenario {
     scenario(move |tcp| async move {
         let mut ws = upgrade(tcp).await;
+        for m in preamble {
+            if ws.send(m).await.is_err() {
+                return 0;
+            }
+        }
         let pull = side == "--origin";
         let config = Message::Text(proto::ServerText::Config(cfg).encode().into());
         if pull {
@@ -186,6 +204,30 @@ pub fn honest_tampered(
             }
         }
         let _ = ws.close(None).await;
+        sent
+    })
+}
+
+/// A fake that sends `count` `MESSAGE=` frames of `size` bytes each (as
+/// fast as the client takes them), then `ABORT=flood over`, reading what
+/// the client sends meanwhile; returns the text bytes it got the client
+/// to take. The flood of issue 13 was 200 messages of 3.9 MiB.
+pub fn message_flood(count: usize, size: usize) -> Scenario {
+    scenario(move |tcp| async move {
+        let ws = upgrade(tcp).await;
+        let (mut tx, mut rx) = ws.split();
+        // Read (and drop) what the client sends, so it never blocks on us.
+        let reading = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+        let text = format!("MESSAGE={}", "m".repeat(size.saturating_sub(8)));
+        let mut sent = 0u64;
+        for _ in 0..count {
+            if tx.send(Message::Text(text.clone().into())).await.is_err() {
+                break;
+            }
+            sent += text.len() as u64;
+        }
+        let _ = tx.send(Message::Text("ABORT=flood over".into())).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), reading).await;
         sent
     })
 }
