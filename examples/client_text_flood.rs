@@ -59,7 +59,7 @@ fn main() {
             committed_version_id: Some("1".into()),
             ..Default::default()
         };
-        fake::honest_with("--origin", origin, cfg, vec![one; count])
+        fake::honest_with("--origin", origin, cfg, vec![one; count], |_| {})
     } else {
         fake::message_flood(count, size)
     };
