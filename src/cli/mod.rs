@@ -195,7 +195,7 @@ pub struct Cli {
 pub struct UsageError(pub String);
 
 impl UsageError {
-    pub fn new(why: String) -> anyhow::Error {
+    pub fn error(why: String) -> anyhow::Error {
         anyhow::Error::new(UsageError(why))
     }
 }

@@ -56,7 +56,7 @@ impl ProcessEnv {
 pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> {
     let (origin, replica) = (cli.origin.as_deref(), cli.replica.as_deref());
     if let Some(origin) = origin {
-        forms::refuse_lookalikes(origin, replica).map_err(UsageError::new)?;
+        forms::refuse_lookalikes(origin, replica).map_err(UsageError::error)?;
     }
     let mode = mode_of(origin, replica).map_err(anyhow::Error::msg)?;
     let form = forms::explain(origin.unwrap_or_default(), replica);

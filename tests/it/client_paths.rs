@@ -52,6 +52,23 @@ fn config_dir(env: &TestEnv) -> std::path::PathBuf {
     env.home().join(".config/sqlrsync")
 }
 
+/// Every file under HOME (config, state, cache): none after a refusal.
+fn home_files(env: &TestEnv) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![env.home()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// The refusal of a replica-looking argument that names a local file: one
 /// line, exit 2 (a usage error), no connection, nothing written.
 #[track_caller]
@@ -68,6 +85,7 @@ fn assert_lookalike_refused(env: &TestEnv, wire: &Tripwire, o: &Output, arg: &st
     assert!(stdout(o).is_empty(), "{}", stdout(o));
     wire.assert_untouched();
     assert!(!config_dir(env).exists(), "the refusal wrote client files");
+    assert_eq!(home_files(env), Vec::<std::path::PathBuf>::new());
 }
 
 #[test]
