@@ -92,7 +92,8 @@ pub struct Cli {
     #[arg(long, value_name = "URL", help_heading = "Remote")]
     pub server: Option<String>,
 
-    /// Say what would happen (mode, paths, keys masked) and touch nothing
+    /// Say what would happen (mode, the form of the arguments and why, paths,
+    /// keys masked) and touch nothing
     #[arg(long, help_heading = "Common")]
     pub dry: bool,
 
