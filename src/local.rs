@@ -140,7 +140,7 @@ pub fn run(s: &Settings, origin: &Path, replica: &Path) -> anyhow::Result<ExitCo
     let plan = plan(origin, replica, s.protocol)?;
     let printer = &s.printer;
     if s.dry {
-        print_dry(&plan, printer);
+        print_dry(&plan, printer, &s.form);
         return Ok(ExitCode::SUCCESS);
     }
     // Nothing to do is the commonest case of a repeated sync; finding it
@@ -172,7 +172,7 @@ pub fn run(s: &Settings, origin: &Path, replica: &Path) -> anyhow::Result<ExitCo
     Ok(crate::dropin::exec_helper(&args, printer))
 }
 
-fn print_dry(plan: &Plan, printer: &Printer) {
+fn print_dry(plan: &Plan, printer: &Printer, form: &crate::client::Form) {
     let (pages, page_size, journal) = match &plan.origin_facts {
         Some(f) => (f.page_count, f.page_size, f.journal_mode.clone()),
         None => (
@@ -190,6 +190,8 @@ fn print_dry(plan: &Plan, printer: &Printer) {
         let v = serde_json::json!({
             "mode": "LOCAL",
             "dry": true,
+            "form": form.name,
+            "why": form.why,
             "origin": plan.origin,
             "replica": plan.replica,
             "pageSize": page_size,
@@ -202,6 +204,7 @@ fn print_dry(plan: &Plan, printer: &Printer) {
         return;
     }
     printer.stdout("mode:      LOCAL (both databases on this machine, no network)");
+    printer.stdout(&form.line(11));
     printer.stdout(&format!("origin:    {}", plan.origin.display()));
     printer.stdout(&format!(
         "           {pages} pages of {page_size} bytes ({}), journal mode {journal}",

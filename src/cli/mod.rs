@@ -39,10 +39,18 @@ Forms:
                                    V is latest, latest-N, N or vN
   sqlrsync NS/NAME.db DB --subscribe
                                    PULL, then follow every new version
-  sqlrsync DB USER@HOST:PATH       sqlite3_rsync over ssh (also HOST:PATH DB)
+  sqlrsync DB [USER@]HOST:PATH     sqlite3_rsync over ssh (also HOST:PATH DB)
 
-A LOCAL argument starts with /, ./, ../ or ~/, or has no '/' at all; anything
-else names a replica on the server.
+Each argument is read by the first rule that fits (--dry says which, and why):
+  1. a ':' before any '/' is [USER@]HOST:PATH, as sqlite3_rsync reads it:
+     snap:2024-01-01.db is host snap (write ./snap:2024-01-01.db for a file)
+  2. starting with /, ./, ../ or ~/, or with no '/' at all: a LOCAL file
+  3. anything else names a replica on the server: backup/app.db is replica
+     app.db in namespace backup (write ./backup/app.db for a local file).
+     If a file of that name exists here, the command is refused before
+     anything is sent (did you mean ./backup/app.db?); to mean the replica
+     anyway, pull NS/NAME.db@latest or push from another directory.
+     --server changes none of this.
 
 Keys (first match wins): SQLRSYNC_AUTH_TOKEN, --pullKey/--pushKey, --adminKey,
 SQLRSYNC_ADMIN_KEY, then the stored key (~/.config/sqlrsync/local-secrets.toml
@@ -55,7 +63,7 @@ pulled from that replica; a push refuses when another machine pushed since this
 database last matched the replica. --force does it anyway.
 
 Examples:
-  sqlrsync app.db backup/app.db          # local snapshot, no network
+  sqlrsync app.db ./backup/app.db        # local snapshot, no network
   sqlrsync app.db myteam/app.db -m 'nightly' --server ws://127.0.0.1:8462
   sqlrsync myteam/app.db@latest-1 old.db
   sqlrsync app.db --dry                  # say what would happen, touch nothing";
@@ -84,7 +92,8 @@ pub struct Cli {
     #[arg(long, value_name = "URL", help_heading = "Remote")]
     pub server: Option<String>,
 
-    /// Say what would happen (mode, paths, keys masked) and touch nothing
+    /// Say what would happen (mode, the form of the arguments and why, paths,
+    /// keys masked) and touch nothing
     #[arg(long, help_heading = "Common")]
     pub dry: bool,
 
@@ -181,6 +190,28 @@ pub struct Cli {
     pub version: bool,
 }
 
+/// An argument to write differently: one line and exit 2, as clap's own
+/// usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    pub fn error(why: String) -> anyhow::Error {
+        anyhow::Error::new(UsageError(why))
+    }
+}
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Exit status of a usage error (clap's).
+const EXIT_USAGE: u8 = 2;
+
 /// Decides the mode from the positional arguments (SSH forms never get here).
 pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, String> {
     let Some(origin) = origin else {
@@ -225,9 +256,15 @@ pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, Stri
 /// Entry point of the `sqlrsync` binary.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if crate::dropin::invoked_as_sqlite3_rsync(args.first())
-        || crate::dropin::is_sqlite3_rsync_form(&args[1..])
-    {
+    if crate::dropin::invoked_as_sqlite3_rsync(args.first()) {
+        return crate::dropin::exec_helper(&args[1..], &Printer::default());
+    }
+    if crate::dropin::is_sqlite3_rsync_form(&args[1..]) {
+        // sqlite3_rsync has no dry run; ours says what it would run.
+        if let Some(dry) = crate::dropin::SshDry::from_args(&args[1..]) {
+            dry.print(&forms::explain(&dry.origin, Some(&dry.replica)));
+            return ExitCode::SUCCESS;
+        }
         return crate::dropin::exec_helper(&args[1..], &Printer::default());
     }
     let cli = match Cli::try_parse_from(&args) {
@@ -250,7 +287,11 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             printer.stderr(&format!("sqlrsync: error: {}", one_line(&format!("{e:#}"))));
-            ExitCode::FAILURE
+            if e.is::<UsageError>() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -283,7 +324,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .unwrap_or("invalid arguments");
     let first = first.trim().trim_start_matches("error:").trim();
     Printer::default().stderr(&format!("sqlrsync: error: {first} (see 'sqlrsync --help')"));
-    ExitCode::from(2)
+    ExitCode::from(EXIT_USAGE)
 }
 
 /// `tracing` goes to stderr on its own (`-vv`, `SQLRSYNC_LOG`): logs for

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::{Cli, Mode, mode_of};
+use super::{Cli, Mode, UsageError, forms, mode_of};
 use crate::client::files::{self, DefaultsFile};
 use crate::client::keys::KeyEnv;
 use crate::client::settings::{Files, KeySettings, PushSettings, ServerSettings, Settings};
@@ -54,8 +54,12 @@ impl ProcessEnv {
 /// The mode the arguments ask for and the settings it runs with. Refuses
 /// bad arguments with one line.
 pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> {
-    let mode =
-        mode_of(cli.origin.as_deref(), cli.replica.as_deref()).map_err(anyhow::Error::msg)?;
+    let (origin, replica) = (cli.origin.as_deref(), cli.replica.as_deref());
+    if let Some(origin) = origin {
+        forms::refuse_lookalikes(origin, replica).map_err(UsageError::error)?;
+    }
+    let mode = mode_of(origin, replica).map_err(anyhow::Error::msg)?;
+    let form = forms::explain(origin.unwrap_or_default(), replica);
     if mode.is_remote() {
         check_flags(&cli, &mode)?;
     }
@@ -85,6 +89,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
             verbose: cli.verbose,
         },
         dry: cli.dry,
+        form,
         protocol: cli.protocol.unwrap_or(default_protocol),
         wal_only: cli.wal_only,
         server: ServerSettings {

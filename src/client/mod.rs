@@ -37,7 +37,7 @@ use tokio::sync::watch;
 pub use connect::{ConnectError, Connected, Socket, connect, frame_offer};
 pub use error::SyncError;
 pub use settings::Settings;
-pub use target::{Mode, RemoteRef};
+pub use target::{Form, Mode, RemoteRef};
 pub use verdict::{Failed, Failure, verdict};
 
 use crate::link::Stats;

@@ -168,12 +168,19 @@ pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Pl
     })
 }
 
-fn print_dry(p: &Plan, printer: &Printer, subscribe: bool, refusal: Option<String>) {
+fn print_dry(
+    p: &Plan,
+    printer: &Printer,
+    subscribe: bool,
+    refusal: Option<String>,
+    form: &super::Form,
+) {
     let dash = DashFile::path_for(&p.local);
     if printer.json {
         let v = serde_json::json!({
             "mode": if subscribe { "SUBSCRIBE" } else { "PULL" },
             "dry": true,
+            "form": form.name, "why": form.why,
             "origin": format!("{}@{}", p.remote_path, p.version),
             "replica": p.local,
             "server": p.server,
@@ -192,6 +199,7 @@ fn print_dry(p: &Plan, printer: &Printer, subscribe: bool, refusal: Option<Strin
     } else {
         out("mode:       PULL (a version on the server becomes the local database)");
     }
+    out(&form.line(12));
     out(&format!("origin:     {}@{}", p.remote_path, p.version));
     out(&format!(
         "replica:    {} ({})",
@@ -224,7 +232,13 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let mut p = plan(s, remote, local)?;
     if s.dry {
-        print_dry(&p, &s.printer, false, overwrite_refusal(s.force, &p));
+        print_dry(
+            &p,
+            &s.printer,
+            false,
+            overwrite_refusal(s.force, &p),
+            &s.form,
+        );
         return Ok(ExitCode::SUCCESS);
     }
     match pull_once(s, &mut p, interrupt).await {
@@ -613,6 +627,12 @@ fn remove_new(local: &Path) {
 /// For `--dry` in subscribe mode.
 pub fn dry(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<()> {
     let p = plan(s, remote, local)?;
-    print_dry(&p, &s.printer, true, overwrite_refusal(s.force, &p));
+    print_dry(
+        &p,
+        &s.printer,
+        true,
+        overwrite_refusal(s.force, &p),
+        &s.form,
+    );
     Ok(())
 }

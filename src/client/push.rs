@@ -177,7 +177,7 @@ fn push_key(s: &Settings, dir: &Path, entry: Option<&SecretEntry>) -> anyhow::Re
 }
 
 /// `--dry`: what would happen, keys masked; nothing is written or sent.
-fn print_dry(p: &Plan, printer: &Printer) {
+fn print_dry(p: &Plan, printer: &Printer, form: &super::Form) {
     let remote = if p.remote_path.is_empty() {
         "(assigned by the server from the key's namespace, this host and the file name)".to_string()
     } else {
@@ -188,6 +188,7 @@ fn print_dry(p: &Plan, printer: &Printer) {
         let v = serde_json::json!({
             "mode": "PUSH",
             "dry": true,
+            "form": form.name, "why": form.why,
             "origin": p.local,
             "replica": p.remote_path,
             "server": p.server,
@@ -204,6 +205,7 @@ fn print_dry(p: &Plan, printer: &Printer) {
     }
     let out = |line: &str| printer.stdout(line);
     out("mode:       PUSH (this database becomes a new version on the server)");
+    out(&form.line(12));
     out(&format!("origin:     {}", p.local.display()));
     out(&format!("replica:    {remote}"));
     out(&format!("server:     {} ({})", p.server, p.server_from));
@@ -258,7 +260,7 @@ pub async fn run(
     let printer = s.printer;
     let mut p = plan(s, local, remote)?;
     if s.dry {
-        print_dry(&p, &printer);
+        print_dry(&p, &printer, &s.form);
         return Ok(ExitCode::SUCCESS);
     }
     if p.key.source == KeySource::Prompt {

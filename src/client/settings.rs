@@ -15,6 +15,7 @@ use anyhow::Context;
 
 use super::files;
 use super::keys::KeyEnv;
+use super::target::Form;
 use crate::ui::Printer;
 use crate::wire::Visibility;
 
@@ -25,6 +26,8 @@ pub struct Settings {
     pub printer: Printer,
     /// `--dry`: say what would happen, touch nothing.
     pub dry: bool,
+    /// How the positional arguments were read, and why (for `--dry`).
+    pub form: Form,
     /// sqlite3_rsync protocol: `--protocol`, else the mode's default.
     pub protocol: u8,
     /// `--wal-only`.

@@ -54,3 +54,22 @@ impl RemoteRef {
         self.path.rsplit('/').next().unwrap_or(&self.path)
     }
 }
+
+/// Which form the positional arguments were read in, and the rule that
+/// decided, naming the arguments as typed (worked out by
+/// `cli::forms::explain`). `--dry` prints it in every mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Form {
+    /// `LOCAL`, `REMOTE` (PUSH, PULL, SUBSCRIBE) or `SSH`.
+    pub name: &'static str,
+    /// Why, in words.
+    pub why: String,
+}
+
+impl Form {
+    /// The `form:` line of `--dry`, its label padded to `width` like the
+    /// mode's other lines.
+    pub fn line(&self, width: usize) -> String {
+        format!("{:<width$}{} ({})", "form:", self.name, self.why)
+    }
+}

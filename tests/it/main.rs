@@ -9,6 +9,7 @@
 mod support;
 
 mod client_hostile;
+mod client_paths;
 mod client_safety;
 mod client_setup;
 mod compat_strict;
