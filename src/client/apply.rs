@@ -28,6 +28,17 @@ pub struct PullOptions {
     pub gate: Option<GateConfig>,
     /// The database the helper writes, written back as pages arrive.
     pub write_behind: Option<std::path::PathBuf>,
+    /// Where to note the version about to be committed, before the gate
+    /// lets the commit through (see `matched::note_pending`).
+    pub pending: Option<PendingNote>,
+}
+
+/// The match record a pull's commit is noted in: (server, replica, local).
+#[derive(Debug, Clone)]
+pub struct PendingNote {
+    pub server: String,
+    pub remote_path: String,
+    pub local: std::path::PathBuf,
 }
 
 /// The server's stream on its way into the local replica.
@@ -45,6 +56,8 @@ pub struct PullSink {
     /// The gate checked the version against its versionHash before
     /// letting the commit through.
     pub pre_verified: bool,
+    /// See [`PullOptions::pending`].
+    pending: Option<PendingNote>,
 }
 
 impl PullSink {
@@ -58,6 +71,7 @@ impl PullSink {
             expected_hash: None,
             received: None,
             pre_verified: false,
+            pending: opts.pending,
         }
     }
 
@@ -69,7 +83,16 @@ impl PullSink {
             return Ok(());
         };
         let check = g.finish(self.expected_hash.clone());
-        match tokio::task::spawn_blocking(move || check.run()).await {
+        let note = self.pending.clone().zip(self.expected_hash.clone());
+        let checked = move || {
+            let passed = check.run()?;
+            if let Some((n, hash)) = note {
+                super::matched::note_pending(&n.server, &n.remote_path, &n.local, &hash)
+                    .map_err(|e| format!("cannot note the version about to be committed: {e:#}"))?;
+            }
+            Ok(passed)
+        };
+        match tokio::task::spawn_blocking(checked).await {
             Ok(Ok((held, verified))) => {
                 self.pre_verified = verified;
                 self.feed.write(&held).await;

@@ -64,8 +64,14 @@ pub fn pull_refusal(
             if r.fingerprint.is_some() && r.fingerprint == fingerprint_now() {
                 return None;
             }
-            if r.version_hash.is_some() && r.version_hash == hash_now() {
-                return None;
+            // The version it matched, or the one a pull killed after its
+            // commit left it (see `Matched::pending_hash`).
+            let known = [&r.version_hash, &r.pending_hash];
+            if known.iter().any(|h| h.is_some()) {
+                let now = hash_now();
+                if now.is_some() && known.iter().any(|h| **h == now) {
+                    return None;
+                }
             }
             Some(format!(
                 "{local} has changed since it matched {} of {}; a pull would discard those \
@@ -176,6 +182,7 @@ mod tests {
             version: Some(version.into()),
             version_hash: Some(hash.into()),
             fingerprint: Some("fp".into()),
+            pending_hash: None,
             role: Role::Push,
             at: "2026-12-01T00:00:00Z".into(),
         }
@@ -259,6 +266,15 @@ mod tests {
         );
         assert_eq!(
             pull_refusal(&facts(false, r(), false), fp("moved"), fp("aa")),
+            None
+        );
+        let pending = || {
+            let mut m = record("5", "aa");
+            m.pending_hash = Some("pp".into());
+            Some(m)
+        };
+        assert_eq!(
+            pull_refusal(&facts(false, pending(), false), fp("moved"), fp("pp")),
             None
         );
         let changed = pull_refusal(&facts(false, r(), false), fp("moved"), fp("zz")).unwrap();

@@ -55,6 +55,12 @@ pub struct Matched {
     pub version_hash: Option<String>,
     /// [`super::unchanged::fingerprint`] of the file right after that sync.
     pub fingerprint: Option<String>,
+    /// The hash of the version a later pull was about to commit when it
+    /// last ran (written just before the commit is let through, cleared
+    /// when that pull finished): a pull killed after its commit leaves the
+    /// database that version, which is no local change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_hash: Option<String>,
     /// Push or pull.
     pub role: Role,
     /// When (RFC 3339, UTC).
@@ -72,6 +78,7 @@ impl Matched {
             version: None,
             version_hash: None,
             fingerprint: super::unchanged::fingerprint(local),
+            pending_hash: None,
             role,
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }
@@ -123,6 +130,26 @@ fn load_in(dir: &Path, remote_path: &str, local: &Path) -> Option<Matched> {
     let m: Matched = serde_json::from_str(&text).ok()?;
     let same = m.remote_path == remote_path && m.local == local.to_string_lossy();
     same.then_some(m)
+}
+
+/// Notes, before a pull's commit is let through, the hash of the version
+/// it commits (see [`Matched::pending_hash`]), keeping the rest of the
+/// record (or starting one). An error stops the commit: without the note
+/// a pull killed right after it would leave a copy the next pull refuses.
+pub fn note_pending(
+    server: &str,
+    remote_path: &str,
+    local: &Path,
+    hash: &str,
+) -> anyhow::Result<()> {
+    let mut m = load(remote_path, local).unwrap_or_else(|| Matched {
+        version: None,
+        version_hash: None,
+        fingerprint: None,
+        ..Matched::now(server, remote_path, local, Role::Pull)
+    });
+    m.pending_hash = Some(hash.to_string());
+    save(&m)
 }
 
 impl Matched {

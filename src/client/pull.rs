@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use tokio::sync::watch;
 
-use super::apply::{PullOptions, PullSink};
+use super::apply::{PendingNote, PullOptions, PullSink};
 use super::commit_gate::GateConfig;
 use super::files::{DashFile, Secrets};
 use super::guard::{self, PullFacts};
@@ -572,6 +572,11 @@ async fn link_pull(
         // a new file after it, helped by these digests.
         digest_received: !p.local_existed,
         write_behind: Some(p.local.clone()),
+        pending: Some(PendingNote {
+            server: p.server.clone(),
+            remote_path: p.remote_path.clone(),
+            local: p.local.clone(),
+        }),
         gate: Some(GateConfig {
             replica: p.local.clone(),
             existed: p.local_existed,
