@@ -49,7 +49,7 @@ pub struct Plan {
     /// Visibility asked for (first push only).
     pub visibility: Visibility,
     /// Ask the server for keys (KEYREQUEST): no stored entry for this
-    /// replica, no `-sqlrsync` file for it, or an admin key in use.
+    /// replica, no `-sqlrsync` file, or an admin key given for this run.
     pub key_request: bool,
     /// The `-sqlrsync` file next to the database when it pulls another
     /// replica: it is left as it is.
@@ -129,9 +129,12 @@ pub fn plan(s: &Settings, local: &Path, remote: Option<&RemoteRef>) -> anyhow::R
                 .as_deref()
                 .is_none_or(|d| super::same_server(d, &server))
     });
-    // Keys are asked for when one is missing here, and when an admin key
-    // is given for this run (a stored key it replaces may be revoked).
-    let key_request = first_push || !dash_matches || key.source.replaces_stored();
+    // Keys are asked for when one is missing here (no push key stored for
+    // this replica, no -sqlrsync file at all), and when an admin key is
+    // given for this run (a stored key it replaces may be revoked). Each
+    // request mints keys, so a database whose -sqlrsync file pulls another
+    // replica does not ask on every push.
+    let key_request = first_push || dash.is_none() || key.source.replaces_stored();
     let others = secrets.entries_for(&local).count() - usize::from(entry.is_some());
     Ok(Plan {
         chosen: (remote.is_none() && entry.is_some()).then_some(others),
