@@ -42,3 +42,4 @@ mod server_sessions;
 mod server_store_safety;
 mod server_tls;
 mod server_web;
+mod watch;
