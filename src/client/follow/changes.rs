@@ -204,6 +204,19 @@ pub fn serve_probe(db: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Events a commit can cause: writes, creations, removals, and closing a
+/// file written to (which often comes last). Reads never commit, and a
+/// busy reader must not keep the watcher asking.
+fn may_commit(kind: &notify::EventKind) -> bool {
+    use notify::EventKind::{Access, Create, Modify, Remove};
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        Modify(_) | Create(_) | Remove(_) => true,
+        Access(AccessKind::Close(AccessMode::Write)) => true,
+        _ => false,
+    }
+}
+
 /// Notifications for `db`, `db-wal` and `db-journal`, sent into `tx` (a
 /// full channel drops them: one pending wake-up is enough). None when the
 /// platform or file system cannot notify.
@@ -221,10 +234,7 @@ fn notifier(db: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatche
     };
     let mut w = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
         if let Ok(e) = e
-            && !matches!(
-                e.kind,
-                notify::EventKind::Access(notify::event::AccessKind::Open(_))
-            )
+            && may_commit(&e.kind)
             && e.paths.iter().any(|p| ours(p))
         {
             let _ = tx.try_send(());

@@ -105,14 +105,15 @@ where
         ));
     }
     let mut backoff = BACKOFF_START;
-    let mut first = true;
     loop {
         let started = Instant::now();
         changes.mark_synced().await?;
         match once().await {
             Ok(()) => backoff = BACKOFF_START,
             Err(SyncError::Interrupted(e)) => return Ok(stopped(printer, Some(e))),
-            Err(e) if first || !e.retryable() => return Err(e.into_anyhow()),
+            // Also on the first sync: a service started while its server
+            // is down waits for it.
+            Err(e) if !e.retryable() => return Err(e.into_anyhow()),
             Err(e) => {
                 printer.stderr(&format!(
                     "sqlrsync: sync failed: {:#}; retrying in {:.1}s",
@@ -126,7 +127,6 @@ where
                 continue;
             }
         }
-        first = false;
         match next_due(&mut changes, policy, started, &mut interrupt).await? {
             Wake::Stop => return Ok(stopped(printer, None)),
             Wake::Change | Wake::CheckIn => {}
