@@ -39,6 +39,9 @@ Forms:
                                    V is latest, latest-N, N or vN
   sqlrsync NS/NAME.db DB --subscribe
                                    PULL, then follow every new version
+  sqlrsync DB [NS/NAME.db] --watch PUSH now and after every change of DB
+  sqlrsync ORIGIN REPLICA --watch  LOCAL now and after every change of ORIGIN
+                                   (--waitIdle, --minInterval, --maxInterval)
   sqlrsync DB [USER@]HOST:PATH     sqlite3_rsync over ssh (also HOST:PATH DB)
 
 Each argument is read by the first rule that fits (--dry says which, and why):
