@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 
-use crate::client::Settings;
+use crate::client::{Settings, SyncError};
 use crate::sqlite::{self, FileState};
 use crate::ui::{Printer, human_bytes};
 
@@ -143,6 +143,9 @@ pub fn run(s: &Settings, origin: &Path, replica: &Path) -> anyhow::Result<ExitCo
         print_dry(&plan, printer, &s.form);
         return Ok(ExitCode::SUCCESS);
     }
+    if s.subscribe {
+        return follow(s, plan);
+    }
     // Nothing to do is the commonest case of a repeated sync; finding it
     // by comparing bytes is several times cheaper than hashing every page
     // on both sides (scripts/bench-local). --wal-only keeps the helper's
@@ -157,19 +160,128 @@ pub fn run(s: &Settings, origin: &Path, replica: &Path) -> anyhow::Result<ExitCo
         }
         return Ok(ExitCode::SUCCESS);
     }
+    Ok(crate::dropin::exec_helper(&helper_args(s, &plan), printer))
+}
+
+/// The helper's arguments for a LOCAL sync of `plan`.
+fn helper_args(s: &Settings, plan: &Plan) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         plan.origin.clone().into(),
         plan.replica.clone().into(),
         "--protocol".into(),
         plan.protocol.to_string().into(),
     ];
-    if printer.verbose > 0 {
-        args.push(format!("-{}", "v".repeat(printer.verbose as usize)).into());
+    if s.printer.verbose > 0 {
+        args.push(format!("-{}", "v".repeat(s.printer.verbose as usize)).into());
     }
     if s.wal_only {
         args.push("--wal-only".into());
     }
-    Ok(crate::dropin::exec_helper(&args, printer))
+    args
+}
+
+/// `--watch`: syncs now and after every change of ORIGIN (see
+/// [`crate::client::follow`]), the helper spawned (not exec'd) for each sync.
+fn follow(s: &Settings, plan: Plan) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let interrupt = crate::client::interrupt_watch();
+        let (plan, args) = (&plan, helper_args(s, &plan));
+        let once = || {
+            let (args, stop) = (args.clone(), interrupt.clone());
+            async move { sync_once(s, plan, &args, stop).await }
+        };
+        crate::client::follow::follow(&plan.origin, s.watch, &s.printer, interrupt.clone(), once)
+            .await
+    })
+}
+
+/// One LOCAL sync by a spawned helper, with its one-line report (or JSON
+/// object). Ctrl-C stops the helper, whose replica side then commits
+/// nothing: the replica stays whole.
+async fn sync_once(
+    s: &Settings,
+    plan: &Plan,
+    args: &[OsString],
+    mut interrupt: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SyncError> {
+    let started = std::time::Instant::now();
+    let same = {
+        let (o, r) = (plan.origin.clone(), plan.replica.clone());
+        let exists = matches!(sqlite::inspect(&r), Ok(FileState::Database(_)));
+        !s.wal_only
+            && exists
+            && tokio::task::spawn_blocking(move || sqlite::same_pages(&o, &r))
+                .await
+                .unwrap_or(false)
+    };
+    if !same {
+        let h = crate::helper::prepared()?;
+        h.keep_across_exec();
+        let mut child = tokio::process::Command::new(&h.path)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", h.path.display()))?;
+        let status = tokio::select! {
+            st = child.wait() => st.context("the helper was lost")?,
+            _ = crate::link::wait_true(&mut interrupt) => {
+                stop_child(&mut child).await;
+                return Err(SyncError::Interrupted(anyhow!("interrupted; the replica is unchanged")));
+            }
+        };
+        if !status.success() {
+            return Err(SyncError::Other(anyhow!(
+                "the LOCAL sync of {} failed ({status}); the replica is unchanged",
+                plan.origin.display()
+            )));
+        }
+    }
+    report(s, plan, same, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// SIGTERM to the helper, then wait for it (SIGKILL after 5 s).
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// The line (or JSON object) of one LOCAL sync of a watch.
+fn report(s: &Settings, plan: &Plan, unchanged: bool, seconds: f64) {
+    let printer = &s.printer;
+    if printer.json {
+        printer.json(&serde_json::json!({
+            "mode": "LOCAL",
+            "origin": plan.origin,
+            "replica": plan.replica,
+            "unchanged": unchanged,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }));
+        return;
+    }
+    let what = if unchanged {
+        "unchanged, nothing sent"
+    } else {
+        "synced"
+    };
+    printer.note(&format!(
+        "LOCAL {} -> {}: {what}, {seconds:.1}s",
+        plan.origin.display(),
+        plan.replica.display()
+    ));
 }
 
 fn print_dry(plan: &Plan, printer: &Printer, form: &crate::client::Form) {

@@ -39,6 +39,9 @@ Forms:
                                    V is latest, latest-N, N or vN
   sqlrsync NS/NAME.db DB --subscribe
                                    PULL, then follow every new version
+  sqlrsync DB [NS/NAME.db] --watch PUSH now and after every change of DB
+  sqlrsync ORIGIN REPLICA --watch  LOCAL now and after every change of ORIGIN
+                                   (--waitIdle, --minInterval, --maxInterval)
   sqlrsync DB [USER@]HOST:PATH     sqlite3_rsync over ssh (also HOST:PATH DB)
 
 Each argument is read by the first rule that fits (--dry says which, and why):
@@ -114,9 +117,24 @@ pub struct Cli {
     )]
     pub message: Option<String>,
 
-    /// After pulling, wait for new versions and pull each one, until Ctrl-C
-    #[arg(long, help_heading = "Remote")]
+    /// Follow: a pull pulls every new version; a push (and a LOCAL sync)
+    /// syncs again after each change of the local database, until Ctrl-C
+    #[arg(long, visible_alias = "watch", help_heading = "Common")]
     pub subscribe: bool,
+
+    /// With --subscribe/--watch on a push or LOCAL: sync once the database
+    /// has been idle this long (500ms, 10s, 5m, 1h, 3d) [default: 1s]
+    #[arg(long = "waitIdle", value_name = "DURATION", help_heading = "Common")]
+    pub wait_idle: Option<String>,
+
+    /// With --subscribe/--watch: never sync more often than this [default: 0]
+    #[arg(long = "minInterval", value_name = "DURATION", help_heading = "Common")]
+    pub min_interval: Option<String>,
+
+    /// With --subscribe/--watch: check at least this often, syncing only if
+    /// something changed [default: only on changes]
+    #[arg(long = "maxInterval", value_name = "DURATION", help_heading = "Common")]
+    pub max_interval: Option<String>,
 
     /// Pull over a database that pushes to a replica, has local changes or
     /// never came from that replica; push over a version another machine
@@ -256,6 +274,10 @@ pub fn mode_of(origin: Option<&str>, replica: Option<&str>) -> Result<Mode, Stri
 /// Entry point of the `sqlrsync` binary.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
+    // A watch's own child (src/watch/changes.rs), never typed by people.
+    if args.len() == 3 && args[1] == crate::client::follow::changes::PROBE_ARG {
+        return crate::client::follow::changes::serve_probe(std::path::Path::new(&args[2]));
+    }
     if crate::dropin::invoked_as_sqlite3_rsync(args.first()) {
         return crate::dropin::exec_helper(&args[1..], &Printer::default());
     }

@@ -15,6 +15,7 @@ use anyhow::bail;
 
 use super::{Cli, Mode, UsageError, forms, mode_of};
 use crate::client::files::{self, DefaultsFile};
+use crate::client::follow::{Policy, parse_duration};
 use crate::client::keys::KeyEnv;
 use crate::client::settings::{Files, KeySettings, PushSettings, ServerSettings, Settings};
 use crate::client::{DEFAULT_IDLE_TIMEOUT, REMOTE_DEFAULT_PROTOCOL};
@@ -82,6 +83,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         (_, true) => Visibility::Unlisted,
         _ => Visibility::Private,
     };
+    let watch = watch_policy(&cli)?;
     let settings = Settings {
         printer: Printer {
             quiet: cli.quiet,
@@ -98,6 +100,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         },
         idle_timeout: idle_timeout(cli.idle_timeout, env.timeout.as_deref()),
         subscribe: cli.subscribe,
+        watch,
         force: cli.force,
         large_frames: !env.compat_frames,
         push: PushSettings {
@@ -129,6 +132,25 @@ fn idle_timeout(flag: Option<u64>, env: Option<&str>) -> Duration {
         .unwrap_or(DEFAULT_IDLE_TIMEOUT)
 }
 
+/// `--waitIdle`, `--minInterval`, `--maxInterval` over the defaults.
+fn watch_policy(cli: &Cli) -> anyhow::Result<Policy> {
+    let parse = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<Duration>> {
+        v.as_deref()
+            .map(|v| parse_duration(v).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let d = Policy::default();
+    let max_interval = parse("--maxInterval", &cli.max_interval)?;
+    if max_interval == Some(Duration::ZERO) {
+        bail!("--maxInterval must be more than 0");
+    }
+    Ok(Policy {
+        wait_idle: parse("--waitIdle", &cli.wait_idle)?.unwrap_or(d.wait_idle),
+        min_interval: parse("--minInterval", &cli.min_interval)?.unwrap_or(d.min_interval),
+        max_interval,
+    })
+}
+
 /// Flags that make no sense for this mode are refused before anything else.
 fn check_flags(cli: &Cli, mode: &Mode) -> anyhow::Result<()> {
     if let Some(m) = &cli.message
@@ -140,14 +162,16 @@ fn check_flags(cli: &Cli, mode: &Mode) -> anyhow::Result<()> {
         );
     }
     let refuse = |flag: &str, why: &str| -> anyhow::Result<()> { bail!("{flag} {why}") };
+    if !cli.subscribe
+        && (cli.wait_idle.is_some() || cli.min_interval.is_some() || cli.max_interval.is_some())
+    {
+        refuse(
+            "--waitIdle/--minInterval/--maxInterval",
+            "only pace --subscribe/--watch",
+        )?;
+    }
     match mode {
         Mode::Push { .. } => {
-            if cli.subscribe {
-                refuse(
-                    "--subscribe",
-                    "follows a replica on a PULL; it cannot be used with a push",
-                )?;
-            }
             if cli.pull_key.is_some() {
                 refuse(
                     "--pullKey",
@@ -169,6 +193,12 @@ fn check_flags(cli: &Cli, mode: &Mode) -> anyhow::Result<()> {
                 refuse(
                     "--public/--unlisted",
                     "set the visibility on a first push, not on a pull",
+                )?;
+            }
+            if cli.wait_idle.is_some() || cli.min_interval.is_some() || cli.max_interval.is_some() {
+                refuse(
+                    "--waitIdle/--minInterval/--maxInterval",
+                    "pace a push or LOCAL sync that follows its origin; a pull --subscribe follows the server's versions as they come",
                 )?;
             }
         }

@@ -15,6 +15,7 @@ pub mod commit_gate;
 pub mod connect;
 pub mod error;
 pub mod files;
+pub mod follow;
 pub mod guard;
 pub mod keys;
 pub mod matched;
@@ -79,7 +80,7 @@ pub fn run(s: &Settings, mode: Mode) -> anyhow::Result<ExitCode> {
 
 /// A watch that turns true on Ctrl-C (and SIGTERM), so a sync can stop at
 /// a safe point instead of dying mid-write.
-fn interrupt_watch() -> watch::Receiver<bool> {
+pub fn interrupt_watch() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         #[cfg(unix)]
@@ -289,35 +290,42 @@ impl Report {
         full / self.wire_bytes() as f64
     }
 
+    /// The `--json` object of this sync.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "mode": self.mode,
+            "local": self.local,
+            "remote": self.remote,
+            "server": self.server,
+            "version": self.version,
+            "pagesSent": self.pages_sent,
+            "pageCount": self.page_count,
+            "pageSize": self.page_size,
+            "bytesOnWire": self.wire_bytes(),
+            "bytesSent": self.wire_sent,
+            "bytesReceived": self.wire_received,
+            "streamBytes": self.stream_bytes,
+            "textBytes": self.text_bytes,
+            "framesSent": self.frames[0],
+            "framesReceived": self.frames[1],
+            "largestFrameSent": self.largest_frame[0],
+            "largestFrameReceived": self.largest_frame[1],
+            "speedup": (self.speedup() * 100.0).round() / 100.0,
+            "seconds": (self.seconds * 1000.0).round() / 1000.0,
+            "verifySeconds": (self.verify_seconds * 1000.0).round() / 1000.0,
+            "verified": self.verified,
+            "unchanged": self.unchanged,
+            "messages": self.messages,
+            // When the sync ended: what tells one sync of a watch
+            // (one line each) from the next.
+            "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "messagesNotShown": self.messages_not_shown,
+        })
+    }
+
     pub fn print(&self, printer: &Printer) {
         if printer.json {
-            let v = serde_json::json!({
-                "mode": self.mode,
-                "local": self.local,
-                "remote": self.remote,
-                "server": self.server,
-                "version": self.version,
-                "pagesSent": self.pages_sent,
-                "pageCount": self.page_count,
-                "pageSize": self.page_size,
-                "bytesOnWire": self.wire_bytes(),
-                "bytesSent": self.wire_sent,
-                "bytesReceived": self.wire_received,
-                "streamBytes": self.stream_bytes,
-                "textBytes": self.text_bytes,
-                "framesSent": self.frames[0],
-                "framesReceived": self.frames[1],
-                "largestFrameSent": self.largest_frame[0],
-                "largestFrameReceived": self.largest_frame[1],
-                "speedup": (self.speedup() * 100.0).round() / 100.0,
-                "seconds": (self.seconds * 1000.0).round() / 1000.0,
-                "verifySeconds": (self.verify_seconds * 1000.0).round() / 1000.0,
-                "verified": self.verified,
-                "unchanged": self.unchanged,
-                "messages": self.messages,
-                "messagesNotShown": self.messages_not_shown,
-            });
-            printer.json(&v);
+            printer.json(&self.json());
             return;
         }
         let version = self

@@ -266,6 +266,25 @@ pub async fn run(
         print_dry(&p, &printer, &s.form);
         return Ok(ExitCode::SUCCESS);
     }
+    ask_for_key(&mut p)?;
+    if s.subscribe {
+        return follow(s, p, remote, interrupt).await;
+    }
+    match push_once(s, &p, interrupt).await {
+        Ok(report) => {
+            report.print(&printer);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(SyncError::Interrupted(e)) => {
+            printer.stderr(&format!("sqlrsync: {e:#}"));
+            Ok(super::interrupted_exit())
+        }
+        Err(e) => Err(e.into_anyhow()),
+    }
+}
+
+/// The prompt, when the plan says to ask.
+fn ask_for_key(p: &mut Plan) -> anyhow::Result<()> {
     if p.key.source == KeySource::Prompt {
         let ns = p
             .remote_path
@@ -275,7 +294,55 @@ pub async fn run(
             .unwrap_or("your namespace");
         p.key.value = Some(keys::prompt(ns)?);
     }
-    let hdrs = push_headers(s, &p)?;
+    Ok(())
+}
+
+/// `--subscribe`/`--watch`: pushes now and after every change (see
+/// [`crate::client::follow`]). Each push is planned afresh, so the keys the first
+/// one stored are used from then on, and an admin key given for the first
+/// push is not used to mint new keys on every later one.
+async fn follow(
+    s: &Settings,
+    first: Plan,
+    remote: Option<&RemoteRef>,
+    interrupt: watch::Receiver<bool>,
+) -> anyhow::Result<ExitCode> {
+    let local = first.local.clone();
+    let printer = s.printer;
+    let mut planned = Some(first);
+    // After the first push the stored key is the one to use (the plan of
+    // the first push holds its key already).
+    let mut later = s.clone();
+    later.keys.admin_key = None;
+    later.keys.env.admin_key = None;
+    later.keys.env.tty = false;
+    let once = || {
+        let p = planned.take();
+        let named = remote.cloned();
+        let (settings, stop) = (later.clone(), interrupt.clone());
+        let local = local.clone();
+        async move {
+            let p = match p {
+                Some(p) => p,
+                None => plan(&settings, &local, named.as_ref())?,
+            };
+            let report = push_once(&settings, &p, stop).await?;
+            report.print(&settings.printer);
+            Ok(())
+        }
+    };
+    crate::client::follow::follow(&local, s.watch, &printer, interrupt.clone(), once).await
+}
+
+/// One push of a planned database: connect, check the server's latest,
+/// stream, keep the keys and the record.
+pub async fn push_once(
+    s: &Settings,
+    p: &Plan,
+    interrupt: watch::Receiver<bool>,
+) -> Result<super::Report, SyncError> {
+    let printer = s.printer;
+    let hdrs = push_headers(s, p)?;
     let url = super::endpoint_url(&p.server, "push", &p.remote_path);
     printer.verbose(&format!(
         "PUSH {} to {url} with key {} from {}",
@@ -296,34 +363,24 @@ pub async fn run(
     let started = Instant::now();
     let record = matched::load(&p.remote_path, &p.local);
     let fingerprint = unchanged::fingerprint(&p.local);
-    let local_hash = hash_if_useful(&p, record.as_ref(), fingerprint.as_deref());
+    let local_hash = hash_if_useful(p, record.as_ref(), fingerprint.as_deref());
     let mut stop = interrupt.clone();
     let mut conn = tokio::select! {
-        c = super::connect(&url, &hdrs, s.idle_timeout) => c.map_err(|e| stored_key_refused(&p, e))?,
+        c = super::connect(&url, &hdrs, s.idle_timeout) => c.map_err(|e| stored_key_refused(p, e))?,
         _ = super::wait_true(&mut stop) => {
-            printer.stderr("sqlrsync: interrupted; nothing was sent");
-            return Ok(super::interrupted_exit());
+            return Err(SyncError::Interrupted(anyhow::anyhow!("interrupted; nothing was sent")));
         }
     };
     if let Some((PushCheck::Unchanged, latest, wire_bytes)) =
-        before_stream(s, &p, &mut conn, record, local_hash).await?
+        before_stream(s, p, &mut conn, record, local_hash).await?
     {
-        unchanged_report(&p, latest, wire_bytes, started, &printer);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(unchanged_report(p, latest, wire_bytes, started, &printer));
     }
-
-    let (outcome, stats) = link_push(s, &p, conn, interrupt).await?;
-    let interrupted = outcome.interrupted;
-    if let Err(e) = super::verdict(&outcome, true) {
-        if interrupted {
-            printer.stderr(&format!("sqlrsync: {e}"));
-            return Ok(super::interrupted_exit());
-        }
-        return Err(e.into());
-    }
-    let report = finish(s, &p, &outcome, &stats, started)?;
-    report.print(&printer);
-    Ok(ExitCode::SUCCESS)
+    let (outcome, stats) = link_push(s, p, conn, interrupt)
+        .await
+        .map_err(|e| SyncError::Other(e.into()))?;
+    super::verdict(&outcome, true)?;
+    Ok(finish(s, p, &outcome, &stats, started)?)
 }
 
 /// Asks our server for its latest before the stream (SERVER.md
@@ -337,7 +394,7 @@ async fn before_stream(
     conn: &mut super::Connected,
     record: Option<Matched>,
     local_hash: Option<tokio::task::JoinHandle<anyhow::Result<String>>>,
-) -> anyhow::Result<Option<(PushCheck, crate::wire::ServerConfig, u64)>> {
+) -> Result<Option<(PushCheck, crate::wire::ServerConfig, u64)>, SyncError> {
     if !conn.stream_digest || p.remote_path.is_empty() {
         return Ok(None);
     }
@@ -379,7 +436,7 @@ async fn before_stream(
     match verdict {
         PushCheck::Conflict(why) => {
             unchanged::close(&mut conn.ws, "conflict").await;
-            Err(SyncError::Conflict(anyhow::anyhow!("{why}")).into_anyhow())
+            Err(SyncError::Conflict(anyhow::anyhow!("{why}")))
         }
         PushCheck::Unchanged if !p.key_request => {
             unchanged::close(&mut conn.ws, "unchanged").await;
@@ -422,7 +479,7 @@ fn unchanged_report(
     wire_bytes: u64,
     started: Instant,
     printer: &Printer,
-) {
+) -> super::Report {
     let version = config.committed_version_id.clone();
     printer.note(&format!(
         "no changes: version {} on the server already holds this database; nothing sent",
@@ -437,7 +494,7 @@ fn unchanged_report(
     report.version = version;
     report.wire_received = wire_bytes;
     report.unchanged = true;
-    report.print(printer);
+    report
 }
 
 /// Hashes the local database while we connect when it very probably did
@@ -457,8 +514,9 @@ fn hash_if_useful(
     })
 }
 
-/// A refused stored key says so, and how to replace it.
-fn stored_key_refused(p: &Plan, e: super::ConnectError) -> anyhow::Error {
+/// A refused stored key says so, and how to replace it (and is no
+/// failure a retry fixes).
+fn stored_key_refused(p: &Plan, e: super::ConnectError) -> SyncError {
     let refused = matches!(
         e,
         super::ConnectError::Http {
@@ -467,14 +525,14 @@ fn stored_key_refused(p: &Plan, e: super::ConnectError) -> anyhow::Error {
         }
     );
     match &p.key.source {
-        KeySource::Secrets(file) if refused => anyhow::anyhow!(
+        KeySource::Secrets(file) if refused => SyncError::Aborted(anyhow::anyhow!(
             "{e}: that was the Replica Push key stored for {} in {} (revoked or replaced?); push \
              once with --adminKey KEY (the push key the server then issues replaces the stored \
              one) or --pushKey KEY (kept in its place when it works)",
             p.remote_path,
             file.display()
-        ),
-        _ => anyhow::Error::new(e),
+        )),
+        _ => SyncError::Connect(e),
     }
 }
 

@@ -36,8 +36,11 @@ pub struct Settings {
     pub server: ServerSettings,
     /// `--idle-timeout`, `SQLRSYNC_IDLE_TIMEOUT`, `SQLRSYNC_TIMEOUT`, default.
     pub idle_timeout: Duration,
-    /// `--subscribe`.
+    /// `--subscribe` (`--watch`).
     pub subscribe: bool,
+    /// How a push or LOCAL sync follows its origin (`--waitIdle`,
+    /// `--minInterval`, `--maxInterval`).
+    pub watch: crate::client::follow::Policy,
     /// `--force`: run a sync the client would refuse as overwriting what
     /// someone meant to keep (see `client::guard`).
     pub force: bool,
