@@ -212,7 +212,11 @@ impl Drop for Watch {
     }
 }
 
-/// Live (not zombie) children of `pid`: a watch's helper while it syncs.
+/// The hidden argument of the watch's data_version probe, a child that
+/// lives as long as the watch (src/client/follow/changes.rs).
+const PROBE_ARG: &str = "--internal-data-version-probe";
+
+/// Live (not zombie) children of `pid`, the probe among them.
 fn children_of(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -236,6 +240,21 @@ fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     found
+}
+
+/// Whether a process runs with `arg` on its command line.
+fn has_arg(pid: u32, arg: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == arg.as_bytes()))
+}
+
+/// The watch's helpers: its children other than the probe, so a sync
+/// under way.
+fn helpers_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|c| !has_arg(*c, PROBE_ARG))
+        .collect()
 }
 
 /// The process exists and is not a zombie.
@@ -263,9 +282,17 @@ fn counter_of(c: &Connection) -> i64 {
 
 /// Commits `n` ledger transactions at once; returns the last counter.
 fn commit_n(path: &Path, n: i64) -> i64 {
+    commit_spaced(path, n, Duration::ZERO)
+}
+
+/// Commits `n` ledger transactions `gap` apart; returns the last counter.
+fn commit_spaced(path: &Path, n: i64, gap: Duration) -> i64 {
     let mut c = writer_conn(path);
     let last = counter_of(&c);
     for k in 1..=n {
+        if k > 1 {
+            thread::sleep(gap);
+        }
         ledger_commit(&mut c, last + k).unwrap();
     }
     last + n
@@ -343,6 +370,16 @@ fn wait_server_has(f: &Fixture, origin: &Path, w: &mut Watch) {
     });
 }
 
+/// Waits until the watch's --json lines report the server's latest
+/// version (the server commits before the client hears and prints it).
+#[track_caller]
+fn wait_reported(f: &Fixture, w: &mut Watch) {
+    let latest = f.meta(REMOTE).latest;
+    w.wait_for(&format!("a --json line for version {latest}"), LIMIT, |w| {
+        new_versions(&w.json()).last() == Some(&latest)
+    });
+}
+
 /// Pulls every stored version: each is whole (integrity, the ledger
 /// invariant; the client checks its versionHash) and holds more commits
 /// than the one before. Returns their counters, version 1 first.
@@ -394,17 +431,29 @@ fn new_versions(lines: &[serde_json::Value]) -> Vec<u64> {
     out
 }
 
-/// Waits (briefly, polling fast) for a child of the watch: a helper, so a
-/// sync under way. Returns the ones seen (none if the syncs were too
-/// quick to catch).
-fn catch_a_sync(w: &Watch) -> Vec<u32> {
+/// Waits (briefly, polling fast) for a helper of the watch, so a sync
+/// under way. Returns every child then (probe included, all of which must
+/// be gone once the watch is), and whether a helper was among them (the
+/// syncs may be too quick to catch).
+fn catch_a_sync(w: &Watch) -> (Vec<u32>, bool) {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
-        let found = children_of(w.pid());
-        if !found.is_empty() || Instant::now() > end {
-            return found;
+        let syncing = !helpers_of(w.pid()).is_empty();
+        if syncing || Instant::now() > end {
+            return (children_of(w.pid()), syncing);
         }
         thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until every one of `pids` has exited.
+fn wait_gone(pids: &[u32]) {
+    for &p in pids {
+        wait_until(
+            &format!("the watch's child {p} to exit"),
+            Duration::from_secs(30),
+            || !alive(p),
+        );
     }
 }
 
@@ -423,6 +472,7 @@ fn every_commit_reaches_the_server_in_whole_versions() {
     w.wait_for("10 bursts", LIMIT, |_| writer.bursts() >= 10);
     let last = writer.stop();
     wait_server_has(&f, &origin, &mut w);
+    wait_reported(&f, &mut w);
 
     let counters = pulled_counters(&f);
     assert!(
@@ -458,10 +508,13 @@ fn a_burst_of_commits_becomes_few_versions() {
     w.wait_json("the first sync", 1);
     let before = f.meta(REMOTE).versions;
 
+    // 20 commits 10 ms apart (about 200 ms): time for several pushes if
+    // each change were pushed at once.
     let t = Instant::now();
-    let last = commit_n(&origin, 20);
+    let last = commit_spaced(&origin, 20, Duration::from_millis(10));
     let burst = t.elapsed();
     wait_server_has(&f, &origin, &mut w);
+    wait_reported(&f, &mut w);
 
     let counters = pulled_counters(&f);
     let new = &counters[before as usize..];
@@ -507,6 +560,7 @@ fn min_interval_bounds_how_often_it_pushes() {
     writer.stop();
     wait_server_has(&f, &origin, &mut w);
     let elapsed = t0.elapsed().as_secs_f64();
+    wait_reported(&f, &mut w);
 
     let meta = f.meta(REMOTE);
     let new = meta.versions - 1;
@@ -538,11 +592,14 @@ fn max_interval_check_ins_store_nothing_when_idle() {
     let lines = w.wait_json("three check-ins", 4);
     for j in &lines {
         assert_eq!(j["version"], "1", "{j}");
-        assert_eq!(j["pagesSent"], 0, "{j}");
         at_of(j);
     }
+    // The first sync may find its fingerprint stale (the first push's
+    // connection closing changed the WAL files) and run a push the server
+    // finds unchanged; the check-ins after it send nothing.
     for j in &lines[1..] {
         assert_eq!(j["unchanged"], true, "a check-in sent something: {j}");
+        assert_eq!(j["pagesSent"], 0, "{j}");
     }
     let meta = f.meta(REMOTE);
     assert_eq!((meta.latest, meta.versions), (1, 1));
@@ -626,13 +683,15 @@ fn ctrl_c_during_a_push_leaves_everything_whole() {
     });
     // Ctrl-C while a helper runs, i.e. during a sync (or, if the syncs
     // are too quick to catch, between two).
-    let helpers = catch_a_sync(&w);
-    eprintln!("Ctrl-C with helpers {helpers:?} running");
+    let (children, syncing) = catch_a_sync(&w);
+    eprintln!("Ctrl-C with children {children:?}, during a sync: {syncing}");
+    assert!(
+        !children.is_empty(),
+        "no probe child: the test's view is off"
+    );
     let e = w.ctrl_c();
     let total = writer.stop();
-    for h in helpers {
-        wait_until("the helper to exit", Duration::from_secs(30), || !alive(h));
-    }
+    wait_gone(&children);
     // -q: nothing on stdout, at most the line saying what was stopped.
     assert!(e.out.is_empty(), "-q printed {:?}", e.out);
     assert!(e.err_lines().len() <= 1, "-q printed {:?}", e.err);
@@ -736,13 +795,11 @@ fn local_watch_keeps_the_replica_whole_and_in_step() {
     // Ctrl-C while a writer commits (during a sync if one is caught).
     let writer = Bursts::start(&origin, 3, Duration::from_millis(150));
     w.wait_json("a sync while the second writer runs", lines.len() + 1);
-    let helpers = catch_a_sync(&w);
-    eprintln!("Ctrl-C with helpers {helpers:?} running");
+    let (children, syncing) = catch_a_sync(&w);
+    eprintln!("Ctrl-C with children {children:?}, during a sync: {syncing}");
     w.ctrl_c();
     let total = writer.stop();
-    for h in helpers {
-        wait_until("the helper to exit", Duration::from_secs(30), || !alive(h));
-    }
+    wait_gone(&children);
     whole(&open_checked(&replica));
     assert_integrity(&origin);
     assert_eq!(ledger_counter(&origin), total);
