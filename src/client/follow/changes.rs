@@ -210,11 +210,10 @@ pub fn serve_probe(db: &Path) -> ExitCode {
 fn may_commit(kind: &notify::EventKind) -> bool {
     use notify::EventKind::{Access, Create, Modify, Remove};
     use notify::event::{AccessKind, AccessMode};
-    match kind {
-        Modify(_) | Create(_) | Remove(_) => true,
-        Access(AccessKind::Close(AccessMode::Write)) => true,
-        _ => false,
-    }
+    matches!(
+        kind,
+        Modify(_) | Create(_) | Remove(_) | Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Notifications for `db`, `db-wal` and `db-journal`, sent into `tx` (a
