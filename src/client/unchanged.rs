@@ -43,9 +43,13 @@ pub fn fingerprint(db: &Path) -> Option<String> {
     let header = crate::sqlite::header::decode(&head).ok()?;
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
+    // An empty WAL holds nothing: one that a reader just created (a
+    // watch's probe opening the database) is no change.
     let w = std::fs::metadata(PathBuf::from(wal))
+        .ok()
+        .filter(|w| w.len() > 0)
         .map(|w| format!("{}:{}.{}", w.len(), w.mtime(), w.mtime_nsec()))
-        .unwrap_or_else(|_| "-".into());
+        .unwrap_or_else(|| "-".into());
     Some(format!(
         "{}:{}:{}:{}.{}|{w}|{:08x}{:08x}",
         m.dev(),
