@@ -92,6 +92,13 @@ impl Changes {
         // notifies nobody): after a wake-up, look again a few times.
         let mut settle: &[u64] = &[];
         loop {
+            // A database replaced by another file (a restore, `mv`): the
+            // probe's connection still sees the old one.
+            if self.probe.replaced() {
+                self.probe = Probe::start(&self.probe.db)?;
+                self.observed = self.probe.ask().await?;
+                return Ok(Instant::now());
+            }
             let v = self.probe.ask().await?;
             if v != self.observed {
                 self.observed = v;
@@ -118,6 +125,8 @@ struct Probe {
     child: tokio::process::Child,
     ask: tokio::process::ChildStdin,
     answers: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// The file the probe opened (device, inode).
+    file: Option<(u64, u64)>,
     /// Questions are numbered and answers carry the number: a question
     /// whose wait was cancelled (a `select!` that chose another branch)
     /// leaves an answer behind that the next question skips.
@@ -143,7 +152,13 @@ impl Probe {
             ask,
             answers,
             asked: 0,
+            file: file_id(db),
         })
+    }
+
+    /// The database path now names another file than the one opened.
+    fn replaced(&self) -> bool {
+        file_id(&self.db).is_some_and(|now| Some(now) != self.file)
     }
 
     /// The current data_version.
@@ -170,6 +185,12 @@ impl Probe {
                 .map_err(|_| anyhow::anyhow!("{}: {answer}", lost()));
         }
     }
+}
+
+/// (device, inode) of the file at `p`.
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// The probe's side (`sqlrsync --internal-data-version-probe DB`): opens
