@@ -65,6 +65,15 @@ pub struct DataDirArg {
 pub struct ServeArgs {
     #[command(flatten)]
     pub data: DataDirArg,
+    /// Read these settings from a TOML file: each key a flag's long name
+    /// (`max-connections = 512`, `listen = ["127.0.0.1:8462"]`); flags and
+    /// their environment variables override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log lines as `text` (coloured only on a terminal) or `json` (one
+    /// object per line, for log collectors)
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// Address to listen on; may be given several times. `https://ADDR`
     /// serves TLS there (needs --tls-cert), `http://ADDR` plain; a bare ADDR
     /// is TLS when --tls-cert is given. [default: 127.0.0.1:8462]
@@ -262,14 +271,22 @@ pub enum KeysCmd {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = ServerCli::parse();
+    let argv = match super::config::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sqlrsync-server: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = ServerCli::parse_from(argv);
     // Everything the server writes (versions, packs, key hashes) is for
     // its own user only, whatever umask it was started with.
     // SAFETY: umask only sets the process's file-mode mask.
     unsafe {
         libc::umask(0o077);
     }
-    init_logging();
+    let json_logs = matches!(&cli.command, Command::Serve(a) if a.log_format == "json");
+    init_logging(json_logs);
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -279,16 +296,24 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Logs on stderr: coloured only on a terminal (a file or journald gets
+/// plain lines), or JSON lines on request.
+fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     let filter = std::env::var("SQLRSYNC_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".into());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        builder.with_ansi(colour).try_init()
+    };
 }
 
 fn dispatch(cli: ServerCli) -> Result<ExitCode> {

@@ -21,6 +21,7 @@
 pub mod admission;
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod conn;
 pub mod download;
 pub mod frames;
