@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::conn::DeadlineAcceptor;
 use super::limits::{Budget, Limits, Permit, Sizes};
 use super::store::Store;
-use super::{names, pull, push, subscribe, web};
+use super::{metrics, names, pull, push, subscribe, web};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -65,6 +65,8 @@ pub struct ServeConfig {
     /// Longest wait before checking a key from an address that sent wrong
     /// keys ([`super::throttle`]); zero: no wait.
     pub max_key_delay: Duration,
+    /// Who may read `/metrics` ([`super::metrics`]).
+    pub metrics: super::metrics::Access,
 }
 
 impl ServeConfig {
@@ -85,6 +87,7 @@ impl ServeConfig {
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(30),
             max_key_delay: Duration::from_secs(1),
+            metrics: super::metrics::Access::default(),
         }
     }
 
@@ -133,6 +136,8 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// Addresses that sent wrong keys.
     pub key_throttle: Arc<super::throttle::KeyThrottle>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 impl AppState {
@@ -229,6 +234,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sapi/push/{*path}", get(push::handler))
         .route("/sapi/pull/{*path}", get(pull::handler))
         .route("/sapi/subscribe/{*path}", get(subscribe::handler))
+        .route("/healthz", get(metrics::healthz))
+        .route("/metrics", get(metrics::handler))
         .route("/", get(web::home))
         .route("/{*path}", get(web::page_route))
         .with_state(state)
@@ -351,6 +358,7 @@ pub async fn run(
         shutdown: stop_rx,
         config: Arc::new(config.clone()),
         key_throttle: super::throttle::KeyThrottle::new(config.max_key_delay),
+        metrics: metrics::Metrics::new(&config.data_dir, config.metrics),
     };
     let tls = match &config.tls {
         Some((cert, key)) if listeners.iter().any(|l| l.tls) => Some(

@@ -141,6 +141,11 @@ pub struct ServeArgs {
     /// summary). A right key clears the address's record.
     #[arg(long, default_value_t = 1000, value_name = "MILLIS")]
     pub max_key_delay: u64,
+    /// Who may read /metrics (Prometheus text; it names namespaces):
+    /// `local` clients on a loopback address, `public` anyone, `off` no
+    /// one. /healthz is always served.
+    #[arg(long, value_enum, default_value_t = super::metrics::Access::Local, value_name = "WHO")]
+    pub metrics: super::metrics::Access,
 }
 
 /// One `--listen` value.
@@ -532,6 +537,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             idle_timeout: std::time::Duration::from_secs(a.idle_timeout),
             handshake_timeout: std::time::Duration::from_secs(a.handshake_timeout),
             max_key_delay: std::time::Duration::from_millis(a.max_key_delay),
+            metrics: a.metrics,
             ..ServeConfig::new(a.data.data_dir)
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

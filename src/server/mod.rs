@@ -14,6 +14,8 @@
 //! - [`keys`], [`names`]: key hashing and checks, path validation.
 //! - [`throttle`]: addresses that send wrong keys are slowed down, and
 //!   their refusals logged in summary.
+//! - [`metrics`]: `/healthz` and `/metrics` (Prometheus text), and the
+//!   small API the sessions report to.
 //! - [`frames`]: what a session does with each client frame, and the
 //!   stream limits; [`conn`]: the deadline for connections that never
 //!   send a request.
@@ -27,6 +29,7 @@ pub mod download;
 pub mod frames;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod names;
 pub mod pull;
 pub mod push;

@@ -21,6 +21,7 @@ use super::admission;
 use super::app::AppState;
 use super::frames::{Frame as FrameIn, PullAction, PullFrames};
 use super::keys::{self, KeyKind, KeyRecord, MintedOn, PendingKey};
+use super::metrics::Kind;
 use super::session::{
     Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper, split_file,
 };
@@ -65,7 +66,10 @@ pub async fn handler(
         .await;
     let (reader, version) = match admitted {
         Ok(x) => x,
-        Err(r) => return r.into_response(),
+        Err(r) => {
+            super::metrics::refused(&st, Kind::Pull, uri.path());
+            return r.into_response();
+        }
     };
     let ctx = PullContext {
         replica: reader.replica,
@@ -92,8 +96,12 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     let mut link = Session::open(socket, st.config.idle_timeout);
     let started = std::time::Instant::now();
+    let mut track = st
+        .metrics
+        .session_started(Kind::Pull, &ctx.replica.namespace);
     match run(&mut link, &st, &ctx).await {
         Ok(pages) => {
+            track.succeeded();
             tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
                 secs = started.elapsed().as_secs_f64(), "pull served");
             send_out(&link.out, Out::Close(CLOSE_NORMAL, "done".into())).await;
@@ -103,7 +111,8 @@ async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
             a.send(&link.out).await;
         }
     }
-    link.finish().await;
+    let (received, sent) = link.finish().await;
+    track.bytes(received, sent);
 }
 
 fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {

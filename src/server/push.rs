@@ -28,6 +28,7 @@ use super::admission;
 use super::app::AppState;
 use super::frames::{Frame as FrameIn, PushAction, PushFrames};
 use super::keys::{KeyKind, KeyRecord, MintedOn, PendingKey};
+use super::metrics::Kind;
 use super::session::{
     Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper, split_file,
 };
@@ -72,7 +73,10 @@ pub async fn handler(
             framing: st.config.framing_for(&headers_in),
             verified: wants_digest(&headers_in),
         },
-        Err(r) => return r.into_response(),
+        Err(r) => {
+            super::metrics::refused(&st, Kind::Push, uri.path());
+            return r.into_response();
+        }
     };
     let config = st.config.clone();
     let mut resp = super::session::bounded_upgrade(ws, st.config.max_frame)
@@ -98,8 +102,12 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
     let out = link.out.clone();
     let path = ctx.replica.path.clone();
     let started = std::time::Instant::now();
+    let mut track = st
+        .metrics
+        .session_started(Kind::Push, &ctx.replica.namespace);
     match run(&mut link, &st, &ctx).await {
         Ok(end) => {
+            track.succeeded();
             match &end {
                 PushEnd::Committed(cfg, row) => {
                     tracing::info!(path = %path, version = row.number, changed = row.changed_pages,
@@ -148,7 +156,8 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
         }
     }
     drop(out);
-    link.finish().await;
+    let (received, sent) = link.finish().await;
+    track.bytes(received, sent);
 }
 
 enum PushEnd {
@@ -458,6 +467,7 @@ impl Push<'_> {
         })?;
         let mut keys_issued = self.keys_issued;
         tracing::debug!("replica side finished; committing");
+        let commit_started = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
             // The keys sent on KEYREQUEST are stored with the version, in its
             // transaction: a push that fails leaves none behind.
@@ -491,6 +501,8 @@ impl Push<'_> {
                 format!("{e:#}"),
             )
         })?;
+        st.metrics
+            .push_committed(commit_started.elapsed().as_secs_f64());
         match outcome {
             CommitOutcome::Committed(row) => {
                 let mut cfg = config_for(ctx, row.number, false, &mut keys_issued);

@@ -76,11 +76,23 @@ pub struct Rx {
     /// The writer's queue, not kept open by us: it closes when the writer
     /// ends.
     writer: WeakSender<Out>,
+    /// The session's byte counts (`wire_in` is counted here).
+    stats: Arc<Stats>,
 }
 
 impl Rx {
     /// The client's next frame; an error once the writer is gone.
     pub async fn recv(&mut self) -> Option<Result<Frame, SocketError>> {
+        let f = self.next().await;
+        if let Some(Ok(n)) = f.as_ref().map(|r| r.as_ref().map(Frame::data_len))
+            && let Some(n) = n
+        {
+            Stats::add(&self.stats.wire_in, crate::link::frame_len(n, true));
+        }
+        f
+    }
+
+    async fn next(&mut self) -> Option<Result<Frame, SocketError>> {
         let Some(out) = self.writer.upgrade() else {
             return self.inner.recv().await;
         };
@@ -105,6 +117,8 @@ pub struct Session {
     /// When a frame last moved either way (the writer touches it too).
     pub activity: Activity,
     writer: Writer,
+    /// Websocket bytes each way (for [`super::metrics`]).
+    stats: Arc<Stats>,
 }
 
 impl Session {
@@ -120,27 +134,27 @@ impl Session {
             stall: Some(stall_limit(idle)),
             masked: false,
         };
-        let (out, writer) = spawn_writer(
-            sink,
-            cfg,
-            Arc::new(Stats::default()),
-            Some(activity.clone()),
-        );
+        let stats = Arc::new(Stats::default());
+        let (out, writer) = spawn_writer(sink, cfg, stats.clone(), Some(activity.clone()));
         Session {
             rx: Rx {
                 inner: rx,
                 writer: out.downgrade(),
+                stats: stats.clone(),
             },
             out,
             activity,
             writer,
+            stats,
         }
     }
 
     /// Ends the session: lets the writer send what is queued (a client
     /// that reads nothing would block it forever, holding the socket, so
-    /// it is then stopped), then completes the closing handshake.
-    pub async fn finish(self) {
+    /// it is then stopped), then completes the closing handshake. Returns
+    /// the websocket bytes received and sent, counted in frame headers and payloads.
+    pub async fn finish(self) -> (u64, u64) {
+        let bytes = self.stats.clone();
         let Session {
             mut rx,
             out,
@@ -152,6 +166,7 @@ impl Session {
             tracing::warn!("the client stopped reading; dropping its connection");
         }
         drain_until_closed(&mut rx.inner).await;
+        (Stats::get(&bytes.wire_in), Stats::get(&bytes.wire_out))
     }
 }
 

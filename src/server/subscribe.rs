@@ -19,6 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::admission::{Reader, admit_reader};
 use super::app::AppState;
 use super::limits::Budget;
+use super::metrics::Kind;
 use super::session::{CLOSE_NORMAL, CLOSE_POLICY, CLOSE_SERVICE_RESTART};
 use super::store::{ReplicaRow, ReplicaState};
 use crate::wire::SubscribeMessage;
@@ -64,6 +65,9 @@ pub async fn handler(
         .write_buffer_size(0)
         .max_write_buffer_size(SUBSCRIBER_WRITE_BUFFER_MAX)
         .on_upgrade(move |socket| async move {
+            let _track = st
+                .metrics
+                .session_started(Kind::Subscribe, &replica.namespace);
             session(socket, st, replica).await;
             drop(permit);
         })

@@ -16,6 +16,7 @@ use super::app::{AppState, internal, refuse};
 use super::conn::WriteStall;
 use super::download::CheckedVersion;
 use super::limits::{Budget, Permit};
+use super::metrics::{Kind, SessionGuard};
 use super::names;
 use super::store::ReplicaRow;
 use crate::ui::human_bytes;
@@ -252,11 +253,16 @@ struct Transfer {
     version: CheckedVersion,
     /// Its slot of the download budget.
     _permit: Permit,
+    /// It, for `/metrics`: whole, or cut short.
+    track: SessionGuard,
 }
 
 impl Drop for Transfer {
     fn drop(&mut self) {
-        if !self.version.finished() {
+        if self.version.finished() {
+            self.track.succeeded();
+            self.track.bytes(0, self.version.row().size());
+        } else {
             tracing::info!(path = %self.version.path(), version = self.version.row().number,
                 "download ended before the end of the file");
         }
@@ -304,6 +310,7 @@ async fn download(st: &AppState, r: ReplicaRow, v: VersionRef, conn: Conn) -> Re
     let transfer = Transfer {
         version,
         _permit: permit,
+        track: st.metrics.session_started(Kind::Download, &r.namespace),
     };
     let stream = futures_util::stream::unfold(
         (first.map(bytes::Bytes::from), Some(transfer)),

@@ -37,6 +37,7 @@ mod server_disk_full;
 mod server_hostile;
 mod server_keys;
 mod server_limits;
+mod server_metrics;
 mod server_push_pull;
 mod server_sessions;
 mod server_store_safety;

@@ -84,6 +84,19 @@ pub struct NamespaceRow {
     pub replicas: u64,
 }
 
+/// What the store holds, counted for `/metrics` ([`crate::server::metrics`]).
+#[derive(Debug, Clone, Default)]
+pub struct StoreTotals {
+    /// Replicas (with or without a version yet).
+    pub replicas: u64,
+    /// Versions of all replicas.
+    pub versions: u64,
+    /// Pages of the replicas' latest versions (their files).
+    pub latest_pages: u64,
+    /// Pages held in the page store (older versions' pages, each once).
+    pub pack_pages: u64,
+}
+
 /// A key to record: only its hash is ever stored.
 #[derive(Debug, Clone)]
 pub struct NewKey {
@@ -259,6 +272,8 @@ pub trait MetaBackend: Send {
     fn create_namespace(&mut self, name: &str, admin: &NewKey) -> Result<bool>;
     /// Every namespace with its replica count, ordered by name.
     fn namespaces(&self) -> Result<Vec<NamespaceRow>>;
+    /// What the store holds, counted.
+    fn totals(&self) -> Result<StoreTotals>;
 
     /// Records keys, all or none.
     fn add_keys(&mut self, keys: &[NewKey]) -> Result<()>;
@@ -438,6 +453,11 @@ impl Meta {
     /// See [`MetaBackend::commits_in_flight`].
     pub fn commits_in_flight(&self) -> Result<Vec<InFlight>> {
         self.read(|b| b.commits_in_flight())
+    }
+
+    /// See [`MetaBackend::totals`].
+    pub fn totals(&self) -> Result<StoreTotals> {
+        self.read(|b| b.totals())
     }
 
     /// True when namespace `name` exists.

@@ -11,8 +11,8 @@ use anyhow::{Context, Result, ensure};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow, StoredKey,
-    VersionRow, now,
+    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow,
+    StoreTotals, StoredKey, VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
@@ -574,6 +574,27 @@ fn create_namespace(c: &mut Connection, name: &str, admin: &NewKey) -> Result<bo
     Ok(true)
 }
 
+/// One read of the counts `/metrics` shows; the latest pages are each
+/// replica's latest version row, found by primary key.
+fn totals(c: &Connection) -> Result<StoreTotals> {
+    let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+    Ok(c.query_row(
+        "SELECT (SELECT count(*) FROM replicas), (SELECT count(*) FROM versions), \
+         (SELECT coalesce(sum(v.page_count), 0) FROM replicas r \
+            JOIN versions v ON v.replica = r.id AND v.number = r.latest), \
+         (SELECT count(*) FROM blobs)",
+        [],
+        |r| {
+            Ok(StoreTotals {
+                replicas: n(r, 0)?,
+                versions: n(r, 1)?,
+                latest_pages: n(r, 2)?,
+                pack_pages: n(r, 3)?,
+            })
+        },
+    )?)
+}
+
 fn namespaces(c: &Connection) -> Result<Vec<NamespaceRow>> {
     let mut st = c.prepare(
         "SELECT n.name, n.created, (SELECT count(*) FROM replicas r WHERE r.namespace=n.name) FROM namespaces n ORDER BY n.name",
@@ -731,6 +752,9 @@ impl MetaBackend for SqliteMeta {
     }
     fn namespaces(&self) -> Result<Vec<NamespaceRow>> {
         namespaces(&self.c)
+    }
+    fn totals(&self) -> Result<StoreTotals> {
+        totals(&self.c)
     }
     fn add_keys(&mut self, keys: &[NewKey]) -> Result<()> {
         let tx = self.c.transaction()?;
