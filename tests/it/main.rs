@@ -32,6 +32,7 @@ mod remote_unchanged;
 mod remote_verify;
 mod server_abuse;
 mod server_cli_e2e;
+mod server_config;
 mod server_damage;
 mod server_disk_full;
 mod server_hostile;
