@@ -197,6 +197,24 @@ fn namespace_page(st: &AppState, ns: &str) -> Response {
     page(ns, &body)
 }
 
+/// The websocket scheme a client of this page must use: what a TLS reverse
+/// proxy in front says (`X-Forwarded-Proto`), else whether we serve TLS.
+/// Trusting the header is harmless: it only changes the text of the page
+/// sent to whoever sent it.
+fn ws_scheme(st: &AppState, h: &HeaderMap) -> &'static str {
+    let forwarded = h
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match forwarded.as_deref() {
+        Some("https" | "wss") => "wss",
+        Some("http" | "ws") => "ws",
+        _ if st.config.tls.is_some() => "wss",
+        _ => "ws",
+    }
+}
+
 fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
     let versions = match st.store.meta().versions(r) {
         Ok(v) => v,
@@ -210,7 +228,7 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
         })
         .unwrap_or("localhost");
-    let scheme = if st.config.tls.is_some() { "wss" } else { "ws" };
+    let scheme = ws_scheme(st, h);
     let name = r.path.rsplit('/').next().unwrap_or("replica.db");
     let mut body = format!(
         "<p>Visibility: <strong>{vis}</strong>. Pull the latest version with:</p>\n\

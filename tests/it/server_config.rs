@@ -124,3 +124,28 @@ fn logs_are_plain_off_a_terminal_and_json_on_request() {
         "{log}"
     );
 }
+
+#[test]
+fn pages_behind_a_tls_proxy_show_wss_pull_commands() {
+    use crate::support::driver::{http_get, http_get_with};
+    let env = TestEnv::new();
+    let server = TestServer::start(&env, &env.path("data"));
+    let admin = server.create_namespace(&env, "team");
+    let db = env.path("a.db");
+    make_db(&db, DbSpec::default());
+    assert_ok(&run(env
+        .sqlrsync()
+        .arg(&db)
+        .arg("team/a.db")
+        .args(["--public", "--server", &server.ws_url()])
+        .env("SQLRSYNC_ADMIN_KEY", &admin)));
+    let page = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let (status, _, body) = http_get(&server.addr, "/team/a.db");
+    assert_eq!(status, 200);
+    assert!(page(body).contains("--server ws://"));
+    let (status, _, body) =
+        http_get_with(&server.addr, "/team/a.db", "X-Forwarded-Proto: https\r\n");
+    assert_eq!(status, 200);
+    let body = page(body);
+    assert!(body.contains("--server wss://"), "{body}");
+}

@@ -346,12 +346,17 @@ pub async fn raw(
 
 /// A plain HTTP GET on loopback: (status, headers text, body bytes).
 pub fn http_get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
+    http_get_with(addr, path, "")
+}
+
+/// The same with more request header lines (each ending in `\r\n`).
+pub fn http_get_with(addr: &str, path: &str, headers: &str) -> (u16, String, Vec<u8>) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut all = Vec::new();
