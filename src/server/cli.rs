@@ -259,6 +259,23 @@ pub enum KeysCmd {
         /// A note to tell the key apart in `keys list` (who has it, what for).
         #[arg(long, value_name = "TEXT")]
         label: Option<String>,
+        /// The key stops working after this long (4h, 30m, 7d), as
+        /// sqlrsync.com's admin keys do
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires: Option<std::time::Duration>,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Replace a key: a new one of the same kind, replica and label is
+    /// printed, and the old one stops working after the grace period.
+    Rotate {
+        /// The namespace.
+        namespace: String,
+        /// Key id or key.
+        key: String,
+        /// How long the old key keeps working (0 for at once)
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        grace: std::time::Duration,
         #[command(flatten)]
         data: DataDirArg,
     },
@@ -272,6 +289,11 @@ pub enum KeysCmd {
         #[command(flatten)]
         data: DataDirArg,
     },
+}
+
+/// `4h`, `30m`, `7d`, `0`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::client::follow::parse_duration(s)
 }
 
 /// Entry point of the binary.
@@ -332,8 +354,15 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             kind,
             replica,
             label,
+            expires,
             data,
-        }) => keys_create(&namespace, &kind, replica, label.as_deref(), &data),
+        }) => keys_create(&namespace, &kind, replica, label.as_deref(), expires, &data),
+        Command::Keys(KeysCmd::Rotate {
+            namespace,
+            key,
+            grace,
+            data,
+        }) => keys_rotate(&namespace, &key, grace, &data),
         Command::Keys(KeysCmd::Revoke {
             namespace,
             key,
@@ -412,8 +441,11 @@ fn keys_list(namespace: &str, data: &DataDirArg) -> Result<ExitCode> {
             k.last_used.as_deref().unwrap_or("never"),
             minted,
             k.label.as_deref().unwrap_or("-"),
-            k.revoked
-                .map_or("active".to_string(), |t| format!("revoked {t}"))
+            match &k.revoked {
+                None => "active".to_string(),
+                Some(t) if keys::revoked_by_now(&k.revoked) => format!("revoked {t}"),
+                Some(t) => format!("expires {t}"),
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -424,6 +456,7 @@ fn keys_create(
     kind: &str,
     replica: Option<String>,
     label: Option<&str>,
+    expires: Option<std::time::Duration>,
     data: &DataDirArg,
 ) -> Result<ExitCode> {
     let kind = KeyKind::parse(kind).with_context(|| {
@@ -448,8 +481,39 @@ fn keys_create(
         (_, None) => None,
     };
     let key = keys::create(&meta, kind, namespace, replica_id, label)?;
+    if let Some(after) = expires {
+        let id = keys::id_of(&meta, &key)?.context("the new key is gone")?;
+        let at = keys::expire(&meta, namespace, id, after)?;
+        eprintln!("key {id} expires {at}");
+    }
     println!("new {} key for {namespace} (shown once):", kind.as_str());
     println!("{key}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `keys rotate`: a new key like the old, and the old one's end.
+fn keys_rotate(
+    namespace: &str,
+    key: &str,
+    grace: std::time::Duration,
+    data: &DataDirArg,
+) -> Result<ExitCode> {
+    let meta = Store::open_meta(&data.data_dir)?;
+    ensure_namespace(&meta, namespace)?;
+    let id = match key.parse::<i64>() {
+        Ok(id) => id,
+        Err(_) => keys::id_of(&meta, key)?.context("no such key")?,
+    };
+    let (old, _) = keys::list(&meta, namespace)?
+        .into_iter()
+        .find(|(k, _)| k.id == id && !keys::revoked_by_now(&k.revoked))
+        .with_context(|| format!("no active key {id} in namespace {namespace}"))?;
+    let kind = old.kind;
+    let fresh = keys::create(&meta, kind, namespace, old.replica, old.label.as_deref())?;
+    let at = keys::expire(&meta, namespace, id, grace)?;
+    println!("new {} key for {namespace} (shown once):", kind.as_str());
+    println!("{fresh}");
+    eprintln!("key {id} stops working at {at}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -250,6 +250,13 @@ pub fn note_use(meta: &Meta, key: &KeyRecord) -> Result<()> {
     meta.touch_key(key.id, &crate::server::store::meta::now())
 }
 
+/// A revocation time that has come (a later one is an expiry still ahead).
+pub fn revoked_by_now(revoked: &Option<String>) -> bool {
+    revoked
+        .as_deref()
+        .is_some_and(|t| t <= crate::server::store::meta::now().as_str())
+}
+
 /// Looks a presented key up; None for unknown, malformed or revoked keys.
 pub fn lookup(meta: &Meta, presented: &str) -> Result<Option<KeyRecord>> {
     if !wire::is_key_shaped(presented) {
@@ -261,7 +268,7 @@ pub fn lookup(meta: &Meta, presented: &str) -> Result<Option<KeyRecord>> {
     };
     // The index lookup already matched; compare again in constant time so
     // that no code path decides on a byte-by-byte comparison of secrets.
-    if !bool::from(stored.as_slice().ct_eq(&wanted[..])) || key.revoked.is_some() {
+    if !bool::from(stored.as_slice().ct_eq(&wanted[..])) || revoked_by_now(&key.revoked) {
         return Ok(None);
     }
     let Some(kind) = KeyKind::parse(&key.kind) else {
@@ -324,6 +331,19 @@ pub fn revoke(meta: &Meta, namespace: &str, id: i64) -> Result<usize> {
         0 => bail!("no active key {id} in namespace {namespace}"),
         n => Ok(n),
     }
+}
+
+/// Makes key `id` stop working after `after` (`keys create --expires`, the
+/// grace of `keys rotate`).
+pub fn expire(meta: &Meta, namespace: &str, id: i64, after: std::time::Duration) -> Result<String> {
+    let at = chrono::Utc::now()
+        + chrono::Duration::from_std(after)
+            .map_err(|_| anyhow::anyhow!("the duration is too long"))?;
+    let at = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if !meta.expire_key(namespace, id, &at)? {
+        bail!("no active key {id} in namespace {namespace}");
+    }
+    Ok(at)
 }
 
 /// Finds the id of a key given in clear (for `keys revoke KEY`).

@@ -755,3 +755,74 @@ fn push_refusals_do_not_tell_a_private_replica_from_an_absent_one() {
     let (b1, b2) = (String::from_utf8_lossy(&b1), String::from_utf8_lossy(&b2));
     assert_eq!(b1.replace("acme", "NS"), b2.replace("nosuch", "NS"));
 }
+
+/// `keys create --expires` and `keys rotate` (issue 15, item 7): an
+/// expiring key works until its time and is refused after it, like a
+/// revoked one; a rotated key gives way to its successor after the grace.
+#[test]
+fn expiring_and_rotated_keys() {
+    let r = crate::support::Fixture::start();
+    let keys = |args: &[&str]| {
+        run(r
+            .env
+            .command(SERVER)
+            .arg("keys")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&r.data))
+    };
+    let last_line = |o: &std::process::Output| stdout(o).lines().last().unwrap().trim().to_string();
+    let db = r.make("a.db", 50);
+    let push_with = |key: &str| {
+        run(r.env.sqlrsync().arg(&db).args([
+            "team/a.db",
+            "--force",
+            "--server",
+            &r.ws_url(),
+            "--adminKey",
+            key,
+        ]))
+    };
+
+    // Expiring: works now, is listed as expiring, and is refused later.
+    let o = keys(&["create", "team", "--kind", "admin", "--expires", "2s"]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("expires"), "{}", stderr(&o));
+    let short = last_line(&o);
+    assert_ok(&push_with(&short));
+    assert!(stdout(&keys(&["list", "team"])).contains("expires "));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let o = push_with(&short);
+        if !o.status.success() {
+            assert_one_line_error(&o, "HTTP 401");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired key still works"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(stdout(&keys(&["list", "team"])).contains("revoked "));
+
+    // Rotated with a grace: both work; with none: only the new one.
+    let o = keys(&["create", "team", "--kind", "admin", "--label", "ci"]);
+    let old = last_line(&o);
+    let o = keys(&["rotate", "team", &old, "--grace", "1h"]);
+    assert_ok(&o);
+    let new = last_line(&o);
+    assert_ne!(new, old);
+    assert_ok(&push_with(&old));
+    assert_ok(&push_with(&new));
+    let listed = stdout(&keys(&["list", "team"]));
+    assert!(listed.matches("\tci\t").count() >= 2, "{listed}");
+    let o = keys(&["rotate", "team", &new, "--grace", "0"]);
+    assert_ok(&o);
+    let newest = last_line(&o);
+    assert_one_line_error(&push_with(&new), "HTTP 401");
+    assert_ok(&push_with(&newest));
+    // A revoked key cannot be rotated back to life.
+    let o = keys(&["rotate", "team", &new]);
+    assert!(!o.status.success());
+}

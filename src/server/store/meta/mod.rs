@@ -296,6 +296,10 @@ pub trait MetaBackend: Send {
     /// from it, transitively, in one transaction; how many it revoked (0:
     /// no active key `id` there).
     fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<usize>;
+    /// Schedules the revocation of active key `id` at `at` (RFC 3339, as
+    /// [`now`] writes it; never later than one already scheduled): an
+    /// expiring key. False when there is no such active key.
+    fn expire_key(&mut self, namespace: &str, id: i64, at: &str) -> Result<bool>;
 }
 
 /// The facade over the metadata backend: typed calls, one at a time.
@@ -513,6 +517,11 @@ impl Meta {
     /// See [`MetaBackend::revoke_key`].
     pub fn revoke_key(&self, namespace: &str, id: i64) -> Result<usize> {
         self.write(|b| b.revoke_key(namespace, id))
+    }
+
+    /// See [`MetaBackend::expire_key`].
+    pub fn expire_key(&self, namespace: &str, id: i64, at: &str) -> Result<bool> {
+        self.write(|b| b.expire_key(namespace, id, at))
     }
 }
 

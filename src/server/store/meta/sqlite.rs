@@ -515,7 +515,7 @@ fn replace_minted_key(c: &mut Connection, k: &NewKey) -> Result<()> {
     let tx = c.transaction()?;
     if k.minted_by.is_some() {
         tx.execute(
-            "UPDATE keys SET revoked=?1 WHERE revoked IS NULL AND last_used IS NULL
+            "UPDATE keys SET revoked=?1 WHERE (revoked IS NULL OR revoked > ?1) AND last_used IS NULL
                AND kind=?2 AND replica IS ?3
                AND minted_by=?4 AND minted_on IS ?5 AND minted_for IS ?6",
             params![
@@ -538,7 +538,7 @@ fn replace_minted_key(c: &mut Connection, k: &NewKey) -> Result<()> {
 /// not minted).
 fn supersede_minted(c: &Connection, id: i64) -> Result<usize> {
     Ok(c.execute(
-        "UPDATE keys SET revoked=?2 WHERE revoked IS NULL AND id < ?1 AND id IN (
+        "UPDATE keys SET revoked=?2 WHERE (revoked IS NULL OR revoked > ?2) AND id < ?1 AND id IN (
            SELECT o.id FROM keys o JOIN keys n ON n.id = ?1
             WHERE n.minted_by IS NOT NULL AND o.minted_by = n.minted_by
               AND o.kind = n.kind AND o.replica IS n.replica
@@ -655,8 +655,8 @@ fn revoke_key(c: &mut Connection, namespace: &str, id: i64) -> Result<usize> {
     let tx = write_transaction(c)?;
     let active = tx
         .query_row(
-            "SELECT 1 FROM keys WHERE id=?1 AND namespace=?2 AND revoked IS NULL",
-            params![id, namespace],
+            "SELECT 1 FROM keys WHERE id=?1 AND namespace=?2 AND (revoked IS NULL OR revoked > ?3)",
+            params![id, namespace, now()],
             |_| Ok(()),
         )
         .optional()?
@@ -669,11 +669,22 @@ fn revoke_key(c: &mut Connection, namespace: &str, id: i64) -> Result<usize> {
            SELECT ?1
            UNION SELECT k.id FROM keys k JOIN tree t ON k.minted_by = t.id
          )
-         UPDATE keys SET revoked=?2 WHERE revoked IS NULL AND id IN (SELECT id FROM tree)",
+         UPDATE keys SET revoked=?2 WHERE (revoked IS NULL OR revoked > ?2) AND id IN (SELECT id FROM tree)",
         params![id, now()],
     )?;
     tx.commit()?;
     Ok(n)
+}
+
+/// Makes active key `id` stop working at `at` (a revocation in the
+/// future; never later than one already set); false when there is no
+/// such active key.
+fn expire_key(c: &Connection, namespace: &str, id: i64, at: &str) -> Result<bool> {
+    Ok(c.execute(
+        "UPDATE keys SET revoked=?3 WHERE id=?1 AND namespace=?2
+           AND (revoked IS NULL OR (revoked > ?3 AND revoked > ?4))",
+        params![id, namespace, at, now()],
+    )? > 0)
 }
 
 impl MetaBackend for SqliteMeta {
@@ -776,6 +787,9 @@ impl MetaBackend for SqliteMeta {
     }
     fn keys_of(&self, namespace: &str) -> Result<Vec<(StoredKey, Option<String>)>> {
         keys_of(&self.c, namespace)
+    }
+    fn expire_key(&mut self, namespace: &str, id: i64, at: &str) -> Result<bool> {
+        expire_key(&self.c, namespace, id, at)
     }
     fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<usize> {
         revoke_key(&mut self.c, namespace, id)
