@@ -44,6 +44,17 @@ pub enum Command {
     /// List, create and revoke keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Replicas of a namespace: path, visibility, latest version, created.
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
+    /// The versions of a replica: number, time, size, pages changed,
+    /// versionHash, message (one line each, newest first).
+    Versions {
+        /// NS/PATH of the replica.
+        path: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
     /// Re-read the whole store: every stored page against its checksum and
     /// every version against its versionHash. Exits non-zero on any damage.
     Verify(DataDirArg),
@@ -238,6 +249,17 @@ pub enum NamespaceCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ReplicaCmd {
+    /// The replicas of a namespace (tab-separated).
+    List {
+        /// The namespace.
+        namespace: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysCmd {
     /// List the keys of a namespace (ids and kinds; keys themselves are never stored).
     List {
@@ -368,6 +390,8 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             key,
             data,
         }) => keys_revoke(&namespace, &key, &data),
+        Command::Replica(ReplicaCmd::List { namespace, data }) => replica_list(&namespace, &data),
+        Command::Versions { path, data } => versions_list(&path, &data),
         Command::Verify(d) => verify(&d),
         Command::Repair(d) => repair(&d),
     }
@@ -418,6 +442,38 @@ fn namespace_list(data: &DataDirArg) -> Result<ExitCode> {
     let meta = Store::open_meta(&data.data_dir)?;
     for n in meta.namespaces()? {
         println!("{}\t{} replicas\tcreated {}", n.name, n.replicas, n.created);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replica_list(namespace: &str, data: &DataDirArg) -> Result<ExitCode> {
+    let meta = Store::open_meta(&data.data_dir)?;
+    ensure_namespace(&meta, namespace)?;
+    println!("PATH\tVISIBILITY\tLATEST\tCREATED");
+    for r in meta.replicas_of(namespace)? {
+        println!("{}\t{}\t{}\t{}", r.path, r.visibility, r.latest, r.created);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn versions_list(path: &str, data: &DataDirArg) -> Result<ExitCode> {
+    let meta = Store::open_meta(&data.data_dir)?;
+    let r = meta
+        .replica(path)?
+        .with_context(|| format!("no replica {path}"))?;
+    println!("VERSION\tCREATED\tBYTES\tPAGES CHANGED\tVERSIONHASH\tMESSAGE");
+    for v in meta.versions(&r)? {
+        // A message may hold anything a client sent: one visible line.
+        let message = crate::wire::one_line(&v.message).replace('\t', " ");
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            v.number,
+            v.created,
+            v.size(),
+            v.changed_pages,
+            v.version_hash,
+            if message.is_empty() { "-" } else { &message }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -95,3 +95,55 @@ fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
     }
     (status, body)
 }
+
+/// `replica list NS` and `versions NS/PATH`: what an operator sees of a
+/// namespace and a replica's history, one tab-separated line each, and a
+/// hostile commit message shown as one visible line.
+#[test]
+fn replica_list_and_versions() {
+    let r = crate::support::Fixture::start();
+    let db = r.make("a.db", 100);
+    r.first_push("a.db", "team/a.db");
+    crate::support::change_rows(&db, 0.2);
+    let o = crate::support::run(
+        r.cmd(&["a.db", "-m", "two\nlines\t\u{1b}[2J"])
+            .env("SQLRSYNC_ADMIN_KEY", &r.admin),
+    );
+    crate::support::assert_ok(&o);
+    let admin = |args: &[&str]| {
+        crate::support::run(
+            r.env
+                .command(crate::support::SERVER)
+                .args(args)
+                .arg("--data-dir")
+                .arg(&r.data),
+        )
+    };
+    let o = admin(&["replica", "list", "team"]);
+    crate::support::assert_ok(&o);
+    let out = crate::support::stdout(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("team/a.db\tprivate\t2\t")),
+        "{out}"
+    );
+    let o = admin(&["versions", "team/a.db"]);
+    crate::support::assert_ok(&o);
+    let out = crate::support::stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    // Newest first.
+    assert!(
+        lines[2].starts_with("1\t") && lines[2].ends_with("\tfirst"),
+        "{out}"
+    );
+    let second: Vec<&str> = lines[1].split('\t').collect();
+    assert_eq!(second[0], "2", "{out}");
+    assert_eq!(second.len(), 6, "{out}");
+    assert_eq!(second[4].len(), 64, "versionHash: {out}");
+    assert!(!out.contains('\u{1b}'), "raw escape in {out:?}");
+    assert!(second[5].contains("two; lines"), "{out}");
+    let o = admin(&["versions", "team/none.db"]);
+    assert!(!o.status.success());
+    crate::support::assert_one_line_error(&o, "no replica team/none.db");
+}
