@@ -257,6 +257,17 @@ pub enum ReplicaCmd {
         #[command(flatten)]
         data: DataDirArg,
     },
+    /// Make a replica private, unlisted or public; effective at once on a
+    /// running server.
+    Visibility {
+        /// NS/PATH of the replica.
+        path: String,
+        /// private, unlisted or public.
+        #[arg(value_parser = ["private", "unlisted", "public"])]
+        visibility: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -391,6 +402,19 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             data,
         }) => keys_revoke(&namespace, &key, &data),
         Command::Replica(ReplicaCmd::List { namespace, data }) => replica_list(&namespace, &data),
+        Command::Replica(ReplicaCmd::Visibility {
+            path,
+            visibility,
+            data,
+        }) => {
+            let meta = Store::open_meta(&data.data_dir)?;
+            let r = meta
+                .replica(&path)?
+                .with_context(|| format!("no replica {path}"))?;
+            meta.set_visibility(r.id, &visibility)?;
+            println!("{path} is {visibility} (was {})", r.visibility);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Versions { path, data } => versions_list(&path, &data),
         Command::Verify(d) => verify(&d),
         Command::Repair(d) => repair(&d),

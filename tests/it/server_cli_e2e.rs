@@ -146,4 +146,15 @@ fn replica_list_and_versions() {
     let o = admin(&["versions", "team/none.db"]);
     assert!(!o.status.success());
     crate::support::assert_one_line_error(&o, "no replica team/none.db");
+
+    // Visibility, changed on the running server: an anonymous pull is
+    // refused while private and works once unlisted.
+    let anon = || crate::support::run(&mut r.cmd(&["team/a.db", "anon.db"]));
+    assert!(!anon().status.success());
+    crate::support::assert_ok(&admin(&["replica", "visibility", "team/a.db", "unlisted"]));
+    crate::support::assert_ok(&anon());
+    let o = admin(&["replica", "list", "team"]);
+    assert!(crate::support::stdout(&o).contains("team/a.db\tunlisted\t"));
+    let o = admin(&["replica", "visibility", "team/a.db", "secret"]);
+    assert!(!o.status.success());
 }

@@ -230,6 +230,8 @@ pub trait MetaBackend: Send {
     /// Removes replica `id` if it has no version and no key; true when it
     /// did.
     fn remove_replica_if_empty(&mut self, id: i64) -> Result<bool>;
+    /// Sets replica `id`'s visibility (`private`, `unlisted`, `public`).
+    fn set_visibility(&mut self, id: i64, visibility: &str) -> Result<()>;
 
     /// Version `number` of replica `replica`.
     fn version(&self, replica: i64, number: u64) -> Result<Option<VersionRow>>;
@@ -375,6 +377,11 @@ impl Meta {
     /// See [`MetaBackend::remove_replica_if_empty`].
     pub fn remove_replica_if_empty(&self, id: i64) -> Result<bool> {
         self.write(|b| b.remove_replica_if_empty(id))
+    }
+
+    /// See [`MetaBackend::set_visibility`].
+    pub fn set_visibility(&self, id: i64, visibility: &str) -> Result<()> {
+        self.write(|b| b.set_visibility(id, visibility))
     }
 
     /// Version `number` of `r`.

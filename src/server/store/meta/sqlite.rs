@@ -711,6 +711,13 @@ impl MetaBackend for SqliteMeta {
     fn remove_replica_if_empty(&mut self, id: i64) -> Result<bool> {
         remove_replica_if_empty(&self.c, id)
     }
+    fn set_visibility(&mut self, id: i64, visibility: &str) -> Result<()> {
+        self.c.execute(
+            "UPDATE replicas SET visibility=?2 WHERE id=?1",
+            rusqlite::params![id, visibility],
+        )?;
+        Ok(())
+    }
     fn version(&self, replica: i64, number: u64) -> Result<Option<VersionRow>> {
         version(&self.c, replica, number)
     }
