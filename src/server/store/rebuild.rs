@@ -1,5 +1,15 @@
 //! Older versions rebuilt on demand: the latest file, copied, with the back
-//! deltas applied from the newest down to the version asked for.
+//! deltas of the versions between put in.
+//!
+//! Applying the back deltas one after another, newest first, writes a page
+//! once for every version that changed it, so an old version cost more the
+//! more versions came after it. The result is the same when each page is
+//! written once, from the oldest back delta (at or after the version asked
+//! for) that holds it: that is the last write the step-by-step rebuild
+//! would make. So the deltas are read first (metadata only), then each page
+//! written once, in page order; when the versions between differ in page
+//! size, or their pages are too many to hold in memory, the rebuild goes
+//! step by step. Either way the result is checked against its versionHash.
 //!
 //! Pulls and downloads of an older version share one rebuilt file per
 //! version (materialised once, pinned while read, removed by its last
@@ -19,6 +29,10 @@ use super::live::VersionFile;
 use super::meta::{ReplicaRow, VersionRow};
 use super::pages::PageHash;
 use super::{Store, lock};
+
+/// Most distinct pages a one-pass rebuild holds in memory (about 40 bytes
+/// each: 160 MB at most); a rebuild touching more goes step by step.
+const ONE_PASS_MAX_PAGES: usize = 4 << 20;
 
 impl Store {
     /// The file of version `number` (blocking: may materialise it).
@@ -104,11 +118,27 @@ impl Store {
         out: &Path,
     ) -> Result<VersionRow> {
         let f = copy_of(latest, out)?;
-        let mut row = None;
-        for k in (number..latest_number).rev() {
-            row = Some(self.step_back(r, &f, k)?);
-        }
-        let row = row.context("nothing to materialise")?;
+        let row = match self.one_pass_plan(r, latest_number, number)? {
+            Some((row, pages)) => {
+                for (pgno, hash) in pages {
+                    let data = self.read_page(&hash)?;
+                    ensure!(
+                        data.len() == row.page_size as usize,
+                        "stored page has the wrong size"
+                    );
+                    f.write_all_at(&data, (pgno as u64 - 1) * row.page_size as u64)?;
+                }
+                f.set_len(row.size())?;
+                row
+            }
+            None => {
+                let mut row = None;
+                for k in (number..latest_number).rev() {
+                    row = Some(self.step_back(r, &f, k)?);
+                }
+                row.context("nothing to materialise")?
+            }
+        };
         f.sync_all()?;
         let h = hash_file(out, row.page_size, row.page_count)?;
         ensure!(
@@ -117,6 +147,42 @@ impl Store {
             r.path
         );
         Ok(row)
+    }
+
+    /// For a one-pass rebuild of version `number`: its row and, in page
+    /// order, each page to write with the stored page to write there (from
+    /// the oldest back delta at or after `number` that holds it). None when
+    /// the versions between do not all share one page size, or hold more
+    /// pages than [`ONE_PASS_MAX_PAGES`]: then the rebuild goes step by step.
+    fn one_pass_plan(
+        &self,
+        r: &ReplicaRow,
+        latest_number: u64,
+        number: u64,
+    ) -> Result<Option<(VersionRow, Vec<(u32, PageHash)>)>> {
+        let mut pages = std::collections::BTreeMap::new();
+        let mut page_size = None;
+        let mut target = None;
+        for k in (number..latest_number).rev() {
+            let (v, delta) = self.meta.version_with_delta(r, k)?;
+            if *page_size.get_or_insert(v.page_size) != v.page_size {
+                return Ok(None);
+            }
+            // Going down, a smaller k overwrites: the oldest delta wins.
+            pages.extend(delta);
+            if pages.len() > ONE_PASS_MAX_PAGES {
+                return Ok(None);
+            }
+            target = Some(v);
+        }
+        let latest = self.meta.version(r, latest_number)?;
+        let Some(target) = target else {
+            return Ok(None);
+        };
+        if latest.is_none_or(|l| l.page_size != target.page_size) {
+            return Ok(None);
+        }
+        Ok(Some((target, pages.into_iter().collect())))
     }
 
     /// Turns `f`, holding version `k + 1` of `r`, into version `k` by
