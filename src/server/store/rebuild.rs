@@ -30,6 +30,9 @@ use super::meta::{ReplicaRow, VersionRow};
 use super::pages::PageHash;
 use super::{Store, lock};
 
+/// A one-pass rebuild: the target version's row and the pages to write.
+type OnePass = (VersionRow, Vec<(u32, PageHash)>);
+
 /// Most distinct pages a one-pass rebuild holds in memory (about 40 bytes
 /// each: 160 MB at most); a rebuild touching more goes step by step.
 const ONE_PASS_MAX_PAGES: usize = 4 << 20;
@@ -159,7 +162,7 @@ impl Store {
         r: &ReplicaRow,
         latest_number: u64,
         number: u64,
-    ) -> Result<Option<(VersionRow, Vec<(u32, PageHash)>)>> {
+    ) -> Result<Option<OnePass>> {
         let mut pages = std::collections::BTreeMap::new();
         let mut page_size = None;
         let mut target = None;
