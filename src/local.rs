@@ -219,14 +219,7 @@ async fn sync_once(
                 .unwrap_or(false)
     };
     if !same {
-        let h = crate::helper::prepared()?;
-        h.keep_across_exec();
-        let mut child = tokio::process::Command::new(&h.path)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot run {}", h.path.display()))?;
+        let mut child = spawn_helper(args)?;
         let status = tokio::select! {
             st = child.wait() => st.context("the helper was lost")?,
             _ = crate::link::wait_true(&mut interrupt) => {
@@ -243,6 +236,25 @@ async fn sync_once(
     }
     report(s, plan, same, started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The helper of one LOCAL sync, from the first place the OS lets it run
+/// (as `HelperCommand::spawn` does for the remote modes).
+fn spawn_helper(args: &[OsString]) -> anyhow::Result<tokio::process::Child> {
+    loop {
+        let h = crate::helper::prepared()?;
+        h.keep_across_exec();
+        match tokio::process::Command::new(&h.path)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+        {
+            Err(e) if crate::helper::refused(&h, &e) => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot run {}", h.path.display())),
+            Ok(child) => return Ok(child),
+        }
+    }
 }
 
 /// SIGTERM to the helper, then wait for it (SIGKILL after 5 s).

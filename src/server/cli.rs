@@ -580,10 +580,7 @@ fn keys_rotate(
 ) -> Result<ExitCode> {
     let meta = Store::open_meta(&data.data_dir)?;
     ensure_namespace(&meta, namespace)?;
-    let id = match key.parse::<i64>() {
-        Ok(id) => id,
-        Err(_) => keys::id_of(&meta, key)?.context("no such key")?,
-    };
+    let id = key_id(&meta, key)?;
     let (old, _) = keys::list(&meta, namespace)?
         .into_iter()
         .find(|(k, _)| k.id == id && !keys::revoked_by_now(&k.revoked))
@@ -597,13 +594,18 @@ fn keys_rotate(
     Ok(ExitCode::SUCCESS)
 }
 
+/// A key named by the id `keys list` shows, or by the key itself.
+fn key_id(meta: &Meta, key: &str) -> Result<i64> {
+    match key.parse::<i64>() {
+        Ok(id) => Ok(id),
+        Err(_) => keys::id_of(meta, key)?.context("no such key"),
+    }
+}
+
 fn keys_revoke(namespace: &str, key: &str, data: &DataDirArg) -> Result<ExitCode> {
     let meta = Store::open_meta(&data.data_dir)?;
     ensure_namespace(&meta, namespace)?;
-    let id = match key.parse::<i64>() {
-        Ok(id) => id,
-        Err(_) => keys::id_of(&meta, key)?.context("no such key")?,
-    };
+    let id = key_id(&meta, key)?;
     match keys::revoke(&meta, namespace, id)? {
         1 => println!("revoked key {id}"),
         n => println!("revoked key {id} and {} keys minted from it", n - 1),

@@ -42,9 +42,8 @@ const SETTLE_MS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 /// The change source of one database.
 pub struct Changes {
     probe: Probe,
-    /// data_version when the last sync started.
-    synced: i64,
-    /// data_version last reported by [`Changes::changed`].
+    /// data_version last reported by [`Changes::changed`] (or seen as the
+    /// last sync started).
     observed: i64,
     wake: mpsc::Receiver<()>,
     /// Kept alive: dropping it stops the notifications.
@@ -63,7 +62,6 @@ impl Changes {
         let watcher = notifier(db, tx);
         Ok(Changes {
             probe,
-            synced: v,
             observed: v,
             wake,
             notifying: watcher.is_some(),
@@ -73,15 +71,8 @@ impl Changes {
 
     /// Called as a sync starts: changes committed from now on are news.
     pub async fn mark_synced(&mut self) -> anyhow::Result<()> {
-        let v = self.probe.ask().await?;
-        self.synced = v;
-        self.observed = v;
+        self.observed = self.probe.ask().await?;
         Ok(())
-    }
-
-    /// Something was committed since the last [`Changes::mark_synced`].
-    pub async fn dirty(&mut self) -> anyhow::Result<bool> {
-        Ok(self.probe.ask().await? != self.synced)
     }
 
     /// Waits until a commit happens that was not reported yet (returns when
