@@ -35,6 +35,10 @@ pub struct Connected {
     /// The server answered our offer of a verified push: it expects the
     /// stream's digest after ORIGIN_END.
     pub stream_digest: bool,
+    /// The server answered our offer of a delta sync
+    /// ([`crate::wire::delta`]): on a push it takes one, on a pull it sends
+    /// one.
+    pub delta: bool,
 }
 
 /// The header that offers the server large frames: we take frames up to
@@ -206,10 +210,16 @@ pub async fn connect(
                     .is_some_and(|v| {
                         v.as_bytes() == crate::wire::headers::STREAM_DIGEST_XXH3.as_bytes()
                     });
+            let delta = hdrs.iter().any(|(n, _)| *n == crate::wire::headers::DELTA)
+                && resp
+                    .headers()
+                    .get(crate::wire::headers::DELTA)
+                    .is_some_and(|v| v.as_bytes() == crate::wire::headers::DELTA_V1.as_bytes());
             Ok(Connected {
                 ws,
                 max_frame,
                 stream_digest,
+                delta,
             })
         }
     }

@@ -106,13 +106,20 @@ fn dir() -> Option<PathBuf> {
 
 /// The record file of (replica path, local database) under `dir`.
 fn path_in(dir: &Path, remote_path: &str, local: &Path) -> PathBuf {
+    file_in(dir, remote_path, local, "json")
+}
+
+/// The file of (replica path, local database) under `dir` with extension
+/// `ext`: the one naming rule of the per-database files (records here,
+/// page digests in [`super::page_cache`]).
+pub(crate) fn file_in(dir: &Path, remote_path: &str, local: &Path, ext: &str) -> PathBuf {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     for part in [remote_path.as_bytes(), local.as_os_str().as_encoded_bytes()] {
         h.update(part);
         h.update([0u8]);
     }
-    dir.join(format!("{}.json", hex::encode(&h.finalize()[..16])))
+    dir.join(format!("{}.{ext}", hex::encode(&h.finalize()[..16])))
 }
 
 /// The last match of `local` with the replica `remote_path`, if any. A

@@ -19,6 +19,7 @@ pub mod follow;
 pub mod guard;
 pub mod keys;
 pub mod matched;
+pub mod page_cache;
 pub mod pull;
 pub mod push;
 pub mod settings;

@@ -7,13 +7,15 @@
 //! - [`compare`]: whether two databases already hold the same pages;
 //! - [`hash`]: the versionHash construction (pure);
 //! - [`version`]: the versionHash of a file, reading what was not received;
-//! - [`digest`]: page digests of a pull on a thread of their own.
+//! - [`digest`]: page digests of a pull on a thread of their own;
+//! - [`pages`]: every page's digest, and the pages a delta sync sends.
 
 pub mod compare;
 pub mod digest;
 pub mod file;
 pub mod hash;
 pub mod header;
+pub mod pages;
 pub mod paths;
 pub mod version;
 

@@ -22,6 +22,16 @@ pub const MAX_FRAME: &str = "x-sqlrsync-max-frame";
 pub const STREAM_DIGEST: &str = "x-sqlrsync-stream-digest";
 /// The one digest offered today.
 pub const STREAM_DIGEST_XXH3: &str = "xxh3-128";
+/// Our extension: delta syncs ([`super::delta`]). A client offers it with
+/// the value [`DELTA_V1`]; a server that answers with the same on a push
+/// takes a delta in place of a stream, and on a pull sends one (a pull
+/// offers it with [`DELTA_HAVE`]).
+pub const DELTA: &str = "x-sqlrsync-delta";
+/// The one delta format today.
+pub const DELTA_V1: &str = "1";
+/// On a pull offering a delta: the version the client's database is, as
+/// `NUMBER:VERSIONXXH3` (decimal, 32 hex digits).
+pub const DELTA_HAVE: &str = "x-sqlrsync-delta-have";
 
 /// Who may read a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

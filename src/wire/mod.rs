@@ -7,6 +7,7 @@
 //! - [`summary`]: what one direction of a sync did;
 //! - [`control`]: sqlrsync's control frames and the one rule ([`classify`])
 //!   that tells them from stream data;
+//! - [`delta`]: the frames of a delta sync (our extension);
 //! - [`texts`]: the server's `CONFIG=`/`MESSAGE=`/`ABORT=` texts and the
 //!   subscribe messages, and how a server's text is made visible and
 //!   bounded before it is shown;
@@ -22,6 +23,7 @@
 //! `wire::StreamParser` rather than a path per module.
 
 pub mod control;
+pub mod delta;
 pub mod framing;
 pub mod headers;
 pub mod keys;
