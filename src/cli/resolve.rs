@@ -37,6 +37,8 @@ pub struct ProcessEnv {
     pub tty: bool,
     /// `SQLRSYNC_COMPAT_FRAMES` set (not `0`): never offer large frames.
     pub compat_frames: bool,
+    /// `SQLRSYNC_NO_DELTA` set (not `0`): never offer delta syncs.
+    pub no_delta: bool,
 }
 
 impl ProcessEnv {
@@ -48,6 +50,7 @@ impl ProcessEnv {
             admin_key: var("SQLRSYNC_ADMIN_KEY"),
             tty: std::io::stdin().is_terminal() && std::io::stderr().is_terminal(),
             compat_frames: var("SQLRSYNC_COMPAT_FRAMES").is_some_and(|v| v.trim() != "0"),
+            no_delta: var("SQLRSYNC_NO_DELTA").is_some_and(|v| v.trim() != "0"),
         }
     }
 }
@@ -103,6 +106,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         watch,
         force: cli.force,
         large_frames: !env.compat_frames,
+        deltas: !env.no_delta,
         push: PushSettings {
             message: cli.message,
             visibility,

@@ -188,6 +188,16 @@ pub fn offer_frames(s: &Settings, hdrs: &mut Vec<(&'static str, String)>) {
     }
 }
 
+/// Adds the offer of delta syncs ([`crate::wire::delta`]) unless turned off.
+pub fn offer_delta(s: &Settings, hdrs: &mut Vec<(&'static str, String)>) {
+    if s.deltas {
+        hdrs.push((
+            crate::wire::headers::DELTA,
+            crate::wire::headers::DELTA_V1.to_string(),
+        ));
+    }
+}
+
 /// How our frames to this server are cut: large only when it answered our
 /// offer (see [`crate::wire::framing`]).
 pub fn framing_for(c: &Connected) -> crate::link::Framing {
@@ -241,6 +251,9 @@ pub struct Report {
     /// A push that found the server's latest version equal to the local
     /// database and sent nothing (see unchanged.rs).
     pub unchanged: bool,
+    /// The sync was a delta (SERVER.md "Extensions"): only changed pages
+    /// travelled, without the helper.
+    pub delta: bool,
     /// The server's `MESSAGE=` texts as they were shown on stderr: control
     /// characters as visible escapes, each cut at 4 KiB, at most 64 of
     /// them and 64 KiB in all (`crate::wire::ShownMessages`).
@@ -273,6 +286,7 @@ impl Report {
             verify_seconds: 0.0,
             verified: None,
             unchanged: false,
+            delta: false,
             messages: Vec::new(),
             messages_not_shown: 0,
         }
@@ -316,6 +330,7 @@ impl Report {
             "verifySeconds": (self.verify_seconds * 1000.0).round() / 1000.0,
             "verified": self.verified,
             "unchanged": self.unchanged,
+            "delta": self.delta,
             "messages": self.messages,
             // When the sync ended: what tells one sync of a watch
             // (one line each) from the next.

@@ -21,6 +21,7 @@ use super::files::{self, DashFile, SecretEntry, Secrets};
 use super::guard::{self, PushCheck};
 use super::keys::{self, Candidates, Key, KeySource};
 use super::matched::{self, Matched, Role};
+use super::page_cache;
 use super::unchanged;
 use super::{RemoteRef, Settings, SyncError};
 use crate::helper::HelperCommand;
@@ -28,6 +29,8 @@ use crate::link::{Controls, DriveSpec, drive};
 use crate::sqlite::{self, FileState};
 use crate::ui::Printer;
 use crate::wire::{ClientControl, Visibility, headers};
+
+mod delta;
 
 /// Everything a push will do, decided before connecting.
 #[derive(Debug)]
@@ -364,23 +367,107 @@ pub async fn push_once(
     let record = matched::load(&p.remote_path, &p.local);
     let fingerprint = unchanged::fingerprint(&p.local);
     let local_hash = hash_if_useful(p, record.as_ref(), fingerprint.as_deref());
-    let mut stop = interrupt.clone();
-    let mut conn = tokio::select! {
-        c = super::connect(&url, &hdrs, s.idle_timeout) => c.map_err(|e| stored_key_refused(p, e))?,
-        _ = super::wait_true(&mut stop) => {
-            return Err(SyncError::Interrupted(anyhow::anyhow!("interrupted; nothing was sent")));
+    let mut conn = connect_push(s, p, &url, &hdrs, &interrupt).await?;
+    let latest = match before_stream(s, p, &mut conn, record, local_hash).await? {
+        Before::Unchanged(latest, wire_bytes) => {
+            return Ok(unchanged_report(p, latest, wire_bytes, started, &printer));
         }
+        Before::Push(latest) => latest,
     };
-    if let Some((PushCheck::Unchanged, latest, wire_bytes)) =
-        before_stream(s, p, &mut conn, record, local_hash).await?
+    if conn.delta
+        && !p.key_request
+        && let Some(latest) = &latest
     {
-        return Ok(unchanged_report(p, latest, wire_bytes, started, &printer));
+        match delta::prepare(p, latest).await {
+            delta::Prepared::Unchanged => {
+                unchanged::close(&mut conn.ws, "unchanged").await;
+                return Ok(unchanged_report(p, latest.clone(), 0, started, &printer));
+            }
+            delta::Prepared::Delta(plan) => {
+                match delta::send(s, p, conn, plan, interrupt.clone(), started).await {
+                    Ok(report) => return Ok(report),
+                    Err(delta::Failed::Sync(e)) => return Err(e),
+                    Err(delta::Failed::Refused(why)) => {
+                        printer.note(&format!(
+                            "sqlrsync: the server refused the delta push ({why}); pushing in full"
+                        ));
+                        page_cache::forget(&p.remote_path, &p.local);
+                    }
+                }
+                // Again, in full, on a new connection (the pre-stream
+                // check runs again: the latest may have moved).
+                return full_push_again(s, p, &url, &hdrs, interrupt, started).await;
+            }
+            delta::Prepared::Full => {}
+        }
     }
+    stream_push(s, p, conn, interrupt, started).await
+}
+
+/// The helper's stream, and what a push keeps after it; on a server that
+/// takes deltas, the page cache that lets the next push be one.
+async fn stream_push(
+    s: &Settings,
+    p: &Plan,
+    conn: super::Connected,
+    interrupt: watch::Receiver<bool>,
+    started: Instant,
+) -> Result<super::Report, SyncError> {
+    let takes_delta = conn.delta;
     let (outcome, stats) = link_push(s, p, conn, interrupt)
         .await
         .map_err(|e| SyncError::Other(e.into()))?;
     super::verdict(&outcome, true)?;
-    Ok(finish(s, p, &outcome, &stats, started)?)
+    let report = finish(s, p, &outcome, &stats, started)?;
+    if takes_delta && let Some(cfg) = outcome.config() {
+        delta::remember(p, &report.remote, &cfg).await;
+    }
+    Ok(report)
+}
+
+/// Opens the push's websocket, unless Ctrl-C comes first.
+async fn connect_push(
+    s: &Settings,
+    p: &Plan,
+    url: &str,
+    hdrs: &[(&'static str, String)],
+    interrupt: &watch::Receiver<bool>,
+) -> Result<super::Connected, SyncError> {
+    let mut stop = interrupt.clone();
+    tokio::select! {
+        c = super::connect(url, hdrs, s.idle_timeout) => c.map_err(|e| stored_key_refused(p, e)),
+        _ = super::wait_true(&mut stop) => {
+            Err(SyncError::Interrupted(anyhow::anyhow!("interrupted; nothing was sent")))
+        }
+    }
+}
+
+/// The full push after a refused delta: a new connection, the pre-stream
+/// check again, then the helper's stream.
+async fn full_push_again(
+    s: &Settings,
+    p: &Plan,
+    url: &str,
+    hdrs: &[(&'static str, String)],
+    interrupt: watch::Receiver<bool>,
+    started: Instant,
+) -> Result<super::Report, SyncError> {
+    let mut conn = connect_push(s, p, url, hdrs, &interrupt).await?;
+    let record = matched::load(&p.remote_path, &p.local);
+    if let Before::Unchanged(latest, wire_bytes) =
+        before_stream(s, p, &mut conn, record, None).await?
+    {
+        return Ok(unchanged_report(p, latest, wire_bytes, started, &s.printer));
+    }
+    stream_push(s, p, conn, interrupt, started).await
+}
+
+/// What the pre-stream check decided.
+enum Before {
+    /// Nothing to send: the server's answer, and the wire bytes it took.
+    Unchanged(crate::wire::ServerConfig, u64),
+    /// Push; with the server's latest when it said.
+    Push(Option<crate::wire::ServerConfig>),
 }
 
 /// Asks our server for its latest before the stream (SERVER.md
@@ -394,12 +481,12 @@ async fn before_stream(
     conn: &mut super::Connected,
     record: Option<Matched>,
     local_hash: Option<tokio::task::JoinHandle<anyhow::Result<String>>>,
-) -> Result<Option<(PushCheck, crate::wire::ServerConfig, u64)>, SyncError> {
+) -> Result<Before, SyncError> {
     if !conn.stream_digest || p.remote_path.is_empty() {
-        return Ok(None);
+        return Ok(Before::Push(None));
     }
     let Some((latest, wire_bytes)) = unchanged::ask_latest(&mut conn.ws).await? else {
-        return Ok(None);
+        return Ok(Before::Push(None));
     };
     // A record of another server's replica of the same name says nothing.
     let record = record.filter(|r| r.same_replica(latest.replica_id.as_deref()));
@@ -440,9 +527,9 @@ async fn before_stream(
         }
         PushCheck::Unchanged if !p.key_request => {
             unchanged::close(&mut conn.ws, "unchanged").await;
-            Ok(Some((PushCheck::Unchanged, latest, wire_bytes)))
+            Ok(Before::Unchanged(latest, wire_bytes))
         }
-        PushCheck::Unchanged | PushCheck::Push => Ok(None),
+        PushCheck::Unchanged | PushCheck::Push => Ok(Before::Push(Some(latest))),
     }
 }
 
@@ -462,6 +549,7 @@ fn push_headers(s: &Settings, p: &Plan) -> anyhow::Result<Vec<(&'static str, Str
         hdrs.push((headers::VISIBILITY, v.to_string()));
     }
     super::offer_frames(s, &mut hdrs);
+    super::offer_delta(s, &mut hdrs);
     // A verified push (SERVER.md "Extensions"): the server commits only a
     // stream that arrived as we sent it.
     hdrs.push((

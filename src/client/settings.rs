@@ -48,6 +48,10 @@ pub struct Settings {
     /// `SQLRSYNC_COMPAT_FRAMES=1` turns it off, so every frame is one the
     /// clients that exist for sqlrsync.com would send.
     pub large_frames: bool,
+    /// Offer our server delta syncs (SERVER.md "Extensions");
+    /// `SQLRSYNC_NO_DELTA=1` turns it off, so every sync runs the helper
+    /// (to measure or check the full path).
+    pub deltas: bool,
     /// What only a push uses.
     pub push: PushSettings,
     /// Keys from flags and environment.

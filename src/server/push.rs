@@ -37,6 +37,8 @@ use crate::helper::{Helper, HelperCommand};
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
 use crate::wire::{ClientControl, Direction, ServerConfig, ServerText, headers};
 
+mod delta;
+
 /// Everything a push session needs, settled at the upgrade.
 struct PushContext {
     /// The replica (created by this request if it was new).
@@ -50,6 +52,9 @@ struct PushContext {
     /// The client offered a verified push and we answered: commit only a
     /// stream that matches its STREAMDIGEST.
     verified: bool,
+    /// The client offered delta pushes and we answered: its stream may be
+    /// a delta ([`delta`]).
+    delta: bool,
 }
 
 pub async fn handler(
@@ -72,6 +77,7 @@ pub async fn handler(
             _permit: p.permit,
             framing: st.config.framing_for(&headers_in),
             verified: wants_digest(&headers_in),
+            delta: wants_delta(&headers_in),
         },
         Err(r) => {
             super::metrics::refused(&st, Kind::Push, uri.path());
@@ -88,7 +94,19 @@ pub async fn handler(
             axum::http::HeaderValue::from_static(headers::STREAM_DIGEST_XXH3),
         );
     }
+    if wants_delta(&headers_in) {
+        resp.headers_mut().insert(
+            headers::DELTA,
+            axum::http::HeaderValue::from_static(headers::DELTA_V1),
+        );
+    }
     resp
+}
+
+/// The client offered delta pushes of the one format we take.
+fn wants_delta(h: &HeaderMap) -> bool {
+    h.get(headers::DELTA)
+        .is_some_and(|v| v.as_bytes() == headers::DELTA_V1.as_bytes())
 }
 
 /// The client offered a verified push with a digest we compute.
@@ -206,15 +224,32 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PushContext) -> Result<Pus
         staging: None,
         base_pages: 0,
     };
-    if push.receive(link).await? == Received::Withdrawn {
-        return Ok(PushEnd::Withdrawn);
+    match push.receive(link).await? {
+        Received::Withdrawn => return Ok(PushEnd::Withdrawn),
+        Received::Delta(begin) => return push.delta(link, begin).await,
+        Received::Ended => {}
     }
     if ctx.verified {
         push.check_digest(link).await?;
     }
     let pumped = push.end_helper().await?;
     push.judge(&pumped)?;
-    push.commit().await
+    let done = Done {
+        final_count: push.frames.summary().txn_page_count.unwrap_or(0),
+        sent_pages: push.frames.take_sent_pages(),
+        expect_xxh3: None,
+    };
+    push.commit(done).await
+}
+
+/// What a received push amounts to, for the commit.
+struct Done {
+    /// Pages of the result.
+    final_count: u32,
+    /// Pages the client sent.
+    sent_pages: std::collections::BTreeSet<u32>,
+    /// A delta's versionXxh3, which the result must have.
+    expect_xxh3: Option<String>,
 }
 
 /// How the receiving phase of a push ended.
@@ -224,6 +259,8 @@ enum Received {
     Ended,
     /// The client closed before sending any stream.
     Withdrawn,
+    /// The client sends a delta instead of a stream, starting so.
+    Delta(crate::wire::delta::DeltaBegin),
 }
 
 /// One push session's state between the client's frames.
@@ -300,6 +337,9 @@ impl Push<'_> {
                 }
                 Some(Ok(m)) => m,
             };
+            if let Some(begin) = self.delta_begin(&msg)? {
+                return Ok(Received::Delta(begin));
+            }
             let action = match &msg {
                 Frame::Binary(b) => self.frames.frame(FrameIn::Binary(b)),
                 Frame::Text(t) => self.frames.frame(FrameIn::Text(t)),
@@ -367,7 +407,9 @@ impl Push<'_> {
                 // client holding exactly that content can stop here
                 // (client::unchanged) instead of syncing to no effect.
                 if !self.frames.stream_begun() {
-                    cfg.version_hash = latest_hash(st, r, latest_number(&self.state))?;
+                    let latest = latest_row(st, r, latest_number(&self.state))?;
+                    cfg.version_xxh3 = latest.as_ref().and_then(|v| v.version_xxh3.clone());
+                    cfg.version_hash = latest.map(|v| v.version_hash);
                 }
                 send_out(&self.out, config_text(cfg)).await;
             }
@@ -449,10 +491,13 @@ impl Push<'_> {
 
     /// Stores the staging file as the new version (or notes no change),
     /// with the keys issued on KEYREQUEST in the same transaction.
-    async fn commit(mut self) -> Result<PushEnd, Abort> {
+    async fn commit(mut self, done: Done) -> Result<PushEnd, Abort> {
         let (st, ctx, r) = (self.st, self.ctx, &self.ctx.replica);
-        let final_count = self.frames.summary().txn_page_count.unwrap_or(0);
-        let sent_pages = self.frames.take_sent_pages();
+        let Done {
+            final_count,
+            sent_pages,
+            expect_xxh3,
+        } = done;
         let message = self.frames.message().to_string();
         let new_keys: Vec<_> = self
             .keys_issued
@@ -480,6 +525,7 @@ impl Push<'_> {
                         final_count,
                         message: &message,
                         keys: &new_keys,
+                        expect_xxh3: expect_xxh3.as_deref(),
                     },
                 )
                 .and_then(|o| {
@@ -495,6 +541,9 @@ impl Push<'_> {
         .await
         .map_err(|e| Abort::server("the server could not store the version", e))?
         .map_err(|e| {
+            if let Some(m) = e.downcast_ref::<super::store::NotTheHashedVersion>() {
+                return Abort::rejected(delta::NOT_HASHED, m);
+            }
             tracing::error!(error = %format!("{e:#}"), "commit failed");
             Abort::server(
                 store_failure(&e, "the server could not store the version"),
@@ -507,11 +556,13 @@ impl Push<'_> {
             CommitOutcome::Committed(row) => {
                 let mut cfg = config_for(ctx, row.number, false, &mut keys_issued);
                 cfg.version_hash = Some(row.version_hash.clone());
+                cfg.version_xxh3 = row.version_xxh3.clone();
                 Ok(PushEnd::Committed(cfg, row))
             }
             CommitOutcome::NoChange(row) => {
                 let n = row.as_ref().map_or(0, |r| r.number);
                 let mut cfg = config_for(ctx, n, false, &mut keys_issued);
+                cfg.version_xxh3 = row.as_ref().and_then(|r| r.version_xxh3.clone());
                 cfg.version_hash = row.map(|r| r.version_hash);
                 Ok(PushEnd::NoChange(cfg, n))
             }
@@ -562,21 +613,17 @@ impl KeysIssued {
     }
 }
 
-/// The versionHash of `version` (none before the first).
-fn latest_hash(st: &AppState, r: &ReplicaRow, version: u64) -> Result<Option<String>, Abort> {
+/// The row of `version` (none before the first).
+fn latest_row(st: &AppState, r: &ReplicaRow, version: u64) -> Result<Option<VersionRow>, Abort> {
     if version == 0 {
         return Ok(None);
     }
-    st.store
-        .meta()
-        .version(r, version)
-        .map(|v| v.map(|v| v.version_hash))
-        .map_err(|e| {
-            Abort::server(
-                format!("the server could not read version {version}"),
-                format!("{e:#}"),
-            )
-        })
+    st.store.meta().version(r, version).map_err(|e| {
+        Abort::server(
+            format!("the server could not read version {version}"),
+            format!("{e:#}"),
+        )
+    })
 }
 
 /// The CONFIG answer; on KEYREQUEST a new Replica Pull key, and for a push

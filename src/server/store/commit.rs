@@ -46,6 +46,20 @@ pub struct Pushed<'a> {
     pub message: &'a str,
     /// Keys issued during the push, stored in the version's transaction.
     pub keys: &'a [NewKey],
+    /// A delta push: the versionXxh3 the client hashed its database to. A
+    /// result that hashes otherwise is [`NotTheHashedVersion`] and stores
+    /// nothing.
+    pub expect_xxh3: Option<&'a str>,
+}
+
+/// A delta push whose pages, applied to the latest version, do not make
+/// the database the client hashed (a stale page cache, or a damaged or
+/// lying client): nothing is stored.
+#[derive(Debug, thiserror::Error)]
+#[error("the pushed pages make versionXxh3 {got}, not the {want} the client hashed")]
+pub struct NotTheHashedVersion {
+    pub want: String,
+    pub got: String,
 }
 
 /// The latest version a commit builds on.
@@ -116,10 +130,27 @@ impl Store {
         let prev = self.previous(r, &state)?;
         let staging_file = File::open(staging)?;
         let Some(pages) = new_pages(&staging_file, &prev, pushed, page_size)? else {
+            let got = prev.meta.row.as_ref().and_then(|p| p.version_xxh3.clone());
+            if let Some(want) = pushed.expect_xxh3
+                && got.as_deref() != Some(want)
+            {
+                let got = got.unwrap_or_default();
+                let want = want.to_string();
+                return Err(NotTheHashedVersion { want, got }.into());
+            }
             return Ok(CommitOutcome::NoChange(prev.meta.row));
         };
         tracing::debug!(secs = t0.elapsed().as_secs_f64(), "commit: new sums");
         let (version_hash, version_xxh3) = version_hashes(&staging_file, &pages, page_size)?;
+        if let Some(want) = pushed.expect_xxh3
+            && want != version_xxh3
+        {
+            return Err(NotTheHashedVersion {
+                want: want.to_string(),
+                got: version_xxh3,
+            }
+            .into());
+        }
         if let Some(p) = &prev.meta.row
             && p.version_hash == version_hash
             && p.page_size == page_size

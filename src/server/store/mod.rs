@@ -71,7 +71,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Context, Result};
 
-pub use commit::{CommitOutcome, Pushed};
+pub use commit::{CommitOutcome, NotTheHashedVersion, Pushed};
 pub use dirlock::{DataDirLock, LockError};
 pub use disk::{is_out_of_space, normalise_journal_mode, private_dir};
 pub use live::{ReplicaState, VersionFile, VersionNotice};

@@ -198,6 +198,7 @@ impl Store {
                 final_count: pages,
                 message: &message,
                 keys: &[],
+                expect_xxh3: None,
             };
             match self.commit(&r, &pushed) {
                 Ok(CommitOutcome::Committed(row)) => report.adopted.push(format!(

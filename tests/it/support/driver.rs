@@ -56,6 +56,7 @@ impl Outcome {
             take!(new_pull_key);
             take!(new_push_key);
             take!(version_hash);
+            take!(version_xxh3);
         }
         c
     }
@@ -91,6 +92,8 @@ pub struct Opts {
     pub abs_path: Option<String>,
     /// Cut the connection (no close frame) after sending this many stream bytes.
     pub cut_after: Option<u64>,
+    /// More upgrade headers (an extension's offer).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// Options with `key` in the Authorization header and nothing else.
@@ -120,6 +123,9 @@ fn request(url: &str, opts: &Opts) -> tokio_tungstenite::tungstenite::handshake:
         h.insert("X-LocalAbsolutePath", v.parse().unwrap());
     }
     h.insert("X-ClientVersion", "server-tests".parse().unwrap());
+    for (n, v) in &opts.headers {
+        h.insert(*n, v.parse().unwrap());
+    }
     req
 }
 

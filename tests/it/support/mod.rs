@@ -68,6 +68,7 @@ impl TestEnv {
             .env_remove("SQLRSYNC_ADMIN_KEY")
             .env_remove("SQLRSYNC_CACHE_DIR")
             .env_remove("SQLRSYNC_LOG")
+            .env_remove("SQLRSYNC_NO_DELTA")
             .stdin(Stdio::null());
         c
     }
