@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::{Plan, Settings, SyncError};
 use crate::client::page_cache::{self, PageCache};
+
+/// The close code of a server that refused what a client sent.
+const CLOSE_POLICY: u16 = 1008;
 use crate::link::frame_len;
 use crate::sqlite::pages::{PageDigest, Snapshot};
 use crate::wire::delta::{DeltaBegin, DeltaFrame, MAX_DELTA_BYTES, page_frame, xxh3_bytes};
@@ -138,6 +141,9 @@ pub(super) async fn send(
         .clone()
         .filter(|r| !r.is_empty())
         .unwrap_or(p.remote_path.clone());
+    let replica_id = answer.config.replica_id.clone().or(p.replica_id.clone());
+    super::keep_keys(s, p, &answer.config, &remote_path, replica_id.as_deref())
+        .map_err(|e| Failed::Sync(SyncError::Other(e)))?;
     super::record_match(p, &remote_path, &answer.config, &s.printer);
     keep_cache(&remote_path, p, &answer.config, &plan);
     Ok(report(p, &plan, &answer, &counts, remote_path, started))
@@ -235,7 +241,17 @@ async fn read_answer(
                 messages.take(&m);
             }
             Ok(ServerText::Abort(r)) => {
-                return Err(Failed::Refused(crate::wire::shown_text(&r)));
+                let code = close_code(ws, idle).await;
+                let why = crate::wire::shown_text(&r);
+                // 1008: the server refused what we sent (a stale cache, a
+                // base that moved); a full push may succeed. Anything else
+                // (a full disk, a shutdown) a full push would meet too.
+                if code == Some(CLOSE_POLICY) {
+                    return Err(Failed::Refused(why));
+                }
+                return Err(Failed::Sync(SyncError::Aborted(anyhow::anyhow!(
+                    "the server aborted: {why}; no new version was created"
+                ))));
             }
             Err(e) => return Err(lost(e)),
         }
@@ -246,6 +262,21 @@ async fn read_answer(
             "the server closed without confirming the delta; nothing was stored".into(),
         )),
     }
+}
+
+/// The close code that follows an ABORT (none if the socket just ends).
+async fn close_code(ws: &mut crate::client::Socket, idle: std::time::Duration) -> Option<u16> {
+    let wait = async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(WsMessage::Close(c)) => return c.map(|c| u16::from(c.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    tokio::time::timeout(idle, wait).await.ok().flatten()
 }
 
 /// The page cache now holds the new version (a failure only costs the next
