@@ -682,12 +682,26 @@ async fn prepare_staging(
     let store = st.store.clone();
     let number = latest.number;
     let rr = r.clone();
+    let state = st.store.replica_state(r);
     tokio::task::spawn_blocking(move || -> anyhow::Result<u32> {
         let v = store
             .meta()
             .version(&rr, number)?
             .ok_or_else(|| anyhow::anyhow!("latest version row missing"))?;
         if v.page_size == page_size {
+            // The spare copy of this version, ready and synced, if the
+            // replica is hot (store::spare); else a copy now.
+            if let Some(spare) = state.take_spare(number) {
+                match std::fs::rename(&spare, &dst) {
+                    Ok(()) => {
+                        tracing::debug!("staging copy: the spare");
+                        return Ok(v.page_count);
+                    }
+                    Err(_) => {
+                        let _ = std::fs::remove_file(&spare);
+                    }
+                }
+            }
             std::fs::copy(&src, &dst)?;
             start_writeback(&dst);
             return Ok(v.page_count);

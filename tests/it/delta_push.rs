@@ -372,3 +372,62 @@ fn the_server_stores_no_delta_that_is_not_whole_and_true() {
     let back = pull_fresh(&r, "team/a.db", &dash_pull_key(&a), "back.db");
     assert_eq!(content_digest(&back), content_digest(&b));
 }
+
+/// The spare files in the server's staging dir.
+fn spares(r: &Fixture) -> usize {
+    std::fs::read_dir(r.data.join("staging"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("spare-")
+        })
+        .count()
+}
+
+#[test]
+fn pushes_in_a_row_build_on_the_spare_copy_and_every_version_stays_whole() {
+    let mut r = Fixture::with_env("team", &[], &[("SQLRSYNC_LOG", "sqlrsync=debug")]);
+    let a = r.make("a.db", 2000);
+    r.first_push("a.db", "team/a.db");
+    let key = dash_pull_key(&a);
+    let mut kept = vec![content_digest(&a)];
+    // Deltas and full pushes alike take the spare once the replica is hot.
+    for i in 0..3 {
+        change_rows(&a, 0.02);
+        let mut c = r.env.sqlrsync();
+        c.arg(&a).arg("--json");
+        if i == 2 {
+            c.env("SQLRSYNC_NO_DELTA", "1");
+        }
+        let o = run(&mut c);
+        assert_ok(&o);
+        kept.push(content_digest(&a));
+        assert_eq!(json(&o)["version"], (i + 2).to_string());
+    }
+    let log = r.server().log();
+    let used = log.matches("staging copy: the spare").count();
+    assert!(used >= 1, "no push used a spare:\n{log}");
+    for (n, want) in kept.iter().enumerate() {
+        let name = format!("v{}.db", n + 1);
+        let remote = format!("team/a.db@{}", n + 1);
+        let back = pull_fresh(&r, &remote, &key, &name);
+        assert_eq!(&content_digest(&back), want, "version {}", n + 1);
+    }
+    let o = run(r
+        .env
+        .command(SERVER)
+        .args(["verify", "--data-dir"])
+        .arg(&r.data));
+    assert_ok(&o);
+
+    // A crash leaves no spare behind, and pushes go on without one.
+    let addr = r.server().addr.clone();
+    r.kill_server();
+    r.restart_server_at(&addr);
+    assert_eq!(spares(&r), 0);
+    change_rows(&a, 0.02);
+    let j = push(&r, &a, &[]);
+    assert_eq!(j["version"], "5", "{j}");
+    let back = pull_fresh(&r, "team/a.db", &key, "v5.db");
+    assert_eq!(content_digest(&back), content_digest(&a));
+}

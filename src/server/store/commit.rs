@@ -21,6 +21,7 @@ use super::disk::{header_page_size, normalise_journal_mode, sync_dir};
 use super::live::{ReplicaState, VersionFile};
 use super::meta::{self, LatestState, NewKey, NewVersion, ReplicaRow, VersionRow};
 use super::pages::{BlobLocation, BlobPosition, PageHash, page_hash};
+use super::spare::{Recycle, SPARE_HOT, SPARE_TTL};
 use super::{Store, lock};
 use crate::sqlite::{HashKind, VersionHasher, page_digest, page_digest_with};
 
@@ -218,8 +219,34 @@ impl Store {
         tail.appended = None;
         tail.in_flight = None;
         tail.file = None;
+        if let Some(old) = &prev.file
+            && state.committed_within(SPARE_HOT)
+        {
+            // Hot: the retired file becomes the next push's staging copy.
+            let mut changed = pages.changed.clone();
+            changed.push(1);
+            old.recycle_into(Recycle {
+                staging: self.data_dir.join("staging"),
+                uid: r.uid.clone(),
+                state: Arc::downgrade(&state),
+                number,
+                page_size,
+                page_count: final_count,
+                changed,
+                xxh3: row.version_xxh3.clone().unwrap_or_default(),
+            });
+        }
         state.publish(VersionFile::new(path, number, false));
+        self.drop_stale_spares();
         Ok(CommitOutcome::Committed(row))
+    }
+
+    /// Removes every replica's spare not taken within [`SPARE_TTL`].
+    fn drop_stale_spares(&self) {
+        let states: Vec<_> = lock(&self.replicas).values().cloned().collect();
+        for s in states {
+            s.drop_stale_spare(SPARE_TTL);
+        }
     }
 
     /// The latest version of `r` as its live state has it, with its

@@ -12,10 +12,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
 use super::lock;
+use super::spare::{Recycle, Spare};
 
 /// A materialised version file that sessions read. Pulls hold an `Arc` for
 /// as long as their helper runs, so a commit (or cache clean-up) never
@@ -29,6 +31,9 @@ pub struct VersionFile {
     /// Set when the file is no longer the latest (or is a cache file): the
     /// last holder deletes it.
     obsolete: AtomicBool,
+    /// Set by the commit that retired it: instead of deleting it, the last
+    /// holder makes it the replica's spare ([`super::spare`]).
+    recycle: Mutex<Option<Recycle>>,
 }
 
 impl VersionFile {
@@ -37,7 +42,14 @@ impl VersionFile {
             path,
             number,
             obsolete: AtomicBool::new(obsolete),
+            recycle: Mutex::new(None),
         })
+    }
+
+    /// When this file is retired and its last reader lets go, `r` turns it
+    /// into a spare rather than deleting it.
+    pub(super) fn recycle_into(&self, r: Recycle) {
+        *lock(&self.recycle) = Some(r);
     }
 }
 
@@ -49,12 +61,16 @@ impl Drop for VersionFile {
             // whose client is still waiting for its answer. A file left by
             // a crash before this runs is an orphan that start-up removes.
             let path = std::mem::take(&mut self.path);
+            let recycle = lock(&self.recycle).take();
             let removal = std::thread::Builder::new()
                 .name("remove-version".into())
                 .spawn({
                     let path = path.clone();
-                    move || {
-                        let _ = std::fs::remove_file(&path);
+                    move || match recycle {
+                        Some(r) => r.run(path),
+                        None => {
+                            let _ = std::fs::remove_file(&path);
+                        }
                     }
                 });
             if removal.is_err() {
@@ -77,6 +93,10 @@ pub struct ReplicaState {
     pub(super) older: Mutex<HashMap<u64, Weak<VersionFile>>>,
     /// One materialisation at a time per replica.
     pub(super) materialising: Mutex<()>,
+    /// A ready staging copy of the latest version ([`super::spare`]).
+    spare: Mutex<Option<Spare>>,
+    /// When the latest version was committed by this process.
+    last_commit: Mutex<Option<Instant>>,
 }
 
 impl ReplicaState {
@@ -88,6 +108,8 @@ impl ReplicaState {
             notify: broadcast::channel(16).0,
             older: Mutex::new(HashMap::new()),
             materialising: Mutex::new(()),
+            spare: Mutex::new(None),
+            last_commit: Mutex::new(None),
         })
     }
 
@@ -95,6 +117,7 @@ impl ReplicaState {
     /// its last reader lets go) and tells the subscribers.
     pub(super) fn publish(&self, file: Arc<VersionFile>) {
         let number = file.number;
+        *lock(&self.last_commit) = Some(Instant::now());
         if let Some(old) = lock(&self.latest).replace(file) {
             old.obsolete.store(true, Ordering::SeqCst);
         }
@@ -106,6 +129,35 @@ impl ReplicaState {
 
     pub fn latest(&self) -> Option<Arc<VersionFile>> {
         lock(&self.latest).clone()
+    }
+
+    /// True when this process committed the latest version within `d`.
+    pub(super) fn committed_within(&self, d: Duration) -> bool {
+        lock(&self.last_commit).is_some_and(|t| t.elapsed() < d)
+    }
+
+    /// The spare copy of version `number`, the caller's to use (and
+    /// remove): none when there is none of that version (an older one is
+    /// removed).
+    pub fn take_spare(&self, number: u64) -> Option<PathBuf> {
+        let spare = lock(&self.spare).take()?;
+        (spare.number == number).then(|| spare.take())
+    }
+
+    /// Keeps `spare` if it is of the latest version (else it is removed).
+    pub(super) fn put_spare(&self, spare: Spare) {
+        let latest = self.latest().map(|f| f.number);
+        if latest == Some(spare.number) {
+            *lock(&self.spare) = Some(spare);
+        }
+    }
+
+    /// Removes a spare older than `ttl`.
+    pub(super) fn drop_stale_spare(&self, ttl: Duration) {
+        let mut g = lock(&self.spare);
+        if g.as_ref().is_some_and(|s| s.made.elapsed() > ttl) {
+            *g = None;
+        }
     }
 }
 

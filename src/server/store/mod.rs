@@ -13,7 +13,8 @@
 //! - [`meta`]: namespaces, hashed keys, replicas, versions, page index.
 //! - [`pages`]: the bytes of older versions' pages.
 //! - [`live`]: the version files sessions pin, and each replica's shared
-//!   state; [`commit`]: a push becoming a version; [`rebuild`]: older
+//!   state; [`spare`]: the retired latest file kept as the next push's
+//!   staging copy; [`commit`]: a push becoming a version; [`rebuild`]: older
 //!   versions materialised on demand; [`verify`]: the whole store re-read;
 //!   [`disk`]: the file-system rules they share.
 //!
@@ -24,7 +25,8 @@
 //! - `packs/pack-NNNNNN.dat`: content-addressed pages ([`pages::packs`]).
 //! - `replicas/<replica id>/v<N>.db`: the latest version N, materialised as
 //!   an ordinary rollback-journal SQLite file for the helper to read.
-//! - `staging/`: copies being written by push sessions (deleted on start).
+//! - `staging/`: copies being written by push sessions, and spare copies
+//!   of hot replicas' latest versions ([`spare`]) (deleted on start).
 //! - `cache/`: older versions materialised on demand for pulls (deleted when
 //!   their last reader finishes, and on start). When the data dir's disk is
 //!   full, they go to a spill folder in the system temp dir instead: a
@@ -63,6 +65,7 @@ mod rebuild;
 pub mod recovery;
 pub mod repair;
 mod repair_latest;
+mod spare;
 mod verify;
 
 use std::collections::HashMap;
