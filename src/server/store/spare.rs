@@ -13,6 +13,13 @@
 //! push takes it in place of a copy, if it still is the latest version
 //! ([`super::ReplicaState::take_spare`]).
 //!
+//! This is the one place the server rewrites a version file in place.
+//! Inside the server, readers pin files (no spare is made under one);
+//! outside it, `verify` holds a shared `flock` on the latest file it reads,
+//! and the spare maker takes the exclusive lock first, deleting the file as
+//! before when it cannot. Anything else reading `replicas/` in place next to
+//! a live server must do the same (SERVER.md "Storage layout").
+//!
 //! Bounds: only replicas committed twice within [`SPARE_HOT`] get one (a
 //! replica pushed by an hourly cron keeps no second copy of itself); a
 //! spare not taken within [`SPARE_TTL`] is removed at the next commit of
@@ -97,6 +104,15 @@ impl Recycle {
         let Some(latest) = state.latest().filter(|f| f.number == self.number) else {
             return gone(&old);
         };
+        // `verify` (another process, allowed next to a live server) holds a
+        // shared lock on a latest file while it reads it: then the file is
+        // only deleted, as before spares, and the reader keeps its bytes.
+        let Ok(held) = std::fs::File::open(&old) else {
+            return gone(&old);
+        };
+        if held.try_lock().is_err() {
+            return gone(&old);
+        }
         let name = format!("spare-{}-{}.db", self.uid, uuid::Uuid::new_v4().simple());
         let spare = self.staging.join(name);
         if std::fs::rename(&old, &spare).is_err() {

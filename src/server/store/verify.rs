@@ -66,9 +66,11 @@ impl Store {
     /// `verify` may run next to a live server, whose commits replace the
     /// latest file (and delete the old one) and its checksums. So the
     /// latest version's metadata is read in one transaction, its file is
-    /// opened (an open file stays readable even once a commit deletes it;
-    /// the server never rewrites it in place), and if a commit moved the
-    /// latest in between, the snapshot is taken again. Older versions never
+    /// opened (an open file stays readable even once a commit deletes it)
+    /// and held with a shared lock: the one rewrite in place a server makes,
+    /// turning a retired latest file into a spare ([`super::spare`]), takes
+    /// the file's exclusive lock first and deletes it instead when it cannot.
+    /// If a commit moved the latest in between, the snapshot is taken again. Older versions never
     /// change once their successor exists.
     fn verify_replica(&self, r: &ReplicaRow) -> Result<(Vec<String>, u64)> {
         let mut attempts = 0;
@@ -79,8 +81,16 @@ impl Store {
                 return Ok((vec![format!("{}: latest version row missing", r.path)], 0));
             };
             let path = self.version_path(r, latest);
-            match File::open(&path) {
-                Ok(f) => break (latest, row, sums, f),
+            match open_locked(&path) {
+                Ok(Some(f)) => break (latest, row, sums, f),
+                // Made a spare while we waited for the lock: take it again.
+                Ok(None) if attempts < 20 => continue,
+                Ok(None) => {
+                    return Ok((
+                        vec![format!("{} v{latest}: kept moving; not checked", r.path)],
+                        1,
+                    ));
+                }
                 // A commit replaced the file after the snapshot: take it again.
                 Err(_)
                     if attempts < 20
@@ -223,4 +233,15 @@ impl Store {
         }
         Ok(bad)
     }
+}
+
+/// Opens `path` and takes its shared lock; `None` when, by the time the
+/// lock is ours, the path names another file (this one became a spare).
+fn open_locked(path: &Path) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::MetadataExt;
+    let f = File::open(path)?;
+    f.lock_shared()?;
+    let still =
+        std::fs::metadata(path).is_ok_and(|m| m.ino() == f.metadata().map_or(0, |n| n.ino()));
+    Ok(still.then_some(f))
 }
