@@ -11,7 +11,7 @@
 //! nothing ([`NotTheHashedVersion`](crate::server::store::NotTheHashedVersion)),
 //! and the client falls back to a full push.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::os::unix::fs::FileExt;
 
 use super::{Abort, Done, Push, PushEnd, Session, StagingGuard, prepare_staging, recv};
@@ -57,33 +57,23 @@ impl Push<'_> {
                 format!("staging copy has {copied} pages, the base {base_pages}"),
             ));
         }
-        let (pages, expect) = self.receive_pages(link, &begin).await?;
-        if let Some(p) = (base_pages + 1..=begin.page_count).find(|p| !pages.contains_key(p)) {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&guard.0)
+            .map_err(|e| Abort::server("the server could not prepare the push", e))?;
+        let mut out = PageWriter {
+            file: std::sync::Arc::new(file),
+            size: begin.page_size as u64,
+            batch: Vec::new(),
+        };
+        let (sent_pages, expect) = self.receive_pages(link, &begin, &mut out).await?;
+        if let Some(p) = (base_pages + 1..=begin.page_count).find(|p| !sent_pages.contains(p)) {
             return Err(Abort::Client(format!(
                 "the delta makes {} pages but never sent page {p}",
                 begin.page_count
             )));
         }
-        let sent_pages: BTreeSet<u32> = pages.keys().copied().collect();
-        let path = guard.0.clone();
-        let size = begin.page_size as u64;
-        let count = begin.page_count as u64;
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-            for (pgno, data) in &pages {
-                f.write_all_at(data, (*pgno as u64 - 1) * size)?;
-            }
-            f.set_len(count * size)
-        })
-        .await
-        .map_err(|e| Abort::server("the server could not apply the delta", e))?
-        .map_err(|e| {
-            let e = anyhow::Error::from(e);
-            Abort::server(
-                super::store_failure(&e, "the server could not apply the delta"),
-                format!("{e:#}"),
-            )
-        })?;
+        out.finish(begin.page_count).await?;
         self.staging = Some(guard);
         let done = Done {
             final_count: begin.page_count,
@@ -123,16 +113,18 @@ impl Push<'_> {
     }
 
     /// The DELTA_PAGE frames until DELTA_END (the versionXxh3 it names),
-    /// bounded by [`MAX_DELTA_BYTES`] and the idle timeout.
+    /// each written to the staging copy through `out`, bounded by
+    /// [`MAX_DELTA_BYTES`] and the idle timeout; returns the pages sent.
     async fn receive_pages(
         &self,
         link: &mut Session,
         begin: &DeltaBegin,
-    ) -> Result<(BTreeMap<u32, Vec<u8>>, [u8; 16]), Abort> {
+        out: &mut PageWriter,
+    ) -> Result<(BTreeSet<u32>, [u8; 16]), Abort> {
         let st = self.st;
         let mut shutdown = st.shutdown.clone();
         let activity = link.activity.clone();
-        let mut pages = BTreeMap::new();
+        let mut pages = BTreeSet::new();
         let mut bytes = 0usize;
         loop {
             let frame = tokio::select! {
@@ -157,14 +149,15 @@ impl Push<'_> {
             };
             match DeltaFrame::parse(&b).map_err(|e| Abort::Client(format!("bad delta: {e}")))? {
                 DeltaFrame::Page { pgno, data } => {
-                    check_page(begin, pgno, &data, pages.contains_key(&pgno))?;
+                    check_page(begin, pgno, &data, pages.contains(&pgno))?;
                     bytes += data.len();
                     if bytes > MAX_DELTA_BYTES {
                         return Err(Abort::Client(format!(
                             "the delta carries more than {MAX_DELTA_BYTES} bytes of pages"
                         )));
                     }
-                    pages.insert(pgno, data);
+                    pages.insert(pgno);
+                    out.put(pgno, data).await?;
                 }
                 DeltaFrame::End { version_xxh3 } => return Ok((pages, version_xxh3)),
                 DeltaFrame::Begin(_) => {
@@ -172,6 +165,58 @@ impl Push<'_> {
                 }
             }
         }
+    }
+}
+
+/// Writes a delta's pages into the staging copy as they come, a batch at a
+/// time on the blocking pool: a session holds at most one batch in memory,
+/// however large the delta.
+struct PageWriter {
+    file: std::sync::Arc<std::fs::File>,
+    size: u64,
+    batch: Vec<(u32, Vec<u8>)>,
+}
+
+impl PageWriter {
+    /// Pages kept before a write.
+    const BATCH: usize = 256;
+
+    async fn put(&mut self, pgno: u32, data: Vec<u8>) -> Result<(), Abort> {
+        self.batch.push((pgno, data));
+        if self.batch.len() >= Self::BATCH {
+            self.flush(None).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the batch (and, with `len`, sets the file's length).
+    async fn flush(&mut self, len: Option<u64>) -> Result<(), Abort> {
+        let (file, size) = (self.file.clone(), self.size);
+        let batch = std::mem::take(&mut self.batch);
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            for (pgno, data) in batch {
+                file.write_all_at(&data, (pgno as u64 - 1) * size)?;
+            }
+            match len {
+                Some(l) => file.set_len(l),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| Abort::server("the server could not apply the delta", e))?
+        .map_err(|e| {
+            let e = anyhow::Error::from(e);
+            Abort::server(
+                super::store_failure(&e, "the server could not apply the delta"),
+                format!("{e:#}"),
+            )
+        })
+    }
+
+    /// The last pages, and the result's length.
+    async fn finish(mut self, page_count: u32) -> Result<(), Abort> {
+        let len = page_count as u64 * self.size;
+        self.flush(Some(len)).await
     }
 }
 
