@@ -144,19 +144,13 @@ mod tests {
         let p = db(dir.path(), 20);
         let first = snapshot(&p, &[], 4096, usize::MAX).unwrap();
         assert_eq!(first.changed.len(), first.digests.len());
-        assert_eq!(
-            first.version_xxh3(),
-            xxh3_of(&p)
-        );
+        assert_eq!(first.version_xxh3(), xxh3_of(&p));
         let same = snapshot(&p, &first.digests, 4096, usize::MAX).unwrap();
         assert!(same.changed.is_empty());
         db(dir.path(), 1);
         let next = snapshot(&p, &first.digests, 4096, usize::MAX).unwrap();
         assert!(!next.changed.is_empty() && next.changed.len() < 5);
-        assert_eq!(
-            next.version_xxh3(),
-            xxh3_of(&p)
-        );
+        assert_eq!(next.version_xxh3(), xxh3_of(&p));
         let capped = snapshot(&p, &[], 4096, 8192).unwrap();
         assert!(capped.too_big && capped.changed.is_empty());
         assert_eq!(capped.digests, next.digests);
