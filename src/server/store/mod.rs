@@ -14,7 +14,8 @@
 //! - [`pages`]: the bytes of older versions' pages.
 //! - [`live`]: the version files sessions pin, and each replica's shared
 //!   state; [`commit`]: a push becoming a version; [`rebuild`]: older
-//!   versions materialised on demand; [`verify`]: the whole store re-read;
+//!   versions materialised on demand; [`changes`]: the pages two versions
+//!   differ in (delta pulls); [`verify`]: the whole store re-read;
 //!   [`disk`]: the file-system rules they share.
 //!
 //! Layout under DATA_DIR:
@@ -53,6 +54,7 @@
 //! start-up removes the orphan `v<N+1>.db` and cuts unreferenced pack tails;
 //! a crash after it leaves `v<N>.db` as an orphan that start-up removes.
 
+mod changes;
 mod commit;
 pub mod dirlock;
 pub mod disk;
