@@ -21,6 +21,7 @@ pub mod keys;
 pub mod matched;
 pub mod page_cache;
 pub mod pull;
+pub mod pull_delta;
 pub mod push;
 pub mod settings;
 pub mod subscribe;
@@ -247,6 +248,9 @@ pub struct Report {
     pub messages: Vec<String>,
     /// Messages past those bounds, counted only.
     pub messages_not_shown: u64,
+    /// A pull that received only the changed pages (a delta pull, see
+    /// [`pull_delta`]) instead of running sqlite3_rsync.
+    pub delta: bool,
 }
 
 impl Report {
@@ -275,6 +279,7 @@ impl Report {
             unchanged: false,
             messages: Vec::new(),
             messages_not_shown: 0,
+            delta: false,
         }
     }
 
@@ -316,6 +321,7 @@ impl Report {
             "verifySeconds": (self.verify_seconds * 1000.0).round() / 1000.0,
             "verified": self.verified,
             "unchanged": self.unchanged,
+            "delta": self.delta,
             "messages": self.messages,
             // When the sync ended: what tells one sync of a watch
             // (one line each) from the next.
@@ -358,8 +364,9 @@ impl Report {
             ));
             return;
         }
+        let how = if self.delta { " as a delta" } else { "" };
         printer.note(&format!(
-            "{} {arrow}: {version}, {} of {} pages sent, {} on the wire, {speedup}, {:.1}s{verified}",
+            "{} {arrow}: {version}, {} of {} pages sent{how}, {} on the wire, {speedup}, {:.1}s{verified}",
             self.mode,
             self.pages_sent,
             self.page_count,
