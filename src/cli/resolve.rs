@@ -106,7 +106,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         watch,
         force: cli.force,
         large_frames: !env.compat_frames,
-        deltas: !env.no_delta,
+        deltas: !env.no_delta && !env.compat_frames,
         push: PushSettings {
             message: cli.message,
             visibility,

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod matched;
 pub mod page_cache;
 pub mod pull;
+pub mod pull_delta;
 pub mod push;
 pub mod settings;
 pub mod subscribe;
@@ -251,8 +252,8 @@ pub struct Report {
     /// A push that found the server's latest version equal to the local
     /// database and sent nothing (see unchanged.rs).
     pub unchanged: bool,
-    /// The sync was a delta (SERVER.md "Extensions"): only changed pages
-    /// travelled, without the helper.
+    /// The sync was a delta (SERVER.md "Extensions", [`pull_delta`] and
+    /// the push's): only changed pages travelled, without the helper.
     pub delta: bool,
     /// The server's `MESSAGE=` texts as they were shown on stderr: control
     /// characters as visible escapes, each cut at 4 KiB, at most 64 of
@@ -373,8 +374,9 @@ impl Report {
             ));
             return;
         }
+        let how = if self.delta { " as a delta" } else { "" };
         printer.note(&format!(
-            "{} {arrow}: {version}, {} of {} pages sent, {} on the wire, {speedup}, {:.1}s{verified}",
+            "{} {arrow}: {version}, {} of {} pages sent{how}, {} on the wire, {speedup}, {:.1}s{verified}",
             self.mode,
             self.pages_sent,
             self.page_count,

@@ -7,6 +7,13 @@
 //! (KEYREQUEST only without a matching `-sqlrsync` file). When the server's
 //! CONFIG carries `versionHash`, the pulled file is hashed and compared; a
 //! mismatch is a loud failure.
+//!
+//! A pull over a database that is a known version of the replica offers a
+//! delta first ([`super::pull_delta`]); a server that answers sends only the
+//! changed pages, and no helper runs. A delta that does not make the
+//! version changes nothing and is followed by a full pull in the same run.
+//! A verified full pull keeps the page digests of its result
+//! ([`super::page_cache`]), so the next pull can be a delta.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +28,8 @@ use super::files::{DashFile, Secrets};
 use super::guard::{self, PullFacts};
 use super::keys::{self, Candidates, Key, KeySource};
 use super::matched::{self, Matched, Role};
+use super::page_cache;
+use super::pull_delta::{self, DeltaFailed, Offer};
 use super::{ConnectError, RemoteRef, Settings, SyncError};
 use crate::helper::HelperCommand;
 use crate::link::{Controls, DriveSpec, drive};
@@ -275,51 +284,155 @@ pub async fn pull_once(
     result
 }
 
-/// The body of [`pull_once`] once the pull may run.
+/// The body of [`pull_once`] once the pull may run: a delta when one is
+/// offered and answered, else (or after a delta that did not make the
+/// version) the helper's sync.
 async fn pull_into(
     s: &Settings,
     p: &mut Plan,
     started: Instant,
     interrupt: watch::Receiver<bool>,
 ) -> Result<super::Report, SyncError> {
+    let offer = pull_delta::offer(s, p);
+    let conn = connect_pull(s, p, offer.as_ref(), interrupt.clone()).await?;
+    let conn = match offer {
+        Some(offer) if conn.delta => {
+            match pull_delta::run(s, p, &offer, conn, interrupt.clone()).await {
+                Ok(d) => return finish_delta(s, p, d, started),
+                Err(DeltaFailed::Sync(e)) => return Err(e),
+                Err(DeltaFailed::Fallback(why)) => {
+                    s.printer.verbose(&format!(
+                        "sqlrsync: the delta pull was not used ({why}); the local database is \
+                         unchanged by it; pulling in full"
+                    ));
+                    page_cache::forget(&p.remote_path, &p.local);
+                    connect_pull(s, p, None, interrupt.clone()).await?
+                }
+            }
+        }
+        _ => conn,
+    };
+    full_pull(s, p, conn, started, interrupt).await
+}
+
+/// A pull through the helper on `conn`.
+async fn full_pull(
+    s: &Settings,
+    p: &mut Plan,
+    conn: super::Connected,
+    started: Instant,
+    interrupt: watch::Receiver<bool>,
+) -> Result<super::Report, SyncError> {
     let printer = s.printer;
-    let conn = connect_pull(s, p, interrupt.clone()).await?;
     let (outcome, sink) = link_pull(s, p, conn, interrupt)
         .await
         .map_err(|e| SyncError::Other(e.into()))?;
     super::verdict(&outcome, false)?;
     let cfg = outcome.config().unwrap_or_default();
     let (verified, verify_seconds) = verify(p, &cfg, &sink, &printer)?;
-    if cfg.replica_id.is_some() {
-        p.replica_id = cfg.replica_id.clone();
+    keep_answer(p, &cfg, &printer)?;
+    if verified == Some(true) {
+        keep_page_cache(p, &cfg).await;
+    } else {
+        page_cache::forget(&p.remote_path, &p.local);
     }
-    if let Some(pull) = &cfg.new_pull_key {
-        keep_pull_key(p, pull, &printer)?;
-    } else if let Some(given) = given_pull_key(p) {
-        // Servers mint pull keys for admin keys only: a Replica Pull key
-        // the user gave that just worked is the one to keep, as a push
-        // keeps a --pushKey.
-        keep_pull_key(p, &given, &printer)?;
-    }
-    record_match(p, &cfg, &printer);
     for l in &outcome.helper_stderr {
         printer.verbose(&format!("sqlite3_rsync: {l}"));
     }
-    // Only news when the latest was asked for: it moved on during the pull.
-    if outcome.newer_version && p.version == VersionRef::Latest && !s.subscribe {
-        printer
-            .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
-    }
-    let mut report = super::Report::new("PULL", &outcome.stats, started);
-    report.local = p.local.display().to_string();
-    report.remote = format!("{}@{}", p.remote_path, p.version);
-    report.server = p.server.clone();
-    report.version = cfg.committed_version_id.clone();
+    note_newer(s, p, outcome.newer_version);
+    let mut report = report_of(p, &cfg, &outcome.stats, started);
     report.verified = verified;
     report.verify_seconds = verify_seconds;
     report.messages = outcome.messages.clone();
     report.messages_not_shown = outcome.messages_not_shown;
     Ok(report)
+}
+
+/// A delta pull that committed: kept like a full pull's result, with the
+/// page digests it read back as the next page cache entry.
+fn finish_delta(
+    s: &Settings,
+    p: &mut Plan,
+    d: pull_delta::Delta,
+    started: Instant,
+) -> Result<super::Report, SyncError> {
+    let cfg = d.config;
+    keep_answer(p, &cfg, &s.printer)?;
+    pull_delta::keep_cache(p, &cfg, d.applied.page_size, d.applied.digests);
+    s.printer.verbose(&format!(
+        "verified {} against the server's versionXxh3 in {:.2}s (delta pull)",
+        p.local.display(),
+        d.applied.verify_seconds
+    ));
+    note_newer(s, p, d.newer_version);
+    let mut report = report_of(p, &cfg, &d.stats, started);
+    report.delta = true;
+    report.verified = Some(true);
+    report.verify_seconds = d.applied.verify_seconds;
+    report.messages = d.messages.kept;
+    report.messages_not_shown = d.messages.not_shown;
+    Ok(report)
+}
+
+/// Keeps what the server's CONFIG gave: the replica id, the pull key (or
+/// the `--pullKey` that just worked), and the match record.
+fn keep_answer(
+    p: &mut Plan,
+    cfg: &crate::wire::ServerConfig,
+    printer: &Printer,
+) -> Result<(), SyncError> {
+    if cfg.replica_id.is_some() {
+        p.replica_id = cfg.replica_id.clone();
+    }
+    if let Some(pull) = &cfg.new_pull_key {
+        keep_pull_key(p, pull, printer)?;
+    } else if let Some(given) = given_pull_key(p) {
+        // Servers mint pull keys for admin keys only: a Replica Pull key
+        // the user gave that just worked is the one to keep, as a push
+        // keeps a --pushKey.
+        keep_pull_key(p, &given, printer)?;
+    }
+    record_match(p, cfg, printer);
+    Ok(())
+}
+
+/// Only news when the latest was asked for: it moved on during the pull.
+fn note_newer(s: &Settings, p: &Plan, newer_version: bool) {
+    if newer_version && p.version == VersionRef::Latest && !s.subscribe {
+        s.printer
+            .note("sqlrsync: a newer version was committed during this pull; pull again to get it");
+    }
+}
+
+/// The report of a pull that succeeded, before its verification fields.
+fn report_of(
+    p: &Plan,
+    cfg: &crate::wire::ServerConfig,
+    stats: &crate::link::Stats,
+    started: Instant,
+) -> super::Report {
+    let mut report = super::Report::new("PULL", stats, started);
+    report.local = p.local.display().to_string();
+    report.remote = format!("{}@{}", p.remote_path, p.version);
+    report.server = p.server.clone();
+    report.version = cfg.committed_version_id.clone();
+    report
+}
+
+/// After a verified full pull from our server (it sends versionXxh3 and
+/// the replica id): the page digests of the result, read once, as the
+/// page cache entry, kept only when they make the versionXxh3.
+async fn keep_page_cache(p: &Plan, cfg: &crate::wire::ServerConfig) {
+    if cfg.version_xxh3.is_none() || cfg.replica_id.is_none() {
+        page_cache::forget(&p.remote_path, &p.local);
+        return;
+    }
+    let local = p.local.clone();
+    let read = tokio::task::spawn_blocking(move || sqlite::pages::snapshot(&local, &[], 0, 0));
+    match read.await {
+        Ok(Ok(snap)) => pull_delta::keep_cache(p, cfg, snap.page_size, snap.digests),
+        _ => page_cache::forget(&p.remote_path, &p.local),
+    }
 }
 
 /// Refuses (unless `--force`) a pull that would lose what the local
@@ -383,6 +496,7 @@ fn record_match(p: &Plan, cfg: &crate::wire::ServerConfig, printer: &Printer) {
 async fn connect_pull(
     s: &Settings,
     p: &mut Plan,
+    delta: Option<&Offer>,
     interrupt: watch::Receiver<bool>,
 ) -> Result<super::Connected, SyncError> {
     let printer = s.printer;
@@ -401,6 +515,9 @@ async fn connect_pull(
             ));
         }
         super::offer_frames(s, &mut h);
+        if let Some(offer) = delta {
+            h.extend(offer.headers());
+        }
         h
     };
     printer.verbose(&format!(

@@ -49,8 +49,8 @@ pub struct Settings {
     /// clients that exist for sqlrsync.com would send.
     pub large_frames: bool,
     /// Offer our server delta syncs (SERVER.md "Extensions");
-    /// `SQLRSYNC_NO_DELTA=1` turns it off, so every sync runs the helper
-    /// (to measure or check the full path).
+    /// `SQLRSYNC_NO_DELTA=1` (or `SQLRSYNC_COMPAT_FRAMES=1`) turns it off,
+    /// so every sync runs the helper (to measure or check the full path).
     pub deltas: bool,
     /// What only a push uses.
     pub push: PushSettings,

@@ -6,7 +6,8 @@
 //!   decided before the upgrade; [`limits`]: the session budgets and each
 //!   client address's share of them.
 //! - [`push`], [`pull`], [`subscribe`]: the websocket sessions of
-//!   PROTOCOL.md sections 2-5, bridging the embedded helper ([`session`]).
+//!   PROTOCOL.md sections 2-5, bridging the embedded helper ([`session`]);
+//!   [`pull_delta`]: a pull served as a delta (our extension).
 //! - [`web`]: the HTML pages and downloads; [`download`]: a version read
 //!   for a download, page by page from the store, checked as it goes.
 //! - [`store`]: metadata, content-addressed pages and materialised versions,
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod pull;
+pub mod pull_delta;
 pub mod push;
 pub mod session;
 pub mod store;

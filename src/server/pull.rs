@@ -4,7 +4,9 @@
 //! The version named by `X-ReplicaVersion` is pinned (a commit or cache
 //! clean-up never removes a file a pull reads) and, when older than the
 //! latest, materialised on demand. The helper `--origin` runs on it; its
-//! stream is carried to the client as read, never buffered whole.
+//! stream is carried to the client as read, never buffered whole. A
+//! client that offers a delta and holds a version the latest can be
+//! reached from gets one instead ([`super::pull_delta`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,15 +24,14 @@ use super::app::AppState;
 use super::frames::{Frame as FrameIn, PullAction, PullFrames};
 use super::keys::{self, KeyKind, KeyRecord, MintedOn, PendingKey};
 use super::metrics::Kind;
+use super::pull_delta::DeltaPlan;
 use super::session::{
     Abort, CLOSE_NORMAL, Session, config_text, recv, send_out, spawn_helper, split_file,
 };
 use super::store::{ReplicaRow, VersionFile, VersionRow};
 use crate::helper::HelperCommand;
 use crate::link::{Controls, Frame, Framing, Out, OutTx, PumpCtx, PumpEnd, PumpError, Stats, pump};
-use crate::wire::{
-    CTRL_NEWREPLICAVERSION, ClientControl, Direction, OriginSummary, ServerConfig, headers,
-};
+use crate::wire::{CTRL_NEWREPLICAVERSION, ClientControl, Direction, ServerConfig, headers};
 
 /// How long a pull whose stream went out whole waits for the client to
 /// close before closing itself (PROTOCOL.md section 3): the clients that
@@ -38,11 +39,11 @@ use crate::wire::{
 /// not read yet when the server closes first.
 const CLIENT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-struct PullContext {
+pub(super) struct PullContext {
     /// The replica.
-    replica: ReplicaRow,
+    pub(super) replica: ReplicaRow,
     /// The version being pulled.
-    version: VersionRow,
+    pub(super) version: VersionRow,
     /// The key used (may ask for a pull key), if any.
     key: Option<KeyRecord>,
     /// Connection-limit permit.
@@ -51,6 +52,9 @@ struct PullContext {
     framing: Framing,
     /// Whom a pull key minted here is for ([`keys::destination`]).
     destination: String,
+    /// The delta this pull is served as, when the client offered one that
+    /// fits ([`super::pull_delta::decide`]).
+    delta: Option<Arc<DeltaPlan>>,
 }
 
 pub async fn handler(
@@ -71,6 +75,8 @@ pub async fn handler(
             return r.into_response();
         }
     };
+    let delta = super::pull_delta::decide(&st, &reader.replica, &version, &h).await;
+    let answer_delta = delta.is_some();
     let ctx = PullContext {
         replica: reader.replica,
         version,
@@ -81,11 +87,18 @@ pub async fn handler(
             header(&h, headers::CLIENT_ID),
             header(&h, headers::LOCAL_ABSOLUTE_PATH),
         ),
+        delta,
     };
     let config = st.config.clone();
     let mut resp = super::session::bounded_upgrade(ws, st.config.max_frame)
         .on_upgrade(move |socket| session(socket, st, ctx));
     config.answer_offer(&h, &mut resp);
+    if answer_delta {
+        resp.headers_mut().insert(
+            headers::DELTA,
+            axum::http::HeaderValue::from_static(headers::DELTA_V1),
+        );
+    }
     resp
 }
 
@@ -99,10 +112,16 @@ async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     let mut track = st
         .metrics
         .session_started(Kind::Pull, &ctx.replica.namespace);
-    match run(&mut link, &st, &ctx).await {
+    let served = match &ctx.delta {
+        Some(plan) => super::pull_delta::run(&mut link, &st, &ctx, plan).await,
+        None => run(&mut link, &st, &ctx).await,
+    };
+    match served {
         Ok(pages) => {
             track.succeeded();
+            let delta_from = ctx.delta.as_ref().map(|d| d.base_version());
             tracing::info!(path = %ctx.replica.path, version = ctx.version.number, pages,
+                delta = delta_from.is_some(), delta_from,
                 secs = started.elapsed().as_secs_f64(), "pull served");
             send_out(&link.out, Out::Close(CLOSE_NORMAL, "done".into())).await;
         }
@@ -115,7 +134,8 @@ async fn session(socket: WebSocket, st: AppState, ctx: PullContext) {
     track.bytes(received, sent);
 }
 
-fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
+/// The CONFIG of this pull (with the pull key minted, if any).
+pub(super) fn config(ctx: &PullContext, new_pull_key: Option<String>) -> ServerConfig {
     ServerConfig {
         replica_id: Some(ctx.replica.uid.clone()),
         replica_path: Some(ctx.replica.path.clone()),
@@ -193,20 +213,12 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
         ended_tx,
         newer,
     ));
-    let mut serve = Serve {
-        st,
-        ctx,
-        stdin: helper.stdin.take(),
-        frames: PullFrames::new(
-            st.config.stream_limits(),
-            ctx.version.page_count,
-            ctx.version.page_size,
-        ),
-        pull_key: PullKey::default(),
-        origin_ended: false,
-        client_closed: false,
-    };
-    let summary = serve.serve(link, pump, ended_rx).await?;
+    let mut serve = Serve::new(st, ctx, helper.stdin.take());
+    let pumped = serve.serve(link, pump, ended_rx).await?;
+    let mut summary = pumped.origin;
+    if let Some(PumpError::Stream(e)) = pumped.error {
+        summary.errors.push(format!("helper stream: {e}"));
+    }
     drop(serve.stdin.take());
     let _ = helper.wait(Duration::from_secs(10)).await;
     drop(file);
@@ -217,12 +229,12 @@ async fn run(link: &mut Session, st: &AppState, ctx: &PullContext) -> Result<u64
         return Err(Abort::server("the server's origin side stopped early", ""));
     }
     serve.pull_key.store(st)?;
-    serve.await_close(link).await;
+    serve.await_close(link, false).await;
     Ok(summary.pages_sent)
 }
 
 /// A pull session's state between the client's frames.
-struct Serve<'a> {
+pub(super) struct Serve<'a> {
     st: &'a AppState,
     ctx: &'a PullContext,
     /// The helper's stdin: the client's hashes go there.
@@ -235,22 +247,54 @@ struct Serve<'a> {
     client_closed: bool,
 }
 
-impl Serve<'_> {
-    /// Runs until the helper's stream ended (and the client has it), or
-    /// the session fails.
-    async fn serve(
+impl<'a> Serve<'a> {
+    /// A session feeding `stdin` (None: there is no helper, a delta).
+    pub(super) fn new(
+        st: &'a AppState,
+        ctx: &'a PullContext,
+        stdin: Option<tokio::process::ChildStdin>,
+    ) -> Serve<'a> {
+        Serve {
+            st,
+            ctx,
+            stdin,
+            frames: PullFrames::new(
+                st.config.stream_limits(),
+                ctx.version.page_count,
+                ctx.version.page_size,
+            ),
+            pull_key: PullKey::default(),
+            origin_ended: false,
+            client_closed: false,
+        }
+    }
+
+    /// The pull key to show in CONFIG, if one was asked for.
+    pub(super) fn pull_key_shown(&self) -> Option<String> {
+        self.pull_key.shown()
+    }
+
+    /// Stores the pull key asked for, once our side is complete.
+    pub(super) fn store_pull_key(&mut self) -> Result<(), Abort> {
+        self.pull_key.store(self.st)
+    }
+
+    /// Runs until `pump` (the task sending our stream, which reports its
+    /// end on `ended_rx`) is done and the client has what it sent, or the
+    /// session fails; returns what the task returned.
+    pub(super) async fn serve<T>(
         &mut self,
         link: &mut Session,
-        mut pump: tokio::task::JoinHandle<PumpEnd>,
+        mut pump: tokio::task::JoinHandle<T>,
         mut ended_rx: oneshot::Receiver<()>,
-    ) -> Result<OriginSummary, Abort> {
+    ) -> Result<T, Abort> {
         let st = self.st;
         let mut shutdown = st.shutdown.clone();
         let activity = link.activity.clone();
-        let pumped = loop {
+        loop {
             tokio::select! {
                 res = &mut pump => {
-                    break res.map_err(|e| Abort::server("the server's origin side failed", e))?;
+                    return res.map_err(|e| Abort::server("the server's origin side failed", e));
                 }
                 _ = &mut ended_rx, if !self.origin_ended => {
                     // ORIGIN_END sent: the helper waits for the replica's EOF,
@@ -271,9 +315,9 @@ impl Serve<'_> {
                             if self.origin_ended {
                                 // The client has everything; wait for the helper.
                                 self.stdin = None;
-                                break tokio::time::timeout(Duration::from_secs(30), &mut pump).await
+                                return tokio::time::timeout(Duration::from_secs(30), &mut pump).await
                                     .map_err(|_| Abort::Cut("helper did not finish".into()))?
-                                    .map_err(|e| Abort::server("the server's origin side failed", e))?;
+                                    .map_err(|e| Abort::server("the server's origin side failed", e));
                             }
                             return Err(Abort::Cut("client left before the pull finished".into()));
                         }
@@ -283,17 +327,14 @@ impl Serve<'_> {
                     self.on_frame(&link.out, msg).await?;
                 }
             }
-        };
-        let mut summary = pumped.origin;
-        if let Some(PumpError::Stream(e)) = pumped.error {
-            summary.errors.push(format!("helper stream: {e}"));
         }
-        Ok(summary)
     }
 
     /// Once the whole stream went out: waits (at most [`CLIENT_CLOSE_WAIT`])
-    /// for the client to close, dropping what it still sends.
-    async fn await_close(&mut self, link: &mut Session) {
+    /// for the client to close, dropping what it still sends, or with
+    /// `answer` answering its control frames (a delta client's KEYREQUEST
+    /// may come after the delta went out, and it waits for the answer).
+    pub(super) async fn await_close(&mut self, link: &mut Session, answer: bool) {
         if self.client_closed {
             return;
         }
@@ -304,6 +345,11 @@ impl Serve<'_> {
                 tokio::select! {
                     f = recv(&mut link.rx, &activity) => match f {
                         None | Some(Ok(Frame::Close(..)) | Err(_)) => break,
+                        Some(Ok(m)) if answer => {
+                            if self.on_frame(&link.out, m).await.is_err() {
+                                break;
+                            }
+                        }
                         Some(Ok(_)) => {}
                     },
                     _ = super::app::stopped(&mut shutdown) => break,
@@ -362,11 +408,18 @@ impl Serve<'_> {
 
 /// Carries the helper's ORIGIN stream to the client, reporting ORIGIN_END.
 /// What the pump needs to tell the client that a newer version exists.
-struct NewerCheck {
+pub(super) struct NewerCheck {
     /// The replica's live state (its latest version moves on commits).
-    state: Arc<crate::server::store::ReplicaState>,
+    pub(super) state: Arc<crate::server::store::ReplicaState>,
     /// The version this pull serves.
-    pulled: u64,
+    pub(super) pulled: u64,
+}
+
+impl NewerCheck {
+    /// A version newer than the one pulled exists now.
+    pub(super) fn moved_on(&self) -> bool {
+        self.state.latest().is_some_and(|l| l.number > self.pulled)
+    }
 }
 
 async fn pump_origin(
@@ -380,10 +433,7 @@ async fn pump_origin(
     // control frame may go), say if the pulled version is no longer the
     // latest (one was committed, or an older one asked).
     let at_end = move || {
-        let moved_on = newer
-            .state
-            .latest()
-            .is_some_and(|l| l.number > newer.pulled);
+        let moved_on = newer.moved_on();
         let _ = ended.send(());
         if moved_on {
             vec![vec![CTRL_NEWREPLICAVERSION]]

@@ -37,7 +37,7 @@ pub const DELTA_PAGE: u8 = 0x57;
 /// Last frame of a delta.
 pub const DELTA_END: u8 = 0x58;
 
-/// The most page bytes a delta push carries: past this, a full sync is
+/// The most page bytes a delta carries (either way): past this, a full sync is
 /// cheaper to hold in memory on both ends and no slower.
 pub const MAX_DELTA_BYTES: usize = 64 << 20;
 

@@ -13,6 +13,7 @@ mod client_paths;
 mod client_safety;
 mod client_setup;
 mod compat_strict;
+mod delta_pull;
 mod delta_push;
 mod dropin_ssh;
 mod faults_kill;

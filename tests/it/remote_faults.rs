@@ -92,7 +92,12 @@ fn two_versions(r: &Fixture) -> (String, String) {
     (v1, v2)
 }
 
+/// The pull of v2 into old.db (at v1), through the helper: these tests
+/// stop the helper's pull mid-way, so old.db's page cache entry goes first
+/// (with it, the pull would be a delta, which runs no helper; see
+/// delta_pull.rs).
 fn start_pull(r: &Fixture) -> Child {
+    let _ = std::fs::remove_dir_all(r.env.home().join(".cache/sqlrsync/pages"));
     let key = dash_pull_key(&r.path("a.db"));
     r.cmd(&["team/a.db", "old.db", "--pullKey", &key])
         .stdout(Stdio::piped())

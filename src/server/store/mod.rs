@@ -15,7 +15,8 @@
 //! - [`live`]: the version files sessions pin, and each replica's shared
 //!   state; [`spare`]: the retired latest file kept as the next push's
 //!   staging copy; [`commit`]: a push becoming a version; [`rebuild`]: older
-//!   versions materialised on demand; [`verify`]: the whole store re-read;
+//!   versions materialised on demand; [`changes`]: the pages two versions
+//!   differ in (delta pulls); [`verify`]: the whole store re-read;
 //!   [`disk`]: the file-system rules they share.
 //!
 //! Layout under DATA_DIR:
@@ -55,6 +56,7 @@
 //! start-up removes the orphan `v<N+1>.db` and cuts unreferenced pack tails;
 //! a crash after it leaves `v<N>.db` as an orphan that start-up removes.
 
+mod changes;
 mod commit;
 pub mod dirlock;
 pub mod disk;
