@@ -66,8 +66,16 @@ impl Server {
         );
         let log = self.log();
         assert!(!log.contains("panicked"), "the server panicked:\n{log}");
-        let staging: Vec<_> = files(&self.data.join("staging"));
+        let (spares, staging): (Vec<_>, Vec<_>) = files(&self.data.join("staging"))
+            .into_iter()
+            .partition(|p| crate::support::faults::is_spare(p));
         assert!(staging.is_empty(), "staging files left: {staging:?}");
+        // At most one spare copy per replica.
+        let replicas = files(&self.data.join("replicas")).len();
+        assert!(
+            spares.len() <= replicas,
+            "{spares:?} for {replicas} replicas"
+        );
     }
 
     /// Open file descriptors of the server process.

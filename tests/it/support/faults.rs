@@ -198,12 +198,23 @@ pub fn scratch_usage(data: &Path) -> (usize, u64) {
     let mut files = 0;
     let mut bytes = 0;
     for d in ["staging", "cache"] {
-        for (_, len) in files_with_sizes(&data.join(d)) {
+        for (path, len) in files_with_sizes(&data.join(d)) {
+            if is_spare(&path) {
+                continue;
+            }
             files += 1;
             bytes += len;
         }
     }
     (files, bytes)
+}
+
+/// A hot replica's spare copy of its latest version (SERVER.md "Storage
+/// layout"): the next push's staging file, made after a commit, not a
+/// session's leftover.
+pub fn is_spare(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("spare-"))
 }
 
 /// Bytes in pack files that no index row references (a commit that never
