@@ -518,6 +518,9 @@ fn apply(
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let c = Connection::open_with_flags(local, flags)?;
     c.busy_timeout(BUSY_TIMEOUT)?;
+    // The read-back reads every page: through a memory map it takes half
+    // the time (see `sqlite::pages`). Writes still go through write().
+    let _ = c.pragma_update(None, "mmap_size", 1i64 << 32);
     let size: u32 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     if size != begin.page_size {
         return Err(ApplyError::Refused(format!(
@@ -567,6 +570,9 @@ fn write_and_check(
     let before: u32 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let mut ins = c.prepare("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)")?;
     let mut data = vec![0u8; begin.page_size as usize];
+    // Pages past the old end: sqlite_dbpage does not list them before the
+    // commit, so the read-back takes their digests from what was written.
+    let mut past_end = std::collections::BTreeMap::new();
     for (i, &pgno) in spool.pages.iter().enumerate() {
         spool
             .get(i, &mut data)
@@ -578,6 +584,9 @@ fn write_and_check(
             data[19] = 2;
         }
         ins.execute(params![pgno, data])?;
+        if pgno > before {
+            past_end.insert(pgno, pages::digest(pgno, &data));
+        }
     }
     if begin.page_count < before {
         // Truncates at COMMIT (sqlite_dbpage's own rule).
@@ -585,7 +594,7 @@ fn write_and_check(
     }
     drop(ins);
     let reading = Instant::now();
-    let digests = read_back(c, begin.page_count)?;
+    let digests = read_back(c, begin.page_count, &past_end)?;
     let got = pages::version_xxh3(&digests);
     let want = hex::encode(finish.end_xxh3);
     if got != want {
@@ -611,8 +620,14 @@ fn write_and_check(
 }
 
 /// The digests of pages 1..=`count` as the transaction sees them (a
-/// truncation only happens at COMMIT, so pages past `count` are skipped).
-fn read_back(c: &Connection, count: u32) -> Result<Vec<PageDigest>, ApplyError> {
+/// truncation only happens at COMMIT, so pages past `count` are skipped;
+/// pages written past the old end are not listed yet, and come from
+/// `past_end`, the digests of what was written there).
+fn read_back(
+    c: &Connection,
+    count: u32,
+    past_end: &std::collections::BTreeMap<u32, PageDigest>,
+) -> Result<Vec<PageDigest>, ApplyError> {
     let mut st =
         c.prepare("SELECT pgno, data FROM sqlite_dbpage WHERE pgno <= ?1 ORDER BY pgno")?;
     let mut rows = st.query([count])?;
@@ -627,6 +642,12 @@ fn read_back(c: &Connection, count: u32) -> Result<Vec<PageDigest>, ApplyError> 
         }
         let data = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
         digests.push(pages::digest(pgno, data));
+    }
+    while digests.len() < count as usize {
+        match past_end.get(&(digests.len() as u32 + 1)) {
+            Some(d) => digests.push(*d),
+            None => break,
+        }
     }
     if digests.len() != count as usize {
         return Err(ApplyError::Mismatch(format!(

@@ -149,6 +149,28 @@ fn a_shrunk_origin_truncates_the_replica() {
 }
 
 #[test]
+fn a_grown_origin_extends_the_replica_by_a_delta() {
+    let r = Fixture::start();
+    let (a, b) = pulled_once(&r, 2000);
+    for v in ["2", "3"] {
+        // New pages past the replica's end: before the commit,
+        // sqlite_dbpage does not list them, and the check must still pass.
+        let before = page_count(&a);
+        {
+            let c = Connection::open(&a).unwrap();
+            c.execute_batch("INSERT INTO t(v, n) SELECT randomblob(200), n FROM t LIMIT 500")
+                .unwrap();
+        }
+        assert!(page_count(&a) > before, "the origin grew");
+        push_again(&r, &a);
+        let o = pull_b(&r, &[]);
+        assert_delta_made(&o, v, &a, &b);
+        assert_eq!(page_count(&b), page_count(&a));
+        assert_integrity(&b);
+    }
+}
+
+#[test]
 fn a_subscriber_follows_versions_by_deltas() {
     let r = Fixture::start();
     let a = r.make("a.db", 2000);
