@@ -322,6 +322,7 @@ impl Receiving<'_> {
                 Ok(())
             }
             (DeltaFrame::Begin(_), Some(_)) => refuse("a second DELTA_BEGIN".into()),
+            (DeltaFrame::Done { .. }, Some(_)) => refuse("DELTA_DONE on a pull".into()),
             (_, None) => refuse("a delta frame before DELTA_BEGIN".into()),
         }
     }

@@ -368,38 +368,36 @@ pub async fn push_once(
     let fingerprint = unchanged::fingerprint(&p.local);
     let local_hash = hash_if_useful(p, record.as_ref(), fingerprint.as_deref());
     let mut conn = connect_push(s, p, &url, &hdrs, &interrupt).await?;
-    let latest = match before_stream(s, p, &mut conn, record, local_hash).await? {
-        Before::Unchanged(latest, wire_bytes) => {
-            return Ok(unchanged_report(p, latest, wire_bytes, started, &printer));
-        }
-        Before::Push(latest) => latest,
-    };
-    if conn.delta
-        && !p.key_request
-        && let Some(latest) = &latest
-    {
-        match delta::prepare(p, latest).await {
-            delta::Prepared::Unchanged => {
-                unchanged::close(&mut conn.ws, "unchanged").await;
-                return Ok(unchanged_report(p, latest.clone(), 0, started, &printer));
-            }
+    // A delta needs no question first: it names the version this database
+    // last matched, which a server whose latest moved refuses (and the
+    // full push below then finds the conflict).
+    let mut local_xxh3 = None;
+    if conn.delta && !p.key_request {
+        match delta::prepare(p, record.as_ref()).await {
             delta::Prepared::Delta(plan) => {
                 match delta::send(s, p, conn, plan, interrupt.clone(), started).await {
                     Ok(report) => return Ok(report),
                     Err(delta::Failed::Sync(e)) => return Err(e),
                     Err(delta::Failed::Refused(why)) => {
-                        printer.note(&format!(
-                            "sqlrsync: the server refused the delta push ({why}); pushing in full"
+                        printer.verbose(&format!(
+                            "the server refused the delta push ({why}); pushing in full"
                         ));
                         page_cache::forget(&p.remote_path, &p.local);
                     }
                 }
-                // Again, in full, on a new connection (the pre-stream
-                // check runs again: the latest may have moved).
                 return full_push_again(s, p, &url, &hdrs, interrupt, started).await;
             }
+            delta::Prepared::Unchanged(x) => local_xxh3 = Some(x),
             delta::Prepared::Full => {}
         }
+    }
+    let facts = Local {
+        record,
+        hash: local_hash,
+        xxh3: local_xxh3,
+    };
+    if let Before::Unchanged(latest, wire_bytes) = before_stream(s, p, &mut conn, facts).await? {
+        return Ok(unchanged_report(p, latest, wire_bytes, started, &printer));
     }
     stream_push(s, p, conn, interrupt, started).await
 }
@@ -453,10 +451,12 @@ async fn full_push_again(
     started: Instant,
 ) -> Result<super::Report, SyncError> {
     let mut conn = connect_push(s, p, url, hdrs, &interrupt).await?;
-    let record = matched::load(&p.remote_path, &p.local);
-    if let Before::Unchanged(latest, wire_bytes) =
-        before_stream(s, p, &mut conn, record, None).await?
-    {
+    let facts = Local {
+        record: matched::load(&p.remote_path, &p.local),
+        hash: None,
+        xxh3: None,
+    };
+    if let Before::Unchanged(latest, wire_bytes) = before_stream(s, p, &mut conn, facts).await? {
         return Ok(unchanged_report(p, latest, wire_bytes, started, &s.printer));
     }
     stream_push(s, p, conn, interrupt, started).await
@@ -466,8 +466,19 @@ async fn full_push_again(
 enum Before {
     /// Nothing to send: the server's answer, and the wire bytes it took.
     Unchanged(crate::wire::ServerConfig, u64),
-    /// Push; with the server's latest when it said.
-    Push(Option<crate::wire::ServerConfig>),
+    /// Push.
+    Push,
+}
+
+/// What is known of the local database before the check.
+struct Local {
+    /// Its match record.
+    record: Option<Matched>,
+    /// Its versionHash, being computed (when it very probably did not
+    /// change since it last matched).
+    hash: Option<tokio::task::JoinHandle<anyhow::Result<String>>>,
+    /// Its versionXxh3, when the page cache found it unchanged.
+    xxh3: Option<String>,
 }
 
 /// Asks our server for its latest before the stream (SERVER.md
@@ -479,18 +490,25 @@ async fn before_stream(
     s: &Settings,
     p: &Plan,
     conn: &mut super::Connected,
-    record: Option<Matched>,
-    local_hash: Option<tokio::task::JoinHandle<anyhow::Result<String>>>,
+    local: Local,
 ) -> Result<Before, SyncError> {
     if !conn.stream_digest || p.remote_path.is_empty() {
-        return Ok(Before::Push(None));
+        return Ok(Before::Push);
     }
     let Some((latest, wire_bytes)) = unchanged::ask_latest(&mut conn.ws).await? else {
-        return Ok(Before::Push(None));
+        return Ok(Before::Push);
     };
+    // The page cache found the database as it last matched, and that is
+    // the server's latest: nothing to send, nothing to hash.
+    if local.xxh3.is_some() && latest.version_xxh3 == local.xxh3 && !p.key_request {
+        unchanged::close(&mut conn.ws, "unchanged").await;
+        return Ok(Before::Unchanged(latest, wire_bytes));
+    }
     // A record of another server's replica of the same name says nothing.
-    let record = record.filter(|r| r.same_replica(latest.replica_id.as_deref()));
-    let mut local_hash = match local_hash {
+    let record = local
+        .record
+        .filter(|r| r.same_replica(latest.replica_id.as_deref()));
+    let mut local_hash = match local.hash {
         Some(h) => h.await.ok().and_then(|h| h.ok()),
         None => None,
     };
@@ -529,7 +547,7 @@ async fn before_stream(
             unchanged::close(&mut conn.ws, "unchanged").await;
             Ok(Before::Unchanged(latest, wire_bytes))
         }
-        PushCheck::Unchanged | PushCheck::Push => Ok(Before::Push(Some(latest))),
+        PushCheck::Unchanged | PushCheck::Push => Ok(Before::Push),
     }
 }
 

@@ -145,6 +145,19 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
                     send_out(&out, Out::Text(text.encode())).await;
                     send_out(&out, config_text(cfg.clone())).await;
                 }
+                PushEnd::Delta(cfg, row) => {
+                    if let Some(row) = row {
+                        tracing::info!(path = %path, version = row.number, changed = row.changed_pages,
+                            pages = row.page_count, delta = true,
+                            secs = started.elapsed().as_secs_f64(), "push committed");
+                    } else {
+                        tracing::info!(path = %path, delta = true, "push changed nothing");
+                    }
+                    match delta::done_frame(cfg) {
+                        Some(f) => send_out(&out, Out::binary(f)).await,
+                        None => send_out(&out, config_text(cfg.clone())).await,
+                    }
+                }
                 PushEnd::Withdrawn => {
                     tracing::info!(path = %path, "client closed before sending a stream; nothing to do");
                     // As after a failed first push: no empty replica left.
@@ -181,6 +194,9 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
 enum PushEnd {
     Committed(ServerConfig, VersionRow),
     NoChange(ServerConfig, u64),
+    /// A delta push's end (committed when there is a row), answered with
+    /// DELTA_DONE rather than texts.
+    Delta(ServerConfig, Option<VersionRow>),
     /// The client closed before sending any stream: nothing to do.
     Withdrawn,
 }

@@ -14,6 +14,8 @@
 //!                    page size u32 BE, page count of the result u32 BE
 //! DELTA_PAGE  [0x57] page number u32 BE, the page (page size bytes)
 //! DELTA_END   [0x58] versionXxh3 of the result, 16 bytes
+//! DELTA_DONE  [0x59] (server, after a delta push) version u64 BE,
+//!                    its versionXxh3 (16 bytes) and versionHash (32)
 //! ```
 //!
 //! Every page number above the base's page count up to the result's must
@@ -24,7 +26,11 @@
 //! the sender falls back to a full sqlite3_rsync sync.
 //!
 //! A push carries these frames in place of the sqlite3_rsync stream (only
-//! to a server that answered [`super::headers::DELTA`]); a pull receives
+//! to a server that answered [`super::headers::DELTA`]), without asking for
+//! CONFIG first: the base it names is the version the client last
+//! matched, so a server whose latest moved refuses it (and the client's
+//! full push then finds the conflict). The server answers DELTA_DONE and
+//! closes. A pull receives
 //! them from a server that answered the client's
 //! [`super::headers::DELTA_HAVE`] with [`super::headers::DELTA`].
 
@@ -36,6 +42,8 @@ pub const DELTA_BEGIN: u8 = 0x56;
 pub const DELTA_PAGE: u8 = 0x57;
 /// Last frame of a delta.
 pub const DELTA_END: u8 = 0x58;
+/// The server's answer to a delta push it committed (or found unchanged).
+pub const DELTA_DONE: u8 = 0x59;
 
 /// The most page bytes a delta carries (either way): past this, a full sync is
 /// cheaper to hold in memory on both ends and no slower.
@@ -45,8 +53,22 @@ pub const MAX_DELTA_BYTES: usize = 64 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeltaFrame {
     Begin(DeltaBegin),
-    Page { pgno: u32, data: Vec<u8> },
-    End { version_xxh3: [u8; 16] },
+    Page {
+        pgno: u32,
+        data: Vec<u8>,
+    },
+    End {
+        version_xxh3: [u8; 16],
+    },
+    /// The version a delta push made (or already was): its number,
+    /// versionXxh3 and versionHash, in place of the MESSAGE and CONFIG
+    /// texts a stream's push is answered with (a third of the bytes of a
+    /// one-page push).
+    Done {
+        version: u64,
+        version_xxh3: [u8; 16],
+        version_hash: [u8; 32],
+    },
 }
 
 /// What a delta starts from and what it makes.
@@ -103,6 +125,18 @@ impl DeltaFrame {
                 v.extend_from_slice(version_xxh3);
                 v
             }
+            DeltaFrame::Done {
+                version,
+                version_xxh3,
+                version_hash,
+            } => {
+                let mut v = Vec::with_capacity(57);
+                v.push(DELTA_DONE);
+                v.extend_from_slice(&version.to_be_bytes());
+                v.extend_from_slice(version_xxh3);
+                v.extend_from_slice(version_hash);
+                v
+            }
         }
     }
 
@@ -148,6 +182,16 @@ impl DeltaFrame {
             DELTA_END => <[u8; 16]>::try_from(rest)
                 .map(|version_xxh3| DeltaFrame::End { version_xxh3 })
                 .map_err(|_| DeltaError::BadLength(tag)),
+            DELTA_DONE => {
+                if rest.len() != 56 {
+                    return Err(DeltaError::BadLength(tag));
+                }
+                Ok(DeltaFrame::Done {
+                    version: u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
+                    version_xxh3: rest[8..24].try_into().expect("16 bytes"),
+                    version_hash: rest[24..56].try_into().expect("32 bytes"),
+                })
+            }
             other => Err(DeltaError::NotDelta(other)),
         }
     }
@@ -188,7 +232,12 @@ mod tests {
         let end = DeltaFrame::End {
             version_xxh3: [5; 16],
         };
-        for f in [&begin, &page, &end] {
+        let done = DeltaFrame::Done {
+            version: 8,
+            version_xxh3: [6; 16],
+            version_hash: [7; 32],
+        };
+        for f in [&begin, &page, &end, &done] {
             assert_eq!(&DeltaFrame::parse(&f.encode()).unwrap(), f);
         }
         let mut bad = begin.encode();

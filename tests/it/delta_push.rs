@@ -64,9 +64,12 @@ fn pushes_after_the_first_are_deltas_and_make_whole_versions() {
     );
     // Only the pages travel: no hash exchange.
     let page_bytes = sent * j["pageSize"].as_u64().unwrap();
+    // Per page its 5-byte header and the frame's; for the push, BEGIN, END,
+    // DELTA_DONE and the closes: no CONFIG exchange.
+    let overhead = j["bytesOnWire"].as_u64().unwrap() - page_bytes;
     assert!(
-        j["bytesOnWire"].as_u64().unwrap() < page_bytes + 2048,
-        "{j}"
+        overhead < 16 * sent + 200,
+        "{overhead} bytes over the pages: {j}"
     );
     let back = pull_fresh(&r, "team/a.db", &key, "back2.db");
     assert_eq!(content_digest(&back), content_digest(&a));
@@ -367,8 +370,9 @@ fn the_server_stores_no_delta_that_is_not_whole_and_true() {
         true,
     );
     o.assert_ok();
-    assert_eq!(o.version(), 2);
-    assert_eq!(o.config().version_xxh3.as_deref(), Some(true_hash.as_str()));
+    // Answered with DELTA_DONE (57 bytes), not texts.
+    assert_eq!(o.bytes_in, 57, "{o:#?}");
+    assert_eq!(versions(&r, "team/a.db"), 2);
     let back = pull_fresh(&r, "team/a.db", &dash_pull_key(&a), "back.db");
     assert_eq!(content_digest(&back), content_digest(&b));
 }
@@ -429,5 +433,48 @@ fn pushes_in_a_row_build_on_the_spare_copy_and_every_version_stays_whole() {
     let j = push(&r, &a, &[]);
     assert_eq!(j["version"], "5", "{j}");
     let back = pull_fresh(&r, "team/a.db", &key, "v5.db");
+    assert_eq!(content_digest(&back), content_digest(&a));
+}
+
+#[test]
+fn a_delta_on_a_moved_replica_is_a_conflict_not_an_overwrite() {
+    let r = Fixture::start();
+    let a = r.make("a.db", 1000);
+    r.first_push("a.db", "team/a.db");
+    // Another machine pushes to the replica (it never pulled it: --force).
+    let other = TestEnv::new();
+    let b = other.path("b.db");
+    make_db(
+        &b,
+        DbSpec {
+            rows: 300,
+            ..DbSpec::default()
+        },
+    );
+    let o = run(other
+        .sqlrsync()
+        .arg(&b)
+        .arg("team/a.db")
+        .arg("--force")
+        .arg("--server")
+        .arg(r.ws_url())
+        .env("SQLRSYNC_ADMIN_KEY", &r.admin));
+    assert_ok(&o);
+    // Our delta names version 1: refused, and the push says conflict.
+    change_rows(&a, 0.02);
+    let o = run(r.env.sqlrsync().arg(&a));
+    assert_one_line_error(&o, "is at version 2 on the server");
+    assert_eq!(versions(&r, "team/a.db"), 2);
+    let key = dash_pull_key(&a);
+    let back = pull_fresh(&r, "team/a.db", &key, "back.db");
+    assert_eq!(content_digest(&back), content_digest(&b), "theirs is kept");
+    // With --force ours wins, in full, and is whole.
+    let j = push(&r, &a, &["--force"]);
+    assert_eq!(
+        (j["delta"].clone(), j["version"].clone()),
+        (false.into(), "3".into()),
+        "{j}"
+    );
+    let back = pull_fresh(&r, "team/a.db", &key, "back3.db");
     assert_eq!(content_digest(&back), content_digest(&a));
 }

@@ -3,15 +3,16 @@
 //! database against its page cache ([`crate::client::page_cache`]), sent
 //! without running the helper.
 //!
-//! It is tried only on a server that answered the delta offer, after the
-//! pre-stream CONFIG named the latest version, and only when the page
-//! cache holds exactly that version (number and versionXxh3). The read is
-//! one read transaction; the versionXxh3 of what it read goes in
-//! DELTA_END, and the server commits only a result that hashes the same.
-//! Whatever goes wrong before the server commits (it refuses the delta, the
-//! cache was stale) leaves the server as it was, and the push runs again
-//! in full. The same read also settles the unchanged check: a database
-//! whose versionXxh3 is the latest's has nothing to send.
+//! It is tried only on a server that answered the delta offer, when the
+//! match record and the page cache name the same version. No CONFIG is
+//! asked first: DELTA_BEGIN names that version as the base, and a server
+//! whose latest is another refuses it before storing anything; the full
+//! push that follows asks, and finds the conflict (or a version that
+//! already is this database). The read is one read transaction; the
+//! versionXxh3 of what it read goes in DELTA_END, and the server commits
+//! only a result that hashes the same, answering DELTA_DONE. The same
+//! read settles the unchanged check: a database that still is the version
+//! it matched only asks the server whether that is still the latest.
 
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::{Plan, Settings, SyncError};
+use super::{Matched, Plan, Settings, SyncError};
 use crate::client::page_cache::{self, PageCache};
 
 /// The close code of a server that refused what a client sent.
@@ -31,8 +32,9 @@ use crate::wire::{ClientControl, MAX_SERVER_TEXT_BYTES, ServerConfig, ServerText
 
 /// What the page cache makes of a push.
 pub(super) enum Prepared {
-    /// The database is the latest version: nothing to send.
-    Unchanged,
+    /// The database is the version it last matched (this versionXxh3):
+    /// nothing to send if that still is the server's latest.
+    Unchanged(String),
     /// Send these pages.
     Delta(DeltaPlan),
     /// No usable cache, or too much changed: a full push.
@@ -55,23 +57,24 @@ pub(super) enum Failed {
     Sync(SyncError),
 }
 
-/// Reads the database against its page cache for the `latest` the server
-/// named (blocking work on a thread of its own).
-pub(super) async fn prepare(p: &Plan, latest: &ServerConfig) -> Prepared {
-    let (Some(rid), Some(version), Some(xxh3)) = (
-        latest.replica_id.clone(),
-        latest
-            .committed_version_id
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok()),
-        latest.version_xxh3.clone(),
+/// Reads the database against its page cache of the version it last
+/// matched (`record`; blocking work on a thread of its own).
+pub(super) async fn prepare(p: &Plan, record: Option<&Matched>) -> Prepared {
+    let Some(r) = record else {
+        return Prepared::Full;
+    };
+    let (Some(rid), Some(version)) = (
+        r.replica_id.clone(),
+        r.version.as_deref().and_then(|v| v.parse::<u64>().ok()),
     ) else {
         return Prepared::Full;
     };
+    if r.pending_hash.is_some() {
+        return Prepared::Full;
+    }
     let (remote, local) = (p.remote_path.clone(), p.local.clone());
     let read = tokio::task::spawn_blocking(move || {
-        let cache = page_cache::load(&remote, &local, &rid)
-            .filter(|c| c.version == version && c.xxh3_hex() == xxh3)?;
+        let cache = page_cache::load(&remote, &local, &rid).filter(|c| c.version == version)?;
         let snap = crate::sqlite::pages::snapshot(
             &local,
             &cache.digests,
@@ -88,8 +91,9 @@ pub(super) async fn prepare(p: &Plan, latest: &ServerConfig) -> Prepared {
     if snapshot.page_size != cache.page_size || snapshot.too_big || snapshot.digests.is_empty() {
         return Prepared::Full;
     }
-    if snapshot.version_xxh3() == cache.xxh3_hex() {
-        return Prepared::Unchanged;
+    let xxh3 = snapshot.version_xxh3();
+    if xxh3 == cache.xxh3_hex() {
+        return Prepared::Unchanged(xxh3);
     }
     Prepared::Delta(DeltaPlan {
         begin: DeltaBegin {
@@ -123,10 +127,16 @@ pub(super) async fn send(
     };
     sent.map_err(Failed::Sync)?;
     let mut stop = interrupt;
-    let answer = tokio::select! {
+    let mut answer = tokio::select! {
         a = read_answer(&mut conn.ws, s.idle_timeout, &mut counts) => a?,
         _ = crate::client::wait_true(&mut stop) => return Err(Failed::Sync(interrupted())),
     };
+    // DELTA_DONE names the version only: the replica is the one the
+    // delta was built on.
+    answer
+        .config
+        .replica_id
+        .get_or_insert_with(|| plan.replica_id.clone());
     if answer.config.version_xxh3.as_deref() != Some(want.as_str()) {
         // "No change" for a delta that changed something, or another hash:
         // the server did not store what was hashed here.
@@ -222,8 +232,25 @@ async fn read_answer(
         let text = match next {
             Some(Ok(WsMessage::Text(t))) => t,
             Some(Ok(WsMessage::Close(_))) | None => break,
-            Some(Ok(WsMessage::Binary(_))) => {
-                return Err(lost("the server sent data after the delta".into()));
+            Some(Ok(WsMessage::Binary(b))) => {
+                counts.frames_in += 1;
+                counts.wire_in += frame_len(b.len(), false);
+                match DeltaFrame::parse(&b) {
+                    Ok(DeltaFrame::Done {
+                        version,
+                        version_xxh3,
+                        version_hash,
+                    }) => {
+                        config = Some(ServerConfig {
+                            committed_version_id: Some(version.to_string()),
+                            version_xxh3: Some(hex::encode(version_xxh3)),
+                            version_hash: Some(hex::encode(version_hash)),
+                            ..ServerConfig::default()
+                        });
+                        continue;
+                    }
+                    _ => return Err(lost("the server sent data after the delta".into())),
+                }
             }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(lost(format!("connection lost after the delta: {e}"))),

@@ -16,7 +16,8 @@ use std::os::unix::fs::FileExt;
 
 use super::{Abort, Done, Push, PushEnd, Session, StagingGuard, prepare_staging, recv};
 use crate::link::Frame;
-use crate::wire::delta::{DELTA_BEGIN, DeltaBegin, DeltaFrame, MAX_DELTA_BYTES};
+use crate::wire::ServerConfig;
+use crate::wire::delta::{DELTA_BEGIN, DeltaBegin, DeltaFrame, MAX_DELTA_BYTES, xxh3_bytes};
 
 /// What the client reads when its delta does not make what it hashed.
 pub(super) const NOT_HASHED: &str =
@@ -80,7 +81,11 @@ impl Push<'_> {
             sent_pages,
             expect_xxh3: Some(hex::encode(expect)),
         };
-        self.commit(done).await
+        Ok(match self.commit(done).await? {
+            PushEnd::Committed(cfg, row) => PushEnd::Delta(cfg, Some(row)),
+            PushEnd::NoChange(cfg, _) => PushEnd::Delta(cfg, None),
+            other => other,
+        })
     }
 
     /// The base must be the latest version as the push lock holds it, with
@@ -163,9 +168,32 @@ impl Push<'_> {
                 DeltaFrame::Begin(_) => {
                     return Err(Abort::Client("a second DELTA_BEGIN".into()));
                 }
+                DeltaFrame::Done { .. } => {
+                    return Err(Abort::Client("DELTA_DONE is the server's frame".into()));
+                }
             }
         }
     }
+}
+
+/// The DELTA_DONE answer to a delta push, from the CONFIG it would have
+/// been (None when the version lacks a versionXxh3, which a committed
+/// delta always has).
+pub(super) fn done_frame(cfg: &ServerConfig) -> Option<Vec<u8>> {
+    let version = cfg.committed_version_id.as_deref()?.parse().ok()?;
+    let version_xxh3 = xxh3_bytes(cfg.version_xxh3.as_deref()?)?;
+    let version_hash = hex::decode(cfg.version_hash.as_deref()?)
+        .ok()?
+        .try_into()
+        .ok()?;
+    Some(
+        DeltaFrame::Done {
+            version,
+            version_xxh3,
+            version_hash,
+        }
+        .encode(),
+    )
 }
 
 /// Writes a delta's pages into the staging copy as they come, a batch at a
