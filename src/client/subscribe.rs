@@ -221,7 +221,7 @@ async fn listen(
         match m.kind.as_str() {
             "LATEST_VERSION" => {
                 let v = version_of(&m.data);
-                if v.is_some() && v == follow.last_version {
+                if v.is_some() && !is_news(v.as_deref(), follow.last_version.as_deref()) {
                     continue;
                 }
                 printer.verbose(&format!("new version {}", v.as_deref().unwrap_or("?")));
@@ -282,7 +282,7 @@ async fn pull_announced(
             return Ok(Some(Ended::Reconnect));
         }
         match newest {
-            Some(n) if Some(&n) != follow.last_version.as_ref() => wanted = Some(n),
+            Some(n) if is_news(Some(&n), follow.last_version.as_deref()) => wanted = Some(n),
             _ => return Ok(None),
         }
     }
@@ -323,6 +323,18 @@ where
     }
 }
 
+/// Whether an announced version is one the replica does not have yet:
+/// newer than the last one pulled when both are numbers (a pull of the
+/// latest often gets past versions announced while it ran, and pulling
+/// again for those would only sync to no effect), else any other one.
+fn is_news(announced: Option<&str>, last: Option<&str>) -> bool {
+    let number = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
+    match (number(announced), number(last)) {
+        (Some(a), Some(l)) => a > l,
+        _ => announced != last || announced.is_none(),
+    }
+}
+
 /// `data.version` as a string (servers send a string; numbers tolerated).
 fn version_of(data: &serde_json::Value) -> Option<String> {
     match data.get("version")? {
@@ -342,5 +354,21 @@ async fn sleep_or_stop(d: Duration, interrupt: &mut watch::Receiver<bool>) -> bo
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = wait_true(interrupt) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_news;
+
+    #[test]
+    fn only_newer_versions_are_news() {
+        assert!(is_news(Some("8"), Some("7")));
+        assert!(!is_news(Some("7"), Some("7")));
+        // Announced while a pull of the latest got past it.
+        assert!(!is_news(Some("6"), Some("7")));
+        assert!(is_news(Some("7"), None));
+        assert!(is_news(Some("b"), Some("a")));
+        assert!(!is_news(Some("a"), Some("a")));
     }
 }
