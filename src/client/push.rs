@@ -374,6 +374,8 @@ pub async fn push_once(
     let mut local_xxh3 = None;
     if conn.delta && !p.key_request {
         match delta::prepare(p, record.as_ref()).await {
+            // A page must fit one frame the server takes.
+            delta::Prepared::Delta(plan) if plan.frame_len() > frame_limit(&conn) => {}
             delta::Prepared::Delta(plan) => {
                 match delta::send(s, p, conn, plan, interrupt.clone(), started).await {
                     Ok(report) => return Ok(report),
@@ -421,6 +423,13 @@ async fn stream_push(
         delta::remember(p, &report.remote, &cfg).await;
     }
     Ok(report)
+}
+
+/// The largest binary frame the server takes: what it answered our offer
+/// with, else the largest the clients that exist send (PROTOCOL.md
+/// section 3).
+fn frame_limit(conn: &super::Connected) -> usize {
+    conn.max_frame.unwrap_or(crate::wire::COMPAT_MAX_FRAME)
 }
 
 /// Opens the push's websocket, unless Ctrl-C comes first.

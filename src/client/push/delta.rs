@@ -48,6 +48,13 @@ pub(super) struct DeltaPlan {
     replica_id: String,
 }
 
+impl DeltaPlan {
+    /// Bytes of its largest frame (a DELTA_PAGE).
+    pub(super) fn frame_len(&self) -> usize {
+        5 + self.begin.page_size as usize
+    }
+}
+
 /// Why a delta push did not happen.
 pub(super) enum Failed {
     /// The server refused it before committing anything (its ABORT): a
