@@ -366,7 +366,6 @@ pub async fn push_once(
     let started = Instant::now();
     let record = matched::load(&p.remote_path, &p.local);
     let fingerprint = unchanged::fingerprint(&p.local);
-    let local_hash = hash_if_useful(p, record.as_ref(), fingerprint.as_deref());
     let mut conn = connect_push(s, p, &url, &hdrs, &interrupt).await?;
     // A delta needs no question first: it names the version this database
     // last matched, which a server whose latest moved refuses (and the
@@ -393,6 +392,13 @@ pub async fn push_once(
             delta::Prepared::Full => {}
         }
     }
+    // Without a page cache's answer, the SHA-256 of a database that very
+    // probably did not change decides the unchanged check (a page cache
+    // that found it unchanged already gave its versionXxh3).
+    let local_hash = match local_xxh3 {
+        Some(_) => None,
+        None => hash_if_useful(p, record.as_ref(), fingerprint.as_deref()),
+    };
     let facts = Local {
         record,
         hash: local_hash,
@@ -612,10 +618,10 @@ fn unchanged_report(
     report
 }
 
-/// Hashes the local database while we connect when it very probably did
-/// not change since its last match (same fingerprint): the answer then
-/// decides the push. Else a push of a changed database waits for no hash
-/// (but see [`before_stream`]).
+/// Hashes the local database (on a thread, while the server answers) when
+/// it very probably did not change since its last match (same
+/// fingerprint): the answer then decides the push. Else a push of a
+/// changed database waits for no hash (but see [`before_stream`]).
 fn hash_if_useful(
     p: &Plan,
     record: Option<&Matched>,
