@@ -6,10 +6,8 @@
 //! fails with the database intact); a client that offers nothing gets a
 //! normal stream; a damaged page cache never corrupts.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -189,20 +187,8 @@ fn a_subscriber_follows_versions_by_deltas() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let next = |what: &str| -> serde_json::Value {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no pull for {what}"));
-        serde_json::from_str(&line).unwrap()
-    };
+    let lines = JsonLines::of(&mut child);
+    let next = |what: &str| lines.next(what);
     let j = next("version 1");
     assert_eq!(
         (j["version"].as_str(), j["delta"].as_bool()),

@@ -20,6 +20,16 @@ fn push(r: &Fixture, db: &Path, extra: &[&str]) -> serde_json::Value {
     json(&o)
 }
 
+/// The push report says it was (or was not) a delta and made `version`.
+#[track_caller]
+fn assert_push(j: &serde_json::Value, delta: bool, version: &str) {
+    assert_eq!(
+        (j["delta"].as_bool(), j["version"].as_str()),
+        (Some(delta), Some(version)),
+        "{j}"
+    );
+}
+
 /// Pulls `remote` into a fresh `name` and returns its path.
 fn pull_fresh(r: &Fixture, remote: &str, key: &str, name: &str) -> PathBuf {
     let o = run(&mut r.cmd(&[remote, name, "--pullKey", key]));
@@ -52,11 +62,7 @@ fn pushes_after_the_first_are_deltas_and_make_whole_versions() {
     // A small change: a delta of a few pages, the version whole.
     change_rows(&a, 0.01);
     let j = push(&r, &a, &["-m", "small change"]);
-    assert_eq!(
-        (j["delta"].clone(), j["version"].clone()),
-        (true.into(), "2".into()),
-        "{j}"
-    );
+    assert_push(&j, true, "2");
     let sent = j["pagesSent"].as_u64().unwrap();
     assert!(
         sent > 0 && sent < j["pageCount"].as_u64().unwrap() / 4,
@@ -88,22 +94,14 @@ fn pushes_after_the_first_are_deltas_and_make_whole_versions() {
             .unwrap();
     }
     let j = push(&r, &a, &[]);
-    assert_eq!(
-        (j["delta"].clone(), j["version"].clone()),
-        (true.into(), "3".into()),
-        "{j}"
-    );
+    assert_push(&j, true, "3");
     {
         let c = rusqlite::Connection::open(&a).unwrap();
         c.execute_batch("DELETE FROM t WHERE id % 2 = 0; VACUUM")
             .unwrap();
     }
     let j = push(&r, &a, &[]);
-    assert_eq!(
-        (j["delta"].clone(), j["version"].clone()),
-        (true.into(), "4".into()),
-        "{j}"
-    );
+    assert_push(&j, true, "4");
     let back = pull_fresh(&r, "team/a.db", &key, "back4.db");
     assert_eq!(content_digest(&back), content_digest(&a));
     assert_eq!(version_hash(&back), version_hash(&a));
@@ -179,11 +177,7 @@ fn a_stale_page_cache_falls_back_to_a_full_push_and_loses_nothing() {
     let o = run(r.env.sqlrsync().arg(&a).arg("--json"));
     assert_ok(&o);
     let j = json(&o);
-    assert_eq!(
-        (j["delta"].clone(), j["version"].clone()),
-        (false.into(), "2".into()),
-        "{j}"
-    );
+    assert_push(&j, false, "2");
     // The server refused the delta before the full push.
     let log = r.server().log();
     assert!(
@@ -195,21 +189,13 @@ fn a_stale_page_cache_falls_back_to_a_full_push_and_loses_nothing() {
     // The full push left a true cache: the next push is a delta again.
     change_rows(&a, 0.01);
     let j = push(&r, &a, &[]);
-    assert_eq!(
-        (j["delta"].clone(), j["version"].clone()),
-        (true.into(), "3".into()),
-        "{j}"
-    );
+    assert_push(&j, true, "3");
 
     // Garbage in the cache is no cache.
     std::fs::write(&cache, b"SQLRPG1\n garbage").unwrap();
     change_rows(&a, 0.01);
     let j = push(&r, &a, &[]);
-    assert_eq!(
-        (j["delta"].clone(), j["version"].clone()),
-        (false.into(), "4".into()),
-        "{j}"
-    );
+    assert_push(&j, false, "4");
     let back = pull_fresh(&r, "team/a.db", &key, "back4.db");
     assert_eq!(content_digest(&back), content_digest(&a));
 }
@@ -228,11 +214,7 @@ fn without_the_offer_every_push_is_a_full_one() {
         .env("SQLRSYNC_NO_DELTA", "1"));
     assert_ok(&o);
     let j = json(&o);
-    assert_eq!(
-        (j["delta"].clone(), j["version"].clone()),
-        (false.into(), "2".into()),
-        "{j}"
-    );
+    assert_push(&j, false, "2");
     let back = pull_fresh(&r, "team/a.db", &dash_pull_key(&a), "back.db");
     assert_eq!(content_digest(&back), content_digest(&a));
 }
@@ -470,11 +452,7 @@ fn a_delta_on_a_moved_replica_is_a_conflict_not_an_overwrite() {
     assert_eq!(content_digest(&back), content_digest(&b), "theirs is kept");
     // With --force ours wins, in full, and is whole.
     let j = push(&r, &a, &["--force"]);
-    assert_eq!(
-        (j["delta"].clone(), j["version"].clone()),
-        (false.into(), "3".into()),
-        "{j}"
-    );
+    assert_push(&j, false, "3");
     let back = pull_fresh(&r, "team/a.db", &key, "back3.db");
     assert_eq!(content_digest(&back), content_digest(&a));
 }

@@ -1,9 +1,7 @@
 //! SUBSCRIBE against the real server: the subscriber pulls, then sees two
 //! new versions and pulls each; Ctrl-C ends it cleanly.
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::support::remote::*;
@@ -28,20 +26,8 @@ fn subscriber_follows_two_new_versions_and_stops_on_ctrl_c() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let next = |what: &str| -> serde_json::Value {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no pull for {what}"));
-        serde_json::from_str(&line).unwrap()
-    };
+    let lines = JsonLines::of(&mut child);
+    let next = |what: &str| lines.next(what);
     let j = next("version 1");
     assert_eq!(j["version"], "1", "{j}");
     assert_eq!(j["verified"], true);

@@ -427,3 +427,32 @@ fn tail(path: &Path, n: usize) -> String {
 pub fn version_hash(path: &Path) -> String {
     sqlrsync::sqlite::version_hash(path).unwrap()
 }
+
+/// The `--json` lines a running child prints, one object each, read on a
+/// thread of their own (a subscriber prints one per pull).
+pub struct JsonLines(std::sync::mpsc::Receiver<String>);
+
+impl JsonLines {
+    /// Takes the child's piped stdout.
+    pub fn of(child: &mut Child) -> JsonLines {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("stdout piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        JsonLines(rx)
+    }
+
+    /// The next object, within 30 s (`what` names it in the panic).
+    #[track_caller]
+    pub fn next(&self, what: &str) -> serde_json::Value {
+        let line = self
+            .0
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no JSON line for {what}"));
+        serde_json::from_str(&line).unwrap()
+    }
+}
