@@ -216,13 +216,7 @@ impl IntoResponse for Refusal {
 /// The remote path after `prefix` in a request path, validated.
 pub fn remote_path<'a>(raw_path: &'a str, prefix: &str) -> Result<&'a str, Refusal> {
     let rest = raw_path.strip_prefix(prefix).unwrap_or("");
-    if rest.contains('%') || names::has_encoded_separator(rest) {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "invalid path: percent-escapes are not allowed in replica paths",
-        ));
-    }
-    names::validate_path(rest)
+    names::validate_new_path(rest)
         .map(|_| rest)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("invalid path: {e}")))
 }

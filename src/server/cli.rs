@@ -1,4 +1,5 @@
-//! `sqlrsync-server` command line: serve, namespace, keys, verify.
+//! `sqlrsync-server` command line: serve, namespace, keys, verify (the
+//! replica commands that look at one replica are in [`super::cli_replica`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -257,6 +258,25 @@ pub enum ReplicaCmd {
         #[command(flatten)]
         data: DataDirArg,
     },
+    /// One replica: path, uid, visibility, created, latest version and its
+    /// size, versions, last push and its message, and the keys naming it.
+    Show {
+        /// NS/PATH of the replica.
+        path: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Move a replica to another path of its namespace; its versions and
+    /// keys go with it. A running server serves it under the new path from
+    /// its next request, and the old path is not found.
+    Rename {
+        /// NS/PATH of the replica.
+        path: String,
+        /// NS/NEWPATH: the same namespace, a path no replica has.
+        new_path: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
     /// Make a replica private, unlisted or public; effective at once on a
     /// running server.
     Visibility {
@@ -402,6 +422,12 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             data,
         }) => keys_revoke(&namespace, &key, &data),
         Command::Replica(ReplicaCmd::List { namespace, data }) => replica_list(&namespace, &data),
+        Command::Replica(ReplicaCmd::Show { path, data }) => super::cli_replica::show(&path, &data),
+        Command::Replica(ReplicaCmd::Rename {
+            path,
+            new_path,
+            data,
+        }) => super::cli_replica::rename(&path, &new_path, &data),
         Command::Replica(ReplicaCmd::Visibility {
             path,
             visibility,

@@ -1,6 +1,7 @@
 //! sqlrsync-server: versioned replica storage behind the websocket API.
 //!
-//! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify).
+//! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify);
+//!   [`cli_replica`]: `replica show` and `replica rename`.
 //! - [`app`]: routes, limits, TLS, graceful shutdown ([`app::run`]).
 //! - [`admission`]: who may open which session (slot, key, path, access),
 //!   decided before the upgrade; [`limits`]: the session budgets and each
@@ -24,6 +25,7 @@
 pub mod admission;
 pub mod app;
 pub mod cli;
+pub mod cli_replica;
 pub mod config;
 pub mod conn;
 pub mod download;

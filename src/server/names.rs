@@ -16,6 +16,17 @@ fn part_char_ok(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'~' | b'+')
 }
 
+/// Checks a path as a push names it, whole: no percent escapes at all
+/// (so no encoded slashes or NULs), then [`validate_path`]. The one rule a
+/// new replica path is held to, whether a push makes it or `replica
+/// rename` does.
+pub fn validate_new_path(path: &str) -> Result<(), String> {
+    if path.contains('%') || has_encoded_separator(path) {
+        return Err("percent-escapes are not allowed in replica paths".into());
+    }
+    validate_path(path).map(|_| ())
+}
+
 /// Checks a namespace name.
 pub fn validate_namespace(ns: &str) -> Result<(), String> {
     if ns.is_empty() || ns.len() > 64 {

@@ -302,6 +302,31 @@ pub trait MetaBackend: Send {
     /// [`now`] writes it; never later than one already scheduled): an
     /// expiring key. False when there is no such active key.
     fn expire_key(&mut self, namespace: &str, id: i64, at: &str) -> Result<bool>;
+
+    /// The last version of `replica` committed at or before `at` (RFC 3339
+    /// as [`now`] writes it): the one with the latest commit time not after
+    /// it (the highest number among equal times).
+    fn version_at(&self, replica: i64, at: &str) -> Result<Option<VersionRow>>;
+    /// At most `limit` versions of `replica` numbered below `before` (all
+    /// when None), newest first: one page of a long history.
+    fn versions_page(&self, replica: i64, before: Option<u64>, limit: u32)
+    -> Result<Vec<VersionRow>>;
+    /// How many versions `replica` has.
+    fn version_count(&self, replica: i64) -> Result<u64>;
+    /// Moves replica `id` from path `from` to `to` in one transaction (its
+    /// row id, uid, files, versions and keys stay).
+    fn rename_replica(&mut self, id: i64, from: &str, to: &str) -> Result<Renamed>;
+}
+
+/// What [`MetaBackend::rename_replica`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renamed {
+    /// The replica is at the new path now.
+    Done,
+    /// A replica is at the new path already; nothing changed.
+    Exists,
+    /// The replica is no longer at the old path; nothing changed.
+    Gone,
 }
 
 /// The facade over the metadata backend: typed calls, one at a time.
@@ -529,6 +554,31 @@ impl Meta {
     /// See [`MetaBackend::expire_key`].
     pub fn expire_key(&self, namespace: &str, id: i64, at: &str) -> Result<bool> {
         self.write(|b| b.expire_key(namespace, id, at))
+    }
+
+    /// See [`MetaBackend::version_at`].
+    pub fn version_at(&self, r: &ReplicaRow, at: &str) -> Result<Option<VersionRow>> {
+        self.read(|b| b.version_at(r.id, at))
+    }
+
+    /// See [`MetaBackend::versions_page`].
+    pub fn versions_page(
+        &self,
+        r: &ReplicaRow,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<VersionRow>> {
+        self.read(|b| b.versions_page(r.id, before, limit))
+    }
+
+    /// See [`MetaBackend::version_count`].
+    pub fn version_count(&self, r: &ReplicaRow) -> Result<u64> {
+        self.read(|b| b.version_count(r.id))
+    }
+
+    /// See [`MetaBackend::rename_replica`].
+    pub fn rename_replica(&self, r: &ReplicaRow, to: &str) -> Result<Renamed> {
+        self.write(|b| b.rename_replica(r.id, &r.path, to))
     }
 }
 

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow,
-    StoreTotals, StoredKey, VersionRow, now,
+    Renamed, StoreTotals, StoredKey, VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
@@ -31,6 +31,8 @@ use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 /// `keys.last_used` when the key last opened a session (kept to the
 /// minute); all five are added to older stores by [`open`], where their
 /// keys keep NULL (made before keys were tied to their minter).
+/// `versions_created` finds a point in time ([`version_at`]) without
+/// reading a long history.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces(
   name TEXT PRIMARY KEY,
@@ -88,6 +90,7 @@ CREATE TABLE IF NOT EXISTS commits_in_flight(
   pack INTEGER NOT NULL,
   offset INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS versions_created ON versions(replica, created);
 ";
 
 /// The metadata in one SQLite database.
@@ -801,6 +804,77 @@ impl MetaBackend for SqliteMeta {
     fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<usize> {
         revoke_key(&mut self.c, namespace, id)
     }
+    fn version_at(&self, replica: i64, at: &str) -> Result<Option<VersionRow>> {
+        version_at(&self.c, replica, at)
+    }
+    fn versions_page(
+        &self,
+        replica: i64,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<VersionRow>> {
+        versions_page(&self.c, replica, before, limit)
+    }
+    fn version_count(&self, replica: i64) -> Result<u64> {
+        Ok(self.c.query_row(
+            "SELECT count(*) FROM versions WHERE replica=?1",
+            [replica],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+    fn rename_replica(&mut self, id: i64, from: &str, to: &str) -> Result<Renamed> {
+        rename_replica(&mut self.c, id, from, to)
+    }
+}
+
+/// The last version committed at or before `at`, by the `versions_created`
+/// index. This WHERE clause is the one place that decides which versions a
+/// point in time may name: versions marked pruned become one more
+/// condition of it.
+fn version_at(c: &Connection, replica: i64, at: &str) -> Result<Option<VersionRow>> {
+    Ok(c.query_row(
+        &format!(
+            "SELECT {VERSION_COLS} FROM versions WHERE replica=?1 AND created<=?2
+             ORDER BY created DESC, number DESC LIMIT 1"
+        ),
+        params![replica, at],
+        version_row,
+    )
+    .optional()?)
+}
+
+/// One page of a replica's versions, newest first, by the primary key.
+fn versions_page(
+    c: &Connection,
+    replica: i64,
+    before: Option<u64>,
+    limit: u32,
+) -> Result<Vec<VersionRow>> {
+    let before = before.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let mut st = c.prepare(&format!(
+        "SELECT {VERSION_COLS} FROM versions WHERE replica=?1 AND number<?2
+         ORDER BY number DESC LIMIT ?3"
+    ))?;
+    let rows = st.query_map(params![replica, before, limit], version_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Moves a replica to a new path in one (immediate) transaction, so a
+/// running server's next lookup sees either the old path or the new one.
+fn rename_replica(c: &mut Connection, id: i64, from: &str, to: &str) -> Result<Renamed> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if replica_by_path(&tx, to)?.is_some() {
+        return Ok(Renamed::Exists);
+    }
+    let n = tx.execute(
+        "UPDATE replicas SET path=?3 WHERE id=?1 AND path=?2",
+        params![id, from, to],
+    )?;
+    if n == 0 {
+        return Ok(Renamed::Gone);
+    }
+    tx.commit()?;
+    Ok(Renamed::Done)
 }
 
 #[cfg(test)]
