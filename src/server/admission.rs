@@ -243,8 +243,10 @@ pub fn authorise_read(
     }
 }
 
-/// Admits `/sapi/pull/<path>`: a reader, and the version `X-ReplicaVersion`
-/// names (the latest when absent), which must exist.
+/// Admits `/sapi/pull/<path>`: a reader, and the version it asks for,
+/// which must exist: a point in time when it sent our
+/// [`headers::VERSION_AT`], else what `X-ReplicaVersion` names (the
+/// latest when absent).
 pub fn admit_pull(
     st: &AppState,
     uri: &Uri,
@@ -252,28 +254,12 @@ pub fn admit_pull(
     peer: SocketAddr,
 ) -> Result<(Reader, VersionRow), Refusal> {
     let reader = admit_reader(st, uri, h, "/sapi/pull/", (Budget::Sync, peer))?;
-    let vref = VersionRef::parse_header(
-        h.get(headers::REPLICA_VERSION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-    )
-    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e))?;
-    let latest = st
-        .store
-        .replica_state(&reader.replica)
-        .latest()
-        .map_or(0, |f| f.number);
-    let Some(number) = vref.resolve(latest) else {
-        let msg = if latest == 0 {
-            "the replica has no versions yet".to_string()
-        } else {
-            format!("no version {vref} (latest is {latest})")
-        };
-        return Err(Refusal::new(StatusCode::NOT_FOUND, msg));
-    };
-    match st.store.meta().version(&reader.replica, number) {
-        Ok(Some(v)) => Ok((reader, v)),
-        Ok(None) => Err(Refusal::new(StatusCode::NOT_FOUND, "no such version")),
-        Err(e) => Err(Refusal::internal(e)),
+    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    let vref = match header(headers::VERSION_AT) {
+        Some(at) => crate::wire::parse_instant(at.trim()).map(VersionRef::At),
+        None => VersionRef::parse_header(header(headers::REPLICA_VERSION).unwrap_or("")),
     }
+    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e))?;
+    let version = super::resolve::version_for(st, &reader.replica, vref)?;
+    Ok((reader, version))
 }

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::conn::DeadlineAcceptor;
 use super::limits::{Budget, Limits, Permit, Sizes};
 use super::store::Store;
-use super::{metrics, names, pull, push, subscribe, web};
+use super::{metrics, names, pull, push, subscribe, versions_api, web};
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -228,6 +228,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sapi/push/{*path}", get(push::handler))
         .route("/sapi/pull/{*path}", get(pull::handler))
         .route("/sapi/subscribe/{*path}", get(subscribe::handler))
+        .route("/sapi/versions/{*path}", get(versions_api::handler))
         .route("/healthz", get(metrics::healthz))
         .route("/metrics", get(metrics::handler))
         .route("/", get(web::home))

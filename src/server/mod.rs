@@ -9,6 +9,10 @@
 //! - [`push`], [`pull`], [`subscribe`]: the websocket sessions of
 //!   PROTOCOL.md sections 2-5, bridging the embedded helper ([`session`]);
 //!   [`pull_delta`]: a pull served as a delta (our extension).
+//! - [`resolve`]: the version a reference (`@N`, `@latest-N`, a point in
+//!   time) names, for pulls and downloads.
+//! - [`versions_api`]: a replica's versions as JSON, paged (our
+//!   extension, read as a pull is admitted).
 //! - [`web`]: the HTML pages and downloads; [`download`]: a version read
 //!   for a download, page by page from the store, checked as it goes.
 //! - [`store`]: metadata, content-addressed pages and materialised versions,
@@ -37,10 +41,12 @@ pub mod names;
 pub mod pull;
 pub mod pull_delta;
 pub mod push;
+pub mod resolve;
 pub mod session;
 pub mod store;
 pub mod subscribe;
 pub mod throttle;
+pub mod versions_api;
 pub mod web;
 
 pub use app::{ServeConfig, run};

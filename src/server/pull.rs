@@ -77,6 +77,7 @@ pub async fn handler(
     };
     let delta = super::pull_delta::decide(&st, &reader.replica, &version, &h).await;
     let answer_delta = delta.is_some();
+    let version_number = version.number;
     let ctx = PullContext {
         replica: reader.replica,
         version,
@@ -93,6 +94,13 @@ pub async fn handler(
     let mut resp = super::session::bounded_upgrade(ws, st.config.max_frame)
         .on_upgrade(move |socket| session(socket, st, ctx));
     config.answer_offer(&h, &mut resp);
+    if h.contains_key(headers::VERSION_AT) {
+        // The point in time was understood: the version it resolved to.
+        resp.headers_mut().insert(
+            headers::VERSION_AT,
+            axum::http::HeaderValue::from(version_number),
+        );
+    }
     if answer_delta {
         resp.headers_mut().insert(
             headers::DELTA,

@@ -295,9 +295,9 @@ impl Drop for Transfer {
 /// download budget, and its connection's writes may wait at most
 /// `--download-timeout` for the client to take data.
 async fn download(st: &AppState, r: ReplicaRow, v: VersionRef, conn: Conn) -> Response {
-    let latest = st.store.replica_state(&r).latest().map_or(0, |f| f.number);
-    let Some(n) = v.resolve(latest) else {
-        return not_found();
+    let n = match super::resolve::version_for(st, &r, v) {
+        Ok(row) => row.number,
+        Err(_) => return not_found(),
     };
     let permit = match st.session_permit(Budget::Download, conn.peer) {
         Ok(p) => p,

@@ -33,6 +33,14 @@ pub const DELTA_V1: &str = "1";
 /// `NUMBER:VERSIONXXH3` (decimal, 32 hex digits).
 pub const DELTA_HAVE: &str = "x-sqlrsync-delta-have";
 
+/// Our extension: a pull of a point in time ([`super::VersionRef::At`]).
+/// The client sends the instant (RFC 3339, milliseconds, `Z`) with an
+/// empty `X-ReplicaVersion`; our server serves the last version committed
+/// at or before it and answers with the same header holding that version's
+/// number. A client that gets no answer (any other server, which serves
+/// the latest) closes before using the stream.
+pub const VERSION_AT: &str = "x-sqlrsync-version-at";
+
 /// Who may read a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

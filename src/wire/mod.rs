@@ -16,6 +16,7 @@
 //! - [`refs`]: version references (`@7`, `@latest-2`);
 //! - [`headers`]: the upgrade's HTTP headers and visibility;
 //! - [`framing`]: how large a frame may be, and the header that offers more;
+//! - [`versions`]: our server's versions listing (JSON, paged);
 //! - [`keys`]: key shapes;
 //! - [`limits`]: every bound on what a peer may send.
 //!
@@ -33,6 +34,7 @@ pub mod refs;
 pub mod stream;
 pub mod summary;
 pub mod texts;
+pub mod versions;
 
 pub use control::*;
 pub use framing::*;
