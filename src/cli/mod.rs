@@ -37,6 +37,11 @@ Forms:
                                    key; later pushes find their key by themselves)
   sqlrsync NS/NAME.db[@V] [DB]     PULL a version into DB (default ./NAME.db);
                                    V is latest, latest-N, N or vN
+  sqlrsync NS/NAME.db[@TIME] [DB]  PULL the last version committed at or before
+                                   TIME (2026-11-30T12:00:00Z; a date alone is
+                                   up to its end, UTC); sqlrsync-server only
+  sqlrsync NS/NAME.db [DB] --versions
+                                   list the versions (sqlrsync-server only)
   sqlrsync NS/NAME.db DB --subscribe
                                    PULL, then follow every new version
   sqlrsync DB [NS/NAME.db] --watch PUSH now and after every change of DB
@@ -141,6 +146,12 @@ pub struct Cli {
     /// pushed
     #[arg(long, help_heading = "Remote")]
     pub force: bool,
+
+    /// List the versions of a replica on the server (number, time, size,
+    /// pages changed, versionHash, message) instead of pulling it: sqlrsync
+    /// --versions NS/NAME.db [DB], with the key a pull into DB would use
+    #[arg(long, help_heading = "Remote")]
+    pub versions: bool,
 
     /// Print one JSON object with the result on stdout (for scripts)
     #[arg(long, help_heading = "Common")]

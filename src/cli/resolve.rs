@@ -63,6 +63,13 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         forms::refuse_lookalikes(origin, replica).map_err(UsageError::error)?;
     }
     let mode = mode_of(origin, replica).map_err(anyhow::Error::msg)?;
+    if cli.versions && (!matches!(mode, Mode::Pull { .. }) || cli.subscribe) {
+        return Err(UsageError::error(
+            "--versions takes a replica on the server, NS/NAME.db (and DB, whose -sqlrsync \
+             file may hold its key), and no --subscribe"
+                .into(),
+        ));
+    }
     let form = forms::explain(origin.unwrap_or_default(), replica);
     if mode.is_remote() {
         check_flags(&cli, &mode)?;
@@ -103,6 +110,7 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         },
         idle_timeout: idle_timeout(cli.idle_timeout, env.timeout.as_deref()),
         subscribe: cli.subscribe,
+        versions: cli.versions,
         watch,
         force: cli.force,
         large_frames: !env.compat_frames,

@@ -39,6 +39,10 @@ pub struct Connected {
     /// ([`crate::wire::delta`]): on a push it takes one, on a pull it sends
     /// one.
     pub delta: bool,
+    /// The version our server's answer to a point-in-time pull names
+    /// ([`crate::wire::headers::VERSION_AT`]); None: not offered, or not
+    /// understood (the server serves something else).
+    pub version_at: Option<u64>,
 }
 
 /// The header that offers the server large frames: we take frames up to
@@ -215,11 +219,19 @@ pub async fn connect(
                     .headers()
                     .get(crate::wire::headers::DELTA)
                     .is_some_and(|v| v.as_bytes() == crate::wire::headers::DELTA_V1.as_bytes());
+            let version_at = hdrs
+                .iter()
+                .any(|(n, _)| *n == crate::wire::headers::VERSION_AT)
+                .then(|| resp.headers().get(crate::wire::headers::VERSION_AT))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             Ok(Connected {
                 ws,
                 max_frame,
                 stream_digest,
                 delta,
+                version_at,
             })
         }
     }

@@ -38,6 +38,10 @@ pub enum SyncError {
     /// (see `client::guard`); `--force` overrides.
     #[error(transparent)]
     Conflict(anyhow::Error),
+    /// The server lacks an extension of ours that the command needs (a
+    /// point in time): nothing was done, and waiting will not change it.
+    #[error(transparent)]
+    Unsupported(anyhow::Error),
     /// Anything else: a lost connection, a helper that died, a local error.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -54,7 +58,8 @@ impl SyncError {
             | SyncError::Aborted(_)
             | SyncError::Rejected(_)
             | SyncError::Verification(_)
-            | SyncError::Conflict(_) => false,
+            | SyncError::Conflict(_)
+            | SyncError::Unsupported(_) => false,
         }
     }
 
@@ -66,6 +71,7 @@ impl SyncError {
             | SyncError::Rejected(e)
             | SyncError::Verification(e)
             | SyncError::Conflict(e)
+            | SyncError::Unsupported(e)
             | SyncError::Other(e) => e,
             e @ (SyncError::Connect(_) | SyncError::NoKey { .. }) => anyhow::Error::new(e),
         }

@@ -8,7 +8,7 @@
 //! [`connect`], the sync's typed error in [`error`], what a command asks
 //! for in [`target`], the settings in [`settings`], and the files kept
 //! between runs (defaults.toml, local-secrets.toml, `-sqlrsync`) in
-//! [`files`].
+//! [`files`]; `--versions` (one HTTP request, not a sync) is [`versions`].
 
 pub mod apply;
 pub mod commit_gate;
@@ -17,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod follow;
 pub mod guard;
+pub mod http_get;
 pub mod keys;
 pub mod matched;
 pub mod page_cache;
@@ -28,6 +29,7 @@ pub mod subscribe;
 pub mod target;
 pub mod unchanged;
 pub mod verdict;
+pub mod versions;
 pub mod write_behind;
 
 use std::process::ExitCode;
@@ -71,6 +73,9 @@ pub fn run(s: &Settings, mode: Mode) -> anyhow::Result<ExitCode> {
         let interrupt = interrupt_watch();
         match mode {
             Mode::Push { local, remote } => push::run(s, &local, remote.as_ref(), interrupt).await,
+            Mode::Pull { remote, local } if s.versions => {
+                versions::run(s, &remote, &local).await
+            }
             Mode::Pull { remote, local } if s.subscribe => {
                 subscribe::run(s, &remote, &local, interrupt).await
             }

@@ -104,11 +104,28 @@ fn writable_target(local: &Path) -> anyhow::Result<(PathBuf, FileState)> {
     Ok((local, state))
 }
 
-/// Builds the plan from the settings; refuses bad input with one line.
-pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Plan> {
+/// How a read of a replica reaches the server, decided as a pull decides
+/// it: the `-sqlrsync` file next to the local database when it names this
+/// replica (and this server, when `--server` is given), the server URL,
+/// and the key (flags and environment first, then that file's).
+pub struct ReadAccess {
+    /// The `-sqlrsync` file, when it names this replica.
+    pub matching: Option<DashFile>,
+    /// Server URL.
+    pub server: String,
+    /// Where the server URL came from.
+    pub server_from: &'static str,
+    /// The key and its source.
+    pub key: Key,
+    /// Replica id when known.
+    pub replica_id: Option<String>,
+}
+
+/// The [`ReadAccess`] for `remote` from the database at `local`
+/// (absolute, links resolved); refuses bad input with one line.
+pub fn read_access(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<ReadAccess> {
     let env = &s.keys.env;
-    let (local, state) = writable_target(local)?;
-    let dash = DashFile::load_for(&local)?;
+    let dash = DashFile::load_for(local)?;
     let matching = dash.filter(|d| {
         d.remote_path == remote.path
             && match (&s.server.flag, &d.server) {
@@ -122,7 +139,7 @@ pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Pl
     let stored = matching
         .as_ref()
         .and_then(|d| d.pull_key.clone())
-        .map(|k| (k, KeySource::DashFile(DashFile::path_for(&local))));
+        .map(|k| (k, KeySource::DashFile(DashFile::path_for(local))));
     // A hand-edited file may hold anything after --pullKey=; it is read
     // literally, and what is not a key is refused rather than sent.
     if let Some((k, _)) = &stored
@@ -132,10 +149,9 @@ pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Pl
     {
         bail!(
             "{}: the --pullKey value {k:?} is not a key (20-25 letters and digits)",
-            DashFile::path_for(&local).display()
+            DashFile::path_for(local).display()
         );
     }
-    let dash_key = matching.as_ref().and_then(|d| d.pull_key.clone());
     let key = keys::resolve(
         env,
         Candidates {
@@ -151,6 +167,26 @@ pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Pl
         .replica_id
         .clone()
         .or_else(|| matching.as_ref().and_then(|d| d.replica_id.clone()));
+    Ok(ReadAccess {
+        matching,
+        server,
+        server_from,
+        key,
+        replica_id,
+    })
+}
+
+/// Builds the plan from the settings; refuses bad input with one line.
+pub fn plan(s: &Settings, remote: &RemoteRef, local: &Path) -> anyhow::Result<Plan> {
+    let (local, state) = writable_target(local)?;
+    let ReadAccess {
+        matching,
+        server,
+        server_from,
+        key,
+        replica_id,
+    } = read_access(s, remote, &local)?;
+    let dash_key = matching.as_ref().and_then(|d| d.pull_key.clone());
     let origin_of = match s.files.config_dir() {
         Ok(dir) => Secrets::load(dir)?
             .last_pushed(&local, |_| true)
@@ -506,6 +542,9 @@ async fn connect_pull(
         let mut h =
             super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
         h.push((headers::REPLICA_VERSION, p.version.header_value()));
+        if let Some(at) = p.version.at_header() {
+            h.push((headers::VERSION_AT, at));
+        }
         if p.key_request {
             // So that a pull key the server mints for this copy replaces
             // only the one it minted for this copy before (SERVER.md, Pull).
@@ -570,7 +609,28 @@ async fn connect_pull(
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(conn)
+    require_version_at(p, conn).await
+}
+
+/// A point-in-time pull goes on only when the server answered the offer
+/// (our server; any other serves the latest, which is not what was asked
+/// for): otherwise the socket is closed before the helper runs or the
+/// local database is touched, and the pull fails with one line.
+async fn require_version_at(
+    p: &Plan,
+    mut conn: super::Connected,
+) -> Result<super::Connected, SyncError> {
+    if !matches!(p.version, VersionRef::At(_)) || conn.version_at.is_some() {
+        return Ok(conn);
+    }
+    let _ = futures_util::SinkExt::close(&mut conn.ws).await;
+    Err(SyncError::Unsupported(anyhow::anyhow!(
+        "{} does not offer point-in-time versions (@{}); that is an extension of \
+         sqlrsync-server: pull a version by number (@N) instead; {} is unchanged",
+        p.server,
+        p.version,
+        p.local.display()
+    )))
 }
 
 /// Checks the pulled copy against the server's versionHash, unless the

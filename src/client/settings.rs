@@ -38,6 +38,8 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// `--subscribe` (`--watch`).
     pub subscribe: bool,
+    /// `--versions`: list the replica's versions instead of pulling it.
+    pub versions: bool,
     /// How a push or LOCAL sync follows its origin (`--waitIdle`,
     /// `--minInterval`, `--maxInterval`).
     pub watch: crate::client::follow::Policy,

@@ -17,14 +17,29 @@ use super::admission;
 use super::app::{AppState, Refusal, refuse};
 use super::limits::Budget;
 use super::store::VersionRow;
-use crate::wire::versions::{self, VERSIONS_PREFIX, VersionEntry, VersionsPage};
+use crate::wire::versions::{self, LISTING_MARK, VERSIONS_PREFIX, VersionEntry, VersionsPage};
 
+/// Every answer of the listing, refusals included, carries
+/// [`LISTING_MARK`], so a client tells our 404 (no such replica, or no
+/// access) from that of a server without the listing.
 pub async fn handler(
     State(st): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     h: HeaderMap,
 ) -> Response {
+    let mut resp = answer(st, peer, uri, h).await;
+    let hs = resp.headers_mut();
+    hs.insert(LISTING_MARK, HeaderValue::from_static("1"));
+    hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    hs.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+async fn answer(st: AppState, peer: SocketAddr, uri: Uri, h: HeaderMap) -> Response {
     let admitted = st
         .key_throttle
         .admit(peer.ip(), &h, || {
@@ -54,14 +69,7 @@ pub async fn handler(
         latest: r.latest,
         versions: rows.iter().map(entry).collect(),
     };
-    let mut resp = axum::Json(page).into_response();
-    let hs = resp.headers_mut();
-    hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    hs.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    resp
+    axum::Json(page).into_response()
 }
 
 fn entry(v: &VersionRow) -> VersionEntry {

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 /// Where the listing is served; the replica's path follows.
 pub const VERSIONS_PREFIX: &str = "/sapi/versions/";
+/// The header our server sets on every answer of the listing, refusals
+/// included: its 404 then says the replica is not there (or not readable),
+/// not that the server has no listing.
+pub const LISTING_MARK: &str = "x-sqlrsync-versions";
 /// Versions in a page when `limit` is not given.
 pub const DEFAULT_VERSIONS_LIMIT: u32 = 100;
 /// Most versions in one page.
