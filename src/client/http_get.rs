@@ -86,8 +86,8 @@ pub async fn get(
                 io,
             })?;
         let raw = if tls {
-            let name = ServerName::try_from(host.clone())
-                .map_err(|_| GetError::Url(url.to_string()))?;
+            let name =
+                ServerName::try_from(host.clone()).map_err(|_| GetError::Url(url.to_string()))?;
             let stream = tokio_rustls::TlsConnector::from(tls_config())
                 .connect(name, tcp)
                 .await
@@ -237,7 +237,10 @@ mod tests {
             "h",
         )
         .unwrap();
-        assert_eq!((a.status, a.header("x-a"), a.body.as_slice()), (404, Some("b"), &b"abc"[..]));
+        assert_eq!(
+            (a.status, a.header("x-a"), a.body.as_slice()),
+            (404, Some("b"), &b"abc"[..])
+        );
         let a = parse(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n",
             "h",

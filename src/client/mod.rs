@@ -73,9 +73,7 @@ pub fn run(s: &Settings, mode: Mode) -> anyhow::Result<ExitCode> {
         let interrupt = interrupt_watch();
         match mode {
             Mode::Push { local, remote } => push::run(s, &local, remote.as_ref(), interrupt).await,
-            Mode::Pull { remote, local } if s.versions => {
-                versions::run(s, &remote, &local).await
-            }
+            Mode::Pull { remote, local } if s.versions => versions::run(s, &remote, &local).await,
             Mode::Pull { remote, local } if s.subscribe => {
                 subscribe::run(s, &remote, &local, interrupt).await
             }

@@ -13,11 +13,7 @@ use super::store::{ReplicaRow, VersionRow};
 use crate::wire::{VersionRef, instant_text};
 
 /// The version `vref` names in `r`, or a 404 saying why there is none.
-pub fn version_for(
-    st: &AppState,
-    r: &ReplicaRow,
-    vref: VersionRef,
-) -> Result<VersionRow, Refusal> {
+pub fn version_for(st: &AppState, r: &ReplicaRow, vref: VersionRef) -> Result<VersionRow, Refusal> {
     let latest = st.store.replica_state(r).latest().map_or(0, |f| f.number);
     if latest == 0 {
         return Err(Refusal::new(

@@ -309,8 +309,12 @@ pub trait MetaBackend: Send {
     fn version_at(&self, replica: i64, at: &str) -> Result<Option<VersionRow>>;
     /// At most `limit` versions of `replica` numbered below `before` (all
     /// when None), newest first: one page of a long history.
-    fn versions_page(&self, replica: i64, before: Option<u64>, limit: u32)
-    -> Result<Vec<VersionRow>>;
+    fn versions_page(
+        &self,
+        replica: i64,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<VersionRow>>;
     /// How many versions `replica` has.
     fn version_count(&self, replica: i64) -> Result<u64>;
     /// Moves replica `id` from path `from` to `to` in one transaction (its

@@ -11,8 +11,8 @@ use anyhow::{Context, Result, ensure};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow,
-    Renamed, StoreTotals, StoredKey, VersionRow, now,
+    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, Renamed, ReplicaRow,
+    StoreTotals, StoredKey, VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
