@@ -526,6 +526,35 @@ fn record_match(p: &Plan, cfg: &crate::wire::ServerConfig, printer: &Printer) {
     }
 }
 
+/// The pull's upgrade headers: the common ones, the version asked for (a
+/// point in time in our header), the local path with a KEYREQUEST, and our
+/// offers.
+fn pull_headers(
+    s: &Settings,
+    p: &Plan,
+    client_id: &str,
+    delta: Option<&Offer>,
+) -> Vec<(&'static str, String)> {
+    let mut h = super::base_headers(p.key.value.as_deref(), client_id, p.replica_id.as_deref());
+    h.push((headers::REPLICA_VERSION, p.version.header_value()));
+    if let Some(at) = p.version.at_header() {
+        h.push((headers::VERSION_AT, at));
+    }
+    if p.key_request {
+        // So that a pull key the server mints for this copy replaces
+        // only the one it minted for this copy before (SERVER.md, Pull).
+        h.push((
+            headers::LOCAL_ABSOLUTE_PATH,
+            p.local.to_string_lossy().into_owned(),
+        ));
+    }
+    super::offer_frames(s, &mut h);
+    if let Some(offer) = delta {
+        h.extend(offer.headers());
+    }
+    h
+}
+
 /// Opens the pull's websocket. An anonymous pull refused with 401/403 on a
 /// terminal asks for a key once and tries again; without a terminal a 401
 /// is [`SyncError::NoKey`], with the hint of how to pass one.
@@ -538,27 +567,7 @@ async fn connect_pull(
     let printer = s.printer;
     let client_id = super::client_id(s)?;
     let url = super::endpoint_url(&p.server, "pull", &p.remote_path);
-    let headers_for = |p: &Plan| {
-        let mut h =
-            super::base_headers(p.key.value.as_deref(), &client_id, p.replica_id.as_deref());
-        h.push((headers::REPLICA_VERSION, p.version.header_value()));
-        if let Some(at) = p.version.at_header() {
-            h.push((headers::VERSION_AT, at));
-        }
-        if p.key_request {
-            // So that a pull key the server mints for this copy replaces
-            // only the one it minted for this copy before (SERVER.md, Pull).
-            h.push((
-                headers::LOCAL_ABSOLUTE_PATH,
-                p.local.to_string_lossy().into_owned(),
-            ));
-        }
-        super::offer_frames(s, &mut h);
-        if let Some(offer) = delta {
-            h.extend(offer.headers());
-        }
-        h
-    };
+    let headers_for = |p: &Plan| pull_headers(s, p, &client_id, delta);
     printer.verbose(&format!(
         "PULL {url} @{} into {} with key {} from {}",
         p.version,

@@ -4,6 +4,12 @@
 //! Each replica has a tokio broadcast channel that the commit sends the new
 //! version number on; every subscriber session receives it. A subscriber that
 //! falls behind gets the newest number (it pulls the latest anyway).
+//!
+//! A subscriber follows a replica by path. When `replica rename` moved it
+//! (the notices come by row id, so they keep coming), the next notice finds
+//! the path changed and closes the subscriber (1008) instead: its client
+//! reconnects to the old path, which is not found, rather than being told
+//! to pull a path that no longer serves.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -89,6 +95,44 @@ async fn send(
     )
 }
 
+/// The LATEST_VERSION a commit notice becomes; Err: the session ends, with
+/// the reason of its close when there is one (the replica was renamed).
+fn notice(
+    st: &AppState,
+    r: &ReplicaRow,
+    state: &ReplicaState,
+    v: Result<super::store::VersionNotice, RecvError>,
+) -> Result<WsMessage, Option<&'static str>> {
+    let (version, committed_at) = match v {
+        Ok(v) => (v.number, Some(v.committed_at)),
+        Err(RecvError::Lagged(_)) => (state.latest().map_or(0, |f| f.number), None),
+        Err(RecvError::Closed) => return Err(None),
+    };
+    if moved(st, r) {
+        tracing::info!(path = %r.path, "subscriber closed: the replica was renamed");
+        return Err(Some("the replica is no longer at this path"));
+    }
+    Ok(text(
+        "LATEST_VERSION",
+        json!({
+            "version": version.to_string(),
+            "replicaID": r.uid,
+            "replicaPath": r.path,
+            "committedAt": committed_at,
+        }),
+    ))
+}
+
+/// True when replica `r` is no longer at the path it was subscribed by (one
+/// lookup by row id; an error of the lookup keeps the subscriber).
+fn moved(st: &AppState, r: &ReplicaRow) -> bool {
+    match st.store.meta().replica_by_id(r.id) {
+        Ok(Some(now)) => now.path != r.path,
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
 async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
     let state = st.store.replica_state(&r);
     let mut updates = state.notify.subscribe();
@@ -132,20 +176,14 @@ async fn session(socket: WebSocket, st: AppState, r: ReplicaRow) {
             _ = keepalive.tick() => {
                 if !send(&mut tx, WsMessage::Ping(bytes::Bytes::from_static(&crate::link::KEEPALIVE_PING))).await { break; }
             }
-            v = updates.recv() => {
-                let (version, committed_at) = match v {
-                    Ok(v) => (v.number, Some(v.committed_at)),
-                    Err(RecvError::Lagged(_)) => (state.latest().map_or(0, |f| f.number), None),
-                    Err(RecvError::Closed) => break,
-                };
-                let msg = text("LATEST_VERSION", json!({
-                    "version": version.to_string(),
-                    "replicaID": r.uid,
-                    "replicaPath": r.path,
-                    "committedAt": committed_at,
-                }));
-                if !send(&mut tx, msg).await { break; }
-            }
+            v = updates.recv() => match notice(&st, &r, &state, v) {
+                Ok(msg) => if !send(&mut tx, msg).await { break; },
+                Err(Some(why)) => {
+                    let _ = send(&mut tx, close(CLOSE_POLICY, why)).await;
+                    break;
+                }
+                Err(None) => break,
+            },
             frame = rx.next() => {
                 last_inbound = tokio::time::Instant::now();
                 let t = match frame {

@@ -434,3 +434,55 @@ fn point_in_time_refused_by_a_server_without_it() {
     assert!(!fresh.exists());
     fake.sent();
 }
+
+/// A subscriber of the old path is not told to pull a path that no longer
+/// serves: the first commit after the rename closes it, its reconnection
+/// finds the old path absent, and it stops with the server's 404.
+#[test]
+fn a_subscriber_of_a_renamed_replica_stops() {
+    use std::process::Stdio;
+    let r = Fixture::start();
+    let db = r.make("a.db", 200);
+    r.first_push("a.db", "team/a.db");
+    let key = pull_key(&r, "team/a.db");
+    let mut child = r
+        .cmd(&[
+            "team/a.db",
+            "sub.db",
+            "--subscribe",
+            "--json",
+            "--pullKey",
+            &key,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = JsonLines::of(&mut child);
+    assert_eq!(lines.next("the first pull")["version"], "1");
+    assert_ok(&admin(&r, &["replica", "rename", "team/a.db", "team/b.db"]));
+    change_rows(&db, 0.1);
+    let o = run(&mut r.admin_cmd(&["a.db", "team/b.db", "--force", "--json"]));
+    assert_ok(&o);
+    let t = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "the subscriber of the old path kept going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("404"), "{err}");
+    assert!(r.server().log().contains("the replica was renamed"));
+}
