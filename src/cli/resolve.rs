@@ -63,10 +63,10 @@ pub fn settings(cli: Cli, env: &ProcessEnv) -> anyhow::Result<(Mode, Settings)> 
         forms::refuse_lookalikes(origin, replica).map_err(UsageError::error)?;
     }
     let mode = mode_of(origin, replica).map_err(anyhow::Error::msg)?;
-    if cli.versions && (!matches!(mode, Mode::Pull { .. }) || cli.subscribe) {
+    if cli.versions && (!matches!(mode, Mode::Pull { .. }) || cli.subscribe || cli.dry) {
         return Err(UsageError::error(
             "--versions takes a replica on the server, NS/NAME.db (and DB, whose -sqlrsync \
-             file may hold its key), and no --subscribe"
+             file may hold its key), and neither --subscribe nor --dry"
                 .into(),
         ));
     }
