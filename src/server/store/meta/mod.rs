@@ -698,4 +698,72 @@ mod tests {
         assert_eq!((snap.latest, snap.sums), (2, vec![[9; 32]]));
         assert_eq!(meta.latest_state(&r, 2).unwrap().xxh3, vec![[8; 16]]);
     }
+
+    #[test]
+    fn points_in_time_pages_and_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.create_namespace("ns", &key(1, "admin", "ns", None))
+            .unwrap();
+        let r = meta.create_replica("ns", "ns/a.db", "private").unwrap();
+        meta.create_replica("ns", "ns/b.db", "private").unwrap();
+        // Versions 2 and 3 share a commit time (a clock's tick).
+        let times = [
+            "2026-11-30T10:00:00.000Z",
+            "2026-11-30T11:00:00.000Z",
+            "2026-11-30T11:00:00.000Z",
+            "2026-11-30T12:00:00.000Z",
+        ];
+        for (i, t) in times.iter().enumerate() {
+            let row = VersionRow {
+                number: i as u64 + 1,
+                created: t.to_string(),
+                page_size: 4096,
+                page_count: 1,
+                changed_pages: 1,
+                message: String::new(),
+                version_hash: format!("h{i}"),
+                version_xxh3: None,
+            };
+            meta.commit_version(&NewVersion {
+                replica: r.id,
+                row: &row,
+                blobs: &[],
+                back_delta: &[],
+                sums: &[[9; 32]],
+                xxh3: &[],
+                keys: &[],
+                in_flight: None,
+            })
+            .unwrap();
+        }
+        let at = |t: &str| meta.version_at(&r, t).unwrap().map(|v| v.number);
+        assert_eq!(at("2026-11-30T09:59:59.999Z"), None);
+        assert_eq!(at("2026-11-30T10:00:00.000Z"), Some(1));
+        assert_eq!(at("2026-11-30T10:59:59.999Z"), Some(1));
+        assert_eq!(at("2026-11-30T11:00:00.000Z"), Some(3), "the last of a tie");
+        assert_eq!(at("2026-12-01T00:00:00.000Z"), Some(4));
+        let page = |before, limit| {
+            meta.versions_page(&r, before, limit)
+                .unwrap()
+                .iter()
+                .map(|v| v.number)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(page(None, 2), [4, 3]);
+        assert_eq!(page(Some(3), 5), [2, 1]);
+        assert_eq!(page(Some(1), 5), Vec::<u64>::new());
+        assert_eq!(meta.version_count(&r).unwrap(), 4);
+
+        assert_eq!(meta.rename_replica(&r, "ns/b.db").unwrap(), Renamed::Exists);
+        assert_eq!(meta.rename_replica(&r, "ns/c.db").unwrap(), Renamed::Done);
+        assert_eq!(
+            meta.rename_replica(&r, "ns/d.db").unwrap(),
+            Renamed::Gone,
+            "r is stale"
+        );
+        let moved = meta.replica("ns/c.db").unwrap().unwrap();
+        assert_eq!((moved.id, &moved.uid, moved.latest), (r.id, &r.uid, 4));
+        assert!(meta.replica("ns/a.db").unwrap().is_none());
+    }
 }
