@@ -1,5 +1,6 @@
 //! The web pages: a namespace's public replicas, one replica's versions with
-//! its pull command, and downloads of any version as a file.
+//! its pull command (a page of them at a time, as the JSON listing pages
+//! them), and downloads of any version as a file.
 //!
 //! Private replicas and unknown paths answer the same 404, so a page never
 //! tells an outsider that a private replica exists.
@@ -148,7 +149,10 @@ pub async fn page_handler(st: AppState, uri: Uri, h: HeaderMap, conn: Conn) -> R
     };
     match version {
         Some(v) => download(&st, replica, v, conn).await,
-        None => replica_page(&st, &replica, &h),
+        None => match crate::wire::versions::parse_query(uri.query()) {
+            Ok((_, before)) => replica_page(&st, &replica, &h, before),
+            Err(e) => refuse(StatusCode::BAD_REQUEST, &e),
+        },
     }
 }
 
@@ -215,11 +219,19 @@ fn ws_scheme(st: &AppState, h: &HeaderMap) -> &'static str {
     }
 }
 
-fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
-    let versions = match st.store.meta().versions(r) {
+/// Versions on one replica page; older ones are a link away (`?before=N`),
+/// so a replica pushed every minute still has a page of bounded size.
+const PAGE_VERSIONS: u32 = 100;
+
+/// A replica's page: its pull command, then its versions, newest first,
+/// [`PAGE_VERSIONS`] at a time, from the listing's query (`before`).
+fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap, before: Option<u64>) -> Response {
+    let mut versions = match st.store.meta().versions_page(r, before, PAGE_VERSIONS + 1) {
         Ok(v) => v,
         Err(e) => return internal(e),
     };
+    let older = versions.len() > PAGE_VERSIONS as usize;
+    versions.truncate(PAGE_VERSIONS as usize);
     let host = h
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -260,6 +272,13 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap) -> Response {
             ));
         }
         body.push_str("</tbody></table>");
+    }
+    if let (true, Some(last)) = (older, versions.last()) {
+        body.push_str(&format!(
+            "<p><a id=\"older\" href=\"/{p}?before={n}\">Older versions</a></p>",
+            p = esc(&r.path),
+            n = last.number
+        ));
     }
     page(&r.path, &body)
 }

@@ -383,6 +383,17 @@ fn point_in_time_pulls() {
         get(&r.server().addr, &format!("/team/a.db@{early}"), None).0,
         404
     );
+    // The replica page lists a page of versions, from `before` as the
+    // listing does.
+    let (status, _, body) = get(&r.server().addr, "/team/a.db?before=3", None);
+    assert_eq!(status, 200);
+    let html = String::from_utf8_lossy(&body);
+    assert_eq!(html.matches("<tr><td class=\"num\">").count(), 2, "{html}");
+    assert!(
+        !html.contains("@3\"") && !html.contains("id=\"older\""),
+        "{html}"
+    );
+    assert_eq!(get(&r.server().addr, "/team/a.db?before=x", None).0, 400);
 }
 
 /// Against a server that does not answer the point-in-time offer (any other
