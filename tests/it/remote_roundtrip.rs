@@ -233,6 +233,23 @@ openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out lea
         content_digest(&env.path("b.db")),
         content_digest(&env.path("a.db"))
     );
+    // --versions (one HTTPS GET, not a websocket) trusts the same roots.
+    let versions = |ca: bool| {
+        let mut c = env.sqlrsync();
+        c.args(["--versions", "team/a.db", "--server", &url]).args([
+            "--adminKey",
+            &admin,
+            "--json",
+        ]);
+        if ca {
+            c.env("SSL_CERT_FILE", tls.join("ca.pem"));
+        }
+        run(&mut c)
+    };
+    let o = versions(true);
+    assert_ok(&o);
+    assert_eq!(json(&o)["versions"][0]["version"], 1);
+    assert_one_line_error(&versions(false), "TLS with");
 }
 
 #[test]
