@@ -21,6 +21,7 @@ use super::app::{AppState, Refusal, remote_path};
 use super::keys::{self, KeyKind, KeyRecord};
 use super::limits::{Budget, Permit};
 use super::names;
+use super::store::prune::VersionPruned;
 use super::store::{ReplicaRow, VersionRow};
 use crate::wire::{VersionRef, Visibility, headers};
 
@@ -272,7 +273,11 @@ pub fn admit_pull(
         return Err(Refusal::new(StatusCode::NOT_FOUND, msg));
     };
     match st.store.meta().version(&reader.replica, number) {
-        Ok(Some(v)) => Ok((reader, v)),
+        Ok(Some(v)) => match VersionPruned::of(&v) {
+            // Not a 404: the number is real, and stays taken.
+            Some(pruned) => Err(Refusal::new(StatusCode::GONE, pruned.to_string())),
+            None => Ok((reader, v)),
+        },
         Ok(None) => Err(Refusal::new(StatusCode::NOT_FOUND, "no such version")),
         Err(e) => Err(Refusal::internal(e)),
     }
