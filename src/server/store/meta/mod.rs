@@ -104,7 +104,7 @@ pub struct NamespaceRow {
 pub struct StoreTotals {
     /// Replicas (with or without a version yet).
     pub replicas: u64,
-    /// Versions of all replicas.
+    /// Versions of all replicas (not counting pruned ones).
     pub versions: u64,
     /// Pages of the replicas' latest versions (their files).
     pub latest_pages: u64,
@@ -805,5 +805,74 @@ mod tests {
         let snap = meta.latest_snapshot(&r).unwrap();
         assert_eq!((snap.latest, snap.sums), (2, vec![[9; 32]]));
         assert_eq!(meta.latest_state(&r, 2).unwrap().xxh3, vec![[8; 16]]);
+    }
+
+    #[test]
+    fn a_prune_is_all_or_nothing_and_never_takes_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.create_namespace("ns", &key(1, "admin", "ns", None))
+            .unwrap();
+        let r = meta.create_replica("ns", "ns/a.db", "private").unwrap();
+        for number in 1..=3 {
+            let row = VersionRow {
+                number,
+                created: now(),
+                page_size: 4096,
+                page_count: 1,
+                changed_pages: 1,
+                message: String::new(),
+                version_hash: format!("h{number}"),
+                version_xxh3: None,
+                pruned: None,
+            };
+            meta.commit_version(&NewVersion {
+                replica: r.id,
+                row: &row,
+                blobs: &[],
+                back_delta: &[(1, [number as u8; 32])],
+                sums: &[[9; 32]],
+                xxh3: &[[8; 16]],
+                keys: &[],
+                in_flight: None,
+            })
+            .unwrap();
+        }
+        let prune = |pruned: &[u64], merged: &[(u64, Vec<(u32, PageHash)>)]| {
+            meta.prune_versions(&PruneWrite {
+                replica: r.id,
+                pruned,
+                merged,
+                at: "2026-12-01T00:00:00.000Z",
+                reason: "last=1",
+            })
+        };
+        let g0 = meta.maintenance_generation().unwrap();
+        assert!(prune(&[2, 3], &[]).is_err(), "the latest");
+        assert!(
+            meta.version(&r, 2).unwrap().unwrap().pruned.is_none(),
+            "all or nothing"
+        );
+        prune(&[2], &[(1, vec![(1, [7; 32])])]).unwrap();
+        let v2 = meta.version(&r, 2).unwrap().unwrap();
+        assert_eq!(v2.pruned.unwrap().reason, "last=1");
+        assert!(meta.version_with_delta(&r, 2).unwrap().1.is_empty());
+        assert_eq!(
+            meta.version_with_delta(&r, 1).unwrap().1,
+            vec![(1, [7; 32])]
+        );
+        assert!(prune(&[2], &[]).is_err(), "pruned twice");
+        assert!(meta.maintenance_generation().unwrap() > g0);
+        let mut walked = Vec::new();
+        meta.for_each_delta(&mut |_, n, d| {
+            walked.push((n, d.len()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            walked,
+            vec![(1, 1)],
+            "pruned and latest versions have no delta"
+        );
     }
 }

@@ -606,7 +606,8 @@ fn create_namespace(c: &mut Connection, name: &str, admin: &NewKey) -> Result<bo
 fn totals(c: &Connection) -> Result<StoreTotals> {
     let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
     Ok(c.query_row(
-        "SELECT (SELECT count(*) FROM replicas), (SELECT count(*) FROM versions), \
+        "SELECT (SELECT count(*) FROM replicas), \
+         (SELECT count(*) FROM versions WHERE pruned IS NULL), \
          (SELECT coalesce(sum(v.page_count), 0) FROM replicas r \
             JOIN versions v ON v.replica = r.id AND v.number = r.latest), \
          (SELECT count(*) FROM blobs)",
