@@ -124,7 +124,10 @@ fn page_of(a: &Answer, server: &str, path: &str) -> anyhow::Result<VersionsPage>
 
 /// One line of the table.
 fn row(v: &VersionEntry) -> String {
-    let message = one_line(&v.message);
+    let mut message = one_line(&v.message);
+    if let Some(at) = &v.pruned {
+        message = format!("[pruned {at}] {message}");
+    }
     let hash: String = v.version_hash.chars().take(16).collect();
     format!(
         "{:>8}  {:<24}  {:>10}  {:>15}  {:<16}  {}",

@@ -67,6 +67,9 @@ pub struct ServeConfig {
     pub max_key_delay: Duration,
     /// Who may read `/metrics` ([`super::metrics`]).
     pub metrics: super::metrics::Access,
+    /// How often retention policies are applied and packs compacted
+    /// ([`super::maintenance`]); None: never.
+    pub prune_every: Option<Duration>,
 }
 
 impl ServeConfig {
@@ -88,6 +91,7 @@ impl ServeConfig {
             handshake_timeout: Duration::from_secs(30),
             max_key_delay: Duration::from_secs(1),
             metrics: super::metrics::Access::default(),
+            prune_every: Some(Duration::from_secs(3600)),
         }
     }
 
@@ -369,6 +373,13 @@ pub async fn run(
         ),
         _ => None,
     };
+    if let Some(every) = config.prune_every {
+        tokio::spawn(super::maintenance::schedule(
+            state.store.clone(),
+            every,
+            state.shutdown.clone(),
+        ));
+    }
     let handles: Vec<_> = listeners
         .iter()
         .map(|_| axum_server::Handle::new())

@@ -1,5 +1,6 @@
 //! `sqlrsync-server` command line: serve, namespace, keys, verify (the
-//! replica commands that look at one replica are in [`super::cli_replica`]).
+//! replica commands that look at one replica are in [`super::cli_replica`];
+//! retention, prune and replica delete in [`super::cli_maintenance`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,13 @@ pub enum Command {
         #[command(flatten)]
         data: DataDirArg,
     },
+    /// Retention policies: which versions to keep, per namespace or replica.
+    #[command(subcommand)]
+    Retention(super::cli_maintenance::RetentionCmd),
+    /// Apply the retention policies now and compact the packs, printing
+    /// what was dropped and freed (`--dry-run`: only print). Not while a
+    /// server runs: it does this itself (serve --prune-every).
+    Prune(super::cli_maintenance::PruneArgs),
     /// Re-read the whole store: every stored page against its checksum and
     /// every version against its versionHash. Exits non-zero on any damage.
     Verify(DataDirArg),
@@ -158,6 +166,26 @@ pub struct ServeArgs {
     /// one. /healthz is always served.
     #[arg(long, value_enum, default_value_t = super::metrics::Access::Local, value_name = "WHO")]
     pub metrics: super::metrics::Access,
+    /// How often to apply the retention policies (`retention set`) and
+    /// compact the packs, e.g. 1h, 30m; `off` never (then only
+    /// `sqlrsync-server prune` does, with the server stopped)
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_every)]
+    pub prune_every: Every,
+}
+
+/// `--prune-every`: a period, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct Every(pub Option<std::time::Duration>);
+
+fn parse_every(s: &str) -> Result<Every, String> {
+    if s == "off" {
+        return Ok(Every(None));
+    }
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("use a period above 0, or `off`".into());
+    }
+    Ok(Every(Some(d)))
 }
 
 /// One `--listen` value.
@@ -288,6 +316,9 @@ pub enum ReplicaCmd {
         #[command(flatten)]
         data: DataDirArg,
     },
+    /// Delete a replica with all its versions and keys (needs --yes); its
+    /// stored pages are freed by the next prune.
+    Delete(super::cli_maintenance::DeleteArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,7 +376,7 @@ pub enum KeysCmd {
 }
 
 /// `4h`, `30m`, `7d`, `0`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     crate::client::follow::parse_duration(s)
 }
 
@@ -441,6 +472,9 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
             println!("{path} is {visibility} (was {})", r.visibility);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replica(ReplicaCmd::Delete(a)) => super::cli_maintenance::delete(a),
+        Command::Retention(c) => super::cli_maintenance::retention(c),
+        Command::Prune(a) => super::cli_maintenance::prune(a),
         Command::Versions { path, data } => versions_list(&path, &data),
         Command::Verify(d) => verify(&d),
         Command::Repair(d) => repair(&d),
@@ -514,7 +548,10 @@ fn versions_list(path: &str, data: &DataDirArg) -> Result<ExitCode> {
     println!("VERSION\tCREATED\tBYTES\tPAGES CHANGED\tVERSIONHASH\tMESSAGE");
     for v in meta.versions(&r)? {
         // A message may hold anything a client sent: one visible line.
-        let message = crate::wire::one_line(&v.message).replace('\t', " ");
+        let mut message = crate::wire::one_line(&v.message).replace('\t', " ");
+        if let Some(p) = &v.pruned {
+            message = format!("[pruned {} by {}] {message}", p.at, p.reason);
+        }
         println!(
             "{}\t{}\t{}\t{}\t{}\t{}",
             v.number,
@@ -710,6 +747,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             handshake_timeout: std::time::Duration::from_secs(a.handshake_timeout),
             max_key_delay: std::time::Duration::from_millis(a.max_key_delay),
             metrics: a.metrics,
+            prune_every: a.prune_every.0,
             ..ServeConfig::new(a.data.data_dir)
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

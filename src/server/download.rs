@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 
+use super::store::Pin;
 use super::store::pages::{PageHash, page_hash};
+use super::store::prune::VersionPruned;
 use super::store::{ReplicaRow, Store, VersionFile, VersionRow};
 use crate::sqlite::{VersionHasher, page_digest};
 
@@ -50,6 +52,9 @@ pub struct CheckedVersion {
     row: VersionRow,
     /// The latest version's file, pinned (a commit never removes it under us).
     _latest: Arc<VersionFile>,
+    /// The epoch the overlay was planned in: compaction drops no page it
+    /// names until the download ends ([`crate::server::store`]'s pins).
+    _planned: Pin,
     /// It, open.
     file: File,
     /// Its per-page SHA-256, when the store has them whole (else only the
@@ -95,6 +100,10 @@ impl CheckedVersion {
                     .version(r, number)?
                     .context("version row missing")?
             };
+            if let Some(pruned) = VersionPruned::of(&row) {
+                return Err(pruned.into());
+            }
+            let planned = store.pin_pages();
             let overlay = delta_pages(&store, r, &row, latest.number)?;
             let whole = snap.sums.len() == latest_row.page_count as usize;
             return Ok(CheckedVersion {
@@ -102,6 +111,7 @@ impl CheckedVersion {
                 path: r.path.clone(),
                 row,
                 _latest: latest,
+                _planned: planned,
                 file,
                 latest_sums: whole.then_some(snap.sums),
                 overlay,

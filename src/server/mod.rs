@@ -17,6 +17,9 @@
 //!   for a download, page by page from the store, checked as it goes.
 //! - [`store`]: metadata, content-addressed pages and materialised versions,
 //!   behind typed methods (the only place that knows SQL or pack files).
+//! - [`retention`]: which versions a retention policy keeps (the store
+//!   prunes the rest and compacts its packs, [`store::prune`],
+//!   [`store::compact`]), on a schedule ([`maintenance`]).
 //! - [`keys`], [`names`]: key hashing and checks, path validation.
 //! - [`throttle`]: addresses that send wrong keys are slowed down, and
 //!   their refusals logged in summary.
@@ -29,6 +32,7 @@
 pub mod admission;
 pub mod app;
 pub mod cli;
+pub mod cli_maintenance;
 pub mod cli_replica;
 pub mod config;
 pub mod conn;
@@ -36,12 +40,14 @@ pub mod download;
 pub mod frames;
 pub mod keys;
 pub mod limits;
+pub mod maintenance;
 pub mod metrics;
 pub mod names;
 pub mod pull;
 pub mod pull_delta;
 pub mod push;
 pub mod resolve;
+pub mod retention;
 pub mod session;
 pub mod store;
 pub mod subscribe;

@@ -4,11 +4,15 @@
 //! metadata's [`crate::server::store::Meta::version_at`].
 //!
 //! Every refusal is the same 404 a missing version always was, with a
-//! message saying which version was not there.
+//! message saying which version was not there, except a version a
+//! retention policy pruned: 410, saying when and by which policy (the
+//! number existed and stays taken). A point in time passes over pruned
+//! versions to the last kept one before it.
 
 use axum::http::StatusCode;
 
 use super::app::{AppState, Refusal};
+use super::store::prune::VersionPruned;
 use super::store::{ReplicaRow, VersionRow};
 use crate::wire::{VersionRef, instant_text};
 
@@ -34,7 +38,10 @@ pub fn version_for(st: &AppState, r: &ReplicaRow, vref: VersionRef) -> Result<Ve
         },
     };
     match found {
-        Ok(Some(v)) => Ok(v),
+        Ok(Some(v)) => match VersionPruned::of(&v) {
+            Some(pruned) => Err(Refusal::new(StatusCode::GONE, pruned.to_string())),
+            None => Ok(v),
+        },
         Ok(None) => Err(Refusal::new(
             StatusCode::NOT_FOUND,
             match vref {

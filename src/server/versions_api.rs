@@ -82,5 +82,6 @@ fn entry(v: &VersionRow) -> VersionEntry {
         pages_changed: v.changed_pages,
         message: v.message.clone(),
         version_hash: v.version_hash.clone(),
+        pruned: v.pruned.as_ref().map(|p| p.at.clone()),
     }
 }

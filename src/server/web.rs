@@ -20,6 +20,7 @@ use super::limits::{Budget, Permit};
 use super::metrics::{Kind, SessionGuard};
 use super::names;
 use super::store::ReplicaRow;
+use super::store::prune::VersionPruned;
 use crate::ui::human_bytes;
 use crate::wire::{VersionRef, Visibility};
 
@@ -258,17 +259,28 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap, before: Option<u64
 <th>Pages changed</th><th>Message</th><th>Download</th></tr></thead><tbody>\n",
         );
         for v in &versions {
+            let download = match &v.pruned {
+                Some(p) => format!(
+                    "<span class=\"pruned\" title=\"{why}\">pruned {at}</span>",
+                    why = esc(&format!("by the retention policy {}", p.reason)),
+                    at = esc(p.at.split('T').next().unwrap_or("")),
+                ),
+                None => format!(
+                    "<a href=\"/{p}@{n}\">{file}@{n}</a>",
+                    p = esc(&r.path),
+                    n = v.number,
+                    file = esc(name),
+                ),
+            };
             body.push_str(&format!(
                 "<tr><td class=\"num\">{n}</td><td>{t}</td><td class=\"num\">{s}</td>\
-<td class=\"num\">{c} of {pc}</td><td>{m}</td><td><a href=\"/{p}@{n}\">{file}@{n}</a></td></tr>\n",
+<td class=\"num\">{c} of {pc}</td><td>{m}</td><td>{download}</td></tr>\n",
                 n = v.number,
                 t = esc(v.created.replace('T', " ").trim_end_matches('Z')),
                 s = esc(&human_bytes(v.size())),
                 c = v.changed_pages,
                 pc = v.page_count,
                 m = esc(&v.message),
-                p = esc(&r.path),
-                file = esc(name),
             ));
         }
         body.push_str("</tbody></table>");
@@ -281,6 +293,16 @@ fn replica_page(st: &AppState, r: &ReplicaRow, h: &HeaderMap, before: Option<u64
         ));
     }
     page(&r.path, &body)
+}
+
+/// The answer to a download that could not start: 410 for a pruned
+/// version, else 500 (logged: damage, or a read error).
+fn open_failed(r: &ReplicaRow, n: u64, e: anyhow::Error) -> Response {
+    if e.is::<VersionPruned>() {
+        return refuse(StatusCode::GONE, &e.to_string());
+    }
+    tracing::error!(path = %r.path, version = n, error = %format!("{e:#}"), "download refused");
+    internal(e)
 }
 
 /// A download in progress: what it reads, and what it holds until it
@@ -332,10 +354,7 @@ async fn download(st: &AppState, r: ReplicaRow, v: VersionRef, conn: Conn) -> Re
     .await;
     let (version, first) = match first {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            tracing::error!(path = %r.path, version = n, error = %format!("{e:#}"), "download refused");
-            return internal(e);
-        }
+        Ok(Err(e)) => return open_failed(&r, n, e),
         Err(e) => return internal(e.into()),
     };
     let len = version.row().size();

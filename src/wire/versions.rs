@@ -57,6 +57,9 @@ pub struct VersionEntry {
     pub message: String,
     /// Its versionHash.
     pub version_hash: String,
+    /// When a retention policy pruned it (RFC 3339); absent while kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<String>,
 }
 
 /// The query of a listing request: `limit` and `before`, each at most once;

@@ -41,6 +41,7 @@ mod server_hostile;
 mod server_keys;
 mod server_limits;
 mod server_metrics;
+mod server_prune;
 mod server_push_pull;
 mod server_replicas;
 mod server_sessions;

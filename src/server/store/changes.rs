@@ -7,7 +7,9 @@
 //! and L differ within N's page count: a page that changed and changed
 //! back is listed too, which costs its bytes and nothing else. The pages
 //! past N's count up to L's are new to N and always differ. No page is
-//! read here, and nothing is trusted beyond the page numbers: the client
+//! read here, and nothing is trusted beyond the page numbers: a pruned
+//! version's pages are in the delta of the kept version below it, so a
+//! pruned base has no delta, and the client
 //! keeps the result only when its versionXxh3 is the latest's.
 
 use std::collections::BTreeSet;
@@ -35,6 +37,7 @@ impl Store {
         max_pages: usize,
     ) -> Result<Option<Vec<u32>>> {
         if base.number >= latest.number
+            || base.pruned.is_some()
             || latest.number - base.number > MAX_DELTA_VERSIONS
             || base.page_size != latest.page_size
         {
@@ -46,6 +49,10 @@ impl Store {
         }
         for k in base.number..latest.number {
             let (v, delta) = self.meta.version_with_delta(r, k)?;
+            if v.pruned.is_some() {
+                // Its pages are in the delta of the kept version below.
+                continue;
+            }
             if v.page_size != latest.page_size {
                 return Ok(None);
             }

@@ -196,6 +196,7 @@ impl Store {
             message: pushed.message.to_string(),
             version_hash,
             version_xxh3: Some(version_xxh3),
+            pruned: None,
         };
         let txn = self.meta().commit_version(&NewVersion {
             replica: r.id,

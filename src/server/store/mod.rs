@@ -17,7 +17,9 @@
 //!   staging copy; [`commit`]: a push becoming a version; [`rebuild`]: older
 //!   versions materialised on demand; [`changes`]: the pages two versions
 //!   differ in (delta pulls); [`verify`]: the whole store re-read;
-//!   [`disk`]: the file-system rules they share.
+//!   [`prune`]: versions a retention policy drops; [`compact`]: packs
+//!   rewritten without garbage; [`pins`]: what keeps compaction from
+//!   pages a reader still needs; [`disk`]: the file-system rules they share.
 //!
 //! Layout under DATA_DIR:
 //!
@@ -46,7 +48,11 @@
 //! in the packs. A version therefore costs only the pages its successor
 //! changed, and the whole store is about `db size + sum of changed pages`.
 //! Version N is rebuilt by copying the latest file and applying the back
-//! deltas from the newest down to N.
+//! deltas from the newest down to N. A pruned version keeps its row but
+//! not its back delta, which was merged into the kept version below it
+//! ([`prune`]); pages no back delta names any more are garbage that
+//! [`compact`] removes. Pruned pack files are listed in `retired_packs`
+//! until deleted.
 //!
 //! A commit writes the old contents of the changed pages to a pack (fsync),
 //! fsyncs the new file and renames it to `v<N+1>.db` (fsync of the folder),
@@ -58,11 +64,14 @@
 
 mod changes;
 mod commit;
+pub mod compact;
 pub mod dirlock;
 pub mod disk;
 mod live;
 pub mod meta;
 pub mod pages;
+mod pins;
+pub mod prune;
 mod rebuild;
 pub mod recovery;
 pub mod repair;
@@ -81,6 +90,7 @@ pub use dirlock::{DataDirLock, LockError};
 pub use disk::{is_out_of_space, normalise_journal_mode, private_dir};
 pub use live::{ReplicaState, VersionFile, VersionNotice};
 pub use meta::{Meta, ReplicaRow, VersionRow};
+pub use pins::Pin;
 pub use verify::VerifyCounts;
 
 use pages::{PackStore, PageStore};
@@ -103,8 +113,32 @@ pub struct Store {
     _spill: tempfile::TempDir,
     /// The data dir's lock, for a store that writes (see [`dirlock`]).
     _lock: Option<DataDirLock>,
-    /// Held by a commit from its first page append to its commit point.
+    /// Held by a commit from its first page append to its commit point,
+    /// and by compaction while it rewrites a pack.
     commit_serial: Mutex<()>,
+    /// The epochs readers of stored pages plan in ([`pins`]).
+    pins: Arc<pins::Pins>,
+}
+
+/// Deletes replica `r` of the store at `data_dir` (safe next to a live
+/// server, which serves no more of it from its next request): its metadata
+/// in one transaction, the commit point, after which its folder is garbage
+/// recovery removes; then its folder. Its stored pages are garbage for the
+/// next compaction.
+pub fn delete_replica(
+    data_dir: &Path,
+    meta: &Meta,
+    r: &ReplicaRow,
+) -> Result<meta::DeletedReplica> {
+    let deleted = meta.delete_replica(r.id)?;
+    let dir = data_dir.join("replicas").join(&r.uid);
+    match std::fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", dir.display()));
+        }
+        _ => meta.forget_deleted_replica(&r.uid)?,
+    }
+    Ok(deleted)
 }
 
 /// Locks a std mutex, surviving poisoning (a panicked holder leaves data
@@ -191,6 +225,7 @@ impl Store {
             _spill: spill,
             _lock: lock,
             commit_serial: Mutex::new(()),
+            pins: Arc::default(),
         })
     }
 

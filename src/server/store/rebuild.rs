@@ -28,6 +28,7 @@ use super::disk::{copy_of, hash_file, is_out_of_space};
 use super::live::VersionFile;
 use super::meta::{ReplicaRow, VersionRow};
 use super::pages::PageHash;
+use super::prune::VersionPruned;
 use super::{Store, lock};
 
 /// A one-pass rebuild: the target version's row and the pages to write.
@@ -53,6 +54,14 @@ impl Store {
         if let Some(f) = lock(&state.older).get(&number).and_then(Weak::upgrade) {
             return Ok(f);
         }
+        let row = self
+            .meta
+            .version(r, number)?
+            .context("version row missing")?;
+        if let Some(pruned) = VersionPruned::of(&row) {
+            return Err(pruned.into());
+        }
+        let _planned_now = self.pin_pages();
         let name = format!("{}-v{number}-{}.db", r.uid, uuid::Uuid::new_v4().simple());
         let final_path = match self.materialise_in(
             &self.data_dir.join("cache"),
@@ -137,7 +146,7 @@ impl Store {
             None => {
                 let mut row = None;
                 for k in (number..latest_number).rev() {
-                    row = Some(self.step_back(r, &f, k)?);
+                    row = self.step_back(r, &f, k)?.or(row);
                 }
                 row.context("nothing to materialise")?
             }
@@ -168,6 +177,9 @@ impl Store {
         let mut target = None;
         for k in (number..latest_number).rev() {
             let (v, delta) = self.meta.version_with_delta(r, k)?;
+            if v.pruned.is_some() {
+                continue;
+            }
             if *page_size.get_or_insert(v.page_size) != v.page_size {
                 return Ok(None);
             }
@@ -188,10 +200,15 @@ impl Store {
         Ok(Some((target, pages.into_iter().collect())))
     }
 
-    /// Turns `f`, holding version `k + 1` of `r`, into version `k` by
-    /// applying that version's back delta; returns version `k`'s row.
-    pub(super) fn step_back(&self, r: &ReplicaRow, f: &File, k: u64) -> Result<VersionRow> {
+    /// Turns `f`, holding the next kept version above `k` of `r`, into
+    /// version `k` by applying that version's back delta; returns version
+    /// `k`'s row. A pruned `k` is passed over (None): its pages are in the
+    /// delta of the kept version below it.
+    pub(super) fn step_back(&self, r: &ReplicaRow, f: &File, k: u64) -> Result<Option<VersionRow>> {
         let (v, delta) = self.meta.version_with_delta(r, k)?;
+        if v.pruned.is_some() {
+            return Ok(None);
+        }
         for (pgno, hash) in delta {
             let data = self.read_page(&hash)?;
             ensure!(
@@ -201,15 +218,32 @@ impl Store {
             f.write_all_at(&data, (pgno as u64 - 1) * v.page_size as u64)?;
         }
         f.set_len(v.size())?;
-        Ok(v)
+        Ok(Some(v))
     }
 
-    /// Reads one stored page by hash, checking its checksum.
+    /// Reads one stored page by hash, checking its checksum. Compaction
+    /// may move the page (and delete the pack it was in) between the lookup
+    /// and the read; then it is looked up again.
     pub fn read_page(&self, hash: &PageHash) -> Result<Vec<u8>> {
-        let loc = self
-            .meta
-            .blob(hash)?
-            .with_context(|| format!("page {} is not in the store", hex::encode(&hash[..8])))?;
-        lock(&self.pages).read(hash, &loc)
+        let missing = || format!("page {} is not in the store", hex::encode(&hash[..8]));
+        let mut loc = self.meta.blob(hash)?.with_context(missing)?;
+        let mut moves = 0;
+        loop {
+            match lock(&self.pages).read(hash, &loc) {
+                Ok(data) => return Ok(data),
+                Err(e) => match self.meta.blob(hash)? {
+                    Some(moved) if moved != loc && moves < 3 => {
+                        loc = moved;
+                        moves += 1;
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Pins the current epoch for a reader of stored pages ([`super::pins`]).
+    pub fn pin_pages(&self) -> super::pins::Pin {
+        self.pins.pin()
     }
 }

@@ -8,6 +8,10 @@
 //! last proof is the commit's in-flight record (`commits_in_flight`), made
 //! durable before its first append and ended by the commit's own
 //! transaction, and it only holds because commits run one at a time.
+//! Compaction takes such a record for its copies too, and the packs its
+//! transaction retired (`retired_packs`, indexing nothing) are deleted, as
+//! are the folders of replicas whose deletion was committed
+//! (`deleted_replicas`).
 //!
 //! Anything else cannot be proven garbage, and may well be the only copy
 //! of a version: metadata restored from a backup or one commit behind
@@ -140,6 +144,11 @@ pub fn recover(data_dir: &Path, meta: &Meta, apply: bool) -> Result<Findings> {
         for f in &in_flight {
             meta.end_commit(f.id)?;
         }
+        for uid in meta.deleted_replicas()? {
+            if !data_dir.join("replicas").join(&uid).exists() {
+                meta.forget_deleted_replica(&uid)?;
+            }
+        }
     }
     Ok(findings)
 }
@@ -156,9 +165,18 @@ fn replica_files(
 ) -> Result<()> {
     let root = data_dir.join("replicas");
     let by_uid: HashMap<&str, &ReplicaRow> = replicas.iter().map(|r| (r.uid.as_str(), r)).collect();
+    let deleted: std::collections::HashSet<String> = meta.deleted_replicas()?.into_iter().collect();
     for e in std::fs::read_dir(&root)? {
         let dir = e?.path();
         let uid = name(&dir);
+        if deleted.contains(&uid) && !by_uid.contains_key(uid.as_str()) {
+            // `replica delete` committed and died before removing it.
+            if apply {
+                tracing::info!(dir = %dir.display(), "removing a deleted replica's folder");
+                std::fs::remove_dir_all(&dir)?;
+            }
+            continue;
+        }
         let Some(r) = by_uid.get(uid.as_str()) else {
             if std::fs::read_dir(&dir)
                 .map(|mut d| d.next().is_none())
@@ -250,12 +268,14 @@ fn packs(
 ) -> Result<()> {
     let dir = data_dir.join("packs");
     let mut ends: BTreeMap<u32, u64> = meta.pack_ends()?.into_iter().collect();
+    let retired = retired_packs(&dir, meta, &ends, apply, findings)?;
     for e in std::fs::read_dir(&dir)? {
         let n = name(&e?.path());
         if let Some(p) = n
             .strip_prefix("pack-")
             .and_then(|s| s.strip_suffix(".dat"))
             .and_then(|s| s.parse::<u32>().ok())
+            && !retired.contains(&p)
         {
             ends.entry(p).or_insert(0);
         }
@@ -316,4 +336,32 @@ fn packs(
         }
     }
     Ok(())
+}
+
+/// Packs retired by a compaction whose transaction landed: garbage once
+/// nothing is indexed in them (removed when `apply`). Returns those left,
+/// which the pack check passes over.
+fn retired_packs(
+    dir: &Path,
+    meta: &Meta,
+    ends: &BTreeMap<u32, u64>,
+    apply: bool,
+    findings: &mut Findings,
+) -> Result<std::collections::BTreeSet<u32>> {
+    for pack in meta.retired_packs()? {
+        if ends.contains_key(&pack) {
+            findings.items.push(Finding::Pack {
+                pack,
+                problem: "retired by a compaction but still indexed".into(),
+            });
+        } else if apply {
+            let path = pack_path(dir, pack);
+            tracing::info!(pack, "removing a pack a compaction retired");
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => meta.forget_retired_pack(pack)?,
+            }
+        }
+    }
+    Ok(meta.retired_packs()?.into_iter().collect())
 }

@@ -18,6 +18,7 @@
 //! and its kind's name, and finds a key by hash.
 
 pub mod sqlite;
+mod sqlite_maintenance;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -65,6 +66,20 @@ pub struct VersionRow {
     pub version_hash: String,
     /// `versionXxh3`; None for versions committed before the store kept it.
     pub version_xxh3: Option<String>,
+    /// Set once the version was pruned: its row stays, so that its number
+    /// is never given to another version and a pull of it can say why it
+    /// is gone ([`super::prune`]).
+    pub pruned: Option<Pruned>,
+}
+
+/// When and why a version was pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pruned {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Why, as shown to whoever asks for it: the retention policy that
+    /// dropped it.
+    pub reason: String,
 }
 
 impl VersionRow {
@@ -89,7 +104,7 @@ pub struct NamespaceRow {
 pub struct StoreTotals {
     /// Replicas (with or without a version yet).
     pub replicas: u64,
-    /// Versions of all replicas.
+    /// Versions of all replicas (not counting pruned ones).
     pub versions: u64,
     /// Pages of the replicas' latest versions (their files).
     pub latest_pages: u64,
@@ -207,6 +222,47 @@ pub struct LatestState {
     pub xxh3: Vec<[u8; 16]>,
 }
 
+/// One replica's prune, recorded in one transaction: the versions dropped
+/// and the back deltas that take over their pages ([`super::prune`]).
+#[derive(Debug)]
+pub struct PruneWrite<'a> {
+    /// The replica's row id.
+    pub replica: i64,
+    /// Versions to mark pruned (their back deltas are dropped); each must
+    /// be unpruned and older than the latest, or nothing is recorded.
+    pub pruned: &'a [u64],
+    /// New back deltas of kept versions, which now lead to the next kept
+    /// version.
+    pub merged: &'a [(u64, Vec<(u32, PageHash)>)],
+    /// See [`Pruned`].
+    pub at: &'a str,
+    /// See [`Pruned`].
+    pub reason: &'a str,
+}
+
+/// A pack rewritten by compaction, recorded in one transaction: its live
+/// pages' new places, its other index rows dropped, the pack retired (its
+/// file is then garbage recovery may delete) and the compaction's
+/// in-flight record ended ([`super::compact`]).
+#[derive(Debug)]
+pub struct PackRewrite<'a> {
+    /// The pack rewritten.
+    pub pack: u32,
+    /// Each live page with its new place.
+    pub moved: &'a [(PageHash, BlobLocation)],
+    /// The compaction's in-flight record (its appends).
+    pub in_flight: i64,
+}
+
+/// What deleting a replica removed.
+#[derive(Debug, Default, Clone)]
+pub struct DeletedReplica {
+    /// Version rows.
+    pub versions: u64,
+    /// Keys naming the replica.
+    pub keys: u64,
+}
+
 /// What a metadata backend does. Reads take `&self`, writes `&mut self`;
 /// the [`Meta`] facade serialises calls. Errors are the backend's own
 /// (I/O, a damaged row), carried as `anyhow` with context.
@@ -320,6 +376,41 @@ pub trait MetaBackend: Send {
     /// Moves replica `id` from path `from` to `to` in one transaction (its
     /// row id, uid, files, versions and keys stay).
     fn rename_replica(&mut self, id: i64, from: &str, to: &str) -> Result<Renamed>;
+    /// The retention policy set for `scope` (a namespace or a replica's
+    /// path), as stored.
+    fn retention(&self, scope: &str) -> Result<Option<String>>;
+    /// Sets (Some) or clears (None) the retention policy of `scope`.
+    fn set_retention(&mut self, scope: &str, policy: Option<&str>) -> Result<()>;
+    /// Every retention policy set, by scope.
+    fn retentions(&self) -> Result<Vec<(String, String)>>;
+    /// Records one replica's prune (see [`PruneWrite`]), all or nothing.
+    fn prune_versions(&mut self, p: &PruneWrite<'_>) -> Result<()>;
+    /// Calls `f` with every back delta of every version (pruned versions
+    /// have none): what references stored pages.
+    fn for_each_delta(
+        &self,
+        f: &mut dyn FnMut(i64, u64, Vec<(u32, PageHash)>) -> Result<()>,
+    ) -> Result<()>;
+    /// The index rows of the pages stored in `pack`, in pack order.
+    fn blobs_in_pack(&self, pack: u32) -> Result<Vec<(PageHash, BlobLocation)>>;
+    /// Records a rewritten pack (see [`PackRewrite`]), all or nothing.
+    fn rewrite_pack(&mut self, w: &PackRewrite<'_>) -> Result<()>;
+    /// Packs retired by compaction whose files may not be deleted yet.
+    fn retired_packs(&self) -> Result<Vec<u32>>;
+    /// Forgets retired pack `pack` once its file is gone.
+    fn forget_retired_pack(&mut self, pack: u32) -> Result<()>;
+    /// A number that grows with every prune, compaction and replica
+    /// deletion: a reader in another process (`verify`) that finds a page
+    /// missing checks it to tell such a change from damage.
+    fn maintenance_generation(&self) -> Result<u64>;
+    /// Deletes replica `id` with its versions, keys and retention policy,
+    /// in one transaction; its stored pages become garbage for the next
+    /// compaction.
+    fn delete_replica(&mut self, id: i64) -> Result<DeletedReplica>;
+    /// Uids of deleted replicas whose folders may still exist.
+    fn deleted_replicas(&self) -> Result<Vec<String>>;
+    /// Forgets a deleted replica once its folder is gone.
+    fn forget_deleted_replica(&mut self, uid: &str) -> Result<()>;
 }
 
 /// What [`MetaBackend::rename_replica`] did.
@@ -584,6 +675,75 @@ impl Meta {
     pub fn rename_replica(&self, r: &ReplicaRow, to: &str) -> Result<Renamed> {
         self.write(|b| b.rename_replica(r.id, &r.path, to))
     }
+
+    /// See [`MetaBackend::retention`].
+    pub fn retention(&self, scope: &str) -> Result<Option<String>> {
+        self.read(|b| b.retention(scope))
+    }
+
+    /// See [`MetaBackend::set_retention`].
+    pub fn set_retention(&self, scope: &str, policy: Option<&str>) -> Result<()> {
+        self.write(|b| b.set_retention(scope, policy))
+    }
+
+    /// See [`MetaBackend::retentions`].
+    pub fn retentions(&self) -> Result<Vec<(String, String)>> {
+        self.read(|b| b.retentions())
+    }
+
+    /// See [`MetaBackend::prune_versions`].
+    pub fn prune_versions(&self, p: &PruneWrite<'_>) -> Result<()> {
+        self.write(|b| b.prune_versions(p))
+    }
+
+    /// See [`MetaBackend::for_each_delta`]. Holds the metadata for the
+    /// whole walk: for maintenance, not for sessions.
+    pub fn for_each_delta(
+        &self,
+        f: &mut dyn FnMut(i64, u64, Vec<(u32, PageHash)>) -> Result<()>,
+    ) -> Result<()> {
+        self.read(|b| b.for_each_delta(f))
+    }
+
+    /// See [`MetaBackend::blobs_in_pack`].
+    pub fn blobs_in_pack(&self, pack: u32) -> Result<Vec<(PageHash, BlobLocation)>> {
+        self.read(|b| b.blobs_in_pack(pack))
+    }
+
+    /// See [`MetaBackend::rewrite_pack`].
+    pub fn rewrite_pack(&self, w: &PackRewrite<'_>) -> Result<()> {
+        self.write(|b| b.rewrite_pack(w))
+    }
+
+    /// See [`MetaBackend::retired_packs`].
+    pub fn retired_packs(&self) -> Result<Vec<u32>> {
+        self.read(|b| b.retired_packs())
+    }
+
+    /// See [`MetaBackend::forget_retired_pack`].
+    pub fn forget_retired_pack(&self, pack: u32) -> Result<()> {
+        self.write(|b| b.forget_retired_pack(pack))
+    }
+
+    /// See [`MetaBackend::maintenance_generation`].
+    pub fn maintenance_generation(&self) -> Result<u64> {
+        self.read(|b| b.maintenance_generation())
+    }
+
+    /// See [`MetaBackend::delete_replica`].
+    pub fn delete_replica(&self, id: i64) -> Result<DeletedReplica> {
+        self.write(|b| b.delete_replica(id))
+    }
+
+    /// See [`MetaBackend::deleted_replicas`].
+    pub fn deleted_replicas(&self) -> Result<Vec<String>> {
+        self.read(|b| b.deleted_replicas())
+    }
+
+    /// See [`MetaBackend::forget_deleted_replica`].
+    pub fn forget_deleted_replica(&self, uid: &str) -> Result<()> {
+        self.write(|b| b.forget_deleted_replica(uid))
+    }
 }
 
 /// The time now as the metadata records it (RFC 3339, milliseconds, UTC).
@@ -666,6 +826,7 @@ mod tests {
             message: String::new(),
             version_hash: format!("h{number}"),
             version_xxh3: None,
+            pruned: None,
         };
         let commit = |row: &VersionRow, keys: &[NewKey]| {
             meta.commit_version(&NewVersion {
@@ -724,6 +885,7 @@ mod tests {
                 message: String::new(),
                 version_hash: format!("h{i}"),
                 version_xxh3: None,
+                pruned: None,
             };
             meta.commit_version(&NewVersion {
                 replica: r.id,
@@ -765,5 +927,74 @@ mod tests {
         let moved = meta.replica("ns/c.db").unwrap().unwrap();
         assert_eq!((moved.id, &moved.uid, moved.latest), (r.id, &r.uid, 4));
         assert!(meta.replica("ns/a.db").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_prune_is_all_or_nothing_and_never_takes_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.create_namespace("ns", &key(1, "admin", "ns", None))
+            .unwrap();
+        let r = meta.create_replica("ns", "ns/a.db", "private").unwrap();
+        for number in 1..=3 {
+            let row = VersionRow {
+                number,
+                created: now(),
+                page_size: 4096,
+                page_count: 1,
+                changed_pages: 1,
+                message: String::new(),
+                version_hash: format!("h{number}"),
+                version_xxh3: None,
+                pruned: None,
+            };
+            meta.commit_version(&NewVersion {
+                replica: r.id,
+                row: &row,
+                blobs: &[],
+                back_delta: &[(1, [number as u8; 32])],
+                sums: &[[9; 32]],
+                xxh3: &[[8; 16]],
+                keys: &[],
+                in_flight: None,
+            })
+            .unwrap();
+        }
+        let prune = |pruned: &[u64], merged: &[(u64, Vec<(u32, PageHash)>)]| {
+            meta.prune_versions(&PruneWrite {
+                replica: r.id,
+                pruned,
+                merged,
+                at: "2026-12-01T00:00:00.000Z",
+                reason: "last=1",
+            })
+        };
+        let g0 = meta.maintenance_generation().unwrap();
+        assert!(prune(&[2, 3], &[]).is_err(), "the latest");
+        assert!(
+            meta.version(&r, 2).unwrap().unwrap().pruned.is_none(),
+            "all or nothing"
+        );
+        prune(&[2], &[(1, vec![(1, [7; 32])])]).unwrap();
+        let v2 = meta.version(&r, 2).unwrap().unwrap();
+        assert_eq!(v2.pruned.unwrap().reason, "last=1");
+        assert!(meta.version_with_delta(&r, 2).unwrap().1.is_empty());
+        assert_eq!(
+            meta.version_with_delta(&r, 1).unwrap().1,
+            vec![(1, [7; 32])]
+        );
+        assert!(prune(&[2], &[]).is_err(), "pruned twice");
+        assert!(meta.maintenance_generation().unwrap() > g0);
+        let mut walked = Vec::new();
+        meta.for_each_delta(&mut |_, n, d| {
+            walked.push((n, d.len()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            walked,
+            vec![(1, 1)],
+            "pruned and latest versions have no delta"
+        );
     }
 }

@@ -2,17 +2,20 @@
 //!
 //! SQLite in WAL mode so the web pages read while a commit writes; every
 //! version commit is one transaction, which is what makes it atomic. This
-//! file is the only place in the server that holds SQL (besides putting a
-//! pushed database file back in rollback mode, [`crate::server::store::disk`]).
+//! file and its maintenance half ([`super::sqlite_maintenance`]: retention,
+//! prune, compaction, replica deletion) are the only places in the server
+//! that hold SQL (besides putting a pushed database file back in rollback
+//! mode, [`crate::server::store::disk`]).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::sqlite_maintenance as maint;
 use super::{
-    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, Renamed, ReplicaRow,
-    StoreTotals, StoredKey, VersionRow, now,
+    DeletedReplica, InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion,
+    PackRewrite, PruneWrite, Pruned, Renamed, ReplicaRow, StoreTotals, StoredKey, VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
@@ -91,6 +94,21 @@ CREATE TABLE IF NOT EXISTS commits_in_flight(
   offset INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS versions_created ON versions(replica, created);
+CREATE TABLE IF NOT EXISTS retention(
+  scope TEXT PRIMARY KEY,
+  policy TEXT NOT NULL,
+  set_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retired_packs(
+  pack INTEGER PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS deleted_replicas(
+  uid TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS maintenance(
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  generation INTEGER NOT NULL
+);
 ";
 
 /// The metadata in one SQLite database.
@@ -120,6 +138,8 @@ fn open(path: &Path) -> Result<Connection> {
     c.execute_batch(SCHEMA)?;
     add_column(&c, "replicas", "latest_xxh3", "BLOB")?;
     add_column(&c, "versions", "version_xxh3", "TEXT")?;
+    add_column(&c, "versions", "pruned", "TEXT")?;
+    add_column(&c, "versions", "pruned_reason", "TEXT")?;
     for (column, decl) in [
         ("minted_by", "INTEGER"),
         ("minted_on", "TEXT"),
@@ -220,8 +240,8 @@ fn namespace_exists(c: &Connection, name: &str) -> Result<bool> {
     )
 }
 
-const VERSION_COLS: &str =
-    "number, created, page_size, page_count, changed_pages, message, version_hash, version_xxh3";
+const VERSION_COLS: &str = "number, created, page_size, page_count, changed_pages, message, \
+     version_hash, version_xxh3, pruned, pruned_reason";
 
 fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
     Ok(VersionRow {
@@ -233,6 +253,13 @@ fn version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
         message: r.get(5)?,
         version_hash: r.get(6)?,
         version_xxh3: r.get(7)?,
+        pruned: match r.get::<_, Option<String>>(8)? {
+            Some(at) => Some(Pruned {
+                at,
+                reason: r.get::<_, Option<String>>(9)?.unwrap_or_default(),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -263,7 +290,7 @@ fn back_delta(c: &Connection, replica: i64, number: u64) -> Result<Vec<(u32, Pag
     decode_delta(&blob.unwrap_or_default())
 }
 
-fn encode_delta(entries: &[(u32, PageHash)]) -> Vec<u8> {
+pub(super) fn encode_delta(entries: &[(u32, PageHash)]) -> Vec<u8> {
     let mut v = Vec::with_capacity(entries.len() * 36);
     for (pgno, h) in entries {
         v.extend_from_slice(&pgno.to_be_bytes());
@@ -272,7 +299,7 @@ fn encode_delta(entries: &[(u32, PageHash)]) -> Vec<u8> {
     v
 }
 
-fn decode_delta(b: &[u8]) -> Result<Vec<(u32, PageHash)>> {
+pub(super) fn decode_delta(b: &[u8]) -> Result<Vec<(u32, PageHash)>> {
     anyhow::ensure!(
         b.len().is_multiple_of(36),
         "damaged version delta ({} bytes)",
@@ -582,7 +609,8 @@ fn create_namespace(c: &mut Connection, name: &str, admin: &NewKey) -> Result<bo
 fn totals(c: &Connection) -> Result<StoreTotals> {
     let n = |r: &rusqlite::Row<'_>, i| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
     Ok(c.query_row(
-        "SELECT (SELECT count(*) FROM replicas), (SELECT count(*) FROM versions), \
+        "SELECT (SELECT count(*) FROM replicas), \
+         (SELECT count(*) FROM versions WHERE pruned IS NULL), \
          (SELECT coalesce(sum(v.page_count), 0) FROM replicas r \
             JOIN versions v ON v.replica = r.id AND v.number = r.latest), \
          (SELECT count(*) FROM blobs)",
@@ -825,16 +853,59 @@ impl MetaBackend for SqliteMeta {
     fn rename_replica(&mut self, id: i64, from: &str, to: &str) -> Result<Renamed> {
         rename_replica(&mut self.c, id, from, to)
     }
+    fn retention(&self, scope: &str) -> Result<Option<String>> {
+        maint::retention(&self.c, scope)
+    }
+    fn set_retention(&mut self, scope: &str, policy: Option<&str>) -> Result<()> {
+        maint::set_retention(&self.c, scope, policy)
+    }
+    fn retentions(&self) -> Result<Vec<(String, String)>> {
+        maint::retentions(&self.c)
+    }
+    fn prune_versions(&mut self, p: &PruneWrite<'_>) -> Result<()> {
+        maint::prune_versions(&mut self.c, p)
+    }
+    fn for_each_delta(
+        &self,
+        f: &mut dyn FnMut(i64, u64, Vec<(u32, PageHash)>) -> Result<()>,
+    ) -> Result<()> {
+        maint::for_each_delta(&self.c, f)
+    }
+    fn blobs_in_pack(&self, pack: u32) -> Result<Vec<(PageHash, BlobLocation)>> {
+        maint::blobs_in_pack(&self.c, pack)
+    }
+    fn rewrite_pack(&mut self, w: &PackRewrite<'_>) -> Result<()> {
+        maint::rewrite_pack(&mut self.c, w)
+    }
+    fn retired_packs(&self) -> Result<Vec<u32>> {
+        maint::retired_packs(&self.c)
+    }
+    fn forget_retired_pack(&mut self, pack: u32) -> Result<()> {
+        maint::forget_retired_pack(&self.c, pack)
+    }
+    fn maintenance_generation(&self) -> Result<u64> {
+        maint::generation(&self.c)
+    }
+    fn delete_replica(&mut self, id: i64) -> Result<DeletedReplica> {
+        maint::delete_replica(&mut self.c, id)
+    }
+    fn deleted_replicas(&self) -> Result<Vec<String>> {
+        maint::deleted_replicas(&self.c)
+    }
+    fn forget_deleted_replica(&mut self, uid: &str) -> Result<()> {
+        maint::forget_deleted_replica(&self.c, uid)
+    }
 }
 
 /// The last version committed at or before `at`, by the `versions_created`
 /// index. This WHERE clause is the one place that decides which versions a
-/// point in time may name: versions marked pruned become one more
-/// condition of it.
+/// point in time may name: kept ones (a pruned version is passed over for
+/// the kept one before it).
 fn version_at(c: &Connection, replica: i64, at: &str) -> Result<Option<VersionRow>> {
     Ok(c.query_row(
         &format!(
             "SELECT {VERSION_COLS} FROM versions WHERE replica=?1 AND created<=?2
+               AND pruned IS NULL
              ORDER BY created DESC, number DESC LIMIT 1"
         ),
         params![replica, at],

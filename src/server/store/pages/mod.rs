@@ -8,9 +8,10 @@
 //! file beside [`packs`] rather than an edit of the version logic, as
 //! Litestream puts each of its replica backends behind `ReplicaClient`.
 //!
-//! The operations are exactly the ones a commit, a rebuild and `verify`
-//! use: append a page, make the appends durable, read a page back, and give
-//! back what a failed commit appended. Cutting unreferenced tails at start-up
+//! The operations are exactly the ones a commit, a rebuild, `verify` and
+//! compaction use: append a page, make the appends durable, read a page
+//! back, give back what a failed commit appended, and copy live pages out
+//! of a pack before deleting it. Cutting unreferenced tails at start-up
 //! belongs to opening a backend ([`packs::PackStore::open`]), since only the
 //! backend knows how its files are laid out.
 
@@ -69,4 +70,12 @@ pub trait PageStore: Send {
     /// space, which matters most when a commit failed because the disk is
     /// full.
     fn cut_back(&mut self, start: BlobPosition, expected_end: BlobPosition) -> bool;
+    /// Ends appends to the current pack (when it holds anything), so that
+    /// compaction may rewrite it: the next append starts a new one.
+    fn seal(&mut self) -> Result<()>;
+    /// Appends the page stored at `loc` under `hash` again, as stored (no
+    /// recompression), after checking it: compaction's copy.
+    fn copy(&mut self, hash: &PageHash, loc: &BlobLocation) -> Result<BlobLocation>;
+    /// Deletes pack `pack`, which compaction retired: nothing refers to it.
+    fn remove_pack(&mut self, pack: u32) -> Result<()>;
 }

@@ -119,15 +119,12 @@ impl PackStore {
         self.scratch.reserve(data.len() - 64);
         matches!(c.compress_to_buffer(data, &mut self.scratch), Ok(n) if n + 64 < data.len())
     }
-}
 
-impl PageStore for PackStore {
-    fn append(&mut self, data: &[u8]) -> Result<BlobLocation> {
+    /// Appends bytes as they are to be stored.
+    fn append_stored(&mut self, bytes: &[u8], compressed: bool) -> Result<BlobLocation> {
         if self.len >= PACK_ROLLOVER {
             self.roll_over()?;
         }
-        let compressed = self.compress(data);
-        let bytes: &[u8] = if compressed { &self.scratch } else { data };
         if let Err(e) = self.file.write_all(bytes) {
             // A full disk writes part of the page and then fails. Cut the
             // part off: the file is opened for appending, so left there it
@@ -150,6 +147,72 @@ impl PageStore for PackStore {
         self.len += bytes.len() as u64;
         self.dirty = true;
         Ok(loc)
+    }
+
+    /// The bytes stored at `loc`, as stored.
+    fn read_stored(&self, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let path = pack_path(&self.dir, loc.pack);
+        let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        f.seek(SeekFrom::Start(loc.offset))?;
+        let mut buf = vec![0u8; loc.stored_len as usize];
+        f.read_exact(&mut buf)
+            .with_context(|| format!("reading {} at {}", path.display(), loc.offset))?;
+        Ok(buf)
+    }
+
+    /// The page in `stored`, decompressed and checked against `hash`.
+    fn decode(&self, hash: &PageHash, loc: &BlobLocation, stored: Vec<u8>) -> Result<Vec<u8>> {
+        let data = if loc.compressed {
+            zstd::bulk::decompress(&stored, 1 << 17).context("decompressing a page")?
+        } else {
+            stored
+        };
+        if &page_hash(&data) != hash {
+            bail!(
+                "page {} in {} at offset {} fails its checksum",
+                hex::encode(&hash[..8]),
+                pack_path(&self.dir, loc.pack).display(),
+                loc.offset
+            );
+        }
+        Ok(data)
+    }
+}
+
+impl PageStore for PackStore {
+    fn append(&mut self, data: &[u8]) -> Result<BlobLocation> {
+        let compressed = self.compress(data);
+        // Taken out for the write, which borrows self; put back after.
+        let scratch = std::mem::take(&mut self.scratch);
+        let bytes: &[u8] = if compressed { &scratch } else { data };
+        let loc = self.append_stored(bytes, compressed);
+        self.scratch = scratch;
+        loc
+    }
+
+    fn seal(&mut self) -> Result<()> {
+        if self.len > 0 {
+            self.roll_over()?;
+        }
+        Ok(())
+    }
+
+    fn copy(&mut self, hash: &PageHash, loc: &BlobLocation) -> Result<BlobLocation> {
+        let stored = self.read_stored(loc)?;
+        self.decode(hash, loc, stored.clone())?;
+        self.append_stored(&stored, loc.compressed)
+    }
+
+    fn remove_pack(&mut self, pack: u32) -> Result<()> {
+        anyhow::ensure!(pack != self.current, "pack {pack} is being appended to");
+        let path = pack_path(&self.dir, pack);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", path.display()));
+            }
+            _ => {}
+        }
+        sync_dir(&self.dir)
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -179,25 +242,7 @@ impl PageStore for PackStore {
     }
 
     fn read(&self, hash: &PageHash, loc: &BlobLocation) -> Result<Vec<u8>> {
-        let path = pack_path(&self.dir, loc.pack);
-        let mut f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        f.seek(SeekFrom::Start(loc.offset))?;
-        let mut buf = vec![0u8; loc.stored_len as usize];
-        f.read_exact(&mut buf)
-            .with_context(|| format!("reading {} at {}", path.display(), loc.offset))?;
-        let data = if loc.compressed {
-            zstd::bulk::decompress(&buf, 1 << 17).context("decompressing a page")?
-        } else {
-            buf
-        };
-        if &page_hash(&data) != hash {
-            bail!(
-                "page {} in {} at offset {} fails its checksum",
-                hex::encode(&hash[..8]),
-                path.display(),
-                loc.offset
-            );
-        }
-        Ok(data)
+        let stored = self.read_stored(loc)?;
+        self.decode(hash, loc, stored)
     }
 }
