@@ -67,6 +67,9 @@ pub struct ServeConfig {
     pub max_key_delay: Duration,
     /// Who may read `/metrics` ([`super::metrics`]).
     pub metrics: super::metrics::Access,
+    /// Dead-man notifications ([`super::notify`]); off unless a command or
+    /// a webhook is configured.
+    pub notify: super::notify::NotifyConfig,
 }
 
 impl ServeConfig {
@@ -88,6 +91,7 @@ impl ServeConfig {
             handshake_timeout: Duration::from_secs(30),
             max_key_delay: Duration::from_secs(1),
             metrics: super::metrics::Access::default(),
+            notify: super::notify::NotifyConfig::new(),
         }
     }
 
@@ -378,6 +382,10 @@ pub async fn run(
         .iter()
         .map(|_| axum_server::Handle::new())
         .collect();
+    if config.notify.enabled() {
+        let (store, stop) = (state.store.clone(), state.shutdown.clone());
+        tokio::spawn(super::notify::run(store, config.notify.clone(), stop));
+    }
     watch_shutdown(handles.clone(), shutdown, stop_tx);
     report_ready(handles.clone(), ready);
     let mut servers = tokio::task::JoinSet::new();

@@ -1,6 +1,7 @@
 //! sqlrsync-server: versioned replica storage behind the websocket API.
 //!
-//! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify).
+//! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify);
+//!   [`cli_ops`]: backup, restore and `replica expect`.
 //! - [`app`]: routes, limits, TLS, graceful shutdown ([`app::run`]).
 //! - [`admission`]: who may open which session (slot, key, path, access),
 //!   decided before the upgrade; [`limits`]: the session budgets and each
@@ -20,10 +21,13 @@
 //! - [`frames`]: what a session does with each client frame, and the
 //!   stream limits; [`conn`]: the deadline for connections that never
 //!   send a request.
+//! - [`notify`]: dead-man notifications for replicas pushed less often
+//!   than expected.
 
 pub mod admission;
 pub mod app;
 pub mod cli;
+pub mod cli_ops;
 pub mod config;
 pub mod conn;
 pub mod download;
@@ -32,6 +36,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod names;
+pub mod notify;
 pub mod pull;
 pub mod pull_delta;
 pub mod push;

@@ -18,6 +18,8 @@
 //!   versions materialised on demand; [`changes`]: the pages two versions
 //!   differ in (delta pulls); [`verify`]: the whole store re-read;
 //!   [`disk`]: the file-system rules they share.
+//! - [`backup`] and [`restore`]: a consistent copy of the data dir made
+//!   next to a live server, and made a data dir again (checked first).
 //!
 //! Layout under DATA_DIR:
 //!
@@ -56,6 +58,7 @@
 //! start-up removes the orphan `v<N+1>.db` and cuts unreferenced pack tails;
 //! a crash after it leaves `v<N>.db` as an orphan that start-up removes.
 
+pub mod backup;
 mod changes;
 mod commit;
 pub mod dirlock;
@@ -67,6 +70,7 @@ mod rebuild;
 pub mod recovery;
 pub mod repair;
 mod repair_latest;
+pub mod restore;
 mod spare;
 mod verify;
 

@@ -11,8 +11,8 @@ use anyhow::{Context, Result, ensure};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow,
-    StoreTotals, StoredKey, VersionRow, now,
+    Expectation, InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion,
+    ReplicaRow, StoreTotals, StoredKey, VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
@@ -31,6 +31,11 @@ use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 /// `keys.last_used` when the key last opened a session (kept to the
 /// minute); all five are added to older stores by [`open`], where their
 /// keys keep NULL (made before keys were tied to their minter).
+/// `expectations` holds the replicas' expected push intervals (dead-man
+/// notifications): `since` when it was set, `last_push` the last push
+/// session a server saw succeed, `notified` `'overdue'` while an overdue
+/// notice is out for the current silence (NULL otherwise), so that a
+/// restart does not send it again.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces(
   name TEXT PRIMARY KEY,
@@ -87,6 +92,14 @@ CREATE TABLE IF NOT EXISTS commits_in_flight(
   number INTEGER NOT NULL,
   pack INTEGER NOT NULL,
   offset INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS expectations(
+  replica INTEGER PRIMARY KEY,
+  every_ms INTEGER NOT NULL,
+  since TEXT NOT NULL,
+  last_push TEXT,
+  notified TEXT,
+  notified_at TEXT
 );
 ";
 
@@ -801,6 +814,95 @@ impl MetaBackend for SqliteMeta {
     fn revoke_key(&mut self, namespace: &str, id: i64) -> Result<usize> {
         revoke_key(&mut self.c, namespace, id)
     }
+    fn copy_to(
+        &mut self,
+        dest: &Path,
+        hold: &mut dyn FnMut(&dyn MetaBackend) -> Result<()>,
+    ) -> Result<()> {
+        self.c.execute_batch("BEGIN DEFERRED")?;
+        let copied = (|| {
+            // The first read starts the snapshot that `hold` and the
+            // backup both see: the backup API uses the source connection's
+            // open read transaction instead of starting its own.
+            self.c
+                .query_row("SELECT count(*) FROM replicas", [], |_| Ok(()))?;
+            hold(&*self)?;
+            copy_database(&self.c, dest)
+        })();
+        let _ = self.c.execute_batch("COMMIT");
+        copied
+    }
+    fn set_expectation(&mut self, replica: i64, every: Option<std::time::Duration>) -> Result<()> {
+        set_expectation(&self.c, replica, every)
+    }
+    fn expectations(&self) -> Result<Vec<Expectation>> {
+        expectations(&self.c)
+    }
+    fn note_push(&mut self, replica: i64, at: &str) -> Result<()> {
+        self.c.execute(
+            "UPDATE expectations SET last_push=?2 WHERE replica=?1",
+            params![replica, at],
+        )?;
+        Ok(())
+    }
+    fn set_notified(&mut self, replica: i64, overdue: bool, at: &str) -> Result<()> {
+        self.c.execute(
+            "UPDATE expectations SET notified=?2, notified_at=?3 WHERE replica=?1",
+            params![replica, overdue.then_some("overdue"), at],
+        )?;
+        Ok(())
+    }
+}
+
+/// The whole database of `c` into the new file `dest`, in one step of the
+/// online backup API (so in one read transaction of `c`: a step at a time
+/// would start over whenever the server wrote in between).
+fn copy_database(c: &Connection, dest: &Path) -> Result<()> {
+    use rusqlite::backup::{Backup, StepResult};
+    let mut out = Connection::open(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let step = Backup::new(c, &mut out)?.step(-1)?;
+    ensure!(
+        matches!(step, StepResult::Done),
+        "the metadata copy did not complete ({step:?})"
+    );
+    Ok(())
+}
+
+fn set_expectation(c: &Connection, replica: i64, every: Option<std::time::Duration>) -> Result<()> {
+    match every {
+        Some(d) => c.execute(
+            "INSERT INTO expectations(replica, every_ms, since) VALUES (?1, ?2, ?3)
+             ON CONFLICT(replica) DO UPDATE SET every_ms=excluded.every_ms",
+            params![replica, d.as_millis().min(i64::MAX as u128) as i64, now()],
+        )?,
+        None => c.execute("DELETE FROM expectations WHERE replica=?1", [replica])?,
+    };
+    Ok(())
+}
+
+/// Every expectation with its replica's path and latest commit time.
+fn expectations(c: &Connection) -> Result<Vec<Expectation>> {
+    let mut st = c.prepare(
+        "SELECT e.replica, r.path, e.every_ms, e.since, e.last_push, v.created, e.notified
+         FROM expectations e JOIN replicas r ON r.id = e.replica
+         LEFT JOIN versions v ON v.replica = r.id AND v.number = r.latest
+         ORDER BY r.path",
+    )?;
+    let rows = st.query_map([], |r| {
+        let seen: Option<String> = r.get(4)?;
+        let committed: Option<String> = r.get(5)?;
+        Ok(Expectation {
+            replica: r.get(0)?,
+            path: r.get(1)?,
+            every: std::time::Duration::from_millis(r.get::<_, i64>(2)?.max(0) as u64),
+            since: r.get(3)?,
+            // Both are `now()` strings (RFC 3339, UTC, milliseconds): the
+            // later sorts last.
+            last_push: seen.into_iter().chain(committed).max(),
+            overdue_sent: r.get::<_, Option<String>>(6)?.is_some(),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 #[cfg(test)]
