@@ -37,7 +37,7 @@ pub enum Command {
     /// SQLRSYNC_LOG or RUST_LOG, e.g. `debug`). SIGTERM or Ctrl-C stops it
     /// gracefully: running pushes are aborted without storing anything,
     /// pulls are closed, and the store stays consistent.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage namespaces (each has its own Account Admin keys).
     #[command(subcommand)]
     Namespace(NamespaceCmd),
@@ -425,7 +425,7 @@ fn init_logging(json: bool) {
 
 fn dispatch(cli: ServerCli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Namespace(NamespaceCmd::Create { name, data }) => namespace_create(&name, &data),
         Command::Namespace(NamespaceCmd::List { data }) => namespace_list(&data),
         Command::Keys(KeysCmd::List { namespace, data }) => keys_list(&namespace, &data),

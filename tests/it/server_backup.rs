@@ -271,4 +271,32 @@ fn refusals_and_a_damaged_backup() {
         stdout(&o)
     );
     assert!(!target.exists(), "the failed copy was kept");
+
+    // A latest file missing from the data dir is damage, not a race: said
+    // at once, and nothing written.
+    let live = r.data.join("replicas").join(replica.file_name().unwrap());
+    std::fs::remove_file(live.join("v1.db")).unwrap();
+    let dest = r.path("bk-of-damage");
+    let o = server_cmd(
+        &r.env,
+        &["backup", "--data-dir", &data, dest.to_str().unwrap()],
+    );
+    assert_one_line_error(&o, "v1 of team/a.db is missing, in two snapshots in a row");
+    assert!(
+        stderr(&o).contains("sqlrsync-server verify"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dest.exists());
+    let leftovers = std::fs::read_dir(r.env.dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp-")
+        })
+        .count();
+    assert_eq!(leftovers, 0);
 }

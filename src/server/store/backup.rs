@@ -15,7 +15,10 @@
 //!   then on the server may do anything.
 //! - A file the snapshot names that is already gone when it is opened (a
 //!   commit retired it, compaction deleted a pack) means a new snapshot
-//!   and a fresh start, at most [`ATTEMPTS`] times, then one error.
+//!   and a fresh start, at most [`ATTEMPTS`] times, then one error. The
+//!   same file missing (or torn) in two snapshots in a row is no race
+//!   (a commit or compaction changes what the next snapshot names): that
+//!   is damage, and said so at once.
 //! - Packs are copied up to the end the snapshot's index references,
 //!   never more (bytes past it belong to commits the snapshot does not
 //!   have); bytes at referenced offsets never change while a pack exists.
@@ -68,6 +71,10 @@ pub enum BackupError {
         "the store changed under {attempts} snapshots in a row ({last}); nothing was written, try again"
     )]
     KeptMoving { attempts: u32, last: String },
+    #[error(
+        "{0}, in two snapshots in a row: the store is damaged, nothing was written; run `sqlrsync-server verify`"
+    )]
+    Damaged(String),
 }
 
 /// The snapshot named a file that is gone or not what it named: another
@@ -177,6 +184,9 @@ fn snapshots(data_dir: &Path, tmp: &Path) -> Result<(Counts, u32)> {
             Ok(counts) => return Ok((counts, attempt)),
             Err(e) => match e.downcast::<Moved>() {
                 Ok(moved) => {
+                    if moved.0 == last {
+                        return Err(BackupError::Damaged(last).into());
+                    }
                     tracing::debug!(attempt, why = %moved, "the store moved; taking a new snapshot");
                     last = moved.0;
                 }
@@ -273,7 +283,7 @@ fn hold(data_dir: &Path, b: &dyn MetaBackend, held: &mut Held) -> Result<()> {
             Ok(Some(f)) => held.latest.push((r, f)),
             Ok(None) => return Err(gone(format!("v{} of {} moved", r.latest, r.path))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(gone(format!("v{} of {} was retired", r.latest, r.path)));
+                return Err(gone(format!("v{} of {} is missing", r.latest, r.path)));
             }
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         }
@@ -283,7 +293,7 @@ fn hold(data_dir: &Path, b: &dyn MetaBackend, held: &mut Held) -> Result<()> {
         match File::open(&path) {
             Ok(f) => held.packs.push((pack, f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(gone(format!("pack {pack} was removed")));
+                return Err(gone(format!("pack {pack} is missing")));
             }
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         }
