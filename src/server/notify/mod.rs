@@ -336,5 +336,7 @@ mod tests {
         assert!(parse_command("'open").is_err() && parse_command("  ").is_err());
         assert!(parse_webhook("https://hooks.example/x").is_ok());
         assert!(parse_webhook("ftp://x/").is_err() && parse_webhook("/x").is_err());
+        // The HTTPS client builds (one rustls crypto provider, its roots).
+        webhook::Webhook::new(parse_webhook("https://hooks.example/x").unwrap());
     }
 }
