@@ -44,7 +44,8 @@ pub enum Command {
     /// List, create and revoke keys.
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// Replicas of a namespace: path, visibility, latest version, created.
+    /// Replicas of a namespace: path, visibility, latest version, created,
+    /// expected push interval; and setting their visibility and interval.
     #[command(subcommand)]
     Replica(ReplicaCmd),
     /// The versions of a replica: number, time, size, pages changed,
