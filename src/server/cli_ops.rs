@@ -60,6 +60,9 @@ pub fn restore(backup: &Path, target: &Path) -> Result<ExitCode> {
 
 /// `replica expect NS/PATH --every D | --off`.
 pub fn expect(path: &str, every: Option<Duration>, data_dir: &Path) -> Result<ExitCode> {
+    if every.is_some_and(|d| d.is_zero()) {
+        anyhow::bail!("--every needs an interval above zero (use --off to remove it)");
+    }
     let meta = Store::open_meta(data_dir)?;
     let r = meta
         .replica(path)?

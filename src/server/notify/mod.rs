@@ -339,4 +339,36 @@ mod tests {
         // The HTTPS client builds (one rustls crypto provider, its roots).
         webhook::Webhook::new(parse_webhook("https://hooks.example/x").unwrap());
     }
+
+    #[test]
+    fn the_config_file_sets_the_notify_flags() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "data-dir = '/srv/d'\nnotify-command = \"/bin/page 'db team'\"\nnotify-webhook = 'http://127.0.0.1:9/h'\nnotify-check-every = '200ms'\n",
+        )
+        .unwrap();
+        let argv = [
+            "sqlrsync-server",
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+        ];
+        let argv = crate::server::config::expand(argv.iter().map(Into::into).collect()).unwrap();
+        let crate::server::cli::Command::Serve(a) =
+            crate::server::cli::ServerCli::try_parse_from(argv)
+                .unwrap()
+                .command
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(a.notify_command.unwrap().0, ["/bin/page", "db team"]);
+        assert_eq!(
+            a.notify_webhook.unwrap().to_string(),
+            "http://127.0.0.1:9/h"
+        );
+        assert_eq!(a.notify_check_every, Duration::from_millis(200));
+    }
 }
