@@ -341,6 +341,53 @@ mod tests {
     }
 
     #[test]
+    fn an_interval_is_kept_per_replica_and_not_inherited_by_a_reused_id() {
+        use crate::server::store::Meta;
+        use crate::server::store::meta::NewKey;
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        let admin = NewKey {
+            hash: [1; 32],
+            kind: "admin",
+            namespace: "ns".into(),
+            replica: None,
+            minted_by: None,
+            minted_on: None,
+            minted_for: None,
+            label: None,
+        };
+        meta.create_namespace("ns", &admin).unwrap();
+        let a = meta.create_replica("ns", "ns/a.db", "private").unwrap();
+        meta.set_expectation(a.id, Some(Duration::from_secs(60)))
+            .unwrap();
+        meta.set_notified(a.id, true, &now()).unwrap();
+        // Set again: the interval changes, what was notified stays.
+        meta.set_expectation(a.id, Some(Duration::from_secs(90)))
+            .unwrap();
+        let all = meta.expectations().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].every.as_secs(), all[0].overdue_sent), (90, true));
+        meta.note_push(a.id, "2030-01-01T00:00:00.000Z").unwrap();
+        assert_eq!(
+            meta.expectations().unwrap()[0].last_push.as_deref(),
+            Some("2030-01-01T00:00:00.000Z")
+        );
+        assert!(meta.remove_replica_if_empty(a.id).unwrap());
+        let b = meta.create_replica("ns", "ns/b.db", "private").unwrap();
+        assert_eq!(b.id, a.id, "SQLite reuses the largest row id");
+        assert!(meta.expectations().unwrap().is_empty(), "inherited");
+        meta.set_expectation(b.id, Some(Duration::from_secs(5)))
+            .unwrap();
+        let all = meta.expectations().unwrap();
+        assert_eq!(
+            (all[0].path.as_str(), all[0].overdue_sent),
+            ("ns/b.db", false)
+        );
+        meta.set_expectation(b.id, None).unwrap();
+        assert!(meta.expectations().unwrap().is_empty());
+    }
+
+    #[test]
     fn the_config_file_sets_the_notify_flags() {
         use clap::Parser;
         let dir = tempfile::tempdir().unwrap();

@@ -32,7 +32,9 @@ use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 /// minute); all five are added to older stores by [`open`], where their
 /// keys keep NULL (made before keys were tied to their minter).
 /// `expectations` holds the replicas' expected push intervals (dead-man
-/// notifications): `since` when it was set, `last_push` the last push
+/// notifications), by replica id and uid (a row id a removed replica
+/// leaves may be reused; its interval must not pass to the new replica):
+/// `since` when it was set, `last_push` the last push
 /// session a server saw succeed, `notified` `'overdue'` while an overdue
 /// notice is out for the current silence (NULL otherwise), so that a
 /// restart does not send it again.
@@ -95,6 +97,7 @@ CREATE TABLE IF NOT EXISTS commits_in_flight(
 );
 CREATE TABLE IF NOT EXISTS expectations(
   replica INTEGER PRIMARY KEY,
+  uid TEXT NOT NULL,
   every_ms INTEGER NOT NULL,
   since TEXT NOT NULL,
   last_push TEXT,
@@ -833,7 +836,7 @@ impl MetaBackend for SqliteMeta {
         copied
     }
     fn set_expectation(&mut self, replica: i64, every: Option<std::time::Duration>) -> Result<()> {
-        set_expectation(&self.c, replica, every)
+        set_expectation(&mut self.c, replica, every)
     }
     fn expectations(&self) -> Result<Vec<Expectation>> {
         expectations(&self.c)
@@ -868,15 +871,27 @@ fn copy_database(c: &Connection, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn set_expectation(c: &Connection, replica: i64, every: Option<std::time::Duration>) -> Result<()> {
-    match every {
-        Some(d) => c.execute(
-            "INSERT INTO expectations(replica, every_ms, since) VALUES (?1, ?2, ?3)
+fn set_expectation(
+    c: &mut Connection,
+    replica: i64,
+    every: Option<std::time::Duration>,
+) -> Result<()> {
+    let tx = write_transaction(c)?;
+    // A row left by a removed replica whose id was reused is not this one's.
+    tx.execute(
+        "DELETE FROM expectations WHERE replica=?1
+           AND (?2 OR uid IS NOT (SELECT uid FROM replicas WHERE id=?1))",
+        params![replica, every.is_none()],
+    )?;
+    if let Some(d) = every {
+        tx.execute(
+            "INSERT INTO expectations(replica, uid, every_ms, since)
+               SELECT id, uid, ?2, ?3 FROM replicas WHERE id=?1
              ON CONFLICT(replica) DO UPDATE SET every_ms=excluded.every_ms",
             params![replica, d.as_millis().min(i64::MAX as u128) as i64, now()],
-        )?,
-        None => c.execute("DELETE FROM expectations WHERE replica=?1", [replica])?,
-    };
+        )?;
+    }
+    tx.commit()?;
     Ok(())
 }
 
@@ -884,7 +899,7 @@ fn set_expectation(c: &Connection, replica: i64, every: Option<std::time::Durati
 fn expectations(c: &Connection) -> Result<Vec<Expectation>> {
     let mut st = c.prepare(
         "SELECT e.replica, r.path, e.every_ms, e.since, e.last_push, v.created, e.notified
-         FROM expectations e JOIN replicas r ON r.id = e.replica
+         FROM expectations e JOIN replicas r ON r.id = e.replica AND r.uid = e.uid
          LEFT JOIN versions v ON v.replica = r.id AND v.number = r.latest
          ORDER BY r.path",
     )?;
