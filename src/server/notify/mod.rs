@@ -140,7 +140,10 @@ pub fn pushed(store: &Arc<Store>, replica: i64) {
 
 /// The notices due now: an expectation whose interval passed since its
 /// last push (or since it was set) and whose "overdue" was not sent, or
-/// one whose "overdue" was sent and that was pushed since.
+/// one whose "overdue" was sent and that was pushed since (its last push
+/// is not the one that notice named: so a push between two checks is
+/// "resumed" even when the replica is silent again by the next, which
+/// then finds it overdue again).
 pub fn due(expectations: &[Expectation], at: chrono::DateTime<chrono::Utc>) -> Vec<Notice> {
     let stamp = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     expectations
@@ -151,9 +154,10 @@ pub fn due(expectations: &[Expectation], at: chrono::DateTime<chrono::Utc>) -> V
             let silent = (at - last.with_timezone(&chrono::Utc))
                 .to_std()
                 .unwrap_or_default();
-            let state = match (silent > e.every, e.overdue_sent) {
-                (true, false) => State::Overdue,
-                (false, true) => State::Resumed,
+            let pushed_since = e.last_push != e.overdue_last_push;
+            let state = match (e.overdue_sent, silent > e.every) {
+                (false, true) => State::Overdue,
+                (true, _) if pushed_since => State::Resumed,
                 _ => return None,
             };
             Some(Notice {
@@ -256,8 +260,13 @@ async fn deliver(
         tracing::info!(replica = %n.replica, state = n.state.as_str(), last_push = ?n.last_push, "notified");
     }
     let (store, id, overdue) = (store.clone(), n.replica_id, n.state == State::Overdue);
-    let recorded =
-        tokio::task::spawn_blocking(move || store.meta().set_notified(id, overdue, &now())).await;
+    let last = n.last_push.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        store
+            .meta()
+            .set_notified(id, overdue, last.as_deref(), &now())
+    })
+    .await;
     if let Ok(Err(e)) = recorded {
         tracing::warn!(replica = %n.replica, error = %format!("{e:#}"), "could not record a notification as sent");
     }
@@ -291,14 +300,17 @@ pub fn parse_webhook(s: &str) -> Result<http::Uri, String> {
 mod tests {
     use super::*;
 
-    fn exp(every: u64, last: Option<&str>, sent: bool) -> Expectation {
+    /// An expectation; `sent`: an overdue notice went out, naming that
+    /// last push.
+    fn exp(every: u64, last: Option<&str>, sent: Option<Option<&str>>) -> Expectation {
         Expectation {
             replica: 1,
             path: "ns/a.db".into(),
             every: Duration::from_secs(every),
             since: "2030-01-01T00:00:00.000Z".into(),
             last_push: last.map(String::from),
-            overdue_sent: sent,
+            overdue_sent: sent.is_some(),
+            overdue_last_push: sent.flatten().map(String::from),
         }
     }
 
@@ -311,7 +323,7 @@ mod tests {
         };
         let t = at("2030-01-01T01:00:01.000Z");
         // Never pushed: the clock runs from when it was set.
-        let d = due(&[exp(3600, None, false)], t);
+        let d = due(&[exp(3600, None, None)], t);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].state, State::Overdue);
         assert!(
@@ -319,12 +331,25 @@ mod tests {
             "{}",
             d[0].json()
         );
-        assert!(due(&[exp(3600, None, true)], t).is_empty(), "sent once");
-        assert!(due(&[exp(7200, None, false)], t).is_empty(), "not yet");
+        assert!(
+            due(&[exp(3600, None, Some(None))], t).is_empty(),
+            "sent once"
+        );
+        assert!(due(&[exp(7200, None, None)], t).is_empty(), "not yet");
         let pushed = Some("2030-01-01T01:00:00.500Z");
-        let d = due(&[exp(3600, pushed, true)], t);
+        let d = due(&[exp(3600, pushed, Some(None))], t);
         assert_eq!(d[0].state, State::Resumed);
-        assert!(due(&[exp(3600, pushed, false)], t).is_empty());
+        assert!(due(&[exp(3600, pushed, None)], t).is_empty());
+        // A push, then silence again before the check: resumed, not lost.
+        let old = Some("2030-01-01T00:00:00.100Z");
+        let d = due(&[exp(1, old, Some(None))], t);
+        assert_eq!(d[0].state, State::Resumed);
+        assert!(
+            due(&[exp(1, old, Some(old))], t).is_empty(),
+            "no push since"
+        );
+        // A longer interval alone is no push.
+        assert!(due(&[exp(7200, old, Some(old))], t).is_empty());
     }
 
     #[test]
@@ -360,7 +385,7 @@ mod tests {
         let a = meta.create_replica("ns", "ns/a.db", "private").unwrap();
         meta.set_expectation(a.id, Some(Duration::from_secs(60)))
             .unwrap();
-        meta.set_notified(a.id, true, &now()).unwrap();
+        meta.set_notified(a.id, true, None, &now()).unwrap();
         // Set again: the interval changes, what was notified stays.
         meta.set_expectation(a.id, Some(Duration::from_secs(90)))
             .unwrap();

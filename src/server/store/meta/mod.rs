@@ -226,6 +226,8 @@ pub struct Expectation {
     pub last_push: Option<String>,
     /// True once an "overdue" notice went out for the current silence.
     pub overdue_sent: bool,
+    /// The last push that notice named: a push since is one that differs.
+    pub overdue_last_push: Option<String>,
 }
 
 /// What a metadata backend does. Reads take `&self`, writes `&mut self`;
@@ -343,9 +345,16 @@ pub trait MetaBackend: Send {
     /// Records that a push session of `replica` succeeded at `at` (a no-op
     /// for a replica without an expected interval).
     fn note_push(&mut self, replica: i64, at: &str) -> Result<()>;
-    /// Records that the "overdue" notice of `replica` went out (true) or
-    /// that its "resumed" one did (false), at `at`.
-    fn set_notified(&mut self, replica: i64, overdue: bool, at: &str) -> Result<()>;
+    /// Records that the "overdue" notice of `replica`, naming the last push
+    /// `last_push`, went out (`overdue`), or that its "resumed" one did
+    /// (not `overdue`), at `at`.
+    fn set_notified(
+        &mut self,
+        replica: i64,
+        overdue: bool,
+        last_push: Option<&str>,
+        at: &str,
+    ) -> Result<()>;
 }
 
 /// The facade over the metadata backend: typed calls, one at a time.
@@ -600,8 +609,14 @@ impl Meta {
     }
 
     /// See [`MetaBackend::set_notified`].
-    pub fn set_notified(&self, replica: i64, overdue: bool, at: &str) -> Result<()> {
-        self.write(|b| b.set_notified(replica, overdue, at))
+    pub fn set_notified(
+        &self,
+        replica: i64,
+        overdue: bool,
+        last_push: Option<&str>,
+        at: &str,
+    ) -> Result<()> {
+        self.write(|b| b.set_notified(replica, overdue, last_push, at))
     }
 }
 

@@ -37,7 +37,8 @@ use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 /// `since` when it was set, `last_push` the last push
 /// session a server saw succeed, `notified` `'overdue'` while an overdue
 /// notice is out for the current silence (NULL otherwise), so that a
-/// restart does not send it again.
+/// restart does not send it again, and `notified_last_push` the last push
+/// that notice named (a push since is one that differs).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces(
   name TEXT PRIMARY KEY,
@@ -102,7 +103,8 @@ CREATE TABLE IF NOT EXISTS expectations(
   since TEXT NOT NULL,
   last_push TEXT,
   notified TEXT,
-  notified_at TEXT
+  notified_at TEXT,
+  notified_last_push TEXT
 );
 ";
 
@@ -848,10 +850,16 @@ impl MetaBackend for SqliteMeta {
         )?;
         Ok(())
     }
-    fn set_notified(&mut self, replica: i64, overdue: bool, at: &str) -> Result<()> {
+    fn set_notified(
+        &mut self,
+        replica: i64,
+        overdue: bool,
+        last_push: Option<&str>,
+        at: &str,
+    ) -> Result<()> {
         self.c.execute(
-            "UPDATE expectations SET notified=?2, notified_at=?3 WHERE replica=?1",
-            params![replica, overdue.then_some("overdue"), at],
+            "UPDATE expectations SET notified=?2, notified_at=?3, notified_last_push=?4 WHERE replica=?1",
+            params![replica, overdue.then_some("overdue"), at, last_push],
         )?;
         Ok(())
     }
@@ -898,7 +906,8 @@ fn set_expectation(
 /// Every expectation with its replica's path and latest commit time.
 fn expectations(c: &Connection) -> Result<Vec<Expectation>> {
     let mut st = c.prepare(
-        "SELECT e.replica, r.path, e.every_ms, e.since, e.last_push, v.created, e.notified
+        "SELECT e.replica, r.path, e.every_ms, e.since, e.last_push, v.created, e.notified,
+                e.notified_last_push
          FROM expectations e JOIN replicas r ON r.id = e.replica AND r.uid = e.uid
          LEFT JOIN versions v ON v.replica = r.id AND v.number = r.latest
          ORDER BY r.path",
@@ -915,6 +924,7 @@ fn expectations(c: &Connection) -> Result<Vec<Expectation>> {
             // later sorts last.
             last_push: seen.into_iter().chain(committed).max(),
             overdue_sent: r.get::<_, Option<String>>(6)?.is_some(),
+            overdue_last_push: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
