@@ -70,6 +70,9 @@ pub struct ServeConfig {
     /// How often retention policies are applied and packs compacted
     /// ([`super::maintenance`]); None: never.
     pub prune_every: Option<Duration>,
+    /// Dead-man notifications ([`super::notify`]); off unless a command or
+    /// a webhook is configured.
+    pub notify: super::notify::NotifyConfig,
 }
 
 impl ServeConfig {
@@ -92,6 +95,7 @@ impl ServeConfig {
             max_key_delay: Duration::from_secs(1),
             metrics: super::metrics::Access::default(),
             prune_every: Some(Duration::from_secs(3600)),
+            notify: super::notify::NotifyConfig::new(),
         }
     }
 
@@ -384,6 +388,10 @@ pub async fn run(
         .iter()
         .map(|_| axum_server::Handle::new())
         .collect();
+    if config.notify.enabled() {
+        let (store, stop) = (state.store.clone(), state.shutdown.clone());
+        tokio::spawn(super::notify::run(store, config.notify.clone(), stop));
+    }
     watch_shutdown(handles.clone(), shutdown, stop_tx);
     report_ready(handles.clone(), ready);
     let mut servers = tokio::task::JoinSet::new();

@@ -1,6 +1,8 @@
-//! `sqlrsync-server` command line: serve, namespace, keys, verify (the
-//! replica commands that look at one replica are in [`super::cli_replica`];
-//! retention, prune and replica delete in [`super::cli_maintenance`]).
+//! `sqlrsync-server` command line: serve, namespace, keys, verify, backup
+//! (the replica commands that look at one replica are in
+//! [`super::cli_replica`]; retention, prune and replica delete in
+//! [`super::cli_maintenance`]; backup, restore and `replica expect` in
+//! [`super::cli_ops`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,14 +41,15 @@ pub enum Command {
     /// SQLRSYNC_LOG or RUST_LOG, e.g. `debug`). SIGTERM or Ctrl-C stops it
     /// gracefully: running pushes are aborted without storing anything,
     /// pulls are closed, and the store stays consistent.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage namespaces (each has its own Account Admin keys).
     #[command(subcommand)]
     Namespace(NamespaceCmd),
     /// List, create and revoke keys.
     #[command(subcommand)]
     Keys(KeysCmd),
-    /// Replicas of a namespace: path, visibility, latest version, created.
+    /// Replicas of a namespace: path, visibility, latest version, created,
+    /// expected push interval; and setting their visibility and interval.
     #[command(subcommand)]
     Replica(ReplicaCmd),
     /// The versions of a replica: number, time, size, pages changed,
@@ -72,6 +75,24 @@ pub enum Command {
     /// metadata does not account for, and turns version files newer than
     /// the metadata knows into versions. Not while a server runs.
     Repair(DataDirArg),
+    /// Write a consistent copy of the data dir into DEST (a new folder),
+    /// also while a server serves it: the metadata, the pack bytes it
+    /// references and each replica's latest file, checked as copied.
+    Backup {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The backup's folder; must not exist yet, nor be in the data dir.
+        dest: PathBuf,
+    },
+    /// Make a backup a data dir again: copied into NEWDIR (new or empty),
+    /// then checked as `serve` and `verify` check; removed if it fails.
+    Restore {
+        /// A folder written by `sqlrsync-server backup`.
+        backup: PathBuf,
+        /// The new data dir.
+        #[command(flatten)]
+        data: DataDirArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +187,19 @@ pub struct ServeArgs {
     /// one. /healthz is always served.
     #[arg(long, value_enum, default_value_t = super::metrics::Access::Local, value_name = "WHO")]
     pub metrics: super::metrics::Access,
+    /// Dead-man notifications: run this program when a replica with an
+    /// expected push interval (`replica expect`) goes that long without a
+    /// push, and when pushes resume. Split into words as a shell would,
+    /// but run without one; the notice is in SQLRSYNC_NOTIFY_* variables
+    #[arg(long, value_name = "CMD", value_parser = super::notify::parse_command)]
+    pub notify_command: Option<super::notify::CommandLine>,
+    /// Dead-man notifications: POST a JSON notice to this http:// or
+    /// https:// URL (see --notify-command)
+    #[arg(long, value_name = "URL", value_parser = super::notify::parse_webhook)]
+    pub notify_webhook: Option<http::Uri>,
+    /// How often the expected push intervals are checked
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub notify_check_every: std::time::Duration,
     /// How often to apply the retention policies (`retention set`) and
     /// compact the packs, e.g. 1h, 30m; `off` never (then only
     /// `sqlrsync-server prune` does, with the server stopped)
@@ -236,7 +270,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// is a descriptor, and the common soft limit of 1024 would let a few
 /// hundred idle sockets stop the server from opening its own files.
 /// Returns the soft limit now in force.
-fn raise_open_file_limit() -> u64 {
+pub(super) fn raise_open_file_limit() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -302,6 +336,22 @@ pub enum ReplicaCmd {
         path: String,
         /// NS/NEWPATH: the same namespace, a path no replica has.
         new_path: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Expect a push at least this often (dead-man notification): a server
+    /// run with --notify-command or --notify-webhook tells when the
+    /// interval passes with no push, once, and again when pushes resume.
+    Expect {
+        /// NS/PATH of the replica.
+        path: String,
+        /// The interval (90s, 1h, 1d).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+              required_unless_present = "off", conflicts_with = "off")]
+        every: Option<std::time::Duration>,
+        /// No expected interval any more.
+        #[arg(long)]
+        off: bool,
         #[command(flatten)]
         data: DataDirArg,
     },
@@ -429,7 +479,7 @@ fn init_logging(json: bool) {
 
 fn dispatch(cli: ServerCli) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Namespace(NamespaceCmd::Create { name, data }) => namespace_create(&name, &data),
         Command::Namespace(NamespaceCmd::List { data }) => namespace_list(&data),
         Command::Keys(KeysCmd::List { namespace, data }) => keys_list(&namespace, &data),
@@ -478,6 +528,11 @@ fn dispatch(cli: ServerCli) -> Result<ExitCode> {
         Command::Versions { path, data } => versions_list(&path, &data),
         Command::Verify(d) => verify(&d),
         Command::Repair(d) => repair(&d),
+        Command::Backup { data, dest } => super::cli_ops::backup(&data.data_dir, &dest),
+        Command::Restore { backup, data } => super::cli_ops::restore(&backup, &data.data_dir),
+        Command::Replica(ReplicaCmd::Expect {
+            path, every, data, ..
+        }) => super::cli_ops::expect(&path, every, &data.data_dir),
     }
 }
 
@@ -533,9 +588,17 @@ fn namespace_list(data: &DataDirArg) -> Result<ExitCode> {
 fn replica_list(namespace: &str, data: &DataDirArg) -> Result<ExitCode> {
     let meta = Store::open_meta(&data.data_dir)?;
     ensure_namespace(&meta, namespace)?;
-    println!("PATH\tVISIBILITY\tLATEST\tCREATED");
+    println!("PATH\tVISIBILITY\tLATEST\tCREATED\tEXPECTED");
+    let expected = super::cli_ops::expected_column(&meta)?;
     for r in meta.replicas_of(namespace)? {
-        println!("{}\t{}\t{}\t{}", r.path, r.visibility, r.latest, r.created);
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            r.path,
+            r.visibility,
+            r.latest,
+            r.created,
+            expected(r.id)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -748,6 +811,14 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_key_delay: std::time::Duration::from_millis(a.max_key_delay),
             metrics: a.metrics,
             prune_every: a.prune_every.0,
+            notify: super::notify::NotifyConfig {
+                command: a.notify_command,
+                webhook: a.notify_webhook,
+                check_every: a
+                    .notify_check_every
+                    .max(std::time::Duration::from_millis(10)),
+                ..super::notify::NotifyConfig::new()
+            },
             ..ServeConfig::new(a.data.data_dir)
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

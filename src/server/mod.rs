@@ -2,6 +2,7 @@
 //!
 //! - [`cli`]: the `sqlrsync-server` commands (serve, namespace, keys, verify);
 //!   [`cli_replica`]: `replica show` and `replica rename`.
+//!   [`cli_ops`]: backup, restore and `replica expect`.
 //! - [`app`]: routes, limits, TLS, graceful shutdown ([`app::run`]).
 //! - [`admission`]: who may open which session (slot, key, path, access),
 //!   decided before the upgrade; [`limits`]: the session budgets and each
@@ -28,11 +29,14 @@
 //! - [`frames`]: what a session does with each client frame, and the
 //!   stream limits; [`conn`]: the deadline for connections that never
 //!   send a request.
+//! - [`notify`]: dead-man notifications for replicas pushed less often
+//!   than expected.
 
 pub mod admission;
 pub mod app;
 pub mod cli;
 pub mod cli_maintenance;
+pub mod cli_ops;
 pub mod cli_replica;
 pub mod config;
 pub mod conn;
@@ -43,6 +47,7 @@ pub mod limits;
 pub mod maintenance;
 pub mod metrics;
 pub mod names;
+pub mod notify;
 pub mod pull;
 pub mod pull_delta;
 pub mod push;

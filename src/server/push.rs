@@ -126,6 +126,8 @@ async fn session(socket: WebSocket, st: AppState, ctx: PushContext) {
     match run(&mut link, &st, &ctx).await {
         Ok(end) => {
             track.succeeded();
+            // Alive, whether it stored anything or not (dead-man notices).
+            super::notify::pushed(&st.store, ctx.replica.id);
             match &end {
                 PushEnd::Committed(cfg, row) => {
                     tracing::info!(path = %path, version = row.number, changed = row.changed_pages,

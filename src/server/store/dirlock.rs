@@ -7,8 +7,9 @@
 //! refuses with the holder's pid. The lock is the kernel's (`flock`), so
 //! it goes away with the process however it ends: a stale lock file never
 //! keeps a server from starting. The key and namespace commands only write
-//! the metadata (SQLite serialises them with the server), and `verify` only
-//! reads, so they take no lock.
+//! the metadata (SQLite serialises them with the server), and `verify` and
+//! `backup` only read, so they take no lock (`restore` takes it on the dir
+//! it fills).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

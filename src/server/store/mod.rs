@@ -20,6 +20,8 @@
 //!   [`prune`]: versions a retention policy drops; [`compact`]: packs
 //!   rewritten without garbage; [`pins`]: what keeps compaction from
 //!   pages a reader still needs; [`disk`]: the file-system rules they share.
+//! - [`backup`] and [`restore`]: a consistent copy of the data dir made
+//!   next to a live server, and made a data dir again (checked first).
 //!
 //! Layout under DATA_DIR:
 //!
@@ -62,6 +64,7 @@
 //! start-up removes the orphan `v<N+1>.db` and cuts unreferenced pack tails;
 //! a crash after it leaves `v<N>.db` as an orphan that start-up removes.
 
+pub mod backup;
 mod changes;
 mod commit;
 pub mod compact;
@@ -76,6 +79,7 @@ mod rebuild;
 pub mod recovery;
 pub mod repair;
 mod repair_latest;
+pub mod restore;
 mod spare;
 mod verify;
 

@@ -269,7 +269,7 @@ impl Store {
 
 /// Opens `path` and takes its shared lock; `None` when, by the time the
 /// lock is ours, the path names another file (this one became a spare).
-fn open_locked(path: &Path) -> std::io::Result<Option<File>> {
+pub(super) fn open_locked(path: &Path) -> std::io::Result<Option<File>> {
     use std::os::unix::fs::MetadataExt;
     let f = File::open(path)?;
     f.lock_shared()?;

@@ -263,6 +263,29 @@ pub struct DeletedReplica {
     pub keys: u64,
 }
 
+/// A replica's expected push interval (dead-man notifications,
+/// [`crate::server::notify`]), with what the check needs to judge it.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    /// The replica's row id.
+    pub replica: i64,
+    /// Its path.
+    pub path: String,
+    /// A push is expected at least this often.
+    pub every: std::time::Duration,
+    /// When the expectation was set (RFC 3339): the clock of a replica
+    /// never pushed since.
+    pub since: String,
+    /// The last push: the later of the latest version's commit and the
+    /// last push session a server saw succeed (one that stored nothing
+    /// counts: the pusher is alive). None before the first.
+    pub last_push: Option<String>,
+    /// True once an "overdue" notice went out for the current silence.
+    pub overdue_sent: bool,
+    /// The last push that notice named: a push since is one that differs.
+    pub overdue_last_push: Option<String>,
+}
+
 /// What a metadata backend does. Reads take `&self`, writes `&mut self`;
 /// the [`Meta`] facade serialises calls. Errors are the backend's own
 /// (I/O, a damaged row), carried as `anyhow` with context.
@@ -411,6 +434,35 @@ pub trait MetaBackend: Send {
     fn deleted_replicas(&self) -> Result<Vec<String>>;
     /// Forgets a deleted replica once its folder is gone.
     fn forget_deleted_replica(&mut self, uid: &str) -> Result<()>;
+    /// Writes a consistent copy of the whole metadata to the new file
+    /// `dest` (`sqlrsync-server backup`), as of one read snapshot, next to
+    /// a live server. `hold` is called first, inside that same snapshot,
+    /// with this backend to read from: what it reads is exactly what the
+    /// copy holds, so the caller can open the files the copy names before
+    /// any commit can retire them.
+    fn copy_to(
+        &mut self,
+        dest: &Path,
+        hold: &mut dyn FnMut(&dyn MetaBackend) -> Result<()>,
+    ) -> Result<()>;
+    /// Sets (Some) or removes (None) replica `replica`'s expected push
+    /// interval; setting keeps what was already notified.
+    fn set_expectation(&mut self, replica: i64, every: Option<std::time::Duration>) -> Result<()>;
+    /// Every expected push interval, ordered by replica path.
+    fn expectations(&self) -> Result<Vec<Expectation>>;
+    /// Records that a push session of `replica` succeeded at `at` (a no-op
+    /// for a replica without an expected interval).
+    fn note_push(&mut self, replica: i64, at: &str) -> Result<()>;
+    /// Records that the "overdue" notice of `replica`, naming the last push
+    /// `last_push`, went out (`overdue`), or that its "resumed" one did
+    /// (not `overdue`), at `at`.
+    fn set_notified(
+        &mut self,
+        replica: i64,
+        overdue: bool,
+        last_push: Option<&str>,
+        at: &str,
+    ) -> Result<()>;
 }
 
 /// What [`MetaBackend::rename_replica`] did.
@@ -743,6 +795,41 @@ impl Meta {
     /// See [`MetaBackend::forget_deleted_replica`].
     pub fn forget_deleted_replica(&self, uid: &str) -> Result<()> {
         self.write(|b| b.forget_deleted_replica(uid))
+    }
+
+    /// See [`MetaBackend::copy_to`].
+    pub fn copy_to(
+        &self,
+        dest: &Path,
+        hold: &mut dyn FnMut(&dyn MetaBackend) -> Result<()>,
+    ) -> Result<()> {
+        self.write(|b| b.copy_to(dest, hold))
+    }
+
+    /// See [`MetaBackend::set_expectation`].
+    pub fn set_expectation(&self, replica: i64, every: Option<std::time::Duration>) -> Result<()> {
+        self.write(|b| b.set_expectation(replica, every))
+    }
+
+    /// See [`MetaBackend::expectations`].
+    pub fn expectations(&self) -> Result<Vec<Expectation>> {
+        self.read(|b| b.expectations())
+    }
+
+    /// See [`MetaBackend::note_push`].
+    pub fn note_push(&self, replica: i64, at: &str) -> Result<()> {
+        self.write(|b| b.note_push(replica, at))
+    }
+
+    /// See [`MetaBackend::set_notified`].
+    pub fn set_notified(
+        &self,
+        replica: i64,
+        overdue: bool,
+        last_push: Option<&str>,
+        at: &str,
+    ) -> Result<()> {
+        self.write(|b| b.set_notified(replica, overdue, last_push, at))
     }
 }
 

@@ -14,8 +14,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::sqlite_maintenance as maint;
 use super::{
-    DeletedReplica, InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion,
-    PackRewrite, PruneWrite, Pruned, Renamed, ReplicaRow, StoreTotals, StoredKey, VersionRow, now,
+    DeletedReplica, Expectation, InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey,
+    NewVersion, PackRewrite, PruneWrite, Pruned, Renamed, ReplicaRow, StoreTotals, StoredKey,
+    VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
@@ -36,6 +37,14 @@ use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 /// keys keep NULL (made before keys were tied to their minter).
 /// `versions_created` finds a point in time ([`version_at`]) without
 /// reading a long history.
+/// `expectations` holds the replicas' expected push intervals (dead-man
+/// notifications), by replica id and uid (a row id a removed replica
+/// leaves may be reused; its interval must not pass to the new replica):
+/// `since` when it was set, `last_push` the last push
+/// session a server saw succeed, `notified` `'overdue'` while an overdue
+/// notice is out for the current silence (NULL otherwise), so that a
+/// restart does not send it again, and `notified_last_push` the last push
+/// that notice named (a push since is one that differs).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS namespaces(
   name TEXT PRIMARY KEY,
@@ -108,6 +117,16 @@ CREATE TABLE IF NOT EXISTS deleted_replicas(
 CREATE TABLE IF NOT EXISTS maintenance(
   id INTEGER PRIMARY KEY CHECK (id = 1),
   generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS expectations(
+  replica INTEGER PRIMARY KEY,
+  uid TEXT NOT NULL,
+  every_ms INTEGER NOT NULL,
+  since TEXT NOT NULL,
+  last_push TEXT,
+  notified TEXT,
+  notified_at TEXT,
+  notified_last_push TEXT
 );
 ";
 
@@ -895,6 +914,50 @@ impl MetaBackend for SqliteMeta {
     fn forget_deleted_replica(&mut self, uid: &str) -> Result<()> {
         maint::forget_deleted_replica(&self.c, uid)
     }
+    fn copy_to(
+        &mut self,
+        dest: &Path,
+        hold: &mut dyn FnMut(&dyn MetaBackend) -> Result<()>,
+    ) -> Result<()> {
+        self.c.execute_batch("BEGIN DEFERRED")?;
+        let copied = (|| {
+            // The first read starts the snapshot that `hold` and the
+            // backup both see: the backup API uses the source connection's
+            // open read transaction instead of starting its own.
+            self.c
+                .query_row("SELECT count(*) FROM replicas", [], |_| Ok(()))?;
+            hold(&*self)?;
+            copy_database(&self.c, dest)
+        })();
+        let _ = self.c.execute_batch("COMMIT");
+        copied
+    }
+    fn set_expectation(&mut self, replica: i64, every: Option<std::time::Duration>) -> Result<()> {
+        set_expectation(&mut self.c, replica, every)
+    }
+    fn expectations(&self) -> Result<Vec<Expectation>> {
+        expectations(&self.c)
+    }
+    fn note_push(&mut self, replica: i64, at: &str) -> Result<()> {
+        self.c.execute(
+            "UPDATE expectations SET last_push=?2 WHERE replica=?1",
+            params![replica, at],
+        )?;
+        Ok(())
+    }
+    fn set_notified(
+        &mut self,
+        replica: i64,
+        overdue: bool,
+        last_push: Option<&str>,
+        at: &str,
+    ) -> Result<()> {
+        self.c.execute(
+            "UPDATE expectations SET notified=?2, notified_at=?3, notified_last_push=?4 WHERE replica=?1",
+            params![replica, overdue.then_some("overdue"), at, last_push],
+        )?;
+        Ok(())
+    }
 }
 
 /// The last version committed at or before `at`, by the `versions_created`
@@ -946,6 +1009,71 @@ fn rename_replica(c: &mut Connection, id: i64, from: &str, to: &str) -> Result<R
     }
     tx.commit()?;
     Ok(Renamed::Done)
+}
+
+/// The whole database of `c` into the new file `dest`, in one step of the
+/// online backup API (so in one read transaction of `c`: a step at a time
+/// would start over whenever the server wrote in between).
+fn copy_database(c: &Connection, dest: &Path) -> Result<()> {
+    use rusqlite::backup::{Backup, StepResult};
+    let mut out = Connection::open(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let step = Backup::new(c, &mut out)?.step(-1)?;
+    ensure!(
+        matches!(step, StepResult::Done),
+        "the metadata copy did not complete ({step:?})"
+    );
+    Ok(())
+}
+
+fn set_expectation(
+    c: &mut Connection,
+    replica: i64,
+    every: Option<std::time::Duration>,
+) -> Result<()> {
+    let tx = write_transaction(c)?;
+    // A row left by a removed replica whose id was reused is not this one's.
+    tx.execute(
+        "DELETE FROM expectations WHERE replica=?1
+           AND (?2 OR uid IS NOT (SELECT uid FROM replicas WHERE id=?1))",
+        params![replica, every.is_none()],
+    )?;
+    if let Some(d) = every {
+        tx.execute(
+            "INSERT INTO expectations(replica, uid, every_ms, since)
+               SELECT id, uid, ?2, ?3 FROM replicas WHERE id=?1
+             ON CONFLICT(replica) DO UPDATE SET every_ms=excluded.every_ms",
+            params![replica, d.as_millis().min(i64::MAX as u128) as i64, now()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every expectation with its replica's path and latest commit time.
+fn expectations(c: &Connection) -> Result<Vec<Expectation>> {
+    let mut st = c.prepare(
+        "SELECT e.replica, r.path, e.every_ms, e.since, e.last_push, v.created, e.notified,
+                e.notified_last_push
+         FROM expectations e JOIN replicas r ON r.id = e.replica AND r.uid = e.uid
+         LEFT JOIN versions v ON v.replica = r.id AND v.number = r.latest
+         ORDER BY r.path",
+    )?;
+    let rows = st.query_map([], |r| {
+        let seen: Option<String> = r.get(4)?;
+        let committed: Option<String> = r.get(5)?;
+        Ok(Expectation {
+            replica: r.get(0)?,
+            path: r.get(1)?,
+            every: std::time::Duration::from_millis(r.get::<_, i64>(2)?.max(0) as u64),
+            since: r.get(3)?,
+            // Both are `now()` strings (RFC 3339, UTC, milliseconds): the
+            // later sorts last.
+            last_push: seen.into_iter().chain(committed).max(),
+            overdue_sent: r.get::<_, Option<String>>(6)?.is_some(),
+            overdue_last_push: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 #[cfg(test)]
