@@ -212,6 +212,8 @@ pub fn prune(a: PruneArgs) -> Result<ExitCode> {
         other => other?,
     };
     let pass = maintenance::pass(&store, 0.0)?;
+    // The pruned deltas' rows leave free pages in meta.db; no server waits.
+    store.meta().vacuum()?;
     print_plans(&pass.prunes, "dropped");
     let c = &pass.compact;
     if let Some(why) = &c.postponed {

@@ -434,6 +434,9 @@ pub trait MetaBackend: Send {
     fn deleted_replicas(&self) -> Result<Vec<String>>;
     /// Forgets a deleted replica once its folder is gone.
     fn forget_deleted_replica(&mut self, uid: &str) -> Result<()>;
+    /// Gives the space of deleted rows back to the file system (after a
+    /// prune, with no server running: it holds the metadata meanwhile).
+    fn vacuum(&mut self) -> Result<()>;
     /// Writes a consistent copy of the whole metadata to the new file
     /// `dest` (`sqlrsync-server backup`), as of one read snapshot, next to
     /// a live server. `hold` is called first, inside that same snapshot,
@@ -795,6 +798,11 @@ impl Meta {
     /// See [`MetaBackend::forget_deleted_replica`].
     pub fn forget_deleted_replica(&self, uid: &str) -> Result<()> {
         self.write(|b| b.forget_deleted_replica(uid))
+    }
+
+    /// See [`MetaBackend::vacuum`].
+    pub fn vacuum(&self) -> Result<()> {
+        self.write(|b| b.vacuum())
     }
 
     /// See [`MetaBackend::copy_to`].

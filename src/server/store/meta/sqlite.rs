@@ -914,6 +914,13 @@ impl MetaBackend for SqliteMeta {
     fn forget_deleted_replica(&mut self, uid: &str) -> Result<()> {
         maint::forget_deleted_replica(&self.c, uid)
     }
+    fn vacuum(&mut self) -> Result<()> {
+        self.c.execute_batch("VACUUM")?;
+        let _ = self
+            .c
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        Ok(())
+    }
     fn copy_to(
         &mut self,
         dest: &Path,
