@@ -302,6 +302,18 @@ pub trait MetaBackend: Send {
     /// [`now`] writes it; never later than one already scheduled): an
     /// expiring key. False when there is no such active key.
     fn expire_key(&mut self, namespace: &str, id: i64, at: &str) -> Result<bool>;
+
+    /// Where each of the pages stored under `hashes` is, in their order
+    /// (what a rebuild looks up for thousands of pages at once).
+    fn blobs(&self, hashes: &[PageHash]) -> Result<Vec<Option<BlobLocation>>>;
+    /// Version `number` of replica `replica` with its back delta, in one
+    /// read (the row's last column lies past the delta's bytes, so reading
+    /// them apart read the delta twice).
+    fn version_and_delta(
+        &self,
+        replica: i64,
+        number: u64,
+    ) -> Result<Option<(VersionRow, Vec<(u32, PageHash)>)>>;
 }
 
 /// The facade over the metadata backend: typed calls, one at a time.
@@ -402,10 +414,8 @@ impl Meta {
         number: u64,
     ) -> Result<(VersionRow, Vec<(u32, PageHash)>)> {
         self.read(|b| {
-            Ok((
-                b.version(r.id, number)?.context("version row missing")?,
-                b.back_delta(r.id, number)?,
-            ))
+            b.version_and_delta(r.id, number)?
+                .context("version row missing")
         })
     }
 
@@ -529,6 +539,11 @@ impl Meta {
     /// See [`MetaBackend::expire_key`].
     pub fn expire_key(&self, namespace: &str, id: i64, at: &str) -> Result<bool> {
         self.write(|b| b.expire_key(namespace, id, at))
+    }
+
+    /// See [`MetaBackend::blobs`].
+    pub fn blobs(&self, hashes: &[PageHash]) -> Result<Vec<Option<BlobLocation>>> {
+        self.read(|b| b.blobs(hashes))
     }
 }
 

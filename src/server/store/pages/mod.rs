@@ -10,7 +10,9 @@
 //!
 //! The operations are exactly the ones a commit, a rebuild and `verify`
 //! use: append a page, make the appends durable, read a page back, and give
-//! back what a failed commit appended. Cutting unreferenced tails at start-up
+//! back what a failed commit appended; and a [`PageReader`], which reads
+//! many pages without the store's lock (a rebuild reads thousands on
+//! several threads). Cutting unreferenced tails at start-up
 //! belongs to opening a backend ([`packs::PackStore::open`]), since only the
 //! backend knows how its files are laid out.
 
@@ -19,7 +21,7 @@ pub mod packs;
 use anyhow::Result;
 use sha2::{Digest, Sha256};
 
-pub use packs::PackStore;
+pub use packs::{PackReader, PackStore};
 
 /// SHA-256 of a page: its address and checksum.
 pub type PageHash = [u8; 32];
@@ -69,4 +71,15 @@ pub trait PageStore: Send {
     /// space, which matters most when a commit failed because the disk is
     /// full.
     fn cut_back(&mut self, start: BlobPosition, expected_end: BlobPosition) -> bool;
+    /// A reader of stored pages for one thread, usable without this
+    /// store's lock (reads never touch what appends change).
+    fn reader(&self) -> Box<dyn PageReader>;
+}
+
+/// Reads stored pages one after another, keeping what makes the next read
+/// cheap (open files, a decompression context) between them.
+pub trait PageReader: Send {
+    /// Reads the page stored at `loc` under `hash` into `out`, which must
+    /// be exactly the page's length, and checks it against `hash`.
+    fn read_into(&mut self, hash: &PageHash, loc: &BlobLocation, out: &mut [u8]) -> Result<()>;
 }
