@@ -42,6 +42,7 @@ mod server_keys;
 mod server_limits;
 mod server_metrics;
 mod server_push_pull;
+mod server_rebuild;
 mod server_sessions;
 mod server_store_safety;
 mod server_tls;
