@@ -313,7 +313,7 @@ impl Job<'_> {
         let mut at = first;
         for p in stored {
             let i = p.pgno as usize - 1;
-            self.from_latest(at, i, first, buf, &mut digests)?;
+            self.copy_latest(at, i, first, buf, &mut digests)?;
             let page = &mut buf[(i - first) * ps..(i - first + 1) * ps];
             reader.read_into(&p.hash, &p.loc, page)?;
             // Only page 1's digest masks bytes; every other is the address.
@@ -324,7 +324,7 @@ impl Job<'_> {
             };
             at = i + 1;
         }
-        self.from_latest(at, end, first, buf, &mut digests)?;
+        self.copy_latest(at, end, first, buf, &mut digests)?;
         self.out
             .write_all_at(buf, (first * ps) as u64)
             .context("writing a rebuilt version")?;
@@ -333,7 +333,7 @@ impl Job<'_> {
 
     /// Reads the latest file's pages `from..to` into their place in `buf`
     /// (which holds pages from `first`) and digests them.
-    fn from_latest(
+    fn copy_latest(
         &self,
         from: usize,
         to: usize,

@@ -73,6 +73,9 @@ impl VersionRow {
     }
 }
 
+/// A version's row with its back delta ((page number, page hash) records).
+pub type VersionDelta = (VersionRow, Vec<(u32, PageHash)>);
+
 /// A namespace, as `namespace list` shows it.
 #[derive(Debug, Clone)]
 pub struct NamespaceRow {
@@ -309,11 +312,7 @@ pub trait MetaBackend: Send {
     /// Version `number` of replica `replica` with its back delta, in one
     /// read (the row's last column lies past the delta's bytes, so reading
     /// them apart read the delta twice).
-    fn version_and_delta(
-        &self,
-        replica: i64,
-        number: u64,
-    ) -> Result<Option<(VersionRow, Vec<(u32, PageHash)>)>>;
+    fn version_and_delta(&self, replica: i64, number: u64) -> Result<Option<VersionDelta>>;
 }
 
 /// The facade over the metadata backend: typed calls, one at a time.

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey, NewVersion, ReplicaRow,
-    StoreTotals, StoredKey, VersionRow, now,
+    StoreTotals, StoredKey, VersionDelta, VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
@@ -261,11 +261,7 @@ fn back_delta(c: &Connection, replica: i64, number: u64) -> Result<Vec<(u32, Pag
 }
 
 /// A version's row and back delta, read together.
-fn version_and_delta(
-    c: &Connection,
-    replica: i64,
-    number: u64,
-) -> Result<Option<(VersionRow, Vec<(u32, PageHash)>)>> {
+fn version_and_delta(c: &Connection, replica: i64, number: u64) -> Result<Option<VersionDelta>> {
     let found = c
         .prepare_cached(&format!(
             "SELECT {VERSION_COLS}, back_delta FROM versions WHERE replica=?1 AND number=?2"
@@ -848,11 +844,7 @@ impl MetaBackend for SqliteMeta {
     fn blobs(&self, hashes: &[PageHash]) -> Result<Vec<Option<BlobLocation>>> {
         blobs(&self.c, hashes)
     }
-    fn version_and_delta(
-        &self,
-        replica: i64,
-        number: u64,
-    ) -> Result<Option<(VersionRow, Vec<(u32, PageHash)>)>> {
+    fn version_and_delta(&self, replica: i64, number: u64) -> Result<Option<VersionDelta>> {
         version_and_delta(&self.c, replica, number)
     }
 }
