@@ -45,6 +45,7 @@ mod server_metrics;
 mod server_notify;
 mod server_prune;
 mod server_push_pull;
+mod server_rebuild;
 mod server_replicas;
 mod server_sessions;
 mod server_store_safety;

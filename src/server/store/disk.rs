@@ -43,17 +43,22 @@ pub fn is_out_of_space(e: &anyhow::Error) -> bool {
 /// A new file at `out` holding a copy of `latest` (read from its start),
 /// open for reading and writing: where older versions are rebuilt.
 pub(super) fn copy_of(latest: &File, out: &Path) -> Result<File> {
-    let mut f = OpenOptions::new()
+    let mut f = new_file(out)?;
+    let mut src = latest;
+    src.seek(SeekFrom::Start(0))?;
+    std::io::copy(&mut src, &mut f).context("copying the latest version")?;
+    Ok(f)
+}
+
+/// A new empty file at `out` (replacing any), open for reading and writing.
+pub(super) fn new_file(out: &Path) -> Result<File> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(out)
-        .with_context(|| format!("creating {}", out.display()))?;
-    let mut src = latest;
-    src.seek(SeekFrom::Start(0))?;
-    std::io::copy(&mut src, &mut f).context("copying the latest version")?;
-    Ok(f)
+        .with_context(|| format!("creating {}", out.display()))
 }
 
 /// The versionHash of a rollback-journal database file, read page by page.

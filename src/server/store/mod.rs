@@ -49,12 +49,12 @@
 //! (page number, page hash) records plus its page count, with the page bytes
 //! in the packs. A version therefore costs only the pages its successor
 //! changed, and the whole store is about `db size + sum of changed pages`.
-//! Version N is rebuilt by copying the latest file and applying the back
-//! deltas from the newest down to N. A pruned version keeps its row but
-//! not its back delta, which was merged into the kept version below it
-//! ([`prune`]); pages no back delta names any more are garbage that
-//! [`compact`] removes. Pruned pack files are listed in `retired_packs`
-//! until deleted.
+//! Version N is rebuilt from the latest file's pages, each page that a back
+//! delta from N up holds taken from the oldest such delta ([`rebuild`]). A
+//! pruned version keeps its row but not its back delta, which was merged
+//! into the kept version below it ([`prune`]); pages no back delta names
+//! any more are garbage that [`compact`] removes. Pruned pack files are
+//! listed in `retired_packs` until deleted.
 //!
 //! A commit writes the old contents of the changed pages to a pack (fsync),
 //! fsyncs the new file and renames it to `v<N+1>.db` (fsync of the folder),
@@ -72,6 +72,7 @@ pub mod dirlock;
 pub mod disk;
 mod live;
 pub mod meta;
+mod one_pass;
 pub mod pages;
 mod pins;
 pub mod prune;

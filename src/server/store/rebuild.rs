@@ -7,9 +7,11 @@
 //! written once, from the oldest back delta (at or after the version asked
 //! for) that holds it: that is the last write the step-by-step rebuild
 //! would make. So the deltas are read first (metadata only), then each page
-//! written once, in page order; when the versions between differ in page
-//! size, or their pages are too many to hold in memory, the rebuild goes
-//! step by step. Either way the result is checked against its versionHash.
+//! written once, in page order, by [`super::one_pass`], which reads every
+//! other page from the latest file instead of copying it whole first; when
+//! the versions between differ in page size, or their pages are too many
+//! to hold in memory, the rebuild goes step by step from a copy of the
+//! latest file. Either way the result is checked against its versionHash.
 //!
 //! Pulls and downloads of an older version share one rebuilt file per
 //! version (materialised once, pinned while read, removed by its last
@@ -24,9 +26,10 @@ use std::sync::{Arc, Weak};
 
 use anyhow::{Context, Result, ensure};
 
-use super::disk::{copy_of, hash_file, is_out_of_space};
+use super::disk::{copy_of, hash_file, is_out_of_space, new_file};
 use super::live::VersionFile;
 use super::meta::{ReplicaRow, VersionRow};
+use super::one_pass::PagePlan;
 use super::pages::PageHash;
 use super::prune::VersionPruned;
 use super::{Store, lock};
@@ -34,8 +37,8 @@ use super::{Store, lock};
 /// A one-pass rebuild: the target version's row and the pages to write.
 type OnePass = (VersionRow, Vec<(u32, PageHash)>);
 
-/// Most distinct pages a one-pass rebuild holds in memory (about 40 bytes
-/// each: 160 MB at most); a rebuild touching more goes step by step.
+/// Most distinct stored pages a one-pass rebuild holds in memory (about 40
+/// bytes each: 160 MB at most); a rebuild touching more goes step by step.
 const ONE_PASS_MAX_PAGES: usize = 4 << 20;
 
 impl Store {
@@ -63,6 +66,7 @@ impl Store {
         }
         let _planned_now = self.pin_pages();
         let name = format!("{}-v{number}-{}.db", r.uid, uuid::Uuid::new_v4().simple());
+        let started = std::time::Instant::now();
         let final_path = match self.materialise_in(
             &self.data_dir.join("cache"),
             &name,
@@ -88,6 +92,8 @@ impl Store {
             }
             other => other?,
         };
+        tracing::info!(replica = %r.path, version = number, latest = latest.number,
+            secs = started.elapsed().as_secs_f64(), "older version rebuilt");
         let f = VersionFile::new(final_path, number, true);
         let mut older = lock(&state.older);
         older.retain(|_, w| w.strong_count() > 0);
@@ -129,32 +135,26 @@ impl Store {
         number: u64,
         out: &Path,
     ) -> Result<VersionRow> {
-        let f = copy_of(latest, out)?;
-        let row = match self.one_pass_plan(r, latest_number, number)? {
+        let (row, hash) = match self.one_pass_plan(r, latest_number, number)? {
             Some((row, pages)) => {
-                for (pgno, hash) in pages {
-                    let data = self.read_page(&hash)?;
-                    ensure!(
-                        data.len() == row.page_size as usize,
-                        "stored page has the wrong size"
-                    );
-                    f.write_all_at(&data, (pgno as u64 - 1) * row.page_size as u64)?;
-                }
-                f.set_len(row.size())?;
-                row
+                let f = new_file(out)?;
+                let hash = self.write_one_pass(latest, &row, &pages, &f)?;
+                (row, hash)
             }
             None => {
+                let f = copy_of(latest, out)?;
                 let mut row = None;
                 for k in (number..latest_number).rev() {
                     row = self.step_back(r, &f, k)?.or(row);
                 }
-                row.context("nothing to materialise")?
+                let row = row.context("nothing to materialise")?;
+                f.sync_all()?;
+                let hash = hash_file(out, row.page_size, row.page_count)?;
+                (row, hash)
             }
         };
-        f.sync_all()?;
-        let h = hash_file(out, row.page_size, row.page_count)?;
         ensure!(
-            h == row.version_hash,
+            hash == row.version_hash,
             "version {number} of {} rebuilt with the wrong hash: the store is damaged",
             r.path
         );
@@ -165,39 +165,45 @@ impl Store {
     /// order, each page to write with the stored page to write there (from
     /// the oldest back delta at or after `number` that holds it). None when
     /// the versions between do not all share one page size, or hold more
-    /// pages than [`ONE_PASS_MAX_PAGES`]: then the rebuild goes step by step.
+    /// pages than [`ONE_PASS_MAX_PAGES`], or the version has more pages
+    /// than [`PagePlan`] indexes: then the rebuild goes step by step.
     fn one_pass_plan(
         &self,
         r: &ReplicaRow,
         latest_number: u64,
         number: u64,
     ) -> Result<Option<OnePass>> {
-        let mut pages = std::collections::BTreeMap::new();
-        let mut page_size = None;
-        let mut target = None;
-        for k in (number..latest_number).rev() {
+        let mut plan: Option<(VersionRow, PagePlan)> = None;
+        for k in number..latest_number {
             let (v, delta) = self.meta.version_with_delta(r, k)?;
             if v.pruned.is_some() {
+                // Its pages are in the delta of the kept version below.
                 continue;
             }
-            if *page_size.get_or_insert(v.page_size) != v.page_size {
+            if plan.is_none() {
+                let Some(pages) = PagePlan::new(v.page_count) else {
+                    return Ok(None);
+                };
+                plan = Some((v.clone(), pages));
+            }
+            let (target, pages) = plan.as_mut().expect("made above");
+            if v.page_size != target.page_size {
                 return Ok(None);
             }
-            // Going down, a smaller k overwrites: the oldest delta wins.
-            pages.extend(delta);
+            // Going up, the first delta to hold a page is the oldest: it wins.
+            pages.add_missing(&delta);
             if pages.len() > ONE_PASS_MAX_PAGES {
                 return Ok(None);
             }
-            target = Some(v);
         }
         let latest = self.meta.version(r, latest_number)?;
-        let Some(target) = target else {
+        let Some((target, pages)) = plan else {
             return Ok(None);
         };
         if latest.is_none_or(|l| l.page_size != target.page_size) {
             return Ok(None);
         }
-        Ok(Some((target, pages.into_iter().collect())))
+        Ok(Some((target, pages.into_sorted())))
     }
 
     /// Turns `f`, holding the next kept version above `k` of `r`, into

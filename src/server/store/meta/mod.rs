@@ -88,6 +88,9 @@ impl VersionRow {
     }
 }
 
+/// A version's row with its back delta ((page number, page hash) records).
+pub type VersionDelta = (VersionRow, Vec<(u32, PageHash)>);
+
 /// A namespace, as `namespace list` shows it.
 #[derive(Debug, Clone)]
 pub struct NamespaceRow {
@@ -466,6 +469,13 @@ pub trait MetaBackend: Send {
         last_push: Option<&str>,
         at: &str,
     ) -> Result<()>;
+    /// Where each of the pages stored under `hashes` is, in their order
+    /// (what a rebuild looks up for thousands of pages at once).
+    fn blobs(&self, hashes: &[PageHash]) -> Result<Vec<Option<BlobLocation>>>;
+    /// Version `number` of replica `replica` with its back delta, in one
+    /// read (the row's last column lies past the delta's bytes, so reading
+    /// them apart read the delta twice).
+    fn version_and_delta(&self, replica: i64, number: u64) -> Result<Option<VersionDelta>>;
 }
 
 /// What [`MetaBackend::rename_replica`] did.
@@ -577,10 +587,8 @@ impl Meta {
         number: u64,
     ) -> Result<(VersionRow, Vec<(u32, PageHash)>)> {
         self.read(|b| {
-            Ok((
-                b.version(r.id, number)?.context("version row missing")?,
-                b.back_delta(r.id, number)?,
-            ))
+            b.version_and_delta(r.id, number)?
+                .context("version row missing")
         })
     }
 
@@ -838,6 +846,11 @@ impl Meta {
         at: &str,
     ) -> Result<()> {
         self.write(|b| b.set_notified(replica, overdue, last_push, at))
+    }
+
+    /// See [`MetaBackend::blobs`].
+    pub fn blobs(&self, hashes: &[PageHash]) -> Result<Vec<Option<BlobLocation>>> {
+        self.read(|b| b.blobs(hashes))
     }
 }
 

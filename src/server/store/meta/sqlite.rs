@@ -16,7 +16,7 @@ use super::sqlite_maintenance as maint;
 use super::{
     DeletedReplica, Expectation, InFlight, LatestSnapshot, MetaBackend, NamespaceRow, NewKey,
     NewVersion, PackRewrite, PruneWrite, Pruned, Renamed, ReplicaRow, StoreTotals, StoredKey,
-    VersionRow, now,
+    VersionDelta, VersionRow, now,
 };
 use crate::server::store::pages::{BlobLocation, BlobPosition, PageHash};
 
@@ -309,6 +309,22 @@ fn back_delta(c: &Connection, replica: i64, number: u64) -> Result<Vec<(u32, Pag
     decode_delta(&blob.unwrap_or_default())
 }
 
+/// A version's row and back delta, read together.
+fn version_and_delta(c: &Connection, replica: i64, number: u64) -> Result<Option<VersionDelta>> {
+    let found = c
+        .prepare_cached(&format!(
+            "SELECT {VERSION_COLS}, back_delta FROM versions WHERE replica=?1 AND number=?2"
+        ))?
+        .query_row(params![replica, number as i64], |r| {
+            // After the VERSION_COLS, which version_row reads.
+            Ok((version_row(r)?, r.get::<_, Option<Vec<u8>>>(10)?))
+        })
+        .optional()?;
+    found
+        .map(|(row, blob)| Ok((row, decode_delta(&blob.unwrap_or_default())?)))
+        .transpose()
+}
+
 pub(super) fn encode_delta(entries: &[(u32, PageHash)]) -> Vec<u8> {
     let mut v = Vec::with_capacity(entries.len() * 36);
     for (pgno, h) in entries {
@@ -362,6 +378,31 @@ fn latest_digests<const N: usize>(
     Ok(b.chunks_exact(N)
         .map(|c| c.try_into().expect("chunks of N bytes"))
         .collect())
+}
+
+/// Where each page of `hashes` is, in their order. Looked up in hash
+/// order, so the index is walked once from one end to the other instead of
+/// at random: a rebuild of a large version asks for tens of thousands.
+fn blobs(c: &Connection, hashes: &[PageHash]) -> Result<Vec<Option<BlobLocation>>> {
+    let mut order: Vec<usize> = (0..hashes.len()).collect();
+    order.sort_unstable_by_key(|&i| hashes[i]);
+    let mut found = vec![None; hashes.len()];
+    let mut st = c.prepare_cached(BLOB_BY_HASH)?;
+    for i in order {
+        found[i] = st.query_row([&hashes[i][..]], blob_location).optional()?;
+    }
+    Ok(found)
+}
+
+const BLOB_BY_HASH: &str = "SELECT pack, offset, stored_len, compressed FROM blobs WHERE hash=?1";
+
+fn blob_location(r: &rusqlite::Row<'_>) -> rusqlite::Result<BlobLocation> {
+    Ok(BlobLocation {
+        pack: r.get(0)?,
+        offset: r.get::<_, i64>(1)? as u64,
+        stored_len: r.get(2)?,
+        compressed: r.get(3)?,
+    })
 }
 
 fn blob(c: &Connection, hash: &PageHash) -> Result<Option<BlobLocation>> {
@@ -964,6 +1005,12 @@ impl MetaBackend for SqliteMeta {
             params![replica, overdue.then_some("overdue"), at, last_push],
         )?;
         Ok(())
+    }
+    fn blobs(&self, hashes: &[PageHash]) -> Result<Vec<Option<BlobLocation>>> {
+        blobs(&self.c, hashes)
+    }
+    fn version_and_delta(&self, replica: i64, number: u64) -> Result<Option<VersionDelta>> {
+        version_and_delta(&self.c, replica, number)
     }
 }
 

@@ -11,7 +11,9 @@
 //! The operations are exactly the ones a commit, a rebuild, `verify` and
 //! compaction use: append a page, make the appends durable, read a page
 //! back, give back what a failed commit appended, and copy live pages out
-//! of a pack before deleting it. Cutting unreferenced tails at start-up
+//! of a pack before deleting it; and a [`PageReader`], which reads many
+//! pages without the store's lock (a rebuild reads thousands on several
+//! threads). Cutting unreferenced tails at start-up
 //! belongs to opening a backend ([`packs::PackStore::open`]), since only the
 //! backend knows how its files are laid out.
 
@@ -20,7 +22,7 @@ pub mod packs;
 use anyhow::Result;
 use sha2::{Digest, Sha256};
 
-pub use packs::PackStore;
+pub use packs::{PackReader, PackStore};
 
 /// SHA-256 of a page: its address and checksum.
 pub type PageHash = [u8; 32];
@@ -78,4 +80,15 @@ pub trait PageStore: Send {
     fn copy(&mut self, hash: &PageHash, loc: &BlobLocation) -> Result<BlobLocation>;
     /// Deletes pack `pack`, which compaction retired: nothing refers to it.
     fn remove_pack(&mut self, pack: u32) -> Result<()>;
+    /// A reader of stored pages for one thread, usable without this
+    /// store's lock (reads never touch what appends change).
+    fn reader(&self) -> Box<dyn PageReader>;
+}
+
+/// Reads stored pages one after another, keeping what makes the next read
+/// cheap (open files, a decompression context) between them.
+pub trait PageReader: Send {
+    /// Reads the page stored at `loc` under `hash` into `out`, which must
+    /// be exactly the page's length, and checks it against `hash`.
+    fn read_into(&mut self, hash: &PageHash, loc: &BlobLocation, out: &mut [u8]) -> Result<()>;
 }

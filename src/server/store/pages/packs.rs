@@ -10,13 +10,15 @@
 //! SHA-256 address doubles as the page's checksum: a read re-hashes what it
 //! decompressed and refuses a mismatch.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
-use super::{BlobLocation, BlobPosition, PageHash, PageStore, page_hash};
+use super::{BlobLocation, BlobPosition, PageHash, PageReader, PageStore, page_hash};
 use crate::server::store::disk::sync_dir;
 
 /// Packs are closed and a new one started past this size, so no single file
@@ -241,8 +243,97 @@ impl PageStore for PackStore {
         true
     }
 
+    fn reader(&self) -> Box<dyn PageReader> {
+        Box::new(PackReader::new(&self.dir))
+    }
+
     fn read(&self, hash: &PageHash, loc: &BlobLocation) -> Result<Vec<u8>> {
         let stored = self.read_stored(loc)?;
         self.decode(hash, loc, stored)
+    }
+}
+
+/// The pack-file [`PageReader`]: each pack opened once per reader, one
+/// zstd context for every compressed page. Opening the pack for every page
+/// and making a context for each cost more than reading the page.
+pub struct PackReader {
+    /// `DATA_DIR/packs`.
+    dir: PathBuf,
+    /// The packs opened so far. A pack that compaction retires while this
+    /// reader holds it open stays readable through the open file.
+    open: HashMap<u32, File>,
+    /// Made on the first compressed page.
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// The stored bytes of a compressed page.
+    scratch: Vec<u8>,
+}
+
+impl PackReader {
+    /// A reader of the packs in `dir`.
+    pub fn new(dir: &Path) -> PackReader {
+        PackReader {
+            dir: dir.to_path_buf(),
+            open: HashMap::new(),
+            decompressor: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn pack(&mut self, pack: u32) -> Result<&File> {
+        if !self.open.contains_key(&pack) {
+            let path = pack_path(&self.dir, pack);
+            let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            self.open.insert(pack, f);
+        }
+        Ok(&self.open[&pack])
+    }
+
+    /// Reads the stored bytes of `loc` into `out` (their exact length).
+    fn read_stored(&mut self, loc: &BlobLocation, out: &mut [u8]) -> Result<()> {
+        self.pack(loc.pack)?
+            .read_exact_at(out, loc.offset)
+            .with_context(|| {
+                format!(
+                    "reading {} at {}",
+                    pack_path(&self.dir, loc.pack).display(),
+                    loc.offset
+                )
+            })
+    }
+}
+
+impl PageReader for PackReader {
+    fn read_into(&mut self, hash: &PageHash, loc: &BlobLocation, out: &mut [u8]) -> Result<()> {
+        if loc.compressed {
+            let mut stored = std::mem::take(&mut self.scratch);
+            stored.resize(loc.stored_len as usize, 0);
+            let read = self.read_stored(loc, &mut stored);
+            if self.decompressor.is_none() {
+                self.decompressor =
+                    Some(zstd::bulk::Decompressor::new().context("making a zstd context")?);
+            }
+            let d = self.decompressor.as_mut().expect("made above");
+            let n = read.and_then(|()| {
+                d.decompress_to_buffer(&stored, out)
+                    .context("decompressing a page")
+            });
+            self.scratch = stored;
+            ensure!(n? == out.len(), "stored page has the wrong size");
+        } else {
+            ensure!(
+                loc.stored_len as usize == out.len(),
+                "stored page has the wrong size"
+            );
+            self.read_stored(loc, out)?;
+        }
+        if &page_hash(out) != hash {
+            bail!(
+                "page {} in {} at offset {} fails its checksum",
+                hex::encode(&hash[..8]),
+                pack_path(&self.dir, loc.pack).display(),
+                loc.offset
+            );
+        }
+        Ok(())
     }
 }
