@@ -235,7 +235,8 @@ impl Store {
         let mut loc = self.meta.blob(hash)?.with_context(missing)?;
         let mut moves = 0;
         loop {
-            match lock(&self.pages).read(hash, &loc) {
+            let read = lock(&self.pages).read(hash, &loc);
+            match read {
                 Ok(data) => return Ok(data),
                 Err(e) => match self.meta.blob(hash)? {
                     Some(moved) if moved != loc && moves < 3 => {

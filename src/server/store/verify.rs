@@ -39,7 +39,10 @@ impl Store {
         let blobs = self.meta().all_blobs()?;
         for (h, loc) in &blobs {
             counts.pages += 1;
-            if let Err(e) = lock(&self.pages).read(h, loc) {
+            // Bound first: the guard must be gone before the page is read
+            // again below, which takes the same lock.
+            let read = lock(&self.pages).read(h, loc);
+            if let Err(e) = read {
                 // A live server's compaction may have moved or dropped it.
                 match self.meta().blob(h)? {
                     None => counts.pages -= 1,
