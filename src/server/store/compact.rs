@@ -124,23 +124,28 @@ impl Store {
     /// (module doc); returns the pages moved and their bytes. The caller
     /// holds the commit lock.
     fn rewrite_pack(&self, pack: u32, live: &HashSet<PageHash>) -> Result<(u64, u64)> {
-        let mut pages = lock(&self.pages);
-        if pages.end().pack == pack {
-            pages.seal()?;
-        }
-        let start = pages.end();
+        // The page store's lock is taken for each step, not for the whole
+        // copy, so that reads of stored pages go on meanwhile; the commit
+        // lock the caller holds keeps every other append out.
+        let start = {
+            let mut pages = lock(&self.pages);
+            if pages.end().pack == pack {
+                pages.seal()?;
+            }
+            pages.end()
+        };
         let in_flight = self.meta().begin_commit(0, 0, start)?;
         let copied = (|| {
             let mut moved = Vec::new();
             let mut bytes = 0;
             for (h, loc) in self.meta().blobs_in_pack(pack)? {
                 if live.contains(&h) {
-                    let new = pages.copy(&h, &loc)?;
+                    let new = lock(&self.pages).copy(&h, &loc)?;
                     bytes += new.stored_len as u64;
                     moved.push((h, new));
                 }
             }
-            pages.sync()?;
+            lock(&self.pages).sync()?;
             self.meta().rewrite_pack(&PackRewrite {
                 pack,
                 moved: &moved,
@@ -151,6 +156,7 @@ impl Store {
         let (n, bytes) = match copied {
             Ok(x) => x,
             Err(e) => {
+                let mut pages = lock(&self.pages);
                 let end = pages.end();
                 if pages.cut_back(start, end) {
                     let _ = self.meta().end_commit(in_flight);
@@ -158,7 +164,7 @@ impl Store {
                 return Err(e.context(format!("compacting pack {pack}")));
             }
         };
-        pages.remove_pack(pack)?;
+        lock(&self.pages).remove_pack(pack)?;
         self.meta().forget_retired_pack(pack)?;
         Ok((n, bytes))
     }
