@@ -918,14 +918,9 @@ mod tests {
         assert_eq!((ns[0].name.as_str(), ns[0].replicas), ("acme", 1));
     }
 
-    #[test]
-    fn a_version_commits_only_on_top_of_the_latest() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = Meta::open(dir.path()).unwrap();
-        meta.create_namespace("ns", &key(1, "admin", "ns", None))
-            .unwrap();
-        let r = meta.create_replica("ns", "ns/a.db", "private").unwrap();
-        let row = |number| VersionRow {
+    /// Version `number` of one 4096-byte page, committed now.
+    fn one_page_version(number: u64) -> VersionRow {
+        VersionRow {
             number,
             created: now(),
             page_size: 4096,
@@ -935,7 +930,17 @@ mod tests {
             version_hash: format!("h{number}"),
             version_xxh3: None,
             pruned: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_version_commits_only_on_top_of_the_latest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::open(dir.path()).unwrap();
+        meta.create_namespace("ns", &key(1, "admin", "ns", None))
+            .unwrap();
+        let r = meta.create_replica("ns", "ns/a.db", "private").unwrap();
+        let row = one_page_version;
         let commit = |row: &VersionRow, keys: &[NewKey]| {
             meta.commit_version(&NewVersion {
                 replica: r.id,
@@ -1045,17 +1050,7 @@ mod tests {
             .unwrap();
         let r = meta.create_replica("ns", "ns/a.db", "private").unwrap();
         for number in 1..=3 {
-            let row = VersionRow {
-                number,
-                created: now(),
-                page_size: 4096,
-                page_count: 1,
-                changed_pages: 1,
-                message: String::new(),
-                version_hash: format!("h{number}"),
-                version_xxh3: None,
-                pruned: None,
-            };
+            let row = one_page_version(number);
             meta.commit_version(&NewVersion {
                 replica: r.id,
                 row: &row,
